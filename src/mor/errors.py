@@ -1,0 +1,19 @@
+"""The one exception family of mor: every message says what was wrong, where, and how to fix it."""
+
+
+class MorError(Exception):
+    """Base class of every error mor raises on purpose; the CLI prints its message as one line."""
+
+
+class ConfigError(MorError, ValueError):
+    """A constructor argument or config value is out of range or inconsistent with another."""
+
+
+class ShapeError(MorError, ValueError):
+    """A tensor passed to a mor module has the wrong shape or dtype for that module."""
+
+
+def check(condition: bool, message: str, error: type[MorError] = ConfigError) -> None:
+    """Raise `error(message)` unless `condition` holds; keeps argument validation to one line each."""
+    if not condition:
+        raise error(message)

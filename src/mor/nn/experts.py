@@ -1,0 +1,90 @@
+"""Expert banks for MoRLayer: each runs E experts over inputs already sorted by expert.
+
+A bank takes (A, d) rows grouped by expert plus the per-expert sizes and returns an `ExpertOutput`.
+`SwiGLUExperts` is the classic depth-1 FFN bank with stacked weights (one grouped matmul per projection);
+`ReflectionExperts` wraps ReflectionExpert modules so a hidden layer can reflect.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mor.nn.losses import halting_kl
+
+
+@dataclass
+class ExpertOutput:
+    """Per-assignment answers (A, D), confidences (A,), steps (A,) and the bank's auxiliary losses."""
+
+    answer: Tensor
+    confidence: Tensor
+    steps: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SwiGLU(nn.Module):
+    """Dense SwiGLU MLP, silu(x·W_gate) ⊙ (x·W_up) · W_down: the dense baseline and the experts' shape."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(F.silu(gate) * up)
+
+
+def _grouped_mm_ok(x: Tensor) -> bool:
+    """torch's grouped matmul runs in fp32 on CPU and in bf16 on CUDA; other cases take the loop."""
+    return hasattr(F, "grouped_mm") and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
+
+
+def grouped_matmul(x: Tensor, weight: Tensor, sizes: list[int], offsets: Tensor) -> Tensor:
+    """Rows of `x` (A, K) grouped by expert times that expert's `weight[e]` (E, K, N) → (A, N)."""
+    if _grouped_mm_ok(x) and x.shape[0] > 0:
+        return F.grouped_mm(x, weight, offs=offsets)
+    return torch.cat([xs @ w for xs, w in zip(x.split(sizes), weight.unbind(0), strict=True)])
+
+
+class SwiGLUExperts(nn.Module):
+    """E SwiGLU experts with stacked weights (E, d, 2h) and (E, h, d); depth 1, confidence 1."""
+
+    def __init__(self, num_experts: int, dim: int, hidden: int):
+        super().__init__()
+        self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
+        self.w_in = nn.Parameter(torch.randn(num_experts, dim, 2 * hidden) * dim**-0.5)
+        self.w_out = nn.Parameter(torch.randn(num_experts, hidden, dim) * hidden**-0.5)
+
+    def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
+        offsets = torch.tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
+        gate, up = grouped_matmul(x, self.w_in, sizes, offsets).chunk(2, dim=-1)
+        y = grouped_matmul(F.silu(gate) * up, self.w_out, sizes, offsets)
+        ones = x.new_ones(x.shape[0])
+        return ExpertOutput(answer=y, confidence=ones, steps=ones.long())
+
+    def expert(self, e: int, x: Tensor) -> Tensor:
+        """Expert `e` alone on rows `x`: the per-input reference the sorted dispatch must equal."""
+        gate, up = (x @ self.w_in[e]).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.w_out[e]
+
+
+class ReflectionExperts(nn.ModuleList):
+    """A bank of ReflectionExperts; in training each answer is its halting-weighted expectation."""
+
+    def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
+        runs = [expert(xs) for expert, xs in zip(self, x.split(sizes), strict=True) if xs.shape[0] > 0]
+        answer = torch.cat([r.answer for r in runs])
+        out = ExpertOutput(answer=answer, confidence=torch.cat([r.confidence for r in runs]),
+                           steps=torch.cat([r.steps for r in runs]))
+        if self.training:
+            out.aux["ponder_kl"] = torch.cat([halting_kl(r.halting_distribution) for r in runs]).mean()
+        return out
+
+    def expert(self, e: int, x: Tensor) -> Tensor:
+        return self[e](x).answer
+
+
+__all__ = ["ExpertOutput", "ReflectionExperts", "SwiGLU", "SwiGLUExperts", "grouped_matmul"]

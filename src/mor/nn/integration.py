@@ -1,0 +1,94 @@
+"""Integrator: combines the selected experts' answers for each input and measures how much they disagree.
+
+Modes: `gate` (classic MoE: router weights), `confidence` (router weight × critic confidence, renormalised),
+`attention` (learned: a query from the input scores each expert's answer, added to the log router weight).
+Class answers (logits) are mixed as probabilities; values and features as a weighted sum. Conflict is the
+weighted Jensen–Shannon divergence for classes and the weighted variance for values.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mor.errors import check
+from mor.nn.losses import entropy
+
+Mode = Literal["gate", "confidence", "attention"]
+
+
+@dataclass
+class Integrated:
+    """Combined answer (N, ..., D), the weights actually used (N, m) and, when asked, the conflict (N,)."""
+
+    output: Tensor
+    weights: Tensor
+    conflict: Tensor | None = None
+
+
+class Integrator(nn.Module):
+    """Combines (N, m, ..., D) expert answers with (N, m) weights; `classes` says answers are logits.
+
+    `query_dim` (the router's input width) and `dim` (the answer width) are needed by `attention` only.
+    """
+
+    def __init__(self, mode: Mode = "gate", *, classes: bool = False, query_dim: int | None = None,
+                 dim: int | None = None, attention_dim: int = 32):
+        super().__init__()
+        check(mode in ("gate", "confidence", "attention"),
+              f"Integrator: mode must be 'gate', 'confidence' or 'attention', got {mode!r}")
+        check(mode != "attention" or (query_dim and dim),
+              "Integrator: mode 'attention' needs query_dim (input width) and dim (answer width)")
+        self.mode, self.classes = mode, classes
+        if mode == "attention":
+            self.query = nn.Linear(query_dim, attention_dim, bias=False)
+            self.key = nn.Linear(dim, attention_dim, bias=False)
+
+    def weigh(self, weights: Tensor, mask: Tensor, confidence: Tensor | None = None,
+              query: Tensor | None = None, answers: Tensor | None = None) -> Tensor:
+        """The integration weights (N, m) for this mode; unused slots get 0."""
+        if self.mode == "gate":
+            return weights * mask
+        if self.mode == "confidence":
+            w = weights * confidence * mask
+            return w / w.sum(-1, keepdim=True).clamp_min(1e-9)
+        keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
+        scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
+        scores = scores + torch.log(weights.clamp_min(1e-9))
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def forward(self, answers: Tensor, weights: Tensor, mask: Tensor, confidence: Tensor | None = None,
+                query: Tensor | None = None, with_conflict: bool = False) -> Integrated:
+        w = self.weigh(weights, mask, confidence, query, answers)
+        wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
+        if self.classes:
+            probs = answers.softmax(-1)
+            mixed = (wb * probs).sum(1)
+            output = torch.log(mixed.clamp_min(1e-9))
+        else:
+            output = (wb * answers).sum(1)
+        return Integrated(output=output, weights=w,
+                          conflict=self.conflict(answers.detach(), w.detach()) if with_conflict else None)
+
+    def conflict(self, answers: Tensor, weights: Tensor) -> Tensor:
+        """Disagreement among the selected experts per input (N,): 0 when they agree."""
+        return conflict(answers, weights, self.classes)
+
+
+def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
+    """Weighted Jensen–Shannon divergence (nats) of class answers, or weighted variance of values.
+
+    `answers` (N, m, ..., D), `weights` (N, m) summing to 1 over used slots; the result is averaged
+    over positions, (N,).
+    """
+    w = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
+    wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
+    if classes:
+        probs = answers.float().softmax(-1)
+        mixed = (wb * probs).sum(1)
+        per_position = entropy(mixed) - (wb[..., 0] * entropy(probs)).sum(1)
+    else:
+        mean = (wb * answers).sum(1, keepdim=True)
+        per_position = (wb * (answers - mean).square()).sum(1).mean(-1)
+    return per_position.reshape(per_position.shape[0], -1).mean(-1).clamp_min(0)

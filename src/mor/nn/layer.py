@@ -1,0 +1,66 @@
+"""MoRLayer: router → sorted dispatch → expert bank → integrator, on any (..., d) input.
+
+Usable as the FFN of a transformer block: tokens are flattened, each routed to its experts, and the
+integrated answers put back in the input's shape.
+"""
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from mor.errors import ShapeError
+from mor.nn.diagnostics import Diagnostics
+from mor.nn.dispatch import Dispatch
+from mor.nn.experts import ReflectionExperts, SwiGLUExperts
+from mor.nn.integration import Integrator
+from mor.nn.router import Router
+
+
+class MoRLayer(nn.Module):
+    """Mixture of (reflecting) experts over the last dimension: (..., dim) → (..., out_dim).
+
+    `experts` is a bank (`SwiGLUExperts`, `ReflectionExperts`, or any module with the same
+    `(rows grouped by expert, sizes) → ExpertOutput` contract).
+    """
+
+    def __init__(self, router: Router, experts: nn.Module, integrator: Integrator | None = None):
+        super().__init__()
+        self.router, self.experts = router, experts
+        self.integrator = integrator or Integrator("gate")
+
+    @classmethod
+    def swiglu(cls, dim: int, hidden: int, num_experts: int, k: int = 2, **router_kwargs) -> "MoRLayer":
+        """The classic sparse MoE FFN: `num_experts` SwiGLU experts of width `hidden`, top-k gating."""
+        return cls(Router(dim, num_experts, k, **router_kwargs), SwiGLUExperts(num_experts, dim, hidden))
+
+    def forward(self, x: Tensor, return_diagnostics: bool = False) -> Tensor | tuple[Tensor, Diagnostics]:
+        if x.shape[-1] != self.router.proj.in_features:
+            raise ShapeError(f"MoRLayer: last dimension must be {self.router.proj.in_features}, "
+                             f"got input of shape {tuple(x.shape)}")
+        flat = x.reshape(-1, x.shape[-1])
+        routing = self.router(flat)
+        dispatch = Dispatch.of(routing)
+        out = self.experts(dispatch.gather(flat), dispatch.sizes)
+        answers = dispatch.scatter(out.answer)
+        confidence = dispatch.scatter(out.confidence)
+        integrated = self.integrator(answers, routing.weights, routing.mask, confidence, flat,
+                                     with_conflict=return_diagnostics)
+        y = integrated.output.reshape(*x.shape[:-1], integrated.output.shape[-1])
+        if not return_diagnostics:
+            return y
+        return y, Diagnostics(weights=integrated.weights, indices=routing.indices, mask=routing.mask,
+                              steps=dispatch.scatter(out.steps), confidence=confidence,
+                              conflict=integrated.conflict, load=routing.load, entropy=routing.entropy,
+                              aux={**routing.aux, **out.aux})
+
+
+def reflection_layer(experts: ReflectionExperts, dim: int, k: int = 2,
+                     mode: Literal["gate", "confidence", "attention"] = "confidence",
+                     **router_kwargs) -> MoRLayer:
+    """A MoRLayer whose experts reflect; `mode` picks how their answers are integrated."""
+    out_dim = experts[0].out_dim
+    integrator = Integrator(mode, classes=False, query_dim=dim, dim=out_dim)
+    return MoRLayer(Router(dim, len(experts), k, **router_kwargs), experts, integrator)
+
+
+__all__ = ["MoRLayer", "reflection_layer"]

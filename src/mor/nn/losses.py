@@ -1,0 +1,108 @@
+"""Auxiliary losses of mor.nn: router balance and z-loss, PonderNet halting, critic calibration, consistency."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
+    """Switch-Transformer balance loss E·Σ f_e·P_e: 1.0 when routing is uniform, larger when it collapses.
+
+    `probs` (N, E) are router probabilities (rows summing to 1), `counts` (E,) the assignments per expert.
+    """
+    num_experts = probs.shape[-1]
+    fraction = counts.to(probs.dtype) / counts.sum().clamp_min(1)
+    return num_experts * (fraction * probs.mean(0)).sum()
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE z-loss: mean squared log-partition of the router logits; keeps logits small and stable."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def halting_distribution(halt_logits: Tensor) -> Tensor:
+    """PonderNet halting distribution p_t = λ_t·Π_{s<t}(1-λ_s) over (T, N) logits; the last step takes the rest."""
+    lam = torch.sigmoid(halt_logits)
+    lam = torch.cat([lam[:-1], torch.ones_like(lam[-1:])])
+    not_halted = torch.cumprod(torch.cat([torch.ones_like(lam[:1]), 1 - lam[:-1]]), dim=0)
+    return lam * not_halted
+
+
+def geometric_prior(steps: int, halt_prob: float, device=None) -> Tensor:
+    """Truncated geometric distribution over `steps` steps with per-step halting probability `halt_prob`."""
+    t = torch.arange(steps, device=device, dtype=torch.float32)
+    prior = halt_prob * (1 - halt_prob) ** t
+    return prior / prior.sum()
+
+
+def ponder_loss(step_losses: Tensor, halt_logits: Tensor, weights: Tensor | None = None,
+                prior_halt_prob: float = 0.2) -> tuple[Tensor, Tensor]:
+    """PonderNet objective: expected loss under the halting distribution, and KL(p ‖ geometric prior).
+
+    `step_losses` and `halt_logits` are (T, N); `weights` (N,) weigh inputs (e.g. by router gate).
+    Returns (expected loss, KL), each a weighted mean over inputs.
+    """
+    p = halting_distribution(halt_logits)
+    weights = torch.ones_like(p[0]) if weights is None else weights
+    total = weights.sum().clamp_min(1e-9)
+    expected = ((p * step_losses).sum(0) * weights).sum() / total
+    return expected, (halting_kl(p, prior_halt_prob) * weights).sum() / total
+
+
+def halting_kl(p: Tensor, prior_halt_prob: float = 0.2) -> Tensor:
+    """KL(p ‖ geometric prior) of each input's (T, N) halting distribution, (N,): keeps halting from collapsing."""
+    prior = geometric_prior(p.shape[0], prior_halt_prob, p.device)[:, None]
+    return (p * (torch.log(p.clamp_min(1e-9)) - torch.log(prior))).sum(0)
+
+
+def critic_loss(critic_logits: Tensor, correct: Tensor) -> Tensor:
+    """Binary cross-entropy of the critic against whether each step's answer was right (its calibration)."""
+    return F.binary_cross_entropy_with_logits(critic_logits, correct.to(critic_logits.dtype))
+
+
+def consistency_loss(answers: Tensor, classification: bool) -> Tensor:
+    """Mean change between consecutive step answers (T, N, ..., D): rewards answers that settle."""
+    if answers.shape[0] < 2:
+        return answers.new_zeros(())
+    a = answers.softmax(-1) if classification else answers
+    return (a[1:] - a[:-1].detach()).square().sum(-1).mean()
+
+
+def entropy(probs: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy in nats along `dim`, treating 0·log 0 as 0."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
+
+
+NATS_PER_BIT = math.log(2)
+
+
+def task_loss(prediction: Tensor, target: Tensor, classes: bool, log_probs: bool = False) -> Tensor:
+    """Per-input task loss, (N,): cross-entropy for classes, squared error for values; mean over positions.
+
+    `prediction` is (N, ..., D); class targets are (N, ...) ints, value targets (N, ..., D).
+    With `log_probs`, class predictions are already log-probabilities (an integrated mixture).
+    """
+    if classes:
+        flat = prediction.reshape(-1, prediction.shape[-1])
+        fn = F.nll_loss if log_probs else F.cross_entropy
+        per = fn(flat, target.reshape(-1), reduction="none").view(target.shape)
+    else:
+        per = (prediction - target).square().mean(-1)
+    return per.reshape(per.shape[0], -1).mean(-1)
+
+
+@dataclass
+class LossWeights:
+    """How much each term counts in a MoR model's training loss (all logged separately)."""
+
+    task: float = 1.0  # the integrated answer's loss
+    ponder: float = 1.0  # experts' expected loss under their halting distribution, gate-weighted
+    halting_kl: float = 0.01  # KL of the halting distribution to the geometric prior
+    critic: float = 0.1  # critic calibration against correctness
+    consistency: float = 0.0  # answers settling from step to step
+    load_balance: float = 0.01
+    z_loss: float = 0.001
+    prior_halt_prob: float = 0.2  # λ_p of the geometric prior

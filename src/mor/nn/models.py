@@ -1,0 +1,192 @@
+"""Ready models for whole inputs — vectors (N, in) and sequences (N, L, in) — and the baselines.
+
+`MoRModel` routes each input to k reflection experts and integrates their answers. The baselines every
+claim is measured against are the same class with the reflection or the routing taken away
+(`moe_baseline`, `reflection_baseline`), and `DenseModel`, a fixed stack of refine cells.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mor.errors import ShapeError, check
+from mor.nn.cells import ConvCell, MLPCell, TransformerCell
+from mor.nn.diagnostics import Diagnostics
+from mor.nn.dispatch import Dispatch
+from mor.nn.integration import Integrator, Mode
+from mor.nn.losses import LossWeights, consistency_loss, critic_loss, ponder_loss, task_loss
+from mor.nn.reflection import Halting, Reflection, ReflectionExpert
+from mor.nn.router import Router
+
+CellKind = Literal["mlp", "conv", "transformer"]
+CELLS: dict[str, Callable[[int], nn.Module]] = {"mlp": MLPCell, "conv": ConvCell, "transformer": TransformerCell}
+
+
+@dataclass(frozen=True)
+class ConflictPolicy:
+    """Spend more reflection where experts disagree: inputs whose conflict exceeds `threshold` are run
+    again with `factor` × the steps and, if set, a stricter confidence threshold."""
+
+    threshold: float
+    factor: float = 2.0
+    confidence: float | None = None
+
+    def escalate(self, rule: Halting) -> Halting:
+        stricter = rule.threshold if self.confidence is None else self.confidence
+        return replace(rule, max_steps=int(rule.max_steps * self.factor), threshold=stricter)
+
+
+class MoRModel(nn.Module):
+    """Router → k of E reflection experts → integrator, for classification or regression.
+
+    Sequences are routed as a whole (mean over positions) and answered per position.
+    `halting` is the inference rule of every expert; `train_steps` the unrolled depth in training.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, num_experts: int = 4, k: int = 2, dim: int = 64,
+                 cell: CellKind = "mlp", task: Literal["classification", "regression"] = "classification",
+                 train_steps: int = 8, halting: Halting | None = None, mode: Mode = "confidence",
+                 conflict_policy: ConflictPolicy | None = None, regression_tol: float = 0.1,
+                 **router_kwargs):
+        super().__init__()
+        check(cell in CELLS, f"MoRModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
+        check(task in ("classification", "regression"),
+              f"MoRModel: task must be 'classification' or 'regression', got {task!r}")
+        self.in_dim, self.out_dim, self.classes = in_dim, out_dim, task == "classification"
+        self.conflict_policy, self.regression_tol = conflict_policy, regression_tol
+        self.router = Router(in_dim, num_experts, k, **router_kwargs)
+        self.experts = nn.ModuleList(
+            ReflectionExpert(CELLS[cell](dim), in_dim, out_dim, dim=dim, train_steps=train_steps,
+                             halting=halting or Halting(max_steps=train_steps), classes=self.classes)
+            for _ in range(num_experts))
+        self.integrator = Integrator(mode, classes=self.classes, query_dim=in_dim, dim=out_dim)
+
+    @property
+    def halting(self) -> Halting:
+        return self.experts[0].halting
+
+    @halting.setter
+    def halting(self, rule: Halting) -> None:
+        for expert in self.experts:
+            expert.halting = rule
+
+    def forward(self, x: Tensor, halting: Halting | None = None,
+                return_diagnostics: bool = False) -> Tensor | tuple[Tensor, Diagnostics]:
+        """Answer `x`: logits (log-probabilities of the mixture) for classes, values for regression."""
+        output, diagnostics, _ = self._run(x, halting or self.halting)
+        if not self.training and self.conflict_policy is not None:
+            output, diagnostics = self._escalate(x, output, diagnostics, halting or self.halting)
+        return (output, diagnostics) if return_diagnostics else output
+
+    def _run(self, x: Tensor, rule: Halting) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch]]:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
+            raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
+                             f"sequences, got {tuple(x.shape)}")
+        query = x if x.dim() == 2 else x.mean(1)
+        routing = self.router(query)
+        dispatch = Dispatch.of(routing)
+        parts = dispatch.gather(x).split(dispatch.sizes)
+        reflection = _concat([expert(part, rule) for expert, part in zip(self.experts, parts, strict=True)
+                              if part.shape[0] > 0])
+        confidence = dispatch.scatter(reflection.confidence)
+        integrated = self.integrator(dispatch.scatter(reflection.answer), routing.weights, routing.mask,
+                                     confidence, query, with_conflict=True)
+        diagnostics = Diagnostics(weights=integrated.weights, indices=routing.indices, mask=routing.mask,
+                                  steps=dispatch.scatter(reflection.steps), confidence=confidence,
+                                  conflict=integrated.conflict, load=routing.load, entropy=routing.entropy,
+                                  aux=dict(routing.aux))
+        return integrated.output, diagnostics, (reflection, dispatch)
+
+    @torch.no_grad()
+    def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,
+                  rule: Halting) -> tuple[Tensor, Diagnostics]:
+        """Re-run the high-conflict inputs with the policy's larger budget and keep those answers."""
+        hard = diagnostics.conflict > self.conflict_policy.threshold
+        if not hard.any():
+            return output, diagnostics
+        again, more, _ = self._run(x[hard], self.conflict_policy.escalate(rule))
+        output = output.clone()
+        output[hard] = again
+        for name in ("weights", "indices", "mask", "confidence", "conflict"):
+            getattr(diagnostics, name)[hard] = getattr(more, name)
+        diagnostics.steps[hard] += more.steps
+        return output, diagnostics
+
+    def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None
+             ) -> tuple[Tensor, dict[str, Tensor], Diagnostics]:
+        """Training loss (run in train mode) and its named terms, each unweighted, plus diagnostics."""
+        w = weights or LossWeights()
+        output, diagnostics, (reflection, dispatch) = self._run(x, self.halting)
+        check(reflection.answers is not None, "MoRModel.loss: call model.train() first; eval mode halts "
+                                              "adaptively and keeps no per-step answers to train on")
+        target = dispatch.gather(y)
+        per_step = torch.stack([task_loss(a, target, self.classes) for a in reflection.answers])
+        gate = diagnostics.weights.reshape(-1)[dispatch.slots]
+        expected, kl = ponder_loss(per_step, reflection.halt_logits, gate, w.prior_halt_prob)
+        parts = {"task": task_loss(output, y, self.classes, log_probs=True).mean(), "ponder": expected,
+                 "halting_kl": kl,
+                 "critic": critic_loss(reflection.critic_logits, self._correct(reflection.answers, target)),
+                 "consistency": consistency_loss(reflection.answers, self.classes), **diagnostics.aux}
+        total = sum(getattr(w, name) * value for name, value in parts.items())
+        return total, {name: value.detach() for name, value in parts.items()}, diagnostics
+
+    def _correct(self, answers: Tensor, target: Tensor) -> Tensor:
+        """Whether each step's answer is right, per position: (T, A, ...) booleans."""
+        if self.classes:
+            return answers.argmax(-1) == target
+        return ((answers - target).abs() <= self.regression_tol).all(-1)
+
+
+def _concat(runs: list[Reflection]) -> Reflection:
+    """Join the reflections of several experts' slices, in dispatch order."""
+    def cat(name: str, dim: int = 0) -> Tensor | None:
+        values = [getattr(r, name) for r in runs]
+        return None if values[0] is None else torch.cat(values, dim)
+
+    return Reflection(answer=cat("answer"), steps=cat("steps"), confidence=cat("confidence"),
+                      answers=cat("answers", 1), halt_logits=cat("halt_logits", 1),
+                      critic_logits=cat("critic_logits", 1))
+
+
+def moe_baseline(in_dim: int, out_dim: int, **kwargs) -> MoRModel:
+    """Standard mixture of experts: the same model with reflection depth fixed at 1."""
+    kwargs.update(train_steps=1, halting=Halting(max_steps=1), mode=kwargs.get("mode", "gate"))
+    return MoRModel(in_dim, out_dim, **kwargs)
+
+
+def reflection_baseline(in_dim: int, out_dim: int, **kwargs) -> MoRModel:
+    """A single reflection expert: the same model without routing."""
+    kwargs.update(num_experts=1, k=1)
+    return MoRModel(in_dim, out_dim, **kwargs)
+
+
+class DenseModel(nn.Module):
+    """Encoder → `depth` distinct residual refine cells → head: no routing, no reflection, no halting."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, dim: int = 64, depth: int = 4, cell: CellKind = "mlp",
+                 task: Literal["classification", "regression"] = "classification"):
+        super().__init__()
+        check(cell in CELLS, f"DenseModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
+        self.classes = task == "classification"
+        self.encode, self.head = nn.Linear(in_dim, dim), nn.Linear(dim, out_dim)
+        self.cells = nn.ModuleList(CELLS[cell](dim) for _ in range(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = xe = self.encode(x)
+        for cell in self.cells:
+            z = z + cell(z + xe)
+        return self.head(z)
+
+    def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None
+             ) -> tuple[Tensor, dict[str, Tensor], None]:
+        """Task loss only; same signature as `MoRModel.loss` so one training loop serves both."""
+        task = task_loss(self(x), y, self.classes).mean()
+        return task, {"task": task.detach()}, None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, to match baselines by size."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,154 @@
+"""ReflectionExpert: an expert that answers, judges its answer, and refines it until it is confident.
+
+State z₀ = encode(x); each step z ← z + cell(z + encode(x) + feedback(previous answer)), so the input is
+re-injected every step. An answer head and a judge head read z: the judge gives a halting logit
+(PonderNet) and a critic logit (is this answer right?). Training runs a fixed number of steps and returns
+every step; inference halts each input on its own and drops it from the active batch, so compute follows
+the depth actually used, and may run past the training depth.
+"""
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from mor.errors import ShapeError, check
+from mor.nn.losses import halting_distribution
+
+
+@dataclass(frozen=True)
+class Halting:
+    """When an input stops reflecting at inference: the first of these rules that fires.
+
+    `threshold`: critic confidence ≥ τ (None: never). `stable_steps`: the answer stayed the same for that
+    many consecutive steps (None: never). `max_steps`: always stop there; it may exceed the training depth.
+    """
+
+    max_steps: int = 16
+    threshold: float | None = None
+    stable_steps: int | None = None
+
+    def __post_init__(self):
+        check(self.max_steps >= 1, f"Halting.max_steps must be >= 1, got {self.max_steps}")
+        check(self.threshold is None or 0.0 < self.threshold <= 1.0,
+              f"Halting.threshold must be in (0, 1] or None, got {self.threshold}")
+        check(self.stable_steps is None or self.stable_steps >= 1,
+              f"Halting.stable_steps must be >= 1 or None, got {self.stable_steps}")
+
+
+@dataclass
+class Reflection:
+    """What an expert's reflection produced for N inputs; the per-step fields are filled in training only."""
+
+    answer: Tensor  # (N, ..., D) halted answer (inference) or halting-weighted expected answer (training)
+    steps: Tensor  # (N,) steps each input used
+    confidence: Tensor  # (N,) critic confidence of the answer, in [0, 1]
+    answers: Tensor | None = None  # (T, N, ..., D) answer after every step
+    halt_logits: Tensor | None = None  # (T, N) PonderNet halting logits
+    critic_logits: Tensor | None = None  # (T, N, ...) critic logits per position
+
+    @property
+    def halting_distribution(self) -> Tensor:
+        """p_t: probability of halting at step t, (T, N)."""
+        return halting_distribution(self.halt_logits)
+
+
+class ReflectionExpert(nn.Module):
+    """An expert that reflects with any refine `cell` mapping (n, ..., dim) → (n, ..., dim).
+
+    Inputs are (N, in_dim) vectors or (N, L, in_dim) sequences; answers are (N, out_dim) or
+    (N, L, out_dim). `classes=True` means answers are logits (stability compares the argmax);
+    otherwise values (stability compares within `stable_tol`). The halting bias starts negative
+    (`halt_bias`), since a zero or positive start makes PonderNet halt at once and never learn to think.
+    """
+
+    def __init__(self, cell: nn.Module, in_dim: int, out_dim: int, *, dim: int, train_steps: int = 8,
+                 halting: Halting | None = None, feedback: bool = True, classes: bool = True,
+                 stable_tol: float = 1e-3, halt_bias: float = -3.0):
+        super().__init__()
+        check(train_steps >= 1, f"ReflectionExpert: train_steps must be >= 1, got {train_steps}")
+        check(halt_bias < 0, f"ReflectionExpert: halt_bias must be negative (PonderNet does not train from "
+                             f"a zero or positive start), got {halt_bias}")
+        self.cell, self.in_dim, self.out_dim, self.dim = cell, in_dim, out_dim, dim
+        self.train_steps, self.classes, self.stable_tol = train_steps, classes, stable_tol
+        self.halting = halting or Halting(max_steps=train_steps)
+        self.encode = nn.Linear(in_dim, dim)
+        self.feedback = nn.Linear(out_dim, dim, bias=False) if feedback else None
+        self.head = nn.Linear(dim, out_dim)
+        self.judge = nn.Linear(dim, 2)
+        with torch.no_grad():
+            self.judge.bias.copy_(torch.tensor([halt_bias, 0.0]))
+
+    def step(self, z: Tensor, xe: Tensor, answer: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """One reflection step: returns the new state, its answer and its judge logits (halt, critic)."""
+        h = z + xe
+        if self.feedback is not None and answer is not None:
+            h = h + self.feedback(answer)
+        z = z + self.cell(h)
+        return z, self.head(z), self.judge(z)
+
+    def forward(self, x: Tensor, halting: Halting | None = None) -> Reflection:
+        """Reflect on `x`: all `train_steps` steps in training mode, adaptive halting in eval mode."""
+        if x.shape[-1] != self.in_dim or x.dim() < 2:
+            raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}), got {tuple(x.shape)}")
+        if self.training:
+            return self._unroll(x, self.train_steps)
+        return self._reflect(x, halting or self.halting)
+
+    def _unroll(self, x: Tensor, steps: int) -> Reflection:
+        xe = self.encode(x)
+        z, answer, answers, judged = xe, None, [], []
+        for _ in range(steps):
+            z, answer, j = self.step(z, xe, answer)
+            answers.append(answer)
+            judged.append(j)
+        answers_t, judged_t = torch.stack(answers), torch.stack(judged)
+        halt_logits = judged_t[..., 0].reshape(steps, x.shape[0], -1).mean(-1)
+        critic_logits = judged_t[..., 1]
+        p = halting_distribution(halt_logits).view(*halt_logits.shape, *([1] * (answers_t.dim() - 2)))
+        return Reflection(answer=(p * answers_t).sum(0),
+                          steps=torch.full((x.shape[0],), steps, dtype=torch.long, device=x.device),
+                          confidence=self._confidence(critic_logits[-1]).detach(), answers=answers_t,
+                          halt_logits=halt_logits, critic_logits=critic_logits)
+
+    @staticmethod
+    def _confidence(critic_logits: Tensor) -> Tensor:
+        """An input's confidence is that of its least confident position: sigmoid(min critic logit)."""
+        return torch.sigmoid(critic_logits.reshape(critic_logits.shape[0], -1).amin(-1))
+
+    def _same_answer(self, a: Tensor, b: Tensor) -> Tensor:
+        same = a.argmax(-1) == b.argmax(-1) if self.classes else (a - b).abs() <= self.stable_tol
+        return same.reshape(a.shape[0], -1).all(-1)
+
+    @torch.no_grad()
+    def _reflect(self, x: Tensor, rule: Halting) -> Reflection:
+        n = x.shape[0]
+        xe = self.encode(x)
+        z, answer, idx = xe, None, torch.arange(n, device=x.device)
+        unchanged = torch.zeros(n, dtype=torch.long, device=x.device)
+        final = x.new_empty(n, *x.shape[1:-1], self.out_dim)
+        steps = torch.zeros(n, dtype=torch.long, device=x.device)
+        confidence = x.new_zeros(n)
+        for t in range(1, rule.max_steps + 1):
+            z, new_answer, j = self.step(z, xe, answer)
+            conf = self._confidence(j[..., 1])
+            if answer is not None:
+                unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
+            answer = new_answer
+            done = torch.full_like(unchanged, t == rule.max_steps, dtype=torch.bool)
+            if rule.threshold is not None:
+                done |= conf >= rule.threshold
+            if rule.stable_steps is not None:
+                done |= unchanged >= rule.stable_steps
+            if done.any():
+                out = idx[done]
+                final[out], steps[out], confidence[out] = answer[done], t, conf[done]
+                keep = ~done
+                idx, z, xe, answer, unchanged = idx[keep], z[keep], xe[keep], answer[keep], unchanged[keep]
+                if idx.numel() == 0:
+                    break
+        return Reflection(answer=final, steps=steps, confidence=confidence)
+
+    def with_halting(self, **changes) -> Halting:
+        """This expert's halting rule with some fields changed, e.g. `expert.with_halting(max_steps=64)`."""
+        return replace(self.halting, **changes)

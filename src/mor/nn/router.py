@@ -1,0 +1,118 @@
+"""Router: scores the experts for each input and selects some of them (top-k or threshold), load-aware.
+
+Selection is dropless unless a capacity factor is given. Besides the choice, the router returns the
+auxiliary losses that keep it balanced (Switch load balance, ST-MoE z-loss) and its statistics.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mor.errors import ShapeError, check
+from mor.nn.losses import entropy, load_balance_loss, router_z_loss
+
+
+@dataclass
+class Routing:
+    """One routing decision for N inputs over E experts, with m = the most experts an input may use.
+
+    Slots are ordered by score, best first; `mask` marks the slots in use (all of them in top-k mode
+    without a capacity limit).
+    """
+
+    weights: Tensor  # (N, m) integration weights of the selected experts, 0 in unused slots
+    indices: Tensor  # (N, m) expert ids
+    mask: Tensor  # (N, m) bool, slot in use
+    probs: Tensor  # (N, E) router probabilities
+    logits: Tensor  # (N, E) router logits (noisy in training when noise is on)
+    aux: dict[str, Tensor] = field(default_factory=dict)  # load_balance, z_loss
+    load: Tensor | None = None  # (E,) fraction of inputs sent to each expert
+    entropy: Tensor | None = None  # () mean routing entropy in nats
+
+    @property
+    def counts(self) -> Tensor:
+        """Number of inputs each expert receives, (E,)."""
+        return torch.bincount(self.indices[self.mask], minlength=self.probs.shape[-1])
+
+
+class Router(nn.Module):
+    """Linear scorer over experts with softmax or sigmoid scores and top-k or threshold selection.
+
+    Top-k (default): every input uses the `k` best experts. Threshold: an input uses every expert whose
+    probability is at least `threshold`, but no fewer than `min_experts` and no more than `max_experts`.
+    `noise_std` adds Gaussian noise to the logits in training (noisy gating). `capacity_factor`, when set,
+    caps each expert at ceil(factor · assignments / E) inputs, keeping first choices before second ones.
+    """
+
+    def __init__(self, dim: int, num_experts: int, k: int = 2, *,
+                 score: Literal["softmax", "sigmoid"] = "softmax", threshold: float | None = None,
+                 min_experts: int = 1, max_experts: int | None = None, noise_std: float = 0.0,
+                 capacity_factor: float | None = None, normalize: bool = True):
+        super().__init__()
+        check(num_experts >= 1, f"Router: num_experts must be >= 1, got {num_experts}")
+        check(score in ("softmax", "sigmoid"), f"Router: score must be 'softmax' or 'sigmoid', got {score!r}")
+        max_experts = num_experts if max_experts is None else max_experts
+        if threshold is None:
+            check(1 <= k <= num_experts, f"Router: k must be in [1, num_experts={num_experts}], got {k}")
+        else:
+            check(0.0 < threshold <= 1.0, f"Router: threshold must be in (0, 1], got {threshold}")
+            check(1 <= min_experts <= max_experts <= num_experts,
+                  f"Router: need 1 <= min_experts ({min_experts}) <= max_experts ({max_experts}) "
+                  f"<= num_experts ({num_experts})")
+        check(capacity_factor is None or capacity_factor > 0,
+              f"Router: capacity_factor must be > 0 or None, got {capacity_factor}")
+        check(noise_std >= 0, f"Router: noise_std must be >= 0, got {noise_std}")
+        self.num_experts, self.k, self.score, self.threshold = num_experts, k, score, threshold
+        self.min_experts, self.max_experts = min_experts, max_experts
+        self.noise_std, self.capacity_factor, self.normalize = noise_std, capacity_factor, normalize
+        self.proj = nn.Linear(dim, num_experts, bias=False)
+
+    @property
+    def slots(self) -> int:
+        """m: the most experts one input can be sent to."""
+        return self.k if self.threshold is None else self.max_experts
+
+    def forward(self, x: Tensor) -> Routing:
+        if x.dim() != 2 or x.shape[-1] != self.proj.in_features:
+            raise ShapeError(f"Router: expected inputs of shape (N, {self.proj.in_features}), got "
+                             f"{tuple(x.shape)}; flatten leading dimensions first")
+        logits = self.proj(x)
+        if self.training and self.noise_std > 0:
+            logits = logits + torch.randn_like(logits) * self.noise_std
+        probs = logits.softmax(-1) if self.score == "softmax" else torch.sigmoid(logits)
+        top, indices = probs.topk(self.slots, dim=-1)
+        mask = self._selection_mask(top)
+        if self.capacity_factor is not None:
+            mask = mask & self._within_capacity(indices, mask)
+        weights = top * mask
+        if self.normalize:
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
+        routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
+        counts = routing.counts
+        dist = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True)
+        routing.aux = {"load_balance": load_balance_loss(dist, counts), "z_loss": router_z_loss(logits)}
+        with torch.no_grad():
+            routing.load = counts.float() / max(x.shape[0], 1)
+            routing.entropy = entropy(dist.float()).mean()
+        return routing
+
+    def _selection_mask(self, top: Tensor) -> Tensor:
+        """Slots in use: all k in top-k mode; in threshold mode those ≥ τ, the first `min_experts` always."""
+        if self.threshold is None:
+            return torch.ones_like(top, dtype=torch.bool)
+        rank = torch.arange(top.shape[-1], device=top.device)
+        return (top >= self.threshold) | (rank < self.min_experts)
+
+    def _within_capacity(self, indices: Tensor, mask: Tensor) -> Tensor:
+        """Keep at most `capacity` assignments per expert, first choices (slot 0) of all inputs first."""
+        n, m = indices.shape
+        capacity = math.ceil(self.capacity_factor * int(mask.sum()) / self.num_experts)
+        slot_major = torch.where(mask, indices, self.num_experts).t().reshape(-1)
+        order = torch.sort(slot_major, stable=True).indices
+        starts = torch.searchsorted(slot_major[order], torch.arange(self.num_experts + 1, device=order.device))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device) - starts[slot_major[order]]
+        return (rank < capacity).view(m, n).t()

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from mor.errors import ConfigError
+from mor.nn import Integrator, conflict
+
+
+def test_gate_mode_is_the_router_weighted_sum():
+    answers = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # one input, two experts
+    weights, mask = torch.tensor([[0.75, 0.25]]), torch.ones(1, 2, dtype=torch.bool)
+    out = Integrator("gate")(answers, weights, mask)
+    torch.testing.assert_close(out.output, torch.tensor([[0.75, 0.5]]))
+
+
+def test_confidence_mode_renormalises_gate_times_confidence():
+    answers = torch.tensor([[[1.0], [3.0]]])
+    weights, mask = torch.tensor([[0.5, 0.5]]), torch.ones(1, 2, dtype=torch.bool)
+    out = Integrator("confidence")(answers, weights, mask, confidence=torch.tensor([[0.9, 0.3]]))
+    torch.testing.assert_close(out.weights, torch.tensor([[0.75, 0.25]]))  # 0.45 / 0.6 and 0.15 / 0.6
+    torch.testing.assert_close(out.output, torch.tensor([[1.5]]))
+
+
+def test_unused_slots_get_no_weight_and_classes_mix_as_probabilities():
+    answers = torch.log(torch.tensor([[[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]]))
+    weights, mask = torch.tensor([[0.6, 0.4, 0.0]]), torch.tensor([[True, True, False]])
+    out = Integrator("confidence", classes=True)(answers, weights, mask, confidence=torch.ones(1, 3))
+    assert out.weights[0, 2] == 0
+    torch.testing.assert_close(out.output.exp(), torch.tensor([[0.52, 0.48]]))
+
+
+def test_attention_mode_learns_and_respects_the_mask():
+    integrator = Integrator("attention", query_dim=5, dim=3)
+    answers, query = torch.randn(4, 3, 3, requires_grad=True), torch.randn(4, 5)
+    mask = torch.tensor([[True, True, False]] * 4)
+    out = integrator(answers, torch.full((4, 3), 1 / 3), mask, query=query)
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(4))
+    assert (out.weights[:, 2] == 0).all()
+    out.output.sum().backward()
+    assert integrator.query.weight.grad.abs().sum() > 0 and integrator.key.weight.grad.abs().sum() > 0
+
+
+def test_conflict_is_zero_for_identical_experts_and_large_for_disagreeing_ones():
+    same = torch.randn(6, 1, 4).expand(6, 3, 4)
+    w = torch.full((6, 3), 1 / 3)
+    torch.testing.assert_close(conflict(same, w, classes=True), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(conflict(same, w, classes=False), torch.zeros(6), atol=1e-6, rtol=0)
+    # two confident experts on opposite classes, equal weight: JS divergence → log 2
+    opposite = torch.tensor([[[20.0, -20.0], [-20.0, 20.0]]])
+    js = conflict(opposite, torch.tensor([[0.5, 0.5]]), classes=True)
+    torch.testing.assert_close(js, torch.tensor([math.log(2)]), atol=1e-4, rtol=0)
+    values = torch.tensor([[[0.0], [4.0]]])
+    torch.testing.assert_close(conflict(values, torch.tensor([[0.5, 0.5]]), classes=False), torch.tensor([4.0]))
+
+
+def test_attention_without_sizes_is_refused():
+    with pytest.raises(ConfigError, match="needs query_dim"):
+        Integrator("attention")
+    with pytest.raises(ConfigError, match="mode must be"):
+        Integrator("mean")

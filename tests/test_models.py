@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from mor.demo import running_parity
+from mor.errors import ConfigError, ShapeError
+from mor.nn import ConflictPolicy, DenseModel, Halting, MoRModel, count_parameters, moe_baseline, reflection_baseline
+
+
+def fit(model, steps: int, lengths=(8, 16), seed: int = 0) -> None:
+    """A plain AdamW loop on prefix parity with lengths drawn from a range."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        length = int(torch.randint(lengths[0], lengths[1] + 1, (), generator=gen))
+        x, y = running_parity(64, length, gen)
+        loss, _, _ = model.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+
+def position_accuracy(model, length: int, **kwargs) -> float:
+    model.eval()
+    x, y = running_parity(512, length, torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        return (model(x, **kwargs).argmax(-1) == y).float().mean().item()
+
+
+def test_reflection_beats_depth_one_on_a_small_seeded_task():
+    torch.manual_seed(0)
+    mor = MoRModel(2, 2, num_experts=2, k=1, dim=32, cell="conv", train_steps=16)
+    fit(mor, 400)
+    torch.manual_seed(0)
+    moe = moe_baseline(2, 2, num_experts=2, k=1, dim=32, cell="conv")
+    fit(moe, 400)
+    reflected = position_accuracy(mor, 16, halting=Halting(max_steps=16))
+    depth_one = position_accuracy(moe, 16)
+    assert reflected > 0.95, reflected
+    assert reflected > depth_one + 0.2, (reflected, depth_one)
+
+
+def test_loss_terms_are_named_and_all_reach_the_parameters():
+    model = MoRModel(6, 3, num_experts=3, k=2, dim=16, train_steps=4, mode="attention")
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    total, parts, diagnostics = model.loss(x, y)
+    assert set(parts) == {"task", "ponder", "halting_kl", "critic", "consistency", "load_balance", "z_loss"}
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert diagnostics.steps[diagnostics.mask].eq(4).all()
+
+
+def test_regression_and_eval_diagnostics():
+    model = MoRModel(5, 2, task="regression", num_experts=4, k=2, dim=16, train_steps=3)
+    x, y = torch.randn(30, 5), torch.randn(30, 2)
+    total, _, _ = model.loss(x, y)
+    assert torch.isfinite(total)
+    model.eval()
+    out, d = model(x, halting=Halting(max_steps=7), return_diagnostics=True)
+    assert out.shape == (30, 2) and d.compute.eq(14).all() and (d.conflict >= 0).all()
+
+
+def test_conflict_policy_spends_more_steps_only_on_high_conflict_inputs():
+    model = MoRModel(4, 3, num_experts=4, k=2, dim=16, train_steps=2).eval()
+    x = torch.randn(200, 4)
+    _, base = model(x, halting=Halting(max_steps=3), return_diagnostics=True)
+    cut = base.conflict.median().item()
+    model.conflict_policy = ConflictPolicy(threshold=cut, factor=3)
+    _, escalated = model(x, halting=Halting(max_steps=3), return_diagnostics=True)
+    hard = base.conflict > cut
+    assert hard.any() and (~hard).any()
+    assert escalated.compute[hard].eq(base.compute[hard] + 2 * 9).all()  # 2 experts × 9 more steps
+    assert escalated.compute[~hard].eq(base.compute[~hard]).all()
+
+
+def test_state_dict_round_trips_and_baselines_are_comparable():
+    model = MoRModel(2, 2, num_experts=3, k=2, dim=16, cell="conv")
+    clone = MoRModel(2, 2, num_experts=3, k=2, dim=16, cell="conv")
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(4, 9, 2)
+    model.eval(), clone.eval()
+    assert torch.equal(model(x), clone(x))
+    single = reflection_baseline(2, 2, dim=16, cell="conv")
+    dense = DenseModel(2, 2, dim=16, depth=3, cell="conv")
+    assert count_parameters(single) < count_parameters(model)
+    assert dense(x).shape == (4, 9, 2)
+
+
+def test_bad_model_arguments_and_inputs():
+    with pytest.raises(ConfigError, match="cell must be one of"):
+        MoRModel(2, 2, cell="lstm")
+    model = MoRModel(2, 2, dim=8)
+    with pytest.raises(ShapeError, match=r"expected \(N, 2\) vectors"):
+        model(torch.randn(3, 4))
+    model.eval()
+    with pytest.raises(ConfigError, match=r"call model\.train"):
+        model.loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))

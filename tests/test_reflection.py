@@ -1,0 +1,119 @@
+import pytest
+import torch
+from torch import nn
+
+from mor.errors import ConfigError, ShapeError
+from mor.nn import ConvCell, Halting, MLPCell, ReflectionExpert, TransformerCell
+from mor.nn.losses import geometric_prior, halting_distribution, ponder_loss
+
+
+class CountingCell(nn.Module):
+    """Wraps a cell and counts the rows (inputs) it is evaluated on."""
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        self.cell, self.rows = cell, 0
+
+    def forward(self, h):
+        self.rows += h.shape[0]
+        return self.cell(h)
+
+
+def spread_expert(dim=16) -> ReflectionExpert:
+    """An eval-mode expert whose critic confidence differs per input, so halting steps spread out."""
+    expert = ReflectionExpert(CountingCell(MLPCell(dim)), 4, 3, dim=dim, train_steps=4).eval()
+    with torch.no_grad():
+        expert.judge.weight.normal_(0, 0.5)
+    return expert
+
+
+def test_training_returns_every_step_and_a_halting_distribution():
+    expert = ReflectionExpert(MLPCell(16), 4, 3, dim=16, train_steps=5)
+    r = expert(torch.randn(7, 4))
+    assert r.answers.shape == (5, 7, 3) and r.halt_logits.shape == (5, 7) and r.critic_logits.shape == (5, 7)
+    p = r.halting_distribution
+    torch.testing.assert_close(p.sum(0), torch.ones(7))
+    assert (p >= 0).all()
+    torch.testing.assert_close(r.answer, (p[..., None] * r.answers).sum(0))
+    assert (r.steps == 5).all()
+
+
+def test_halting_bias_starts_negative_and_positive_is_refused():
+    expert = ReflectionExpert(MLPCell(8), 2, 2, dim=8)
+    assert expert.judge.bias[0] < 0
+    p = expert(torch.randn(3, 2)).halting_distribution
+    assert p[0].max() < 0.2  # does not halt at once
+    with pytest.raises(ConfigError, match="halt_bias must be negative"):
+        ReflectionExpert(MLPCell(8), 2, 2, dim=8, halt_bias=0.0)
+
+
+def test_halting_distribution_matches_hand_computation():
+    logits = torch.logit(torch.tensor([[0.5], [0.5], [0.9]]))
+    p = halting_distribution(logits)[:, 0]
+    torch.testing.assert_close(p, torch.tensor([0.5, 0.25, 0.25]))
+    expected, kl = ponder_loss(torch.tensor([[4.0], [2.0], [0.0]]), logits)
+    torch.testing.assert_close(expected, torch.tensor(2.5))
+    prior = geometric_prior(3, 0.2)
+    torch.testing.assert_close(kl, (p * (p / prior).log()).sum())
+
+
+def test_eval_cell_evaluations_equal_the_sum_of_per_input_steps():
+    expert = spread_expert()
+    x = torch.randn(64, 4)
+    r = expert(x, Halting(max_steps=12, threshold=0.7))
+    assert r.steps.min() < r.steps.max()  # the spread is real, so the count below means something
+    assert expert.cell.rows == int(r.steps.sum())
+    assert ((r.confidence >= 0.7) | (r.steps == 12)).all()
+
+
+def test_each_input_equals_running_it_alone_to_its_halting_step():
+    expert = spread_expert()
+    x = torch.randn(32, 4)
+    r = expert(x, Halting(max_steps=10, threshold=0.7))
+    for i in range(32):
+        alone = expert(x[i:i + 1], Halting(max_steps=int(r.steps[i])))
+        torch.testing.assert_close(alone.answer[0], r.answer[i], rtol=1e-5, atol=1e-5)
+        assert alone.steps.item() == r.steps[i]
+
+
+def test_stable_answer_halting_and_max_steps_beyond_training_depth():
+    expert = spread_expert()
+    x = torch.randn(32, 4)
+    r = expert(x, Halting(max_steps=40, stable_steps=3))
+    assert r.steps.max() <= 40 and r.steps.min() >= 4  # 3 unchanged steps need at least 4 answers
+    longer = expert(x, Halting(max_steps=40))
+    assert (longer.steps == 40).all()  # 10× the training depth of 4
+
+
+@pytest.mark.parametrize("cell,shape", [(MLPCell(16), (5, 4)), (ConvCell(16), (5, 9, 4)),
+                                        (TransformerCell(16, heads=2), (5, 9, 4))])
+def test_any_cell_kind_and_sequence_answers_per_position(cell, shape):
+    expert = ReflectionExpert(cell, 4, 3, dim=16, train_steps=3)
+    r = expert(torch.randn(*shape))
+    assert r.answers.shape == (3, *shape[:-1], 3)
+    expert.eval()
+    r = expert(torch.randn(*shape), Halting(max_steps=6, threshold=0.6))
+    assert r.answer.shape == (*shape[:-1], 3) and r.steps.shape == (5,)
+
+
+def test_input_is_reinjected_every_step():
+    expert = ReflectionExpert(MLPCell(8), 2, 2, dim=8, train_steps=3)
+    seen = []
+    expert.cell.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(4, 2)
+    z, xe, answer = expert.encode(x), expert.encode(x), None
+    expert(x)
+    recorded = list(seen)
+    assert len(recorded) == 3
+    for h in recorded:  # every step's cell input is state + encoded input + feedback of the previous answer
+        expected = z + xe + (expert.feedback(answer) if answer is not None else 0)
+        torch.testing.assert_close(h, expected)
+        z, answer, _ = expert.step(z, xe, answer)
+
+
+def test_bad_input_shape_and_halting_rule():
+    expert = ReflectionExpert(MLPCell(8), 2, 2, dim=8)
+    with pytest.raises(ShapeError, match=r"expected inputs \(N, \.\.\., 2\)"):
+        expert(torch.randn(3, 5))
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        Halting(max_steps=0)

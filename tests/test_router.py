@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from mor.errors import ConfigError, ShapeError
+from mor.nn import Router
+
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_probabilities_and_weights_are_valid_distributions(score):
+    router = Router(16, 6, k=3, score=score)
+    r = router(torch.randn(50, 16))
+    assert r.probs.shape == (50, 6) and ((r.probs >= 0) & (r.probs <= 1)).all()
+    if score == "softmax":
+        torch.testing.assert_close(r.probs.sum(-1), torch.ones(50))
+    torch.testing.assert_close(r.weights.sum(-1), torch.ones(50))
+    assert (r.weights >= 0).all()
+
+
+def test_top_k_picks_the_k_largest():
+    router = Router(8, 5, k=2)
+    r = router(torch.randn(40, 8))
+    expected = r.probs.argsort(-1, descending=True)[:, :2]
+    assert torch.equal(r.indices, expected)
+    assert r.mask.all()
+    chosen = torch.gather(r.probs, 1, r.indices)
+    torch.testing.assert_close(r.weights, chosen / chosen.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("min_experts,max_experts", [(1, 4), (2, 3), (1, 1)])
+def test_threshold_activates_exactly_the_experts_above_tau_within_bounds(min_experts, max_experts):
+    tau = 0.2
+    router = Router(8, 6, score="softmax", threshold=tau, min_experts=min_experts, max_experts=max_experts)
+    r = router(torch.randn(200, 8) * 3)
+    for i in range(200):
+        active = set(r.indices[i][r.mask[i]].tolist())
+        above = (r.probs[i] >= tau).nonzero().squeeze(1)
+        ranked = r.probs[i].argsort(descending=True).tolist()
+        want = set(ranked[:max(min_experts, min(len(above), max_experts))])
+        assert active == want
+        assert min_experts <= len(active) <= max_experts
+    assert (r.weights[~r.mask] == 0).all()
+
+
+def test_capacity_factor_caps_each_expert_and_keeps_first_choices_first():
+    router = Router(4, 4, k=2, capacity_factor=1.0)
+    with torch.no_grad():
+        router.proj.weight.zero_()
+        router.proj.weight[0, 0] = 5.0  # expert 0 is everyone's first choice
+    x = torch.randn(64, 4).abs()
+    x[:, 0] += 1
+    r = router(x)
+    capacity = 64 * 2 // 4
+    assert (r.counts <= capacity).all()
+    assert r.counts[0] == capacity
+    kept_first = r.mask[:, 0] & (r.indices[:, 0] == 0)
+    assert kept_first.sum() == capacity  # expert 0's places all went to first choices
+    assert torch.equal(Router(4, 4, k=2)(x).mask, torch.ones(64, 2, dtype=torch.bool))  # dropless default
+
+
+def test_aux_losses_and_statistics():
+    router = Router(8, 4, k=1)
+    r = router(torch.randn(1000, 8))
+    assert set(r.aux) == {"load_balance", "z_loss"}
+    torch.testing.assert_close(r.load.sum(), torch.tensor(1.0))
+    assert 0 < r.entropy <= torch.log(torch.tensor(4.0)) + 1e-6
+    with torch.no_grad():  # collapse all routing onto expert 0: balance loss rises to E·P_0 ≈ 4
+        router.proj.weight.zero_()
+        router.proj.weight[0] = 100.0
+    collapsed = router(torch.randn(1000, 8).abs())
+    assert collapsed.aux["load_balance"] > 3.5 > r.aux["load_balance"]
+    assert collapsed.load[0] == 1.0
+
+
+def test_noisy_gating_only_in_training():
+    router = Router(8, 4, k=1, noise_std=5.0)
+    x = torch.randn(100, 8)
+    router.eval()
+    assert torch.equal(router(x).indices, router(x).indices)
+    router.train()
+    assert not torch.equal(router(x).logits, router(x).logits)
+
+
+def test_bad_arguments_raise_one_line_errors():
+    with pytest.raises(ConfigError, match="k must be in"):
+        Router(8, 4, k=5)
+    with pytest.raises(ConfigError, match="threshold must be in"):
+        Router(8, 4, threshold=1.5)
+    with pytest.raises(ConfigError, match="min_experts"):
+        Router(8, 4, threshold=0.1, min_experts=3, max_experts=2)
+    with pytest.raises(ShapeError, match=r"expected inputs of shape \(N, 8\)"):
+        Router(8, 4)(torch.randn(3, 7))
