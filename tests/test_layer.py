@@ -21,13 +21,14 @@ def naive_forward(layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("diagnostics", [False, True])  # scatter-add combine, and the integrator's slot path
 @pytest.mark.parametrize("router_kwargs", [{"k": 2}, {"k": 1}, {"threshold": 0.2, "max_experts": 3},
                                            {"k": 2, "capacity_factor": 0.5}])
-def test_sorted_dispatch_equals_per_token_reference_forward_and_gradients(device, router_kwargs):
+def test_sorted_dispatch_equals_per_token_reference_forward_and_gradients(device, diagnostics, router_kwargs):
     layer = MoRLayer.swiglu(12, 24, 5, **router_kwargs).to(device)
     x = torch.randn(3, 11, 12, device=device, requires_grad=True)
     g = torch.randn(3, 11, 12, device=device)
-    (y,) = [layer(x)]
+    y = layer(x, return_diagnostics=True)[0] if diagnostics else layer(x)
     y.backward(g)
     grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad()

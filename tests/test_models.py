@@ -96,3 +96,22 @@ def test_bad_model_arguments_and_inputs():
     model.eval()
     with pytest.raises(ConfigError, match=r"call model\.train"):
         model.loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("ffn", ["dense", "moe", "mor"])
+def test_token_model_learns_a_repeating_sequence(ffn):
+    from mor.nn.transformer import TokenModel
+
+    torch.manual_seed(0)
+    model = TokenModel(vocab=5, dim=32, depth=1, heads=2, max_len=32, ffn=ffn, num_experts=4, k=2, hidden=32)
+    tokens = torch.arange(32).remainder(5).repeat(8, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        logits, aux = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss = loss + 0.01 * sum(aux.values(), torch.zeros(()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3, loss.item()
+    assert ("load_balance" in aux) == (ffn != "dense")

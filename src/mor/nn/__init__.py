@@ -16,10 +16,11 @@ from mor.nn.models import (
 )
 from mor.nn.reflection import Halting, Reflection, ReflectionExpert
 from mor.nn.router import Router, Routing
+from mor.nn.transformer import TokenModel
 
 __all__ = [
     "ConflictPolicy", "ConvCell", "DenseModel", "Diagnostics", "Halting", "Integrator", "LossWeights",
     "MLPCell", "MoRLayer", "MoRModel", "Reflection", "ReflectionExpert", "ReflectionExperts", "Router",
-    "Routing", "SwiGLU", "SwiGLUExperts", "TransformerCell", "conflict", "count_parameters",
+    "Routing", "SwiGLU", "SwiGLUExperts", "TokenModel", "TransformerCell", "conflict", "count_parameters",
     "moe_baseline", "reflection_baseline", "reflection_layer",
 ]

@@ -41,17 +41,21 @@ class MoRLayer(nn.Module):
         routing = self.router(flat)
         dispatch = Dispatch.of(routing)
         out = self.experts(dispatch.gather(flat), dispatch.sizes)
-        answers = dispatch.scatter(out.answer)
         confidence = dispatch.scatter(out.confidence)
-        integrated = self.integrator(answers, routing.weights, routing.mask, confidence, flat,
-                                     with_conflict=return_diagnostics)
-        y = integrated.output.reshape(*x.shape[:-1], integrated.output.shape[-1])
+        if self.integrator.mode == "gate":  # one scatter-add, no (N, m, D) slot tensor in the graph
+            y, weights = dispatch.combine(out.answer, routing.weights), routing.weights
+            conflict = self.integrator.conflict(dispatch.scatter(out.answer.detach()), weights.detach()) \
+                if return_diagnostics else None
+        else:
+            integrated = self.integrator(dispatch.scatter(out.answer), routing.weights, routing.mask, confidence,
+                                         flat, with_conflict=return_diagnostics)
+            y, weights, conflict = integrated.output, integrated.weights, integrated.conflict
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
         if not return_diagnostics:
             return y
-        return y, Diagnostics(weights=integrated.weights, indices=routing.indices, mask=routing.mask,
-                              steps=dispatch.scatter(out.steps), confidence=confidence,
-                              conflict=integrated.conflict, load=routing.load, entropy=routing.entropy,
-                              aux={**routing.aux, **out.aux})
+        return y, Diagnostics(weights=weights, indices=routing.indices, mask=routing.mask,
+                              steps=dispatch.scatter(out.steps), confidence=confidence, conflict=conflict,
+                              load=routing.load, entropy=routing.entropy, aux={**routing.aux, **out.aux})
 
 
 def reflection_layer(experts: ReflectionExperts, dim: int, k: int = 2,

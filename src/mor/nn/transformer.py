@@ -1,0 +1,81 @@
+"""A small decoder-only transformer over tokens whose FFN is dense, a sparse MoE, or a MoR layer.
+
+The ready model for token-level MoR (e.g. character language models) and its baselines in one class:
+the FFN kind is the only thing that changes.
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mor.errors import ShapeError, check
+from mor.nn.cells import MLPCell
+from mor.nn.diagnostics import Diagnostics, merge
+from mor.nn.experts import ReflectionExperts, SwiGLU
+from mor.nn.layer import MoRLayer, reflection_layer
+from mor.nn.reflection import ReflectionExpert
+
+FFNKind = Literal["dense", "moe", "mor"]
+
+
+class Block(nn.Module):
+    """Pre-norm causal self-attention followed by a pre-norm FFN, both residual."""
+
+    def __init__(self, dim: int, heads: int, ffn: nn.Module):
+        super().__init__()
+        self.heads, self.ffn = heads, ffn
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Diagnostics | None]:
+        q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).flatten(2))
+        if isinstance(self.ffn, MoRLayer):
+            y, diagnostics = self.ffn(self.norm2(x), return_diagnostics=True)
+            return x + y, diagnostics
+        return x + self.ffn(self.norm2(x)), None
+
+
+class TokenModel(nn.Module):
+    """Token ids (B, T) → next-token logits (B, T, vocab), with `ffn` = dense, moe or mor in every block.
+
+    `moe`: `num_experts` SwiGLU experts of width `hidden`, top-k. `mor`: reflection experts with MLP cells
+    that refine each token's FFN output for up to `train_steps` steps. `dense`: one SwiGLU of width
+    k·hidden, the same active parameters as `moe`.
+    """
+
+    def __init__(self, vocab: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 256, *,
+                 ffn: FFNKind = "mor", num_experts: int = 4, k: int = 2, hidden: int = 256, train_steps: int = 3):
+        super().__init__()
+        check(ffn in ("dense", "moe", "mor"), f"TokenModel: ffn must be 'dense', 'moe' or 'mor', got {ffn!r}")
+        check(dim % heads == 0, f"TokenModel: dim ({dim}) must be divisible by heads ({heads})")
+        self.max_len = max_len
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, self._ffn(ffn, dim, num_experts, k, hidden, train_steps))
+                                    for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+
+    @staticmethod
+    def _ffn(kind: FFNKind, dim: int, num_experts: int, k: int, hidden: int, train_steps: int) -> nn.Module:
+        if kind == "dense":
+            return SwiGLU(dim, k * hidden)
+        if kind == "moe":
+            return MoRLayer.swiglu(dim, hidden, num_experts, k)
+        experts = ReflectionExperts(ReflectionExpert(MLPCell(dim, hidden), dim, dim, dim=dim, classes=False,
+                                                     train_steps=train_steps) for _ in range(num_experts))
+        return reflection_layer(experts, dim, k, mode="confidence")
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the FFN layers' auxiliary losses summed over blocks."""
+        if tokens.dim() != 2 or tokens.shape[1] > self.max_len:
+            raise ShapeError(f"TokenModel: expected token ids (B, T) with T <= {self.max_len}, "
+                             f"got {tuple(tokens.shape)}")
+        x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
+        found = []
+        for block in self.blocks:
+            x, diagnostics = block(x)
+            found += [diagnostics] if diagnostics is not None else []
+        return self.head(self.norm(x)), merge(found)
