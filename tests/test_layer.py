@@ -111,3 +111,17 @@ def test_cuda_bf16_layer_runs_and_matches_fp32():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y = layer(x)
     torch.testing.assert_close(y.float(), layer(x), atol=0.1, rtol=0.1)
+
+
+def test_grouped_mm_matches_per_group_matmul_with_empty_groups_and_passes_gradcheck():
+    from mor.nn.grouped import grouped_mm
+
+    sizes = [3, 0, 4, 0, 2]
+    x = torch.randn(9, 4, dtype=torch.double, requires_grad=True)
+    w = torch.randn(5, 4, 6, dtype=torch.double, requires_grad=True)
+    starts = [0, 3, 3, 7, 7]
+    want = torch.cat([x[s:s + n] @ w[e] for e, (s, n) in enumerate(zip(starts, sizes, strict=True)) if n])
+    torch.testing.assert_close(grouped_mm(x, w, sizes), want)
+    assert torch.autograd.gradcheck(lambda a, b: grouped_mm(a, b, sizes), (x, w))
+    grouped_mm(x, w, sizes).sum().backward()
+    assert (w.grad[1] == 0).all() and (w.grad[3] == 0).all()  # experts with no rows get zero gradient

@@ -3,7 +3,7 @@
 User errors print as one line (`error: …`) with exit code 2; `--debug` shows the traceback instead.
 """
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -58,15 +58,11 @@ def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITE
 
 
 def _load_benchmark(name: str) -> ModuleType:
-    """Import benchmarks/NAME.py from the current folder or the source checkout mor was installed from."""
+    """Import benchmarks.NAME from the current folder or the source checkout mor was installed from."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = root / "benchmarks" / f"{name}.py"
-        if path.is_file():
+        if (root / "benchmarks" / f"{name}.py").is_file():
             sys.path.insert(0, str(root))
-            spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
+            return importlib.import_module(f"benchmarks.{name}")
     raise MorError("mor bench: no benchmarks/ folder found; run it from the root of the mor repository")
 
 

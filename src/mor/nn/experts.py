@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mor.nn.grouped import grouped_mm
 from mor.nn.losses import halting_kl
 
 
@@ -37,18 +38,6 @@ class SwiGLU(nn.Module):
         return self.w_out(F.silu(gate) * up)
 
 
-def _grouped_mm_ok(x: Tensor) -> bool:
-    """torch's grouped matmul runs in fp32 on CPU and in bf16 on CUDA; other cases take the loop."""
-    return hasattr(F, "grouped_mm") and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
-
-
-def grouped_matmul(x: Tensor, weight: Tensor, sizes: list[int], offsets: Tensor) -> Tensor:
-    """Rows of `x` (A, K) grouped by expert times that expert's `weight[e]` (E, K, N) → (A, N)."""
-    if _grouped_mm_ok(x) and x.shape[0] > 0:
-        return F.grouped_mm(x, weight, offs=offsets)
-    return torch.cat([xs @ w for xs, w in zip(x.split(sizes), weight.unbind(0), strict=True)])
-
-
 class SwiGLUExperts(nn.Module):
     """E SwiGLU experts with stacked weights (E, d, 2h) and (E, h, d); depth 1, confidence 1."""
 
@@ -59,9 +48,8 @@ class SwiGLUExperts(nn.Module):
         self.w_out = nn.Parameter(torch.randn(num_experts, hidden, dim) * hidden**-0.5)
 
     def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
-        offsets = torch.tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
-        gate, up = grouped_matmul(x, self.w_in, sizes, offsets).chunk(2, dim=-1)
-        y = grouped_matmul(F.silu(gate) * up, self.w_out, sizes, offsets)
+        gate, up = grouped_mm(x, self.w_in, sizes).chunk(2, dim=-1)
+        y = grouped_mm(F.silu(gate) * up, self.w_out, sizes)
         ones = x.new_ones(x.shape[0])
         return ExpertOutput(answer=y, confidence=ones, steps=ones.long())
 
@@ -87,4 +75,4 @@ class ReflectionExperts(nn.ModuleList):
         return self[e](x).answer
 
 
-__all__ = ["ExpertOutput", "ReflectionExperts", "SwiGLU", "SwiGLUExperts", "grouped_matmul"]
+__all__ = ["ExpertOutput", "ReflectionExperts", "SwiGLU", "SwiGLUExperts"]

@@ -125,28 +125,33 @@ class ReflectionExpert(nn.Module):
         n = x.shape[0]
         xe = self.encode(x)
         z, answer, idx = xe, None, torch.arange(n, device=x.device)
-        unchanged = torch.zeros(n, dtype=torch.long, device=x.device)
+        unchanged = torch.zeros(n, dtype=torch.long, device=x.device) if rule.stable_steps else None
         final = x.new_empty(n, *x.shape[1:-1], self.out_dim)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
         confidence = x.new_zeros(n)
         for t in range(1, rule.max_steps + 1):
             z, new_answer, j = self.step(z, xe, answer)
             conf = self._confidence(j[..., 1])
-            if answer is not None:
-                unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
+            done = conf >= rule.threshold if rule.threshold is not None else None
+            if unchanged is not None:
+                if answer is not None:
+                    unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
+                stable = unchanged >= rule.stable_steps
+                done = stable if done is None else done | stable
             answer = new_answer
-            done = torch.full_like(unchanged, t == rule.max_steps, dtype=torch.bool)
-            if rule.threshold is not None:
-                done |= conf >= rule.threshold
-            if rule.stable_steps is not None:
-                done |= unchanged >= rule.stable_steps
-            if done.any():
-                out = idx[done]
-                final[out], steps[out], confidence[out] = answer[done], t, conf[done]
-                keep = ~done
-                idx, z, xe, answer, unchanged = idx[keep], z[keep], xe[keep], answer[keep], unchanged[keep]
-                if idx.numel() == 0:
-                    break
+            if t == rule.max_steps:
+                final[idx], steps[idx], confidence[idx] = answer, t, conf
+                break
+            halted = done.nonzero().squeeze(1) if done is not None else idx[:0]
+            if halted.numel() == 0:
+                continue
+            out = idx[halted]
+            final[out], steps[out], confidence[out] = answer[halted], t, conf[halted]
+            if halted.numel() == idx.numel():
+                break
+            keep = (~done).nonzero().squeeze(1)  # halted inputs leave the active batch
+            idx, z, xe, answer = (v.index_select(0, keep) for v in (idx, z, xe, answer))
+            unchanged = unchanged.index_select(0, keep) if unchanged is not None else None
         return Reflection(answer=final, steps=steps, confidence=confidence)
 
     def with_halting(self, **changes) -> Halting:

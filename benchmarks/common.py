@@ -1,0 +1,145 @@
+"""Helpers every benchmark shares: interleaved timing, paired ratios, machine description, result files."""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(threads: list[int]) -> dict:
+    """What the numbers were measured on, so a result file stands on its own."""
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    try:
+        import transformers
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+class OtherLoad:
+    """Measures how many cores other processes kept busy meanwhile: the shared-machine noise, as a number."""
+
+    def __init__(self):
+        self.start = (_busy_cpu_s(), time.process_time(), time.perf_counter())
+
+    def cores(self) -> float:
+        busy, own, wall = (now - then for now, then in zip((_busy_cpu_s(), time.process_time(), time.perf_counter()),
+                                                           self.start, strict=True))
+        return max(busy - own, 0.0) / wall
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    """A barrier to call around timings: waits for queued CUDA kernels, does nothing on CPU."""
+    return torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3,
+                reset: Callable[[], None] = lambda: None, sync: Callable[[], None] = lambda: None,
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each fn, `rounds` times; each round runs every fn once in a rotating order.
+
+    Interleaving spreads shared-machine noise over all fns alike, so per-round ratios are fair.
+    `reset` runs untimed before each call (e.g. to drop gradients).
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            reset()
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            reset()
+            sync()
+            start = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Median, min and max of per-round ratios numerator_r / denominator_r."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def fmt_ratio(r: dict[str, float]) -> str:
+    """A paired ratio as 'median (min–max)'."""
+    return f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
+
+
+class _OpsSeen(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def ops_run(fn: Callable[[], object]) -> set[str]:
+    """Names of the aten ops `fn` dispatches: checks which kernel really ran, quietly (no profiler logs)."""
+    with _OpsSeen() as seen:
+        fn()
+    return seen.names
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def md_machine(info: dict, other_cores: float | None = None) -> str:
+    """The machine description as markdown, with a warning when other processes competed for the cores."""
+    gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
+    line = (f"Machine: {info['cpu']}, {info['usable_cores']}/{info['cores']} usable cores{gpu}; torch {info['torch']}, "
+            f"transformers {info['transformers']}, Python {info['python']}; {info['date']}.")
+    if other_cores is None:
+        return line
+    line += f" Other processes kept {other_cores:.2f} cores busy on average during the run."
+    if other_cores > 0.2:
+        line += " **Warning: the machine was shared; multi-thread rows are the least reliable.**"
+    return line
+
+
+def write(out_dir: str, name: str, results: dict, markdown: str) -> None:
+    """Write `name`.json and `name`.md under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown + "\n")

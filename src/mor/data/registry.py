@@ -1,0 +1,36 @@
+"""Every built-in task by name, built from config options with one-line errors for bad names and options."""
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+
+from mor.data.addition import Addition
+from mor.data.base import Task
+from mor.data.bundled import BUNDLED, bundled_task
+from mor.data.chars import Chars
+from mor.data.files import READERS, table_task
+from mor.data.mix import Mix
+from mor.data.parity import Parity, SequenceParity
+from mor.data.prefix_sum import PrefixSum
+from mor.data.regimes import Regimes
+from mor.errors import check
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "prefix_sum": PrefixSum, "addition": Addition, "parity": Parity, "sequence_parity": SequenceParity,
+    "regimes": Regimes, "mix": Mix, "chars": Chars,
+    **{name: partial(bundled_task, name) for name in BUNDLED},
+    **{name: partial(table_task, name) for name in READERS},
+}
+
+
+def get_task(name: str, **options) -> Task:
+    """The task called `name`, built with `options` (the keys under `data:` in a config, besides `task`)."""
+    check(name in TASKS, f"data.task: unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    parameters = inspect.signature(TASKS[name]).parameters
+    for key in options:
+        check(key in parameters, f"data.{key}: task {name!r} has no option {key!r}; "
+                                 f"its options are: {', '.join(parameters) or 'none'}")
+    for key, parameter in parameters.items():
+        check(parameter.default is not inspect.Parameter.empty or key in options,
+              f"data.{key}: task {name!r} needs option {key!r}; set data.{key}")
+    return TASKS[name](**options)

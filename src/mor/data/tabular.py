@@ -1,0 +1,112 @@
+"""A table with a target column as a finite task: split once by seed (stratified for classes), preprocessed
+by scikit-learn transformers fitted on the training split only, so val and test stay unseen."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
+from sklearn.utils.multiclass import type_of_target
+
+from mor.data.base import SPLITS, Batch, DatasetTask, Kind
+from mor.errors import ConfigError, check
+
+
+class TabularTask(DatasetTask):
+    """Rows of `frame` → features (N, in_dim) float32 and targets: class ids (N,) or standardised values (N, 1).
+
+    Numeric columns are median-imputed and standardised; other columns are imputed with their most frequent
+    value and one-hot encoded (categories unseen in training encode as all zeros). `kind` None infers the
+    task from the target column. Class ids follow the sorted classes of the whole column (`classes`), so
+    every class has an id; regression targets are standardised with `target_scaler`, fitted on train.
+    Fitted pieces stay inspectable: `preprocessor`, `target_scaler`, and `rows`, each split's row positions.
+    """
+
+    sequence = False
+
+    def __init__(self, frame: pd.DataFrame, target: str, *, name: str = "table", columns: Sequence[str] | None = None,
+                 kind: Kind | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 stratify: bool = True):
+        self.name = name
+        available = ", ".join(map(str, frame.columns))
+        check(target in frame.columns, f"data.target: no column {target!r} in {name}; available: {available}")
+        features = ([c for c in frame.columns if c != target] if columns is None
+                    else [columns] if isinstance(columns, str) else list(columns))
+        missing = [c for c in features if c not in frame.columns or c == target]
+        check(not missing and features,
+              f"data.columns: {missing or 'none given'} are not feature columns of {name}; available: {available}")
+        labels = frame[target]
+        check(labels.notna().all(), f"data.target: column {target!r} has {labels.isna().sum()} missing values; "
+                                    "drop or fill those rows first")
+        self.kind = _infer_kind(labels, target) if kind is None else kind
+        check(self.kind in ("classification", "regression"),
+              f"data.kind: expected 'classification' or 'regression', got {self.kind!r}")
+        classes = self.kind == "classification"
+        self.rows = _split(len(frame), labels if classes and stratify else None, seed, val_fraction, test_fraction)
+        x = frame[features]
+        self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
+        self.feature_names = list(self.preprocessor.get_feature_names_out())
+        self.in_dim = len(self.feature_names)
+        if classes:
+            encoder = LabelEncoder().fit(labels)
+            self.classes, self.target_scaler = list(encoder.classes_), None
+            self.out_dim, y = len(self.classes), torch.as_tensor(encoder.transform(labels), dtype=torch.long)
+        else:
+            values = labels.to_numpy(dtype=np.float64)[:, None]
+            self.classes, self.out_dim = None, 1
+            self.target_scaler = StandardScaler().fit(values[self.rows["train"]])
+            y = torch.as_tensor(self.target_scaler.transform(values), dtype=torch.float32)
+        self._data = {split: (torch.as_tensor(self.preprocessor.transform(x.iloc[rows]), dtype=torch.float32),
+                              y[torch.as_tensor(rows)]) for split, rows in self.rows.items()}
+
+    def split(self, name: str) -> Batch:
+        check(name in SPLITS, f"{self.name}: unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
+        return self._data[name]
+
+
+def _infer_kind(labels: pd.Series, target: str) -> Kind:
+    """Classification for binary or multiclass targets (labels, strings, few integers), regression for real values."""
+    found = type_of_target(labels.to_numpy())
+    if found in ("binary", "multiclass"):
+        return "classification"
+    check(found == "continuous", f"data.kind: cannot tell the task from column {target!r} ({found} values); "
+                                 "set kind: classification or kind: regression")
+    return "regression"
+
+
+def _split(n: int, stratify: pd.Series | None, seed: int, val_fraction: float, test_fraction: float
+           ) -> dict[str, np.ndarray]:
+    """Row positions of train / val / test, disjoint and covering all `n` rows."""
+    for field, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        check(isinstance(value, int | float) and 0 < value < 1,
+              f"data.{field}: expected a fraction between 0 and 1, got {value!r}")
+    check(val_fraction + test_fraction < 1,
+          f"data.val_fraction: val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
+    rows = np.arange(n)
+    try:
+        rest, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=stratify)
+        keep = None if stratify is None else stratify.iloc[rest]
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
+                                      stratify=keep)
+    except ValueError as error:
+        fix = "; set stratify: false or use more rows" if stratify is not None else "; use more rows"
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"data.val_fraction: cannot split {n} rows into train/val/test: {reason}{fix}") from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _preprocessor(x: pd.DataFrame) -> ColumnTransformer:
+    """Impute and standardise numeric columns; impute and one-hot encode the others."""
+    numeric = [c for c in x.columns if pd.api.types.is_numeric_dtype(x[c])]
+    other = [c for c in x.columns if c not in numeric]
+    numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    other_steps = Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
+                            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))])
+    parts = [(name, steps, columns) for name, steps, columns in
+             (("num", numeric_steps, numeric), ("cat", other_steps, other)) if columns]
+    return ColumnTransformer(parts, sparse_threshold=0.0)
