@@ -17,3 +17,7 @@ def check(condition: bool, message: str, error: type[MorError] = ConfigError) ->
     """Raise `error(message)` unless `condition` holds; keeps argument validation to one line each."""
     if not condition:
         raise error(message)
+
+
+class CheckpointError(MorError):
+    """A checkpoint is missing, truncated, corrupt, or does not match the model it is loaded into."""

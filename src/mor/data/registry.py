@@ -25,6 +25,12 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 def get_task(name: str, **options) -> Task:
     """The task called `name`, built with `options` (the keys under `data:` in a config, besides `task`)."""
+    check_options(name, options)
+    return TASKS[name](**options)
+
+
+def check_options(name: str, options: dict) -> None:
+    """Refuse an unknown task name, an option the task does not take, or a required option left out."""
     check(name in TASKS, f"data.task: unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     parameters = inspect.signature(TASKS[name]).parameters
     for key in options:
@@ -33,4 +39,3 @@ def get_task(name: str, **options) -> Task:
     for key, parameter in parameters.items():
         check(parameter.default is not inspect.Parameter.empty or key in options,
               f"data.{key}: task {name!r} needs option {key!r}; set data.{key}")
-    return TASKS[name](**options)

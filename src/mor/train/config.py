@@ -1,0 +1,193 @@
+"""Run configuration: one YAML file → validated pydantic models for model, data, train, eval and checkpoint.
+
+Unknown keys are errors, and every error is one line naming the field, the bad value and the fix,
+e.g. `train.lr: must be > 0, got -1`.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mor.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are refused, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HaltingConfig(Strict):
+    """Inference halting of every expert: see `mor.nn.Halting`."""
+
+    max_steps: int = Field(16, ge=1)
+    threshold: float | None = Field(None, gt=0, le=1)
+    stable_steps: int | None = Field(None, ge=1)
+
+
+class ModelConfig(Strict):
+    """Which model and its sizes. `kind`: mor (router + reflection experts), moe (depth 1), reflection
+    (one expert), dense (a fixed stack of cells)."""
+
+    kind: Literal["mor", "moe", "reflection", "dense"] = "mor"
+    num_experts: int = Field(2, ge=1)
+    k: int = Field(1, ge=1)
+    dim: int = Field(32, ge=1)
+    cell: Literal["mlp", "conv", "transformer"] = "conv"
+    train_steps: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1, description="dense only: number of cells")
+    mode: Literal["gate", "confidence", "attention"] = "confidence"
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    noise_std: float = Field(0.0, ge=0)
+    halting: HaltingConfig = HaltingConfig()
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> "ModelConfig":
+        if self.k > self.num_experts:
+            raise ValueError(f"model.k: must be <= model.num_experts ({self.num_experts}), got {self.k}; "
+                             f"lower k or add experts")
+        return self
+
+
+class DataConfig(BaseModel):
+    """The task by name (see `mor.data.TASKS`); any other key is an option of that task, checked by it."""
+
+    model_config = ConfigDict(extra="allow")
+    task: str = "prefix_sum"
+    batch_size: int = Field(64, ge=1)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The task's own options: every key besides task and batch_size."""
+        return dict(self.model_extra or {})
+
+
+class LossConfig(Strict):
+    """Weight of each loss term; see `mor.nn.LossWeights`."""
+
+    task: float = Field(1.0, ge=0)
+    ponder: float = Field(1.0, ge=0)
+    halting_kl: float = Field(0.01, ge=0)
+    critic: float = Field(0.1, ge=0)
+    consistency: float = Field(0.0, ge=0)
+    load_balance: float = Field(0.01, ge=0)
+    z_loss: float = Field(0.001, ge=0)
+    prior_halt_prob: float = Field(0.2, gt=0, lt=1)
+
+
+class TrainConfig(Strict):
+    """The optimisation recipe: AdamW, warmup then cosine (optionally with warm restarts)."""
+
+    steps: int = Field(2000, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: int = Field(100, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    restarts: int = Field(0, ge=0, description="warm restarts of the cosine schedule")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_accum: int = Field(1, ge=1)
+    clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
+    log_every: int = Field(50, ge=1)
+    eval_every: int = Field(250, ge=1)
+    early_stop: int | None = Field(None, ge=1, description="stop after this many evaluations without gain")
+    loss: LossConfig = LossConfig()
+
+
+class EvalConfig(Strict):
+    """What `mor eval` and the end-of-training report measure."""
+
+    examples: int = Field(1024, ge=1)
+    sizes: list[int] = Field(default_factory=list, description="instance sizes to evaluate; [] = training's")
+    max_steps: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    thresholds: list[float] = Field(default_factory=lambda: [0.9, 0.99])
+    stable_steps: list[int] = Field(default_factory=lambda: [4])
+    seed: int = 12345
+
+
+class CheckpointConfig(Strict):
+    """Where and how often to checkpoint, and how many to keep."""
+
+    dir: Path = Path("runs/default")
+    every: int = Field(250, ge=1)
+    keep_last: int = Field(2, ge=1)
+
+
+class RunConfig(Strict):
+    """A whole run; `compare` names baselines trained with the same recipe for the report."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    compare: list[Literal["moe", "reflection", "dense"]] = Field(default_factory=list)
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "config"
+
+
+BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _message(error: dict) -> str:
+    """One pydantic error as `field: what is wrong, got VALUE`, with the fix where it is not obvious."""
+    field, kind, ctx = _field(error["loc"]), error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return f"{field}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{field}: required; add it"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind in BOUNDS:
+        (bound,) = (v for k, v in ctx.items())
+        what = f"must be {BOUNDS[kind]} {bound}"
+    else:
+        what = error["msg"].replace("Input should be", "must be")
+    return f"{field}: {what}, got {error.get('input')!r}"
+
+
+def parse(raw: Any, source: str = "config") -> RunConfig:
+    """Validate a mapping (e.g. parsed YAML) into a RunConfig, or raise ConfigError with one line."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping of sections (model, data, train, …), "
+                          f"got {type(raw).__name__}")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_message(first)}{more}") from None
+    from mor.data.registry import check_options
+
+    try:
+        check_options(config.data.task, config.data.options)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return config
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; {getattr(err, 'problem', err)}") from None
+    return parse(raw, str(path))
+
+
+def dump(config: RunConfig) -> str:
+    """The config as YAML, with every default filled in (saved next to checkpoints)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

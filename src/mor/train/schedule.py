@@ -1,0 +1,23 @@
+"""Learning-rate schedule: linear warmup, then cosine decay to a floor, optionally with warm restarts."""
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from mor.train.config import TrainConfig
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    cycle = max(1, math.ceil((cfg.steps - cfg.warmup) / (cfg.restarts + 1)))
+    progress = ((step - cfg.warmup) % cycle) / cycle
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scheduler(optimizer: Optimizer, cfg: TrainConfig) -> LambdaLR:
+    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

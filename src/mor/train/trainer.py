@@ -1,0 +1,236 @@
+"""Trainer: AdamW with warmup + cosine, gradient accumulation, clipping, autocast, periodic evaluation,
+early stopping, checkpoints with exact resume, JSONL metrics and a progress bar.
+
+Every batch is a pure function of (seed, step, micro-batch), and the RNG, optimiser and scheduler states are
+checkpointed, so an interrupted-and-resumed run repeats exactly what an uninterrupted one does.
+Under `torchrun`, each process trains on its shard of the same global batch (DDP, gloo on CPU, nccl on CUDA).
+"""
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mor.data import DatasetTask, StreamTask, Task, get_task
+from mor.errors import CheckpointError
+from mor.train import checkpoint
+from mor.train.build import build_model, loss_weights
+from mor.train.config import RunConfig, dump
+from mor.train.schedule import scheduler
+
+
+class _Loss(nn.Module):
+    """Puts `model.loss` behind `forward`, so DDP sees the pass it must synchronise."""
+
+    def __init__(self, model: nn.Module, weights):
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def forward(self, x: Tensor, y: Tensor):
+        return self.model.loss(x, y, self.weights)
+
+
+class Trainer:
+    """Trains the model of `config` (or baseline `kind` with the same recipe) in `run_dir`."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, kind: str | None = None,
+                 console: Console | None = None):
+        self.config, self.kind = config, kind or config.model.kind
+        self.run_dir = Path(run_dir or config.checkpoint.dir)
+        self.console = console or Console()
+        self.rank, self.world = _distributed()
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.device = torch.device(f"cuda:{self.rank % torch.cuda.device_count()}"
+                                   if torch.cuda.is_available() else "cpu")
+        self.task: Task = get_task(config.data.task, **config.data.options)
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config.model, self.task, self.kind).to(self.device)
+        self.loss = _Loss(self.model, loss_weights(config.train.loss))
+        if self.world > 1:
+            self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
+        tc = config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = scheduler(self.optimizer, tc)
+        self.step, self.best, self.stale = 0, None, 0
+        self._train_split: tuple[Tensor, Tensor] | None = None
+
+    # data -----------------------------------------------------------------------------------------------
+    def batch_at(self, step: int, micro: int) -> tuple[Tensor, Tensor]:
+        """The global batch of (step, micro-batch), a pure function of the seed; this process's shard of it."""
+        n, seed = self.config.data.batch_size, self.config.train.seed
+        if isinstance(self.task, StreamTask):
+            generator = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 257 + micro) % 2**63)
+            x, y = self.task.batch(n, generator)
+        else:
+            x, y = self._dataset_batch((step * self.config.train.grad_accum + micro) * n, n, seed)
+        shard = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+        return x[shard].to(self.device), y[shard].to(self.device)
+
+    def _dataset_batch(self, start: int, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """Rows start … start+n of the endless sequence of per-epoch shuffles of the training split."""
+        if self._train_split is None:
+            assert isinstance(self.task, DatasetTask)
+            self._train_split = self.task.split("train")
+        x, y = self._train_split
+        size, rows = x.shape[0], []
+        while n > 0:
+            epoch, offset = divmod(start, size)
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+            take = order[offset:offset + n]
+            rows.append(take)
+            start, n = start + take.numel(), n - take.numel()
+        index = torch.cat(rows)
+        return x[index], y[index]
+
+    # training ---------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Train to `train.steps` (or early stop); returns the last evaluation."""
+        tc, cc = self.config.train, self.config.checkpoint
+        if resume:
+            self._resume()
+        elif self.rank == 0 and (self.run_dir / checkpoint.LATEST).exists():
+            raise CheckpointError(f"{self.run_dir}: holds a run already; pass --resume to continue it, or set "
+                                  f"checkpoint.dir to a new folder")
+        metrics = self._open_metrics()
+        last_eval: dict = {}
+        started, examples = time.perf_counter(), 0
+        with self._progress() as progress:
+            task_bar = progress.add_task(self.kind, total=tc.steps, completed=self.step, info="")
+            while self.step < tc.steps:
+                logged = self._train_step()
+                examples += self.config.data.batch_size * tc.grad_accum
+                if self.step % tc.log_every == 0:
+                    rate = examples / (time.perf_counter() - started)
+                    self._log(metrics, {"kind": "train", "step": self.step, **logged,
+                                        "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate})
+                    started, examples = time.perf_counter(), 0
+                improved = stop = False
+                if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                    last_eval = self.validate()
+                    self._log(metrics, {"kind": "eval", "step": self.step, **last_eval})
+                    improved = self.best is None or last_eval["score"] > self.best
+                    self.best, self.stale = (last_eval["score"], 0) if improved else (self.best, self.stale + 1)
+                    stop = bool(tc.early_stop and self.stale >= tc.early_stop)
+                if improved or stop or self.step % cc.every == 0 or self.step == tc.steps:
+                    self.save(best=improved)
+                progress.update(task_bar, completed=self.step, info=self._status(logged, last_eval))
+                if stop:
+                    break
+        metrics.close()
+        return last_eval
+
+    def _train_step(self) -> dict[str, float]:
+        """One optimiser step over `grad_accum` micro-batches; returns the mean of each loss term."""
+        tc = self.config.train
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(tc.grad_accum):
+            x, y = self.batch_at(self.step, micro)
+            with self._autocast():
+                loss, parts, _ = self.loss(x, y)
+            (loss / tc.grad_accum).backward()
+            parts = {"loss": loss.detach(), **parts}
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + float(value) / tc.grad_accum
+        if tc.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return totals
+
+    def _autocast(self):
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Held-out score at the largest training size under the model's own halting rule."""
+        self.model.eval()
+        if isinstance(self.task, StreamTask):
+            size = self.task.sizes[1] if self.task.sizes else None
+            x, y = self.task.eval_set(512, size, seed=self.config.eval.seed)
+        else:
+            x, y = self.task.split("val")
+        x, y = x.to(self.device), y.to(self.device)
+        out = self.model(x, return_diagnostics=True) if hasattr(self.model, "halting") else (self.model(x), None)
+        output, diagnostics = out
+        result = {"mean_steps": float(diagnostics.steps[diagnostics.mask].float().mean())} if diagnostics else {}
+        if self.task.kind == "classification":
+            right = (output.argmax(-1) == y).reshape(y.shape[0], -1)
+            accuracy = float(right.all(-1).float().mean())
+            return {"accuracy": accuracy, "position_accuracy": float(right.float().mean()), "score": accuracy,
+                    **result}
+        mse = float((output - y).square().mean())
+        return {"mse": mse, "score": -mse, **result}
+
+    # state ------------------------------------------------------------------------------------------------
+    def save(self, best: bool = False) -> None:
+        if self.rank != 0:
+            return
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "best": self.best, "stale": self.stale}
+        checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
+                        keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
+
+    def _resume(self) -> None:
+        if not (self.run_dir / checkpoint.LATEST).exists():
+            self.console.print(f"{self.run_dir}: no checkpoint yet, starting from step 0")
+            return
+        loaded = checkpoint.load(self.run_dir)
+        checkpoint.restore(self.model, loaded.weights, loaded.path)
+        state = loaded.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.best, self.stale = state["step"], state["best"], state["stale"]
+
+    def _open_metrics(self):
+        """metrics.jsonl, with lines past the resumed step dropped so the log matches the weights."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.rank != 0:
+            return open(os.devnull, "w")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step] \
+            if path.exists() and self.step else []
+        path.write_text("".join(line + "\n" for line in kept))
+        return open(path, "a")
+
+    def _log(self, metrics, record: dict) -> None:
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=self.console, disable=self.rank != 0)
+
+    @staticmethod
+    def _status(logged: dict, last_eval: dict) -> str:
+        parts = [f"loss {logged['loss']:.3f}"]
+        if "accuracy" in last_eval:
+            parts.append(f"val acc {last_eval['accuracy']:.1%}")
+        if "mean_steps" in last_eval:
+            parts.append(f"val steps {last_eval['mean_steps']:.1f}")
+        return "  ".join(parts)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)

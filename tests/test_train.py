@@ -1,0 +1,172 @@
+"""Training: config errors, exact resume, checkpoint safety, metrics."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mor.errors import CheckpointError, ConfigError
+from mor.train import checkpoint
+from mor.train.config import load, parse
+from mor.train.trainer import Trainer
+
+FAST = {"model": {"dim": 8, "train_steps": 3, "halting": {"max_steps": 3}},
+        "data": {"task": "prefix_sum", "sizes": [4, 8], "batch_size": 16},
+        "train": {"steps": 24, "eval_every": 8, "log_every": 4, "warmup": 4, "threads": 1}}
+
+
+def config(run_dir: Path, data: dict | None = None, **overrides):
+    """The fast test config in `run_dir`; `data` replaces the data section, `overrides` update sections."""
+    raw = json.loads(json.dumps(FAST))
+    raw["data"] = data or raw["data"]
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    raw["checkpoint"] = {"dir": str(run_dir), "every": 5, "keep_last": 2}
+    return parse(raw)
+
+
+BAD = [
+    ("train:\n  lr: -1\n", "train.lr: must be > 0"),
+    ("train:\n  lrr: 0.1\n", "train.lrr: unknown key"),
+    ("modle:\n  dim: 8\n", "modle: unknown key"),
+    ("model:\n  k: 3\n  num_experts: 2\n", "model.k: must be <= model.num_experts"),
+    ("model:\n  kind: transformer\n", "model.kind: must be 'mor'"),
+    ("model:\n  halting:\n    threshold: 1.5\n", "model.halting.threshold: must be <= 1"),
+    ("train:\n  steps: many\n", "train.steps: must be a valid integer"),
+    ("train:\n  precision: fp8\n", "train.precision: must be 'fp32', 'bf16' or 'fp16'"),
+    ("data:\n  task: imagenet\n", "data.task: unknown task 'imagenet'"),
+    ("data:\n  task: prefix_sum\n  colour: red\n", "data.colour: task 'prefix_sum' has no option"),
+    ("data:\n  task: csv\n", "data.path: task 'csv' needs option 'path'"),
+    ("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1"),
+    ("- just\n- a list\n", "expected a YAML mapping"),
+    ("train: [unclosed\n", "not valid YAML at line"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_malformed_configs_give_one_line_errors_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_task_option_values_are_checked_when_the_run_starts(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.sizes: expected \[low, high\]"):
+        Trainer(config(tmp_path, data={"task": "prefix_sum", "sizes": [8, 4]}))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def train_until(cfg, stop_at: int | None):
+    """Train; raise Interrupt right after optimiser step `stop_at` (as a crash would)."""
+    trainer = Trainer(cfg)
+    if stop_at is not None:
+        step = trainer._train_step
+
+        def interrupted():
+            logged = step()
+            if trainer.step == stop_at:
+                raise Interrupt
+            return logged
+
+        trainer._train_step = interrupted
+    trainer.fit()
+    return trainer
+
+
+@pytest.mark.parametrize("stop_at", [3, 5, 13, 23])
+def test_resume_after_interrupt_gives_bit_identical_weights(tmp_path, stop_at):
+    reference = train_until(config(tmp_path / "ref", model={"noise_std": 0.5}), None)
+    cfg = config(tmp_path / "run", model={"noise_std": 0.5})  # router noise: the RNG state must be restored too
+    with pytest.raises(Interrupt):
+        train_until(cfg, stop_at)
+    resumed = Trainer(cfg)
+    resumed.fit(resume=True)
+    assert resumed.step == 24
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    drop_rate = [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in ref_lines]
+    assert drop_rate == [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in run_lines]
+
+
+def test_checkpoints_keep_last_k_and_best_and_refuse_to_clobber_a_run(tmp_path):
+    cfg = config(tmp_path)
+    Trainer(cfg).fit()
+    steps = sorted(p.name for p in tmp_path.glob("step-*"))
+    best = json.loads((tmp_path / "best.json").read_text())["dir"]
+    assert steps[-2:] == ["step-00000020", "step-00000024"] and best in steps and len(steps) <= 3
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        Trainer(cfg).fit()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_truncated_checkpoint_is_refused_and_left_untouched(tmp_path):
+    cfg = config(tmp_path, train={"steps": 10})
+    Trainer(cfg).fit()
+    latest = checkpoint.resolve(tmp_path)
+    weights = latest / checkpoint.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = digest(tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated weights") as err:
+        Trainer(cfg).fit(resume=True)
+    assert "\n" not in str(err.value)
+    assert digest(tmp_path) == before
+
+
+def test_state_file_that_is_not_plain_tensors_is_refused(tmp_path):
+    cfg = config(tmp_path, train={"steps": 5})
+    Trainer(cfg).fit()
+    torch.save({"evil": Interrupt}, checkpoint.resolve(tmp_path) / checkpoint.STATE)  # would need unpickling
+    with pytest.raises(CheckpointError, match="corrupt, truncated or unsafe"):
+        checkpoint.load(tmp_path)
+
+
+def test_checkpoint_of_another_model_gives_a_clear_mismatch_error(tmp_path):
+    Trainer(config(tmp_path, train={"steps": 5})).fit()
+    other = Trainer(config(tmp_path, model={"dim": 12}))
+    with pytest.raises(CheckpointError, match="does not match the configured model"):
+        other.fit(resume=True)
+
+
+def test_metrics_hold_every_loss_term_and_eval_lines(tmp_path):
+    Trainer(config(tmp_path)).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [4, 8, 12, 16, 20, 24]
+    assert [r["step"] for r in evals] == [8, 16, 24]
+    assert {"task", "ponder", "halting_kl", "critic", "load_balance", "z_loss", "lr"} <= set(train[0])
+    assert {"accuracy", "position_accuracy", "mean_steps"} <= set(evals[0])
+
+
+def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
+    cfg = config(tmp_path, model={"cell": "mlp"}, data={"task": "wine", "batch_size": 32})
+    trainer = Trainer(cfg)
+    x0, _ = trainer.batch_at(0, 0)
+    again, _ = trainer.batch_at(0, 0)
+    assert torch.equal(x0, again) and x0.shape == (32, 13)
+    trainer.fit()
+    assert 0 <= trainer.validate()["accuracy"] <= 1
+
+
+def test_warmup_then_cosine_with_restarts():
+    from mor.train.config import TrainConfig
+    from mor.train.schedule import lr_factor
+
+    cfg = TrainConfig(steps=110, warmup=10, restarts=1, min_lr_ratio=0.0)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(35, cfg) == pytest.approx(0.5)
+    assert lr_factor(59, cfg) < 0.01 and lr_factor(60, cfg) == pytest.approx(1.0)  # warm restart
