@@ -24,3 +24,41 @@ def test_bad_input_gives_a_clear_error_without_traceback(args, message):
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert message in output and "Traceback" not in output
+
+
+TINY = """model: {dim: 8, train_steps: 3, halting: {max_steps: 3}}
+data: {task: prefix_sum, sizes: [4, 8], batch_size: 16}
+train: {steps: 6, eval_every: 3, log_every: 3, warmup: 2}
+eval: {examples: 32, sizes: [8, 16], max_steps: [1, 3, 6]}
+compare: [moe]
+"""
+
+
+def test_train_then_eval_write_reports(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    run = tmp_path / "run"
+    result = mor("train", str(config), "--out", str(run))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (run / "report.md").is_file() and (run / "results.json").is_file()
+    assert (run / "baseline-moe" / "latest.json").is_file()
+    assert "MoE (depth 1)" in (run / "report.md").read_text()
+    result = mor("eval", str(run), "--max-steps", "1,2,9", "--size", "12")
+    assert result.returncode == 0, result.stdout + result.stderr
+    evaluated = (run / "eval" / "eval.json").read_text()
+    assert '"max_steps": 9' in evaluated and '"size": 12' in evaluated
+    again = mor("train", str(config), "--out", str(run), "--resume")  # finished run: nothing left to do
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("train", "missing.yaml"), "config file not found"),
+    (("eval", "nowhere"), "no checkpoint here"),
+    (("eval", ".", "--max-steps", "a,b"), "--max-steps: expected comma-separated int values"),
+])
+def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-c", "from mor.cli import run; run()", *args], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    output = (result.stdout + result.stderr).strip()
+    assert message in output and "Traceback" not in output and len(output.splitlines()) == 1

@@ -105,8 +105,8 @@ def test_input_is_reinjected_every_step():
     expert(x)
     recorded = list(seen)
     assert len(recorded) == 3
-    for h in recorded:  # every step's cell input is state + encoded input + feedback of the previous answer
-        expected = z + xe + (expert.feedback(answer) if answer is not None else 0)
+    for h in recorded:  # each cell input: state + encoded input + feedback of the previous answer (as probabilities)
+        expected = z + xe + (expert.feedback(answer.softmax(-1)) if answer is not None else 0)
         torch.testing.assert_close(h, expected)
         z, answer, _ = expert.step(z, xe, answer)
 

@@ -170,3 +170,20 @@ def test_warmup_then_cosine_with_restarts():
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(35, cfg) == pytest.approx(0.5)
     assert lr_factor(59, cfg) < 0.01 and lr_factor(60, cfg) == pytest.approx(1.0)  # warm restart
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_load_build_and_take_a_step(path, tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    if raw["data"]["task"] in ("csv", "parquet"):
+        table = tmp_path / "table.csv"
+        table.write_text("a,b,colour,label\n" + "".join(f"{i},{i % 3},{'rg'[i % 2]},{i % 2}\n" for i in range(40)))
+        raw["data"].update(path=str(table), target="label")
+    trainer = Trainer(parse(raw, str(path)), tmp_path / "run")
+    trainer._train_step()
+    assert trainer.step == 1

@@ -46,6 +46,55 @@ def demo(steps: int = typer.Option(500, min=1, help="Optimiser steps for each mo
 
 
 @app.command()
+def train(config: Path | None = typer.Argument(None, help="YAML config; none: the built-in main job."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the run in checkpoint.dir."),
+          out: Path | None = typer.Option(None, help="Run folder (overrides checkpoint.dir).")) -> None:
+    """Train the configured model and its baselines, evaluate them and write a report with plots."""
+    from mor.train.config import RunConfig, load
+    from mor.train.run import run
+
+    cfg = load(config) if config else RunConfig()
+    if out is not None:
+        cfg.checkpoint.dir = out
+    if config is None:
+        console.print(f"No config given: the built-in main job ({cfg.model.kind} on {cfg.data.task} against "
+                      f"{', '.join(cfg.compare)}), in {cfg.checkpoint.dir}")
+    report = run(cfg, resume=resume, console=console)
+    console.print(f"Report: {report}")
+
+
+@app.command("eval")
+def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or a step-* folder."),
+          max_steps: str | None = typer.Option(None, help="Depths to sweep, e.g. 1,2,4,8,16,32,64,100."),
+          threshold: str | None = typer.Option(None, help="Critic thresholds, e.g. 0.9,0.99."),
+          size: str | None = typer.Option(None, help="Instance sizes, e.g. 16,32,64."),
+          stable: str | None = typer.Option(None, help="Answer-stability windows, e.g. 3,5."),
+          examples: int | None = typer.Option(None, min=1, help="Examples per measurement."),
+          out: Path | None = typer.Option(None, help="Folder for eval.json, eval.md and plots.")) -> None:
+    """Evaluate a checkpoint at any reflection depth, halting threshold and instance size."""
+    from mor.train.evaluate_cli import evaluate_checkpoint
+
+    report = evaluate_checkpoint(checkpoint, out, max_steps=_numbers(max_steps, "--max-steps", int),
+                                 thresholds=_numbers(threshold, "--threshold", float),
+                                 sizes=_numbers(size, "--size", int), stable_steps=_numbers(stable, "--stable", int),
+                                 examples=examples, console=console)
+    console.print(f"Report: {report}")
+
+
+def _numbers(text: str | None, option: str, kind: type) -> list | None:
+    """Comma-separated values of `kind` (None when the option was not given), or a one-line error."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise MorError(f"{option}: expected comma-separated {kind.__name__} values like 1,2,4, got {text!r}")
+    return values
+
+
+@app.command()
 def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITES)}."),
           quick: bool = typer.Option(False, "--quick", help="Short smoke version."),
           out: Path = typer.Option(Path("bench-results"), help="Folder for the JSON and markdown results.")) -> None:
@@ -73,5 +122,5 @@ def run() -> None:
     except MorError as err:
         if state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

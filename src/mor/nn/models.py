@@ -50,13 +50,15 @@ class MoRModel(nn.Module):
                  cell: CellKind = "mlp", task: Literal["classification", "regression"] = "classification",
                  train_steps: int = 8, halting: Halting | None = None, mode: Mode = "confidence",
                  conflict_policy: ConflictPolicy | None = None, regression_tol: float = 0.1,
-                 **router_kwargs):
+                 progressive: float = 0.0, **router_kwargs):
         super().__init__()
         check(cell in CELLS, f"MoRModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
         check(task in ("classification", "regression"),
               f"MoRModel: task must be 'classification' or 'regression', got {task!r}")
         self.in_dim, self.out_dim, self.classes = in_dim, out_dim, task == "classification"
-        self.conflict_policy, self.regression_tol = conflict_policy, regression_tol
+        check(0.0 <= progressive <= 1.0, f"MoRModel: progressive must be in [0, 1], got {progressive}")
+        self.conflict_policy, self.regression_tol, self.progressive = conflict_policy, regression_tol, progressive
+        self.train_steps = train_steps
         self.router = Router(in_dim, num_experts, k, **router_kwargs)
         self.experts = nn.ModuleList(
             ReflectionExpert(CELLS[cell](dim), in_dim, out_dim, dim=dim, train_steps=train_steps,
@@ -81,7 +83,8 @@ class MoRModel(nn.Module):
             output, diagnostics = self._escalate(x, output, diagnostics, halting or self.halting)
         return (output, diagnostics) if return_diagnostics else output
 
-    def _run(self, x: Tensor, rule: Halting) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch]]:
+    def _run(self, x: Tensor, rule: Halting, unroll: tuple[int, int | None] = (0, None)
+             ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch]]:
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
                              f"sequences, got {tuple(x.shape)}")
@@ -89,7 +92,7 @@ class MoRModel(nn.Module):
         routing = self.router(query)
         dispatch = Dispatch.of(routing)
         parts = dispatch.gather(x).split(dispatch.sizes)
-        reflection = _concat([expert(part, rule) for expert, part in zip(self.experts, parts, strict=True)
+        reflection = _concat([expert(part, rule, *unroll) for expert, part in zip(self.experts, parts, strict=True)
                               if part.shape[0] > 0])
         confidence = dispatch.scatter(reflection.confidence)
         integrated = self.integrator(dispatch.scatter(reflection.answer), routing.weights, routing.mask,
@@ -119,7 +122,7 @@ class MoRModel(nn.Module):
              ) -> tuple[Tensor, dict[str, Tensor], Diagnostics]:
         """Training loss (run in train mode) and its named terms, each unweighted, plus diagnostics."""
         w = weights or LossWeights()
-        output, diagnostics, (reflection, dispatch) = self._run(x, self.halting)
+        output, diagnostics, (reflection, dispatch) = self._run(x, self.halting, self._unroll())
         check(reflection.answers is not None, "MoRModel.loss: call model.train() first; eval mode halts "
                                               "adaptively and keeps no per-step answers to train on")
         target = dispatch.gather(y)
@@ -132,6 +135,14 @@ class MoRModel(nn.Module):
                  "consistency": consistency_loss(reflection.answers, self.classes), **diagnostics.aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}, diagnostics
+
+    def _unroll(self) -> tuple[int, int | None]:
+        """(warmup, steps) of this training batch: with probability `progressive`, a random number of steps
+        without gradient and a random number with it (Bansal et al. 2022), so no step count is special."""
+        if self.train_steps < 2 or float(torch.rand(())) >= self.progressive:
+            return 0, None
+        warmup = int(torch.randint(1, self.train_steps, ()))
+        return warmup, int(torch.randint(1, self.train_steps - warmup + 1, ()))
 
     def _correct(self, answers: Tensor, target: Tensor) -> Tensor:
         """Whether each step's answer is right, per position: (T, A, ...) booleans."""

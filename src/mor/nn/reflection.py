@@ -82,22 +82,29 @@ class ReflectionExpert(nn.Module):
     def step(self, z: Tensor, xe: Tensor, answer: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """One reflection step: returns the new state, its answer and its judge logits (halt, critic)."""
         h = z + xe
-        if self.feedback is not None and answer is not None:
-            h = h + self.feedback(answer)
+        if self.feedback is not None and answer is not None:  # class answers are fed back as probabilities
+            h = h + self.feedback(answer.softmax(-1) if self.classes else answer)
         z = z + self.cell(h)
         return z, self.head(z), self.judge(z)
 
-    def forward(self, x: Tensor, halting: Halting | None = None) -> Reflection:
-        """Reflect on `x`: all `train_steps` steps in training mode, adaptive halting in eval mode."""
+    def forward(self, x: Tensor, halting: Halting | None = None, warmup: int = 0,
+                steps: int | None = None) -> Reflection:
+        """Reflect on `x`: adaptive halting in eval mode; in training, `warmup` steps without gradient
+        (progressive training: learn to improve from any intermediate state), then `steps` (default
+        `train_steps`) recorded steps."""
         if x.shape[-1] != self.in_dim or x.dim() < 2:
             raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}), got {tuple(x.shape)}")
         if self.training:
-            return self._unroll(x, self.train_steps)
+            return self._unroll(x, steps or self.train_steps, warmup)
         return self._reflect(x, halting or self.halting)
 
-    def _unroll(self, x: Tensor, steps: int) -> Reflection:
+    def _unroll(self, x: Tensor, steps: int, warmup: int = 0) -> Reflection:
         xe = self.encode(x)
         z, answer, answers, judged = xe, None, [], []
+        if warmup:
+            with torch.no_grad():
+                for _ in range(warmup):
+                    z, answer, _ = self.step(z, xe, answer)
         for _ in range(steps):
             z, answer, j = self.step(z, xe, answer)
             answers.append(answer)

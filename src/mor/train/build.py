@@ -20,12 +20,11 @@ def build_model(cfg: ModelConfig, task: Task, kind: str | None = None) -> nn.Mod
     common = {"dim": cfg.dim, "cell": cfg.cell, "task": task.kind, "score": cfg.score, "noise_std": cfg.noise_std}
     if kind == "moe":
         return moe_baseline(task.in_dim, task.out_dim, num_experts=cfg.num_experts, k=cfg.k, **common)
-    halting = Halting(**cfg.halting.model_dump())
+    common |= {"train_steps": cfg.train_steps, "halting": Halting(**cfg.halting.model_dump()), "mode": cfg.mode,
+               "progressive": cfg.progressive}
     if kind == "reflection":
-        return reflection_baseline(task.in_dim, task.out_dim, train_steps=cfg.train_steps, halting=halting,
-                                   mode=cfg.mode, **common)
-    return MoRModel(task.in_dim, task.out_dim, num_experts=cfg.num_experts, k=cfg.k, train_steps=cfg.train_steps,
-                    halting=halting, mode=cfg.mode, **common)
+        return reflection_baseline(task.in_dim, task.out_dim, **common)
+    return MoRModel(task.in_dim, task.out_dim, num_experts=cfg.num_experts, k=cfg.k, **common)
 
 
 def loss_weights(cfg: LossConfig) -> LossWeights:

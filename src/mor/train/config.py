@@ -41,6 +41,8 @@ class ModelConfig(Strict):
     mode: Literal["gate", "confidence", "attention"] = "confidence"
     score: Literal["softmax", "sigmoid"] = "softmax"
     noise_std: float = Field(0.0, ge=0)
+    progressive: float = Field(0.0, ge=0, le=1, description="share of batches trained from a detached "
+                               "intermediate state; helps extrapolation to longer inputs")
     halting: HaltingConfig = HaltingConfig()
 
     @model_validator(mode="after")

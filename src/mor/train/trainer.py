@@ -43,7 +43,9 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None, kind: str | None = None,
                  console: Console | None = None):
-        self.config, self.kind = config, kind or config.model.kind
+        self.kind = kind or config.model.kind
+        self.config = config.model_copy(update={"model": config.model.model_copy(update={"kind": self.kind}),
+                                                "compare": []})  # what this run trains, saved with it
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         self.console = console or Console()
         self.rank, self.world = _distributed()

@@ -1,0 +1,39 @@
+"""`mor eval`: rebuild a checkpoint's model from the config saved with it and sweep depth, threshold and size."""
+
+import json
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from mor.data import get_task
+from mor.train import checkpoint
+from mor.train.build import build_model
+from mor.train.config import parse
+from mor.train.evaluate import evaluate
+from mor.train.report import summary, write_report
+
+
+def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[int] | None = None,
+                        thresholds: list[float] | None = None, sizes: list[int] | None = None,
+                        stable_steps: list[int] | None = None, examples: int | None = None,
+                        console: Console | None = None) -> Path:
+    """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report."""
+    console = console or Console()
+    loaded = checkpoint.load(path)
+    config = parse(yaml.safe_load(loaded.config), str(loaded.path / checkpoint.CONFIG))
+    task = get_task(config.data.task, **config.data.options)
+    model = build_model(config.model, task)
+    checkpoint.restore(model, loaded.weights, loaded.path)
+    overrides = {"max_steps": max_steps, "thresholds": thresholds, "sizes": sizes, "stable_steps": stable_steps,
+                 "examples": examples}
+    eval_cfg = config.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    console.print(f"Evaluating {loaded.path} ({config.model.kind} on {config.data.task}) …")
+    results = {f"{config.model.kind} @ step {loaded.state['step']}": evaluate(model, task, eval_cfg,
+                                                                             getattr(task, "sizes", None))}
+    out = Path(out or loaded.path.parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    report = write_report(out, f"mor eval: {loaded.path}", loaded.path.parent / "metrics.jsonl", results)
+    console.print(summary(results), markup=False, highlight=False)
+    return report

@@ -1,0 +1,129 @@
+"""evaluate(): structure and invariants on small untrained models; write_report(): markdown and real PNGs."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from mor.data import get_task
+from mor.nn import DenseModel, Halting, MoRModel, moe_baseline
+from mor.train.config import EvalConfig
+from mor.train.evaluate import evaluate, mutual_information, routing_counts, routing_matrix
+from mor.train.report import summary, write_report
+
+CFG = EvalConfig(examples=64, sizes=[8, 16], max_steps=[1, 2, 4], thresholds=[0.9], stable_steps=[2], seed=7)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def evaluations() -> dict[str, dict]:
+    torch.manual_seed(0)
+    task = get_task("prefix_sum", sizes=[4, 8])
+    mor = MoRModel(2, 2, num_experts=2, k=1, dim=8, cell="conv", train_steps=3,
+                   halting=Halting(max_steps=4, stable_steps=2))
+    moe = moe_baseline(2, 2, num_experts=2, k=1, dim=8, cell="conv")
+    dense = DenseModel(2, 2, dim=8, depth=2, cell="conv")
+    return {name: evaluate(model, task, CFG, (4, 8)) for name, model in
+            (("MoR", mor), ("MoE (depth 1)", moe), ("dense", dense))}
+
+
+def test_evaluate_is_json_and_deterministic(evaluations):
+    task = get_task("prefix_sum", sizes=[4, 8])
+    dense = DenseModel(2, 2, dim=8, depth=2, cell="conv")
+    first, second = (json.loads(json.dumps(evaluate(dense, task, CFG, (4, 8)))) for _ in range(2))
+    for a, b in zip(first["depth"], second["depth"], strict=True):
+        assert a["accuracy"] == b["accuracy"] and a["position_accuracy"] == b["position_accuracy"]
+    assert json.loads(json.dumps(evaluations["MoR"]))["sizes"] == [8, 16]
+
+
+def test_fixed_depth_records(evaluations):
+    mor, dense = evaluations["MoR"], evaluations["dense"]
+    assert {(r["size"], r["max_steps"]) for r in mor["depth"]} == {(s, d) for s in (8, 16) for d in (1, 2, 3, 4)}
+    for r in mor["depth"] + dense["depth"]:
+        assert 0 <= r["accuracy"] <= r["position_accuracy"] <= 1
+        assert r["latency_ms"] > 0
+    for r in mor["depth"]:
+        assert r["mean_steps"] == r["max_steps"] and r["compute"] == r["max_steps"]  # k = 1
+    assert [(r["size"], r["max_steps"], r["mean_steps"]) for r in dense["depth"]] == [(8, 2, 2.0), (16, 2, 2.0)]
+    assert dense["halting"] == [] and dense["load"] is None and dense["steps_histogram"] is None
+
+
+def test_halting_histogram_and_effectiveness(evaluations):
+    mor = evaluations["MoR"]
+    rules = {r["rule"] for r in mor["halting"]}
+    assert rules == {"τ=0.9, max 4", "stable 2, max 4", "τ=0.9 + stable 2, max 4"}  # own rule = stable 2, max 4
+    assert sum(r["own"] for r in mor["halting"]) == 2  # once per size
+    for r in mor["halting"]:
+        assert 1 <= r["mean_steps"] <= r["max_steps"] and 0 < r["fraction_of_max"] <= 1
+        assert 0 <= r["accuracy"] <= 1
+    histogram = mor["steps_histogram"]
+    assert histogram["size"] == 16 and len(histogram["counts"]) == 4 and sum(histogram["counts"]) == CFG.examples
+    gains = [(r["size"], r["from"], r["to"]) for r in mor["effectiveness"]]
+    assert gains == [(s, a, b) for s in (8, 16) for a, b in ((1, 2), (2, 3), (3, 4))]
+    assert evaluations["dense"]["effectiveness"] == []
+
+
+def test_default_sizes_respect_the_task():
+    cfg = EvalConfig(examples=16, max_steps=[1], thresholds=[], stable_steps=[])
+    model = MoRModel(64, 2, num_experts=2, k=1, dim=8, train_steps=1)
+    parity = evaluate(model, get_task("parity", dim=64, sizes=[1, 20]), cfg)
+    assert parity["sizes"] == [20, 40]  # 80 is past max_size 64
+    regimes = evaluate(MoRModel(4, 1, num_experts=2, k=1, dim=8, task="regression", train_steps=1),
+                       get_task("regimes"), cfg)
+    assert regimes["sizes"] == [None] and {"mse", "r2"} <= set(regimes["depth"][0])
+
+
+def test_routing_matrix_on_a_grouped_task():
+    task = get_task("mix", sizes=[4, 8])
+    model = MoRModel(task.in_dim, 2, num_experts=3, k=2, dim=8, cell="conv", train_steps=1)
+    load = evaluate(model, task, EvalConfig(examples=96, max_steps=[1], thresholds=[], stable_steps=[]))["load"]
+    assert load["size"] == 8 and load["groups"] == list(task.groups)
+    assert sum(load["rate"]) == pytest.approx(2)  # k = 2 experts per example
+    assert len(load["matrix"]) == 3
+    for row in load["matrix"]:
+        assert len(row) == 3 and sum(row) == pytest.approx(1)
+    assert 0 <= load["mutual_information"] <= math.log2(3) + 1e-9
+
+
+def test_mutual_information():
+    same = torch.tensor([[5, 5, 0], [10, 10, 0], [1, 1, 0]])
+    assert mutual_information(same) == pytest.approx(0, abs=1e-12)
+    assert mutual_information(torch.tensor([[10, 0], [0, 10]])) == pytest.approx(1)
+    assert mutual_information(torch.eye(4)) == pytest.approx(2)
+    counts = routing_counts(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 1, 0, 0, 1]), 3, 2)
+    assert counts.tolist() == [[0, 2], [2, 1], [0, 0]]
+    assert routing_matrix(counts).flatten().tolist() == pytest.approx([0, 1, 2 / 3, 1 / 3, 0, 0])
+
+
+def test_write_report(tmp_path, evaluations):
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"kind": "train", "step": s, "loss": 1 / s, "task": 0.5 / s, "ponder": 0.3, "lr": 1e-3,
+              "accuracy": s / 40, "mean_steps": 3.0, "examples_per_s": 900.0} for s in (10, 20, 30)]
+    lines += [{"kind": "eval", "step": 30, "accuracy": 0.7, "mean_steps": 2.5, "loss": 0.2}]
+    metrics.write_text("\n".join(map(json.dumps, lines)) + "\n{truncated\n")
+    path = write_report(tmp_path / "run", "Prefix sums", metrics, evaluations, notes=["one seed"])
+    assert path == tmp_path / "run" / "report.md"
+    text = path.read_text()
+    for name in evaluations:
+        assert name in text
+    assert "one seed" in text and "1 unreadable line" in text and "Reflection depth effectiveness" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {"plots/training.png", "plots/accuracy_depth.png", "plots/routing.png"} <= set(images)
+    for image in images:
+        assert (path.parent / image).read_bytes().startswith(PNG)
+
+
+def test_report_states_shortfalls(tmp_path, evaluations):
+    worse = json.loads(json.dumps(evaluations["MoR"]))
+    for r in worse["depth"] + worse["halting"]:
+        r["accuracy"] = 0.0
+    better = json.loads(json.dumps(evaluations["dense"]))
+    for r in better["depth"]:
+        r["accuracy"] = 1.0
+    runs = {"MoR": worse, "dense": better}
+    text = write_report(tmp_path, "t", tmp_path / "missing.jsonl", runs).read_text()
+    assert "MoR does NOT beat dense" in text and not (tmp_path / "plots" / "training.png").exists()
+    console = summary(runs)
+    assert "does NOT beat dense" in console and 5 <= len(console.splitlines()) <= 25
