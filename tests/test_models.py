@@ -1,9 +1,13 @@
 import pytest
 import torch
 
-from mor.demo import running_parity
+from mor.data import PrefixSum
 from mor.errors import ConfigError, ShapeError
 from mor.nn import ConflictPolicy, DenseModel, Halting, MoRModel, count_parameters, moe_baseline, reflection_baseline
+
+
+def running_parity(n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return PrefixSum().batch(n, generator, length)
 
 
 def fit(model, steps: int, lengths=(8, 16), seed: int = 0) -> None:

@@ -117,3 +117,14 @@ def test_bad_input_shape_and_halting_rule():
         expert(torch.randn(3, 5))
     with pytest.raises(ConfigError, match="max_steps must be >= 1"):
         Halting(max_steps=0)
+
+
+def test_progressive_warmup_steps_carry_state_but_no_gradient():
+    expert = ReflectionExpert(MLPCell(8), 2, 3, dim=8, train_steps=5)
+    x = torch.randn(4, 2)
+    full = expert(x, steps=5)
+    tail = expert(x, warmup=3, steps=2)
+    torch.testing.assert_close(tail.answers, full.answers[3:])
+    tail.answers.sum().backward()
+    assert expert.encode.weight.grad is not None  # the input is re-injected in the recorded steps
+    assert tail.halt_logits.shape == (2, 4)

@@ -187,3 +187,10 @@ def test_example_configs_load_build_and_take_a_step(path, tmp_path):
     trainer = Trainer(parse(raw, str(path)), tmp_path / "run")
     trainer._train_step()
     assert trainer.step == 1
+
+
+def test_main_job_is_packaged_and_matches_the_example_config():
+    from mor.train.config import main_job
+
+    example = load(Path(__file__).resolve().parents[1] / "configs" / "prefix_sum.yaml")
+    assert main_job() == example and main_job().compare == ["moe"]

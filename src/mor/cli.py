@@ -1,4 +1,4 @@
-"""The `mor` command: `mor demo` runs the built-in example, `mor bench SUITE` runs a benchmark suite.
+"""The `mor` command: `mor train` (the main job without a config), `mor eval`, `mor bench SUITE`.
 
 User errors print as one line (`error: …`) with exit code 2; `--debug` shows the traceback instead.
 """
@@ -10,7 +10,6 @@ from types import ModuleType
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mor.errors import MorError
 
@@ -27,33 +26,14 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for 
 
 
 @app.command()
-def demo(steps: int = typer.Option(500, min=1, help="Optimiser steps for each model."),
-         seed: int = typer.Option(0, help="Random seed.")) -> None:
-    """Train MoR and a depth-1 MoE on running parity (about a minute on CPU) and compare them."""
-    from mor.demo import run
-
-    console.print(f"Training MoR and a depth-1 MoE for {steps} steps each on 8–16-bit running parity …")
-    rows, params, times = run(steps=steps, seed=seed)
-    table = Table(title="Running parity: accuracy by string length and halting rule")
-    for column in ("model", "bits", "halting", "bit acc", "string acc", "steps"):
-        table.add_column(column, justify="left" if column in ("model", "halting") else "right")
-    for r in rows:
-        table.add_row(r.model, str(r.length), r.rule, f"{r.position_accuracy:.1%}", f"{r.string_accuracy:.1%}",
-                      f"{r.mean_steps:.1f}")
-    console.print(table)
-    for name in params:
-        console.print(f"{name}: {params[name]:,} parameters, trained in {times[name]:.1f} s")
-
-
-@app.command()
 def train(config: Path | None = typer.Argument(None, help="YAML config; none: the built-in main job."),
           resume: bool = typer.Option(False, "--resume", help="Continue the run in checkpoint.dir."),
           out: Path | None = typer.Option(None, help="Run folder (overrides checkpoint.dir).")) -> None:
     """Train the configured model and its baselines, evaluate them and write a report with plots."""
-    from mor.train.config import RunConfig, load
+    from mor.train.config import load, main_job
     from mor.train.run import run
 
-    cfg = load(config) if config else RunConfig()
+    cfg = load(config) if config else main_job()
     if out is not None:
         cfg.checkpoint.dir = out
     if config is None:

@@ -13,8 +13,7 @@ from mor.data.bits import BitSequenceTask, with_marker
 class PrefixSum(BitSequenceTask):
     """Bit strings (N, L, 2) — the bit and the constant-1 channel — with the running parity (N, L) as labels.
 
-    The size is the string length; training lengths are drawn from `sizes`. Same encoding (and, for one
-    length, the same draws) as `mor.demo.running_parity`.
+    The size is the string length; training lengths are drawn from `sizes`.
     """
 
     name = "prefix_sum"

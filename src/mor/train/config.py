@@ -4,6 +4,7 @@ Unknown keys are errors, and every error is one line naming the field, the bad v
 e.g. `train.lr: must be > 0, got -1`.
 """
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,6 +189,12 @@ def load(path: str | Path) -> RunConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; {getattr(err, 'problem', err)}") from None
     return parse(raw, str(path))
+
+
+def main_job() -> RunConfig:
+    """The built-in main job that `mor train` runs without a config (a copy is configs/prefix_sum.yaml)."""
+    text = resources.files("mor.train").joinpath("main_job.yaml").read_text()
+    return parse(yaml.safe_load(text), "main_job.yaml")
 
 
 def dump(config: RunConfig) -> str:

@@ -122,6 +122,9 @@ class Trainer:
                     improved = self.best is None or last_eval["score"] > self.best
                     self.best, self.stale = (last_eval["score"], 0) if improved else (self.best, self.stale + 1)
                     stop = bool(tc.early_stop and self.stale >= tc.early_stop)
+                    if not self.console.is_terminal and self.rank == 0:  # logs and CI get a line per evaluation
+                        self.console.print(f"{self.kind} step {self.step}/{tc.steps}: "
+                                           f"{self._status(logged, last_eval)}", highlight=False)
                 if improved or stop or self.step % cc.every == 0 or self.step == tc.steps:
                     self.save(best=improved)
                 progress.update(task_bar, completed=self.step, info=self._status(logged, last_eval))
