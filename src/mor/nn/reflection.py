@@ -1,7 +1,7 @@
 """ReflectionExpert: an expert that answers, judges its answer, and refines it until it is confident.
 
-State z₀ = encode(x); each step z ← z + cell(z + encode(x) + feedback(previous answer)), so the input is
-re-injected every step. An answer head and a judge head read z: the judge gives a halting logit
+State z₀ = encode(x); each step z ← norm(z + cell(z + encode(x) + feedback(previous answer))), so the input
+is re-injected every step. An answer head and a judge head read z: the judge gives a halting logit
 (PonderNet) and a critic logit (is this answer right?). Training runs a fixed number of steps and returns
 every step; inference halts each input on its own and drops it from the active batch, so compute follows
 the depth actually used, and may run past the training depth.
@@ -60,11 +60,13 @@ class ReflectionExpert(nn.Module):
     (N, L, out_dim). `classes=True` means answers are logits (stability compares the argmax);
     otherwise values (stability compares within `stable_tol`). The halting bias starts negative
     (`halt_bias`), since a zero or positive start makes PonderNet halt at once and never learn to think.
+    `state_norm` layer-normalises the state after every step, so it cannot drift in scale over long runs:
+    without it, models overthink (accuracy falls past the training depth) and extrapolate far worse.
     """
 
     def __init__(self, cell: nn.Module, in_dim: int, out_dim: int, *, dim: int, train_steps: int = 8,
                  halting: Halting | None = None, feedback: bool = True, classes: bool = True,
-                 stable_tol: float = 1e-3, halt_bias: float = -3.0):
+                 stable_tol: float = 1e-3, halt_bias: float = -3.0, state_norm: bool = True):
         super().__init__()
         check(train_steps >= 1, f"ReflectionExpert: train_steps must be >= 1, got {train_steps}")
         check(halt_bias < 0, f"ReflectionExpert: halt_bias must be negative (PonderNet does not train from "
@@ -76,6 +78,7 @@ class ReflectionExpert(nn.Module):
         self.feedback = nn.Linear(out_dim, dim, bias=False) if feedback else None
         self.head = nn.Linear(dim, out_dim)
         self.judge = nn.Linear(dim, 2)
+        self.norm = nn.LayerNorm(dim) if state_norm else nn.Identity()
         with torch.no_grad():
             self.judge.bias.copy_(torch.tensor([halt_bias, 0.0]))
 
@@ -84,7 +87,7 @@ class ReflectionExpert(nn.Module):
         h = z + xe
         if self.feedback is not None and answer is not None:  # class answers are fed back as probabilities
             h = h + self.feedback(answer.softmax(-1) if self.classes else answer)
-        z = z + self.cell(h)
+        z = self.norm(z + self.cell(h))
         return z, self.head(z), self.judge(z)
 
     def forward(self, x: Tensor, halting: Halting | None = None, warmup: int = 0,

@@ -89,7 +89,7 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
                 histogram = {"size": size, "rule": rule_name(rule), "counts": steps_histogram(run, rule.max_steps)}
 
     return {
-        "model": {"kind": "mor" if reflective else "dense", "train_depth": train_depth,
+        "model": {"kind": model_kind(model), "train_depth": train_depth,
                   "classes": bool(model.classes), "parameters": count_parameters(model),
                   "halting": rule_name(own) if reflective else None},
         "task": task.name, "train_sizes": list(train_sizes) if train_sizes else None, "train_size": train_size,
@@ -98,6 +98,13 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
         "load": _routing(model, task, cfg, train_size) if reflective else None,
         "effectiveness": effectiveness(depth),
     }
+
+
+def model_kind(model: nn.Module) -> str:
+    """dense, moe (depth 1), reflection (a single expert) or mor, read off the model itself."""
+    if not isinstance(model, MoRModel):
+        return "dense"
+    return "moe" if model.train_steps == 1 else "reflection" if len(model.experts) == 1 else "mor"
 
 
 def eval_sizes(task: Task, cfg: EvalConfig, train_sizes: tuple[int, int] | None) -> list[Size]:
