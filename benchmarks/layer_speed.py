@@ -165,11 +165,12 @@ def halting_expert(max_steps: int, threshold: float) -> ReflectionExpert:
     """A ReflectionExpert whose critic logit is s·x₀ + t − c at step t: input-dependent start, rate 1 per step.
 
     State unit 0 starts at s·x₀ (encoder) and the cell adds exactly 1 to it per step; the critic reads only
-    that unit. With x₀ ~ N(0, 1), s = max_steps/4 and c centring the crossing, inputs halt spread over
-    1..max_steps (clipped at both ends). Everything else keeps its random init: only the halting is set.
+    that unit; the state's layer norm is off so the unit can count. With x₀ ~ N(0, 1), s = max_steps/4 and c
+    centring the crossing, inputs halt spread over 1..max_steps (clipped at both ends). Everything else keeps
+    its random init: only the halting is set.
     """
     torch.manual_seed(SEED)
-    expert = ReflectionExpert(MLPCell(64), in_dim=32, out_dim=10, dim=64, train_steps=8).eval()
+    expert = ReflectionExpert(MLPCell(64), in_dim=32, out_dim=10, dim=64, train_steps=8, state_norm=False).eval()
     c = (max_steps + 1) / 2 - math.log(threshold / (1 - threshold))  # crossing τ at t = (M+1)/2 − s·x₀
     with torch.no_grad():
         for w in (expert.encode.weight[0], expert.cell.net[-1].weight[0], expert.judge.weight[1]):
@@ -236,7 +237,8 @@ def markdown(results: dict) -> str:
         f"ReflectionExpert(MLPCell(64), in 32, out 10, dim 64), {h['inputs']} inputs, threads {h['threads']}, "
         f"{h['rounds']} interleaved rounds. Halting spread is **constructed, not trained**: the critic logit is set to "
         f"s·x₀ + t − c (an input-dependent start, +1 per step), so inputs cross τ = {h['threshold']} at different "
-        "steps; this measures the mechanism (halted inputs leave the batch), not a critic's quality.", "",
+        "steps (the state's layer norm is off, so one state unit can count steps); this measures the mechanism "
+        "(halted inputs leave the batch), not a critic's quality.", "",
         md_table(["adaptive steps (mean / max)", "step fraction", "adaptive ms", "fixed-depth ms",
                   "time ratio adaptive/fixed", "goal: ratio ≤ 1.25 × step fraction"],
                  [[f"{h['mean_steps']:.2f} / {h['max_steps']}", f"{h['step_fraction']:.3f}",

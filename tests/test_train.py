@@ -194,3 +194,12 @@ def test_main_job_is_packaged_and_matches_the_example_config():
 
     example = load(Path(__file__).resolve().parents[1] / "configs" / "prefix_sum.yaml")
     assert main_job() == example and main_job().compare == ["moe"]
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
+    trainer = Trainer(config(tmp_path, train={"precision": "bf16", "steps": 3}))
+    logged = trainer._train_step()
+    assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+            Trainer(config(tmp_path / "fp16", train={"precision": "fp16"}))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mor.data import DatasetTask, StreamTask, Task, get_task
-from mor.errors import CheckpointError
+from mor.errors import CheckpointError, check
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump
@@ -62,6 +62,9 @@ class Trainer:
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = scheduler(self.optimizer, tc)
+        check(tc.precision != "fp16" or self.device.type == "cuda",
+              "train.precision: fp16 needs a CUDA device; use bf16 (or fp32) on CPU")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")  # fp16 only
         self.step, self.best, self.stale = 0, None, 0
         self._train_split: tuple[Tensor, Tensor] | None = None
 
@@ -143,13 +146,15 @@ class Trainer:
             x, y = self.batch_at(self.step, micro)
             with self._autocast():
                 loss, parts, _ = self.loss(x, y)
-            (loss / tc.grad_accum).backward()
+            self.scaler.scale(loss / tc.grad_accum).backward()
             parts = {"loss": loss.detach(), **parts}
             for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + float(value) / tc.grad_accum
         if tc.clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return totals
@@ -187,6 +192,7 @@ class Trainer:
         if self.rank != 0:
             return
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(),
                  "rng": torch.get_rng_state(), "best": self.best, "stale": self.stale}
         checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
                         keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
@@ -200,6 +206,7 @@ class Trainer:
         state = loaded.state
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         self.step, self.best, self.stale = state["step"], state["best"], state["stale"]
 
