@@ -119,3 +119,12 @@ def test_token_model_learns_a_repeating_sequence(ffn):
         opt.step()
     assert loss.item() < 0.3, loss.item()
     assert ("load_balance" in aux) == (ffn != "dense")
+
+
+def test_each_expert_keeps_its_own_halting_rule_unless_overridden():
+    model = MoRModel(4, 3, num_experts=2, k=2, dim=8, train_steps=2).eval()
+    model.experts[0].halting, model.experts[1].halting = Halting(max_steps=2), Halting(max_steps=5)
+    _, d = model(torch.randn(16, 4), return_diagnostics=True)
+    assert d.steps[d.indices == 0].eq(2).all() and d.steps[d.indices == 1].eq(5).all()
+    _, d = model(torch.randn(16, 4), halting=Halting(max_steps=3), return_diagnostics=True)
+    assert d.steps.eq(3).all()

@@ -68,6 +68,7 @@ class MoRModel(nn.Module):
 
     @property
     def halting(self) -> Halting:
+        """The first expert's halting rule; setting it sets every expert's."""
         return self.experts[0].halting
 
     @halting.setter
@@ -77,13 +78,16 @@ class MoRModel(nn.Module):
 
     def forward(self, x: Tensor, halting: Halting | None = None,
                 return_diagnostics: bool = False) -> Tensor | tuple[Tensor, Diagnostics]:
-        """Answer `x`: logits (log-probabilities of the mixture) for classes, values for regression."""
-        output, diagnostics, _ = self._run(x, halting or self.halting)
+        """Answer `x`: logits (log-probabilities of the mixture) for classes, values for regression.
+
+        `halting` overrides every expert's own rule (each expert keeps its own otherwise).
+        """
+        output, diagnostics, _ = self._run(x, halting)
         if not self.training and self.conflict_policy is not None:
             output, diagnostics = self._escalate(x, output, diagnostics, halting or self.halting)
         return (output, diagnostics) if return_diagnostics else output
 
-    def _run(self, x: Tensor, rule: Halting, unroll: tuple[int, int | None] = (0, None)
+    def _run(self, x: Tensor, rule: Halting | None, unroll: tuple[int, int | None] = (0, None)
              ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch]]:
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
@@ -122,7 +126,7 @@ class MoRModel(nn.Module):
              ) -> tuple[Tensor, dict[str, Tensor], Diagnostics]:
         """Training loss (run in train mode) and its named terms, each unweighted, plus diagnostics."""
         w = weights or LossWeights()
-        output, diagnostics, (reflection, dispatch) = self._run(x, self.halting, self._unroll())
+        output, diagnostics, (reflection, dispatch) = self._run(x, None, self._unroll())
         check(reflection.answers is not None, "MoRModel.loss: call model.train() first; eval mode halts "
                                               "adaptively and keeps no per-step answers to train on")
         target = dispatch.gather(y)
