@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mor.data import get_task
-from mor.nn import DenseModel, Halting, MoRModel, moe_baseline
+from mor.errors import ConfigError
+from mor.nn import DenseModel, Halting, MoRModel, ReflectionExpert, TokenModel, moe_baseline
 from mor.train.config import EvalConfig
 from mor.train.evaluate import evaluate, mutual_information, routing_counts, routing_matrix
 from mor.train.report import summary, write_report
@@ -127,3 +128,60 @@ def test_report_states_shortfalls(tmp_path, evaluations):
     assert "MoR does NOT beat dense" in text and not (tmp_path / "plots" / "training.png").exists()
     console = summary(runs)
     assert "does NOT beat dense" in console and 5 <= len(console.splitlines()) <= 25
+
+
+@pytest.fixture(scope="module")
+def chars():
+    return get_task("chars", max_chars=20_000, context=16)
+
+
+@pytest.fixture(scope="module")
+def token_models(chars) -> dict[str, TokenModel]:
+    torch.manual_seed(0)
+    return {name: TokenModel(chars.in_dim, dim=16, depth=1, heads=2, max_len=16, ffn=ffn, num_experts=2, k=1,
+                             hidden=16, train_steps=2)
+            for name, ffn in (("MoR", "mor"), ("MoE", "moe"), ("dense", "dense"))}
+
+
+TOKEN_CFG = EvalConfig(examples=32, max_steps=[1, 3], seed=7)
+
+
+@pytest.fixture(scope="module")
+def token_evaluations(chars, token_models) -> dict[str, dict]:
+    return {name: evaluate(model, chars, TOKEN_CFG) for name, model in token_models.items()}
+
+
+def test_token_models_are_scored_in_bits_per_char_by_reflection_depth(chars, token_models, token_evaluations):
+    mor, dense = token_evaluations["MoR"], token_evaluations["dense"]
+    assert [r["max_steps"] for r in mor["depth"]] == [1, 2, 3] and [r["max_steps"] for r in dense["depth"]] == [1]
+    assert [ev["model"]["kind"] for ev in token_evaluations.values()] == ["mor", "moe", "dense"]
+    assert mor["model"]["train_depth"] == 2 and mor["sizes"] == [None] and mor["examples"] == [32]
+    experts = [m for m in token_models["MoR"].modules() if isinstance(m, ReflectionExpert)]
+    assert len(experts) == 2 and all(e.halting == Halting(max_steps=2) for e in experts)  # own rule restored
+    x, y = chars.eval_set(32, seed=7)
+    with torch.no_grad():
+        logits, _ = token_models["dense"].eval()(x)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) / math.log(2)
+    assert dense["depth"][0]["bits_per_char"] == pytest.approx(float(expected), rel=1e-5)
+    for ev in token_evaluations.values():
+        for r in ev["depth"]:
+            assert abs(r["bits_per_char"] - math.log2(chars.in_dim)) < 1.5  # untrained: near uniform
+            assert 0 <= r["accuracy"] <= 1 and r["token_latency_ms"] == pytest.approx(r["latency_ms"] / 16)
+    assert json.loads(json.dumps(token_evaluations)) == token_evaluations
+    with pytest.raises(ConfigError, match=r"eval\.sizes \(--size\): a token model is evaluated"):
+        evaluate(token_models["dense"], chars, EvalConfig(examples=8, sizes=[32]))
+
+
+def test_report_and_summary_of_token_models(tmp_path, token_evaluations):
+    path = write_report(tmp_path, "chars", tmp_path / "missing.jsonl", token_evaluations)
+    text = path.read_text()
+    bits = f"{token_evaluations['dense']['depth'][0]['bits_per_char']:.3f}"
+    assert "bits/char" in text and f"| dense | {bits} |" in text and "| **MoR** |" in text
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (path.parent / image).read_bytes().startswith(PNG)
+    assert bits in summary(token_evaluations)
+    worse = json.loads(json.dumps(token_evaluations))
+    for r in worse["MoR"]["depth"]:
+        r["bits_per_char"] = 99.0
+    assert "MoR does NOT beat dense: 99.000 vs" in write_report(tmp_path, "chars", tmp_path / "none", worse).read_text()
+    assert "MoR does NOT beat MoE: 99.000 vs" in summary(worse)

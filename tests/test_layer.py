@@ -63,7 +63,7 @@ def test_gradients_reach_router_experts_critic_and_integrator():
                                 for _ in range(4))
     layer = reflection_layer(experts, dim=8, k=2, mode="attention")
     y, d = layer(torch.randn(2, 9, 8), return_diagnostics=True)
-    (y.square().mean() + d.aux["ponder_kl"] + d.aux["load_balance"]).backward()
+    (y.square().mean() + d.aux["halting_kl"] + d.aux["load_balance"]).backward()
     for name, module in [("router", layer.router), ("cell", experts[0].cell), ("judge", experts[1].judge),
                          ("integrator", layer.integrator)]:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name

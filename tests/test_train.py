@@ -162,6 +162,43 @@ def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
     assert 0 <= trainer.validate()["accuracy"] <= 1
 
 
+CHARS = {"task": "chars", "context": 16, "max_chars": 20_000, "batch_size": 16}
+TINY_LM = {"dim": 16, "depth": 1, "heads": 2, "hidden": 16, "num_experts": 2, "k": 1, "train_steps": 2,
+           "halting": {"max_steps": 2}}
+
+
+@pytest.mark.parametrize("kind", ["mor", "moe", "dense"])
+def test_token_models_train_on_chars_validate_in_bits_per_char_and_evaluate(tmp_path, kind):
+    from mor.nn import TokenModel
+    from mor.train.evaluate_cli import evaluate_checkpoint
+
+    trainer = Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "kind": kind}, train={"lr": 0.01}))
+    assert isinstance(trainer.model, TokenModel) and trainer.model.ffn_kind == kind
+    before = trainer.validate()
+    trainer.fit()
+    after = trainer.validate()
+    assert after["bits_per_char"] < before["bits_per_char"] - 0.5, (before, after)
+    assert after["score"] == -after["bits_per_char"] and 0 < after["accuracy"] < 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train[-1]["task"] < train[0]["task"]
+    assert ("halting_kl" in train[0]) == (kind == "mor") and ("load_balance" in train[0]) == (kind != "dense")
+    assert [r["step"] for r in records if r["kind"] == "eval" and "bits_per_char" in r] == [8, 16, 24]
+    evaluated = json.loads((evaluate_checkpoint(tmp_path, examples=32, max_steps=[1, 3]).parent / "eval.json")
+                           .read_text())
+    (rows,) = [ev["depth"] for ev in evaluated.values()]
+    assert [r["max_steps"] for r in rows] == ([1, 2, 3] if kind == "mor" else [1])
+    assert all(r["bits_per_char"] < before["bits_per_char"] for r in rows)
+
+
+def test_token_tasks_refuse_a_reflection_model_and_heads_that_do_not_divide_dim(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.kind: 'reflection' has no token model") as err:
+        Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "kind": "reflection"}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"model\.heads: must divide model\.dim \(16\), got 3"):
+        Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "heads": 3}))
+
+
 def test_warmup_then_cosine_with_restarts():
     from mor.train.config import TrainConfig
     from mor.train.schedule import lr_factor
@@ -170,6 +207,7 @@ def test_warmup_then_cosine_with_restarts():
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(35, cfg) == pytest.approx(0.5)
     assert lr_factor(59, cfg) < 0.01 and lr_factor(60, cfg) == pytest.approx(1.0)  # warm restart
+    assert lr_factor(110, cfg) == pytest.approx(0.0)  # the step after the last stays at the floor
 
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

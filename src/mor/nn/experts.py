@@ -68,7 +68,7 @@ class ReflectionExperts(nn.ModuleList):
         out = ExpertOutput(answer=answer, confidence=torch.cat([r.confidence for r in runs]),
                            steps=torch.cat([r.steps for r in runs]))
         if self.training:
-            out.aux["ponder_kl"] = torch.cat([halting_kl(r.halting_distribution) for r in runs]).mean()
+            out.aux["halting_kl"] = torch.cat([halting_kl(r.halting_distribution) for r in runs]).mean()
         return out
 
     def expert(self, e: int, x: Tensor) -> Tensor:

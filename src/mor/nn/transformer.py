@@ -15,7 +15,8 @@ from mor.nn.cells import MLPCell
 from mor.nn.diagnostics import Diagnostics, merge
 from mor.nn.experts import ReflectionExperts, SwiGLU
 from mor.nn.layer import MoRLayer, reflection_layer
-from mor.nn.reflection import ReflectionExpert
+from mor.nn.losses import LossWeights
+from mor.nn.reflection import Halting, ReflectionExpert
 
 FFNKind = Literal["dense", "moe", "mor"]
 
@@ -43,29 +44,33 @@ class TokenModel(nn.Module):
     """Token ids (B, T) → next-token logits (B, T, vocab), with `ffn` = dense, moe or mor in every block.
 
     `moe`: `num_experts` SwiGLU experts of width `hidden`, top-k. `mor`: reflection experts with MLP cells
-    that refine each token's FFN output for up to `train_steps` steps. `dense`: one SwiGLU of width
-    k·hidden, the same active parameters as `moe`.
+    that refine each token's FFN output for up to `train_steps` steps in training and under `halting` at
+    inference (default: `train_steps` steps). `dense`: one SwiGLU of width k·hidden, the same active
+    parameters as `moe`.
     """
 
     def __init__(self, vocab: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 256, *,
-                 ffn: FFNKind = "mor", num_experts: int = 4, k: int = 2, hidden: int = 256, train_steps: int = 3):
+                 ffn: FFNKind = "mor", num_experts: int = 4, k: int = 2, hidden: int = 256, train_steps: int = 3,
+                 halting: Halting | None = None):
         super().__init__()
         check(ffn in ("dense", "moe", "mor"), f"TokenModel: ffn must be 'dense', 'moe' or 'mor', got {ffn!r}")
         check(dim % heads == 0, f"TokenModel: dim ({dim}) must be divisible by heads ({heads})")
-        self.max_len = max_len
+        self.max_len, self.ffn_kind = max_len, ffn
         self.embed, self.pos = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, self._ffn(ffn, dim, num_experts, k, hidden, train_steps))
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, self._ffn(ffn, dim, num_experts, k, hidden, train_steps,
+                                                                halting)) for _ in range(depth))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
 
     @staticmethod
-    def _ffn(kind: FFNKind, dim: int, num_experts: int, k: int, hidden: int, train_steps: int) -> nn.Module:
+    def _ffn(kind: FFNKind, dim: int, num_experts: int, k: int, hidden: int, train_steps: int,
+             halting: Halting | None) -> nn.Module:
         if kind == "dense":
             return SwiGLU(dim, k * hidden)
         if kind == "moe":
             return MoRLayer.swiglu(dim, hidden, num_experts, k)
         experts = ReflectionExperts(ReflectionExpert(MLPCell(dim, hidden), dim, dim, dim=dim, classes=False,
-                                                     train_steps=train_steps) for _ in range(num_experts))
+                                                     train_steps=train_steps, halting=halting)
+                                    for _ in range(num_experts))
         return reflection_layer(experts, dim, k, mode="confidence")
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -79,3 +84,13 @@ class TokenModel(nn.Module):
             x, diagnostics = block(x)
             found += [diagnostics] if diagnostics is not None else []
         return self.head(self.norm(x)), merge(found)
+
+    def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None
+             ) -> tuple[Tensor, dict[str, Tensor], None]:
+        """Next-token cross-entropy ("task") plus the FFN layers' auxiliary losses, each weighted by its
+        `LossWeights` field; the contract of `MoRModel.loss`, so one training loop serves both."""
+        w = weights or LossWeights()
+        logits, aux = self(x)
+        parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
+        total = sum(getattr(w, name) * value for name, value in parts.items())
+        return total, {name: value.detach() for name, value in parts.items()}, None

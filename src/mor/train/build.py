@@ -4,15 +4,16 @@ from torch import nn
 
 from mor.data import Task
 from mor.errors import check
-from mor.nn import DenseModel, Halting, LossWeights, MoRModel, moe_baseline, reflection_baseline
+from mor.nn import DenseModel, Halting, LossWeights, MoRModel, TokenModel, moe_baseline, reflection_baseline
 from mor.train.config import LossConfig, ModelConfig
 
 
 def build_model(cfg: ModelConfig, task: Task, kind: str | None = None) -> nn.Module:
-    """The model of `cfg` (or of baseline `kind` with the same sizes) for `task`'s input and output widths."""
+    """The model of `cfg` (or of baseline `kind` with the same sizes) for `task`'s input and output widths;
+    a `TokenModel` for token tasks."""
     kind = kind or cfg.kind
-    check(not task.tokens, f"model.kind: {kind!r} takes feature vectors or sequences, but task {task.name!r} "
-                           f"gives token ids; token models arrive with the char-LM benchmark")
+    if task.tokens:
+        return token_model(cfg, task, kind)
     check(task.sequence or cfg.cell == "mlp",
           f"model.cell: task {task.name!r} gives vectors, so cell must be 'mlp', got {cfg.cell!r}")
     if kind == "dense":
@@ -25,6 +26,16 @@ def build_model(cfg: ModelConfig, task: Task, kind: str | None = None) -> nn.Mod
     if kind == "reflection":
         return reflection_baseline(task.in_dim, task.out_dim, **common)
     return MoRModel(task.in_dim, task.out_dim, num_experts=cfg.num_experts, k=cfg.k, **common)
+
+
+def token_model(cfg: ModelConfig, task: Task, kind: str) -> TokenModel:
+    """A causal transformer over `task`'s token ids with FFN `kind` (mor, moe or dense) and the task's context."""
+    check(kind != "reflection", f"model.kind: 'reflection' has no token model (task {task.name!r} gives token "
+                                "ids); use mor, moe or dense")
+    check(cfg.dim % cfg.heads == 0, f"model.heads: must divide model.dim ({cfg.dim}), got {cfg.heads}")
+    return TokenModel(task.in_dim, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, max_len=task.sizes[1], ffn=kind,
+                      num_experts=cfg.num_experts, k=cfg.k, hidden=cfg.hidden, train_steps=cfg.train_steps,
+                      halting=Halting(**cfg.halting.model_dump()))
 
 
 def loss_weights(cfg: LossConfig) -> LossWeights:

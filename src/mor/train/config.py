@@ -30,7 +30,9 @@ class HaltingConfig(Strict):
 
 class ModelConfig(Strict):
     """Which model and its sizes. `kind`: mor (router + reflection experts), moe (depth 1), reflection
-    (one expert), dense (a fixed stack of cells)."""
+    (one expert), dense (a fixed stack of cells). Token tasks (e.g. chars) get a `TokenModel`, a causal
+    transformer of `depth` blocks whose FFN is `kind`: mor (reflection experts), moe (SwiGLU experts) or
+    dense (one SwiGLU of k·hidden, the same active parameters); its context is the task's."""
 
     kind: Literal["mor", "moe", "reflection", "dense"] = "mor"
     num_experts: int = Field(2, ge=1)
@@ -38,7 +40,9 @@ class ModelConfig(Strict):
     dim: int = Field(32, ge=1)
     cell: Literal["mlp", "conv", "transformer"] = "conv"
     train_steps: int = Field(16, ge=1)
-    depth: int = Field(4, ge=1, description="dense only: number of cells")
+    depth: int = Field(4, ge=1, description="dense: number of cells; token models: transformer blocks")
+    heads: int = Field(4, ge=1, description="token models: attention heads (must divide dim)")
+    hidden: int = Field(128, ge=1, description="token models: width of each FFN expert")
     mode: Literal["gate", "confidence", "attention"] = "confidence"
     score: Literal["softmax", "sigmoid"] = "softmax"
     noise_std: float = Field(0.0, ge=0)

@@ -7,7 +7,9 @@ the latencies.
 Scoring: classification takes the argmax of the output's last dimension; regression counts an answer right
 when every value is within `regression_tol` of the target (the model's own, else `REGRESSION_TOL`) and also
 reports MSE and R² = 1 − SSE / SST. For sequences `position_accuracy` is the fraction of right positions and
-`accuracy` the fraction of examples right at every position; for vectors the two are equal.
+`accuracy` the fraction of examples right at every position; for vectors the two are equal. Token models
+(next-token prediction) are scored per token instead: `bits_per_char` (cross-entropy in bits) and `accuracy`
+the fraction of next tokens right.
 """
 
 import time
@@ -16,12 +18,16 @@ from itertools import pairwise
 from statistics import median
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mor.data.base import DatasetTask, GroupedTask, StreamTask, Task
+from mor.errors import check
 from mor.nn.diagnostics import Diagnostics
+from mor.nn.losses import NATS_PER_BIT
 from mor.nn.models import DenseModel, MoRModel, count_parameters
-from mor.nn.reflection import Halting
+from mor.nn.reflection import Halting, ReflectionExpert
+from mor.nn.transformer import TokenModel
 from mor.train.config import EvalConfig
 
 CHUNK = 256  # examples per forward: bounds memory on long inputs
@@ -44,13 +50,15 @@ class Pass:
     load: Tensor | None = None  # (E,) fraction of examples routed to each expert
 
 
-def evaluate(model: MoRModel | DenseModel, task: Task, cfg: EvalConfig,
+def evaluate(model: MoRModel | DenseModel | TokenModel, task: Task, cfg: EvalConfig,
              train_sizes: tuple[int, int] | None = None) -> dict:
     """Accuracy, steps, compute and latency of `model` on `task` by depth, size and halting rule, plus routing.
 
     `train_sizes` is the training range of the size knob (default: the task's); sizes past it test
     extrapolation. A `DenseModel` is measured at its fixed depth only. A model's conflict policy stays on, so
-    its escalations count in steps and compute. The model's train/eval mode is restored afterwards.
+    its escalations count in steps and compute. A `TokenModel` is measured on held-out windows by bits per
+    character, next-token accuracy and latency per token (see `_evaluate_tokens`). The model's train/eval mode
+    is restored afterwards.
     """
     was_training = model.training
     model.eval()
@@ -62,6 +70,8 @@ def evaluate(model: MoRModel | DenseModel, task: Task, cfg: EvalConfig,
 
 
 def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[int, int] | None) -> dict:
+    if isinstance(model, TokenModel):
+        return _evaluate_tokens(model, task, cfg)
     reflective = isinstance(model, MoRModel)
     knob = isinstance(task, StreamTask) and task.sizes is not None
     train_sizes = (train_sizes or task.sizes) if knob else None
@@ -100,8 +110,47 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
     }
 
 
+def _evaluate_tokens(model: TokenModel, task: Task, cfg: EvalConfig) -> dict:
+    """Bits per character, next-token accuracy and latency on `cfg.examples` held-out windows of the training
+    context: at each of `cfg.max_steps` (and the training depth) for a mor FFN, whose reflection experts run
+    exactly that many steps; at the one depth of a moe or dense FFN."""
+    check(not cfg.sizes, f"eval.sizes (--size): a token model is evaluated at its training context, "
+                         f"got {cfg.sizes}; leave it empty")
+    x, y = _dataset(task, cfg, None)
+    experts = [m for m in model.modules() if isinstance(m, ReflectionExpert)]
+    train_depth = experts[0].train_steps if experts else 1
+    own = experts[0].halting if experts else None
+    depth = []
+    try:
+        for d in sorted({*cfg.max_steps, train_depth}) if experts else [1]:
+            for expert in experts:
+                expert.halting = Halting(max_steps=d)
+            run = _pass(model, x, None, TIMING_RUNS)
+            depth.append({"size": None, "max_steps": d, **token_score(run.output, y), **_cost(run, d),
+                          "latency_ms": run.latency_ms, "token_latency_ms": run.latency_ms / x.shape[1]})
+    finally:
+        for expert in experts:
+            expert.halting = own
+    return {
+        "model": {"kind": model_kind(model), "train_depth": train_depth, "classes": True,
+                  "parameters": count_parameters(model), "halting": None},
+        "task": task.name, "train_sizes": None, "train_size": None, "examples": [len(y)], "sizes": [None],
+        "depth": depth, "halting": [], "steps_histogram": None, "load": None, "effectiveness": effectiveness(depth),
+    }
+
+
+def token_score(logits: Tensor, y: Tensor) -> dict[str, float]:
+    """Next-token cross-entropy in bits per token (per character for chars) and next-token accuracy."""
+    nats = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+    accuracy = float((logits.argmax(-1) == y).float().mean())
+    return {"bits_per_char": float(nats) / NATS_PER_BIT, "accuracy": accuracy, "position_accuracy": accuracy}
+
+
 def model_kind(model: nn.Module) -> str:
-    """dense, moe (depth 1), reflection (a single expert) or mor, read off the model itself."""
+    """dense, moe (depth 1), reflection (a single expert) or mor, read off the model itself; a token model's
+    FFN kind."""
+    if isinstance(model, TokenModel):
+        return model.ffn_kind
     if not isinstance(model, MoRModel):
         return "dense"
     return "moe" if model.train_steps == 1 else "reflection" if len(model.experts) == 1 else "mor"
@@ -143,7 +192,10 @@ def _timed(model: nn.Module, x: Tensor, rule: Halting | None) -> tuple[Tensor, D
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
-    output, diagnostics = model(x, halting=rule, return_diagnostics=True) if rule is not None else (model(x), None)
+    if rule is not None:
+        output, diagnostics = model(x, halting=rule, return_diagnostics=True)
+    else:
+        output, diagnostics = model(x)[0] if isinstance(model, TokenModel) else model(x), None
     sync()
     return output, diagnostics, time.perf_counter() - start
 

@@ -2,6 +2,7 @@
 metrics (JSONL) and the `evaluate` results of the main model and its baselines.
 
 Every comparison is stated both ways: the report says plainly where the main model does not beat a baseline.
+Token models (language models) are compared on bits per character instead of accuracy.
 Plots use matplotlib's object API on the Agg canvas, so no display and no global pyplot state are involved.
 """
 
@@ -38,7 +39,8 @@ def write_report(run_dir: Path, title: str, metrics_path: Path, evaluations: dic
         ("cost_depth.png", _cost_figure(evaluations), "Compute and latency per example against depth."),
     ]
     lines = [f"# {title}", "", *(f"- {note}" for note in notes), *([""] if notes else []),
-             *_models_table(evaluations), *_headline(evaluations), *_effectiveness(evaluations),
+             *_models_table(evaluations), *(_lm_headline if _lm(main) else _headline)(evaluations),
+             *_effectiveness(evaluations),
              *_halting_table(main_name, main), *_routing_text(evaluations), "## Plots", ""]
     for file, figure, caption in plots:
         if figure is not None:
@@ -50,17 +52,10 @@ def write_report(run_dir: Path, title: str, metrics_path: Path, evaluations: dic
 
 
 def summary(evaluations: dict[str, dict]) -> str:
-    """A short plain-text comparison for the console: best and own-rule accuracy per size, then shortfalls."""
+    """A short plain-text comparison for the console: best and own-rule accuracy per size (bits per character
+    for token models), then shortfalls."""
     main_name, main = next(iter(evaluations.items()))
-    lines = ["Evaluation — accuracy: best fixed depth @ depth | own halting rule in mean steps"]
-    for size in main["sizes"]:
-        lines.append(f"{_size(size)}:")
-        for name, ev in evaluations.items():
-            best, own = _best(ev, size), _own(ev, size)
-            text = f"  {name:<18} {_num(best['accuracy'])} @ {best['max_steps']}" if best else f"  {name:<18} —"
-            if own:
-                text += f" | {_num(own['accuracy'])} in {own['mean_steps']:.1f} steps"
-            lines.append(text)
+    lines = _lm_lines(evaluations) if _lm(main) else _accuracy_lines(evaluations)
     shortfalls = _shortfalls(evaluations)
     lines += ([f"Where {main_name} does not win:", *(f"  {s}" for s in shortfalls[:5])] if shortfalls
               else [f"{main_name} beats every baseline at every size."] if len(evaluations) > 1 else [])
@@ -105,10 +100,43 @@ def _own(ev: dict, size: int | None) -> dict | None:
     return next((r for r in ev["halting"] if r["size"] == size and r["own"]), None)
 
 
+def _accuracy_lines(evaluations: dict[str, dict]) -> list[str]:
+    lines = ["Evaluation — accuracy: best fixed depth @ depth | own halting rule in mean steps"]
+    for size in next(iter(evaluations.values()))["sizes"]:
+        lines.append(f"{_size(size)}:")
+        for name, ev in evaluations.items():
+            best, own = _best(ev, size), _own(ev, size)
+            text = f"  {name:<18} {_num(best['accuracy'])} @ {best['max_steps']}" if best else f"  {name:<18} —"
+            if own:
+                text += f" | {_num(own['accuracy'])} in {own['mean_steps']:.1f} steps"
+            lines.append(text)
+    return lines
+
+
+def _lm_lines(evaluations: dict[str, dict]) -> list[str]:
+    rows = {name: _at_train(ev, None) for name, ev in evaluations.items()}
+    return ["Evaluation at training depth — bits per character | next-character accuracy",
+            *(f"  {name:<18} {_num(r['bits_per_char'])} | {_num(r['accuracy'])}" for name, r in rows.items())]
+
+
+def _lm(ev: dict) -> bool:
+    """Whether `ev` evaluates a token model, scored in bits per character."""
+    return "bits_per_char" in ev["depth"][0]
+
+
 def _shortfalls(evaluations: dict[str, dict]) -> list[str]:
-    """Every (size, baseline) where the main model's best or own-rule accuracy is not above the baseline's best."""
+    """Every (size, baseline) where the main model's best or own-rule accuracy is not above the baseline's best;
+    for token models, every baseline whose bits per character at training depth are not above the main model's."""
     (main_name, main), *baselines = evaluations.items()
     out = []
+    if _lm(main):
+        mine = _at_train(main, None)["bits_per_char"]
+        for name, ev in baselines:
+            theirs = _at_train(ev, None)["bits_per_char"]
+            if mine >= theirs:
+                out.append(f"{main_name} {'ties' if mine == theirs else 'does NOT beat'} {name}: {_num(mine)} vs "
+                           f"{_num(theirs)} bits/char at training depth")
+        return out
     for size in main["sizes"]:
         mine, own = _best(main, size), _own(main, size)
         for name, ev in baselines:
@@ -164,6 +192,25 @@ def _headline(evaluations: dict[str, dict]) -> list[str]:
             "Compute is cell evaluations per example under the model's own rule (else its training depth).", "",
             *_table(["size", "model", "best accuracy @ depth", "position acc. (best)", "accuracy @ training depth",
                      "own rule: accuracy", "own rule: mean steps", "compute / example"], rows), *verdict]
+
+
+def _lm_headline(evaluations: dict[str, dict]) -> list[str]:
+    main_name = next(iter(evaluations))
+    rows = []
+    for name, ev in evaluations.items():
+        train, best = _at_train(ev, None), min(_rows(ev, None), key=lambda r: (r["bits_per_char"], r["max_steps"]))
+        rows.append([f"**{name}**" if name == main_name else name, _num(train["bits_per_char"]),
+                     _num(train["accuracy"]), f"{_num(best['bits_per_char'])} @ {best['max_steps']}",
+                     f"{1000 * train['token_latency_ms']:.1f}"])
+    shortfalls = _shortfalls(evaluations)
+    verdict = ([f"### Where {main_name} does not beat a baseline", "", *(f"- {s}" for s in shortfalls), ""]
+               if shortfalls else [f"{main_name} beats every baseline on bits per character.", ""]
+               if len(evaluations) > 1 else ["No baseline was evaluated, so nothing here is a comparison.", ""])
+    return ["## Headline", "",
+            "Next-character cross-entropy in bits (lower is better) and accuracy on held-out text at training "
+            "depth; best bits/char over the reflection depths evaluated; latency per token.", "",
+            *_table(["model", "bits/char", "accuracy", "best bits/char @ depth", "latency / token (µs)"], rows),
+            *verdict]
 
 
 def _effectiveness(evaluations: dict[str, dict]) -> list[str]:

@@ -14,8 +14,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return 1.0
-    cycle = max(1, math.ceil((cfg.steps - cfg.warmup) / (cfg.restarts + 1)))
-    progress = ((step - cfg.warmup) % cycle) / cycle
+    elapsed, total = step - cfg.warmup, cfg.steps - cfg.warmup
+    cycle = max(1, math.ceil(total / (cfg.restarts + 1)))
+    progress = 1.0 if elapsed >= total else (elapsed % cycle) / cycle  # past the end: stay at the floor
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -24,6 +24,7 @@ from mor.errors import CheckpointError, check
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump
+from mor.train.evaluate import token_score
 from mor.train.schedule import scheduler
 
 
@@ -168,8 +169,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Held-out score at the largest training size under the model's own halting rule."""
+        """Held-out score at the largest training size under the model's own halting rule; for token tasks,
+        bits per character and next-token accuracy (score = -bits per character)."""
         self.model.eval()
+        if self.task.tokens:
+            x, y = self.task.eval_set(512, seed=self.config.eval.seed)
+            scores = token_score(self.model(x.to(self.device))[0], y.to(self.device))
+            return {**scores, "score": -scores["bits_per_char"]}
         if isinstance(self.task, StreamTask):
             size = self.task.sizes[1] if self.task.sizes else None
             x, y = self.task.eval_set(512, size, seed=self.config.eval.seed)
@@ -233,6 +239,8 @@ class Trainer:
     @staticmethod
     def _status(logged: dict, last_eval: dict) -> str:
         parts = [f"loss {logged['loss']:.3f}"]
+        if "bits_per_char" in last_eval:
+            parts.append(f"val {last_eval['bits_per_char']:.3f} bits/char")
         if "accuracy" in last_eval:
             parts.append(f"val acc {last_eval['accuracy']:.1%}")
         if "mean_steps" in last_eval:
