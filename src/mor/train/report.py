@@ -3,19 +3,14 @@ metrics (JSONL) and the `evaluate` results of the main model and its baselines.
 
 Every comparison is stated both ways: the report says plainly where the main model does not beat a baseline.
 Token models (language models) are compared on bits per character instead of accuracy.
-Plots use matplotlib's object API on the Agg canvas, so no display and no global pyplot state are involved.
 """
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-LOSS_TERMS = ("loss", "task", "ponder", "halting_kl", "critic", "consistency", "load_balance", "z_loss")
+from mor.train import plots
+from mor.train.records import at_train_depth, best_depth, depth_rows, is_token_eval, own_rule, read_metrics, size_label
 
 
 def write_report(run_dir: Path, title: str, metrics_path: Path, evaluations: dict[str, dict],
@@ -26,25 +21,25 @@ def write_report(run_dir: Path, title: str, metrics_path: Path, evaluations: dic
     records, skipped = read_metrics(Path(metrics_path))
     notes = [*notes] + ([f"{skipped} unreadable line(s) of {metrics_path} were skipped."] if skipped else [])
     main_name, main = next(iter(evaluations.items()))
-    plots = [
-        ("training.png", _training_figure(records) if records else None,
+    figures = [
+        ("training.png", plots.training_figure(records) if records else None,
          "Training curves: loss terms and metrics against step (solid: train, dashed: eval)."),
-        ("accuracy_depth.png", _accuracy_figure(evaluations),
+        ("accuracy_depth.png", plots.accuracy_figure(evaluations),
          f"Accuracy against reflection depth per size; ★ marks {main_name}'s own halting rule, "
          "flat lines are baselines at their single depth."),
-        ("halting_steps.png", _histogram_figure(main_name, main),
+        ("halting_steps.png", plots.histogram_figure(main_name, main),
          f"Reflection steps per example under {main_name}'s own halting rule at the largest size."),
-        ("routing.png", _routing_figure(main_name, main),
+        ("routing.png", plots.routing_figure(main_name, main),
          f"{main_name}: per-expert activation rate and, for grouped tasks, which expert each group goes to."),
-        ("cost_depth.png", _cost_figure(evaluations), "Compute and latency per example against depth."),
+        ("cost_depth.png", plots.cost_figure(evaluations), "Compute and latency per example against depth."),
     ]
     lines = [f"# {title}", "", *(f"- {note}" for note in notes), *([""] if notes else []),
-             *_models_table(evaluations), *(_lm_headline if _lm(main) else _headline)(evaluations),
+             *_models_table(evaluations), *(_lm_headline if is_token_eval(main) else _headline)(evaluations),
              *_effectiveness(evaluations),
              *_halting_table(main_name, main), *_routing_text(evaluations), "## Plots", ""]
-    for file, figure, caption in plots:
+    for file, figure, caption in figures:
         if figure is not None:
-            _save(figure, run_dir / "plots" / file)
+            plots.save(figure, run_dir / "plots" / file)
             lines += [f"![{Path(file).stem}](plots/{file})", "", f"*{caption}*", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
@@ -55,7 +50,7 @@ def summary(evaluations: dict[str, dict]) -> str:
     """A short plain-text comparison for the console: best and own-rule accuracy per size (bits per character
     for token models), then shortfalls."""
     main_name, main = next(iter(evaluations.items()))
-    lines = _lm_lines(evaluations) if _lm(main) else _accuracy_lines(evaluations)
+    lines = _lm_lines(evaluations) if is_token_eval(main) else _accuracy_lines(evaluations)
     shortfalls = _shortfalls(evaluations)
     lines += ([f"Where {main_name} does not win:", *(f"  {s}" for s in shortfalls[:5])] if shortfalls
               else [f"{main_name} beats every baseline at every size."] if len(evaluations) > 1 else [])
@@ -67,45 +62,12 @@ def summary(evaluations: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """The JSON objects of a JSONL file (none if it is missing) and how many lines could not be read."""
-    if not path.is_file():
-        return [], 0
-    records, skipped = [], 0
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                skipped += 1
-    return [r for r in records if isinstance(r, dict)], skipped
-
-
-# ---- reading evaluations
-
-def _rows(ev: dict, size: int | None) -> list[dict]:
-    return sorted((r for r in ev["depth"] if r["size"] == size), key=lambda r: r["max_steps"])
-
-
-def _best(ev: dict, size: int | None) -> dict | None:
-    """The most accurate fixed depth at `size`, the shallowest among ties."""
-    return max(_rows(ev, size), key=lambda r: (r["accuracy"], -r["max_steps"]), default=None)
-
-
-def _at_train(ev: dict, size: int | None) -> dict | None:
-    return next((r for r in _rows(ev, size) if r["max_steps"] == ev["model"]["train_depth"]), None)
-
-
-def _own(ev: dict, size: int | None) -> dict | None:
-    return next((r for r in ev["halting"] if r["size"] == size and r["own"]), None)
-
-
 def _accuracy_lines(evaluations: dict[str, dict]) -> list[str]:
     lines = ["Evaluation — accuracy: best fixed depth @ depth | own halting rule in mean steps"]
     for size in next(iter(evaluations.values()))["sizes"]:
-        lines.append(f"{_size(size)}:")
+        lines.append(f"{size_label(size)}:")
         for name, ev in evaluations.items():
-            best, own = _best(ev, size), _own(ev, size)
+            best, own = best_depth(ev, size), own_rule(ev, size)
             text = f"  {name:<18} {_num(best['accuracy'])} @ {best['max_steps']}" if best else f"  {name:<18} —"
             if own:
                 text += f" | {_num(own['accuracy'])} in {own['mean_steps']:.1f} steps"
@@ -114,14 +76,9 @@ def _accuracy_lines(evaluations: dict[str, dict]) -> list[str]:
 
 
 def _lm_lines(evaluations: dict[str, dict]) -> list[str]:
-    rows = {name: _at_train(ev, None) for name, ev in evaluations.items()}
+    rows = {name: at_train_depth(ev, None) for name, ev in evaluations.items()}
     return ["Evaluation at training depth — bits per character | next-character accuracy",
             *(f"  {name:<18} {_num(r['bits_per_char'])} | {_num(r['accuracy'])}" for name, r in rows.items())]
-
-
-def _lm(ev: dict) -> bool:
-    """Whether `ev` evaluates a token model, scored in bits per character."""
-    return "bits_per_char" in ev["depth"][0]
 
 
 def _shortfalls(evaluations: dict[str, dict]) -> list[str]:
@@ -129,27 +86,27 @@ def _shortfalls(evaluations: dict[str, dict]) -> list[str]:
     for token models, every baseline whose bits per character at training depth are not above the main model's."""
     (main_name, main), *baselines = evaluations.items()
     out = []
-    if _lm(main):
-        mine = _at_train(main, None)["bits_per_char"]
+    if is_token_eval(main):
+        mine = at_train_depth(main, None)["bits_per_char"]
         for name, ev in baselines:
-            theirs = _at_train(ev, None)["bits_per_char"]
+            theirs = at_train_depth(ev, None)["bits_per_char"]
             if mine >= theirs:
                 out.append(f"{main_name} {'ties' if mine == theirs else 'does NOT beat'} {name}: {_num(mine)} vs "
                            f"{_num(theirs)} bits/char at training depth")
         return out
     for size in main["sizes"]:
-        mine, own = _best(main, size), _own(main, size)
+        mine, own = best_depth(main, size), own_rule(main, size)
         for name, ev in baselines:
-            theirs = _best(ev, size)
+            theirs = best_depth(ev, size)
             if mine is None or theirs is None:
                 continue
             against = f"{name}'s best {_num(theirs['accuracy'])} (depth {theirs['max_steps']})"
             if mine["accuracy"] <= theirs["accuracy"]:
                 verb = "ties" if mine["accuracy"] == theirs["accuracy"] else "does NOT beat"
-                out.append(f"{_size(size)}: {main_name} {verb} {name}: best {_num(mine['accuracy'])} "
+                out.append(f"{size_label(size)}: {main_name} {verb} {name}: best {_num(mine['accuracy'])} "
                            f"(depth {mine['max_steps']}) vs {against}")
             if own and own["accuracy"] < theirs["accuracy"]:
-                out.append(f"{_size(size)}: {main_name} with its own halting rule ({_num(own['accuracy'])} in "
+                out.append(f"{size_label(size)}: {main_name} with its own halting rule ({_num(own['accuracy'])} in "
                            f"{own['mean_steps']:.1f} steps) does NOT beat {against}")
     return out
 
@@ -174,9 +131,9 @@ def _headline(evaluations: dict[str, dict]) -> list[str]:
     rows = []
     for size in main["sizes"]:
         for name, ev in evaluations.items():
-            best, train, own = _best(ev, size), _at_train(ev, size), _own(ev, size)
+            best, train, own = best_depth(ev, size), at_train_depth(ev, size), own_rule(ev, size)
             spent = own or train or best
-            rows.append([_size(size), f"**{name}**" if name == main_name else name,
+            rows.append([size_label(size), f"**{name}**" if name == main_name else name,
                          f"{_num(best['accuracy'])} @ {best['max_steps']}" if best else "—",
                          _num(best["position_accuracy"]) if best else "—",
                          f"{_num(train['accuracy'])} @ {train['max_steps']}" if train else "—",
@@ -198,7 +155,8 @@ def _lm_headline(evaluations: dict[str, dict]) -> list[str]:
     main_name = next(iter(evaluations))
     rows = []
     for name, ev in evaluations.items():
-        train, best = _at_train(ev, None), min(_rows(ev, None), key=lambda r: (r["bits_per_char"], r["max_steps"]))
+        train = at_train_depth(ev, None)
+        best = min(depth_rows(ev, None), key=lambda r: (r["bits_per_char"], r["max_steps"]))
         rows.append([f"**{name}**" if name == main_name else name, _num(train["bits_per_char"]),
                      _num(train["accuracy"]), f"{_num(best['bits_per_char'])} @ {best['max_steps']}",
                      f"{1000 * train['token_latency_ms']:.1f}"])
@@ -221,7 +179,7 @@ def _effectiveness(evaluations: dict[str, dict]) -> list[str]:
         if not steps:
             continue
         by = {(r["size"], r["from"], r["to"]): r["per_step"] for r in ev["effectiveness"]}
-        rows = [[_size(size), *(f"{100 * by[(size, a, b)]:+.2f}" if (size, a, b) in by else "—" for a, b in steps)]
+        rows = [[size_label(size), *(f"{100 * by[(size, a, b)]:+.2f}" if (size, a, b) in by else "—" for a, b in steps)]
                 for size in ev["sizes"]]
         out += [f"**{name}**", "", *_table(["size", *(f"{a}→{b}" for a, b in steps)], rows)]
     return out
@@ -230,7 +188,7 @@ def _effectiveness(evaluations: dict[str, dict]) -> list[str]:
 def _halting_table(name: str, ev: dict) -> list[str]:
     if not ev["halting"]:
         return []
-    rows = [[_size(r["size"]), r["rule"] + (" (own)" if r["own"] else ""), _num(r["accuracy"]),
+    rows = [[size_label(r["size"]), r["rule"] + (" (own)" if r["own"] else ""), _num(r["accuracy"]),
              _num(r["position_accuracy"]), f"{r['mean_steps']:.1f}", f"{r['fraction_of_max']:.2f}",
              f"{r['compute']:.1f}"] for r in ev["halting"]]
     return [f"## Halting ({name})", "",
@@ -245,7 +203,7 @@ def _routing_text(evaluations: dict[str, dict]) -> list[str]:
         load = ev.get("load")
         if not load:
             continue
-        out += [f"- **{name}** at {_size(load['size'])}: expert activation rate {_nums(load['rate'])}"]
+        out += [f"- **{name}** at {size_label(load['size'])}: expert activation rate {_nums(load['rate'])}"]
         if "matrix" in load:
             out[-1] += (f"; mutual information I(group; expert) = {load['mutual_information']:.3f} bits "
                         f"(at most {math.log2(len(load['groups'])):.3f})")
@@ -265,115 +223,3 @@ def _nums(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
 
 
-def _size(size: int | None) -> str:
-    return "eval set" if size is None else f"size {size}"
-
-
-# ---- plots
-
-def _save(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure).print_png(path)
-
-
-def _grid(panels: int, width: float = 4.5, height: float = 3.2) -> tuple[Figure, list[Axes]]:
-    cols = min(3, panels)
-    rows = math.ceil(panels / cols)
-    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    axes = figure.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return figure, axes[:panels]
-
-
-def _training_figure(records: list[dict]) -> Figure:
-    keys = list(dict.fromkeys(k for r in records for k, v in r.items()
-                              if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)))
-    panels = [[k for k in keys if k in LOSS_TERMS]] + [[k] for k in keys if k not in LOSS_TERMS]
-    panels = [p for p in panels if p]
-    figure, axes = _grid(len(panels))
-    for ax, panel in zip(axes, panels, strict=True):
-        for key in panel:
-            for kind, style in (("train", "-"), ("eval", "--")):
-                points = [(r.get("step", i), r[key]) for i, r in enumerate(records)
-                          if r.get("kind", "train") == kind and isinstance(r.get(key), int | float)]
-                if points:
-                    ax.plot(*zip(*points, strict=True), style, label=f"{key} ({kind})", marker="." if
-                            len(points) < 20 else None)
-        values = [r[k] for r in records for k in panel if isinstance(r.get(k), int | float)]
-        if len(panel) > 1 and values and min(values) > 0:
-            ax.set_yscale("log")
-        ax.set(xlabel="step", title="loss terms" if len(panel) > 1 else panel[0])
-        ax.legend(fontsize=7)
-    return figure
-
-
-def _accuracy_figure(evaluations: dict[str, dict]) -> Figure:
-    main_name, main = next(iter(evaluations.items()))
-    figure, axes = _grid(len(main["sizes"]))
-    for ax, size in zip(axes, main["sizes"], strict=True):
-        for i, (name, ev) in enumerate(evaluations.items()):
-            rows, color = _rows(ev, size), f"C{i}"
-            if len(rows) > 1 and ev["model"]["train_depth"] > 1:
-                ax.plot([r["max_steps"] for r in rows], [r["accuracy"] for r in rows], "-" if i == 0 else "--",
-                        marker="o", color=color, label=name)
-            else:
-                row = _at_train(ev, size) or (rows[0] if rows else None)
-                if row:
-                    ax.axhline(row["accuracy"], ls=":", color=color, label=name)
-                    ax.plot(row["max_steps"], row["accuracy"], "s", color=color)
-        own = _own(main, size)
-        if own:
-            ax.plot(own["mean_steps"], own["accuracy"], "*", ms=14, color="C0", label=f"{main_name} own rule")
-        ax.axvline(main["model"]["train_depth"], color="grey", lw=0.8, label="training depth")
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="reflection steps", ylabel="accuracy", ylim=(-0.02, 1.02), title=_size(size))
-        ax.legend(fontsize=7)
-    return figure
-
-
-def _histogram_figure(name: str, ev: dict) -> Figure | None:
-    histogram = ev.get("steps_histogram")
-    if not histogram:
-        return None
-    figure, (ax,) = _grid(1, width=6)
-    ax.bar(range(1, len(histogram["counts"]) + 1), histogram["counts"], color="C0")
-    ax.set(xlabel="reflection steps", ylabel="examples",
-           title=f"{name}: {histogram['rule']}, {_size(histogram['size'])}")
-    return figure
-
-
-def _routing_figure(name: str, ev: dict) -> Figure | None:
-    load = ev.get("load")
-    if not load:
-        return None
-    figure, axes = _grid(2 if "matrix" in load else 1)
-    axes[0].bar(range(len(load["rate"])), load["rate"], color="C0")
-    axes[0].set(xlabel="expert", ylabel="fraction of examples", title=f"{name}: expert activation rate",
-                xticks=range(len(load["rate"])))
-    if "matrix" in load:
-        ax, matrix = axes[1], load["matrix"]
-        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for g, row in enumerate(matrix):
-            for e, value in enumerate(row):
-                ax.text(e, g, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
-        ax.set(xticks=range(len(load["rate"])), yticks=range(len(load["groups"])), yticklabels=load["groups"],
-               xlabel="first-choice expert", title=f"group × expert (MI {load['mutual_information']:.2f} bits)")
-        figure.colorbar(image, ax=ax)
-    return figure
-
-
-def _cost_figure(evaluations: dict[str, dict]) -> Figure:
-    figure, axes = _grid(2)
-    for i, (name, ev) in enumerate(evaluations.items()):
-        for j, size in enumerate(ev["sizes"]):
-            rows = _rows(ev, size)
-            for ax, key in zip(axes, ("compute", "latency_ms"), strict=True):
-                ax.plot([r["max_steps"] for r in rows], [r[key] for r in rows], "-" if i == 0 else "--",
-                        marker="o", color=f"C{i}", alpha=1 - 0.6 * j / max(1, len(ev["sizes"])),
-                        label=f"{name}, {_size(size)}")
-    for ax, label in zip(axes, ("cell evaluations per example", "latency per example (ms)"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set(xlabel="reflection steps", ylabel=label)
-        ax.legend(fontsize=6)
-    return figure
