@@ -241,3 +241,11 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
             Trainer(config(tmp_path / "fp16", train={"precision": "fp16"}))
+
+
+def test_early_stopping_ends_the_run_after_evaluations_without_gain(tmp_path):
+    trainer = Trainer(config(tmp_path, train={"lr": 1e-12, "eval_every": 2, "early_stop": 2, "warmup": 0}))
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4, 6] and trainer.step == 6
+    assert checkpoint.resolve(tmp_path).name == "step-00000006"  # the stopping point is checkpointed
