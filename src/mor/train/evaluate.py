@@ -86,14 +86,14 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
     for size, (x, y) in data.items():
         for d in depths:
             run = _pass(model, x, Halting(max_steps=d) if reflective else None, TIMING_RUNS)
-            depth.append({"size": size, "max_steps": d, **_score(model, run.output, y), **_cost(run, d),
+            depth.append({"size": size, "max_steps": d, **score(model, run.output, y), **_cost(run, d),
                           "latency_ms": run.latency_ms})
         for rule in [*_rules(cfg), own] if reflective else []:
             run = _pass(model, x, rule)
             cost = _cost(run, rule.max_steps)
             halting.append({"size": size, "rule": rule_name(rule), "own": rule is own, "max_steps": rule.max_steps,
                             "threshold": rule.threshold, "stable_steps": rule.stable_steps,
-                            **_score(model, run.output, y), **cost,
+                            **score(model, run.output, y), **cost,
                             "fraction_of_max": cost["mean_steps"] / rule.max_steps})
             if rule is own and size == sizes[-1]:
                 histogram = {"size": size, "rule": rule_name(rule), "counts": steps_histogram(run, rule.max_steps)}
@@ -223,7 +223,8 @@ def _pass(model: nn.Module, x: Tensor, rule: Halting | None, timing_runs: int = 
     return run
 
 
-def _score(model: nn.Module, output: Tensor, y: Tensor) -> dict[str, float]:
+def score(model: nn.Module, output: Tensor, y: Tensor) -> dict[str, float]:
+    """Accuracy and position accuracy (classes, or values within tolerance), plus MSE and R² for values."""
     extra = {}
     if model.classes:
         correct = output.argmax(-1) == y

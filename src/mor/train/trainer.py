@@ -24,7 +24,7 @@ from mor.errors import CheckpointError, check
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump
-from mor.train.evaluate import token_score
+from mor.train.evaluate import score, token_score
 from mor.train.schedule import scheduler
 
 
@@ -185,13 +185,8 @@ class Trainer:
         out = self.model(x, return_diagnostics=True) if hasattr(self.model, "halting") else (self.model(x), None)
         output, diagnostics = out
         result = {"mean_steps": float(diagnostics.steps[diagnostics.mask].float().mean())} if diagnostics else {}
-        if self.task.kind == "classification":
-            right = (output.argmax(-1) == y).reshape(y.shape[0], -1)
-            accuracy = float(right.all(-1).float().mean())
-            return {"accuracy": accuracy, "position_accuracy": float(right.float().mean()), "score": accuracy,
-                    **result}
-        mse = float((output - y).square().mean())
-        return {"mse": mse, "score": -mse, **result}
+        measured = score(self.model, output, y)
+        return {**measured, "score": measured["accuracy"] if "mse" not in measured else -measured["mse"], **result}
 
     # state ------------------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
