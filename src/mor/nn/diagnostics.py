@@ -27,11 +27,6 @@ class Diagnostics:
         """Cell evaluations spent on each input: steps summed over its chosen experts, (N,)."""
         return (self.steps * self.mask).sum(-1)
 
-    def detach(self) -> "Diagnostics":
-        """A copy holding no autograd graph, safe to keep for metrics."""
-        return Diagnostics(**{k: v.detach() if isinstance(v, Tensor) else {a: b.detach() for a, b in v.items()}
-                              for k, v in vars(self).items()})
-
 
 def merge(parts: list[Diagnostics]) -> dict[str, Tensor]:
     """Summed auxiliary losses of several layers' diagnostics (e.g. every MoR FFN of a transformer)."""

@@ -7,7 +7,7 @@ every step; inference halts each input on its own and drops it from the active b
 the depth actually used, and may run past the training depth.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +163,3 @@ class ReflectionExpert(nn.Module):
             idx, z, xe, answer = (v.index_select(0, keep) for v in (idx, z, xe, answer))
             unchanged = unchanged.index_select(0, keep) if unchanged is not None else None
         return Reflection(answer=final, steps=steps, confidence=confidence)
-
-    def with_halting(self, **changes) -> Halting:
-        """This expert's halting rule with some fields changed, e.g. `expert.with_halting(max_steps=64)`."""
-        return replace(self.halting, **changes)
