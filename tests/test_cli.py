@@ -56,3 +56,32 @@ def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
     assert result.returncode == 2
     output = (result.stdout + result.stderr).strip()
     assert message in output and "Traceback" not in output and len(output.splitlines()) == 1
+
+
+def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mor.train import checkpoint
+
+    config = tmp_path / "long.yaml"
+    config.write_text(TINY.replace("steps: 6, eval_every: 3", "steps: 400, eval_every: 50")
+                      .replace("compare: [moe]", "checkpoint: {every: 20}"))
+    assert mor("train", str(config), "--out", str(tmp_path / "whole")).returncode == 0
+    command = [sys.executable, "-c", "from mor.cli import run; run()", "train", str(config), "--out",
+               str(tmp_path / "cut")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "cut" / "latest.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in err  # interrupted, without a traceback
+    resumed = mor("train", str(config), "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = load_file(checkpoint.resolve(tmp_path / "whole") / checkpoint.WEIGHTS)
+    cut = load_file(checkpoint.resolve(tmp_path / "cut") / checkpoint.WEIGHTS)
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
