@@ -41,7 +41,7 @@ class Dispatch:
 
     def gather(self, x: Tensor) -> Tensor:
         """Rows of `x` (N, ...) in dispatch order, (A, ...)."""
-        return x[self.tokens]
+        return x.index_select(0, self.tokens)
 
     def scatter(self, y: Tensor, dim: int = 0) -> Tensor:
         """Put per-assignment results (A along `dim`) back in place: (.., N, m, ..), zeros in unused slots."""
