@@ -30,32 +30,32 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w_gate, self.w_up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
         self.w_out = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(F.silu(gate) * up)
+        return self.w_out(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
 class SwiGLUExperts(nn.Module):
-    """E SwiGLU experts with stacked weights (E, d, 2h) and (E, h, d); depth 1, confidence 1."""
+    """E SwiGLU experts with stacked weights: gate and up (E, d, h), down (E, h, d); depth 1, confidence 1."""
 
     def __init__(self, num_experts: int, dim: int, hidden: int):
         super().__init__()
         self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
-        self.w_in = nn.Parameter(torch.randn(num_experts, dim, 2 * hidden) * dim**-0.5)
+        self.w_gate = nn.Parameter(torch.randn(num_experts, dim, hidden) * dim**-0.5)
+        self.w_up = nn.Parameter(torch.randn(num_experts, dim, hidden) * dim**-0.5)
         self.w_out = nn.Parameter(torch.randn(num_experts, hidden, dim) * hidden**-0.5)
 
     def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
-        gate, up = grouped_mm(x, self.w_in, sizes).chunk(2, dim=-1)
+        gate, up = grouped_mm(x, self.w_gate, sizes), grouped_mm(x, self.w_up, sizes)
         y = grouped_mm(F.silu(gate) * up, self.w_out, sizes)
         ones = x.new_ones(x.shape[0])
         return ExpertOutput(answer=y, confidence=ones, steps=ones.long())
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert `e` alone on rows `x`: the per-input reference the sorted dispatch must equal."""
-        gate, up = (x @ self.w_in[e]).chunk(2, dim=-1)
+        gate, up = x @ self.w_gate[e], x @ self.w_up[e]
         return (F.silu(gate) * up) @ self.w_out[e]
 
 
