@@ -18,7 +18,9 @@ def run(config: RunConfig, resume: bool = False, console: Console | None = None)
     console = console or Console()
     run_dir = Path(config.checkpoint.dir)
     trainers = [Trainer(config, run_dir, console=console)]
-    trainers += [Trainer(config, run_dir / f"baseline-{kind}", kind=kind, console=console) for kind in config.compare]
+    task = trainers[0].task  # built (read, preprocessed) once for the model and all its baselines
+    trainers += [Trainer(config, run_dir / f"baseline-{kind}", kind=kind, console=console, task=task)
+                 for kind in config.compare]
     evaluations, notes = {}, []
     for trainer in trainers:
         trainer.fit(resume=resume)

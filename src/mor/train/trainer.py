@@ -43,7 +43,7 @@ class Trainer:
     """Trains the model of `config` (or baseline `kind` with the same recipe) in `run_dir`."""
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None, kind: str | None = None,
-                 console: Console | None = None):
+                 console: Console | None = None, task: Task | None = None):
         self.kind = kind or config.model.kind
         self.config = config.model_copy(update={"model": config.model.model_copy(update={"kind": self.kind}),
                                                 "compare": []})  # what this run trains, saved with it
@@ -54,7 +54,7 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.device = torch.device(f"cuda:{self.rank % torch.cuda.device_count()}"
                                    if torch.cuda.is_available() else "cpu")
-        self.task: Task = get_task(config.data.task, **config.data.options)
+        self.task: Task = task or get_task(config.data.task, **config.data.options)  # shared by a run's baselines
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, self.task, self.kind).to(self.device)
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
