@@ -1,0 +1,81 @@
+"""The `Expert` contract: a name, what it is good at, what it costs, and `async answer(request) -> Answer`."""
+
+import abc
+import re
+import time
+from dataclasses import dataclass, field
+
+from mor.errors import ConfigError, check
+from mor.system.request import Answer, Cost, Request
+
+
+@dataclass
+class Hints:
+    """An expert's self-assessment: keywords, regex patterns and example requests that signal a fit."""
+
+    keywords: list[str] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._keywords = [k.lower() for k in self.keywords]
+        self._patterns = []
+        for p in self.patterns:
+            try:
+                self._patterns.append(re.compile(p, re.IGNORECASE))
+            except re.error as e:
+                raise ConfigError(f"hints.patterns: {p!r} is not a valid regular expression ({e}); "
+                                  f"fix or remove it") from e
+
+    def score(self, text: str) -> float:
+        """Fraction of signal found in `text`: 1 if a pattern matches, else the share of keywords present (≤ 1)."""
+        if any(p.search(text) for p in self._patterns):
+            return 1.0
+        if not self._keywords:
+            return 0.0
+        lowered = text.lower()
+        return min(1.0, 2 * sum(k in lowered for k in self._keywords) / len(self._keywords))
+
+
+@dataclass
+class ExpertInfo:
+    """What the router and the operators know about an expert before calling it."""
+
+    name: str
+    description: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    cost_per_call: float = 0.0
+    max_concurrency: int = 4
+    timeout_s: float = 30.0
+    hints: Hints = field(default_factory=Hints)
+
+    def __post_init__(self) -> None:
+        check(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name or "")),
+              f"expert name {self.name!r}: use letters, digits, '_', '-' or '.'")
+        check(self.max_concurrency >= 1, f"expert {self.name}: max_concurrency must be ≥ 1, got {self.max_concurrency}")
+        check(self.timeout_s > 0, f"expert {self.name}: timeout_s must be > 0, got {self.timeout_s}")
+
+
+class Expert(abc.ABC):
+    """Base of every adapter: subclasses implement `_answer`; `answer` adds timing and turns failures into errors."""
+
+    def __init__(self, info: ExpertInfo) -> None:
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    async def answer(self, request: Request) -> Answer:
+        """Answer `request`; latency is measured here so every adapter reports it the same way."""
+        start = time.perf_counter()
+        answer = await self._answer(request)
+        answer.cost = answer.cost + Cost(latency_s=time.perf_counter() - start, money=self.info.cost_per_call)
+        return answer
+
+    @abc.abstractmethod
+    async def _answer(self, request: Request) -> Answer:
+        """The adapter's own call; raise on failure (the system records it and falls back)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook: a no-op unless the adapter holds resources
+        """Release connections or models; adapters that hold none need not override it."""

@@ -1,0 +1,168 @@
+"""Reading a math question into a `Problem` with SymPy's parser, never `eval`, refusing what could run away.
+
+The question is cut into an operation ("solve", "simplify", "derivative of", …), the expressions or equations
+and an optional variable or interval. Only digits, letters, operators, brackets, '=' and ',' are accepted, every
+word must be a known function or a short variable name, and powers are bounded before anything is evaluated:
+a numeric exponent above `max_exponent` (`max_degree` on a base with variables), or a power whose size (digits of
+a number, degree of a polynomial) would pass `max_size`, is refused, so "2^2^2^100" fails at once instead of
+filling memory.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+from tokenize import TokenError
+
+import sympy
+from sympy.parsing.sympy_parser import (
+    convert_xor,
+    implicit_multiplication_application,
+    parse_expr,
+    standard_transformations,
+)
+
+from mor.system.experts.errors import ExpertError
+
+TRANSFORMATIONS = (*standard_transformations, implicit_multiplication_application, convert_xor)
+FUNCTIONS = {name: getattr(sympy, name) for name in (
+    "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "exp", "log", "sqrt",
+    "pi", "oo")} | {"ln": sympy.log, "abs": sympy.Abs, "e": sympy.E, "inf": sympy.oo}
+# Powers and the functions that grow like them: their exponent is bounded before anything is evaluated.
+GROWTH = (sympy.Pow, sympy.exp, sympy.sinh, sympy.cosh)
+# What the parser's generated code may name: number and symbol constructors, arithmetic, and FUNCTIONS.
+NAMESPACE = {name: getattr(sympy, name) for name in ("Integer", "Float", "Rational", "Symbol", "Add", "Mul", "Pow")}
+
+PREFIX = re.compile(r"^(?:(?:please|can you|could you|what is|what's|whats|find|compute|calculate|evaluate|give|"
+                    r"tell me|the|value of|result of)\s+)*", re.IGNORECASE)
+OPERATION = re.compile(r"^(?P<op>solve|simplify|factori[sz]e|factor|expand|differentiate|derivative of|"
+                       r"d/d(?P<dvar>[a-z])|integrate|integral of|antiderivative of)\s+", re.IGNORECASE)
+OPERATIONS = {"solve": "solve", "simplify": "simplify", "factor": "factor", "factorise": "factor",
+              "factorize": "factor", "expand": "expand", "differentiate": "diff", "derivative of": "diff",
+              "integrate": "integrate", "integral of": "integrate", "antiderivative of": "integrate"}
+FOR_VARIABLE = re.compile(r"^for\s+(?P<var>[a-z])\s*:\s*|\s+for\s+(?P<end>[a-z])$", re.IGNORECASE)
+RESPECT_TO = re.compile(r"\s*(?:with respect to|wrt)\s+(?P<var>[a-z])$|\s+d(?P<d>[a-z])$", re.IGNORECASE)
+INTERVAL = re.compile(r"\s+from\s+(?P<a>\S+)\s+to\s+(?P<b>\S+)$", re.IGNORECASE)
+ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=\s]*")
+SPLIT = re.compile(r",|;|\band\b")
+
+
+@dataclass
+class Problem:
+    """A parsed question: the operation, its expressions (equations as lhs − rhs), variable and bounds."""
+
+    operation: str
+    expressions: list[sympy.Expr]
+    unevaluated: list[sympy.Expr]
+    variable: sympy.Symbol | None = None
+    bounds: tuple[sympy.Expr, sympy.Expr] | None = None
+    symbols: list[sympy.Symbol] = field(default_factory=list)
+
+
+class Reader:
+    """Parses questions for one expert, with its limits; `read(question) -> Problem` or a one-line ExpertError."""
+
+    def __init__(self, expert: str, max_chars: int, max_exponent: int, max_degree: int, max_size: int) -> None:
+        self.expert, self.max_chars, self.max_size = expert, max_chars, max_size
+        self.max_exponent, self.max_degree = max_exponent, max_degree
+
+    def fail(self, why: str) -> ExpertError:
+        return ExpertError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
+
+    def read(self, question: str) -> Problem:
+        text = " ".join(question.split()).rstrip("?.! ")
+        if len(text) > self.max_chars:
+            raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
+        text = PREFIX.sub("", text)
+        operation, variable = "evaluate", None
+        if match := OPERATION.match(text):
+            op = match["op"].lower()
+            operation, variable = ("diff", match["dvar"]) if match["dvar"] else (OPERATIONS[op], None)
+            text = text[match.end():]
+        bounds = None
+        if operation == "integrate" and (interval := INTERVAL.search(text)):
+            bounds = (self.parse(interval["a"])[1], self.parse(interval["b"])[1])
+            text = text[:interval.start()]
+        pattern = FOR_VARIABLE if operation in ("solve", "evaluate") else RESPECT_TO
+        if found := pattern.search(text):
+            variable = next(v for v in found.groupdict().values() if v)
+            text = text[:found.start()] + text[found.end():]
+        parts = [p.strip() for p in self.split(text)]
+        equations = "=" in text
+        if equations or len(parts) > 1:
+            operation = "solve"
+        sides = [self.sides(p, equations) for p in parts]
+        expressions = [lhs - rhs for (lhs, rhs), _ in sides]
+        unevaluated = [u for _, u in sides]
+        symbols = sorted(set().union(*(e.free_symbols for e in unevaluated)), key=str)
+        return Problem(operation, expressions, unevaluated, sympy.Symbol(variable) if variable else None, bounds,
+                       symbols)
+
+    def split(self, text: str) -> list[str]:
+        """`text` cut at ',', ';' and 'and' outside brackets (so 'log(x, 2)' stays whole)."""
+        parts, depth, start = [], 0, 0
+        for match in re.finditer(r"[()]|" + SPLIT.pattern, text):
+            token = match.group()
+            depth += {"(": 1, ")": -1}.get(token, 0)
+            if depth == 0 and token not in "()":
+                parts.append(text[start:match.start()])
+                start = match.end()
+        parts.append(text[start:])
+        if not all(p.strip() for p in parts):
+            raise self.fail(f"empty expression in {text!r}")
+        return parts
+
+    def sides(self, text: str, equation: bool) -> tuple[tuple[sympy.Expr, sympy.Expr], sympy.Expr]:
+        """An equation's (lhs, rhs) (rhs 0 for an expression) and its unevaluated form (for an arithmetic check)."""
+        pieces = text.split("=")
+        if len(pieces) != (2 if equation else 1):
+            raise self.fail(f"{text!r} should be one equation 'left = right'" if equation
+                            else f"{text!r} mixes expressions and equations")
+        (raw, lhs), *right = (self.parse(p) for p in pieces)
+        if not right:
+            return (lhs, sympy.Integer(0)), raw
+        raw_right, rhs = right[0]
+        return (lhs, rhs), sympy.Add(raw, sympy.Mul(-1, raw_right, evaluate=False), evaluate=False)
+
+    def parse(self, text: str) -> tuple[sympy.Expr, sympy.Expr]:
+        """One expression, unevaluated and evaluated: checked for characters and words, parsed unevaluated and
+        bounded before it is evaluated."""
+        if not text.strip():
+            raise self.fail("an empty expression")
+        if not ALLOWED.fullmatch(text) or re.search(r"\.(?!\d)", text):
+            raise self.fail(f"cannot read {text[:60]!r} as math (unexpected characters)")
+        words = [w for w in re.findall(r"[a-zA-Z]+", text) if w.lower() not in FUNCTIONS and len(w) > 2]
+        if words:
+            raise self.fail(f"cannot read {text[:60]!r} as math (unknown word {words[0]!r})")
+        try:
+            expr = parse_expr(text, local_dict=dict(FUNCTIONS), global_dict=dict(NAMESPACE),
+                              transformations=TRANSFORMATIONS, evaluate=False)
+            if not isinstance(expr, sympy.Expr):
+                raise TypeError(type(expr).__name__)
+            self.bound(expr)
+            return expr, parse_expr(text, local_dict=dict(FUNCTIONS), global_dict=dict(NAMESPACE),
+                                    transformations=TRANSFORMATIONS)
+        except (SyntaxError, TokenError, TypeError, ValueError, AttributeError) as err:
+            raise self.fail(f"cannot read {text[:60]!r} as math ({type(err).__name__})") from None
+
+    def bound(self, expr: sympy.Expr) -> None:
+        """Refuse powers too large to compute, innermost first, using only float estimates of sizes."""
+        size: dict[sympy.Basic, float] = {}
+        for node in sympy.postorder_traversal(expr):
+            if isinstance(node, sympy.Rational):
+                size[node] = math.log10(max(abs(node.p), abs(node.q), 1))
+            elif isinstance(node, sympy.Float):
+                size[node] = max(math.log10(abs(float(node)) or 1.0), 0.0)
+            elif isinstance(node, GROWTH) and not node.args[-1].free_symbols:
+                base, power = (node.args[0], node.args[1]) if isinstance(node, sympy.Pow) else (sympy.E, node.args[0])
+                exponent = sympy.Abs(power.evalf(15))
+                limit = self.max_degree if base.free_symbols else self.max_exponent
+                if not bool(exponent <= limit):
+                    raise self.fail(f"exponent {power} is larger than the limit of {limit} (max_degree for "
+                                    f"powers of variables, max_exponent for numbers)")
+                size[node] = float(exponent) * max(size.get(base, 0.0), 1.0)
+            else:
+                args = [size.get(a, 0.0) for a in node.args]
+                size[node] = sum(args) if isinstance(node, sympy.Mul) else max(args, default=0.0) + 1
+            if size[node] > self.max_size:
+                raise self.fail(f"{node} is too large to compute (about {size[node]:.3g} digits or degree, limit "
+                                f"{self.max_size})")

@@ -1,0 +1,193 @@
+"""A SymPy tool expert that works offline: it solves, simplifies, factors, expands, evaluates, differentiates and
+integrates, then checks its own answer by another route.
+
+Confidence: 1.0 when the check covers the whole answer (solutions substituted back give exactly 0,
+simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
+to the function, a number agrees with an independent high-precision recomputation or quadrature); 0.9 when the
+answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
+checked; 0 when the check failed. A question it cannot read raises an ExpertError.
+
+SymPy runs in a worker thread under `time_limit_s`. A thread cannot be stopped, so the reader's limits on length,
+exponents and sizes are what keep a timed-out computation from running on for long in the background.
+"""
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+
+from mor.errors import check
+from mor.system.experts.base import Expert, ExpertInfo
+from mor.system.experts.errors import ExpertError
+from mor.system.experts.math_parse import Problem, Reader
+from mor.system.request import Answer, Request
+
+EXACT, SAMPLED, UNCHECKED, FAILED = 1.0, 0.9, 0.5, 0.0
+CHECKS = {EXACT: "exact", SAMPLED: "sampled", UNCHECKED: "unchecked", FAILED: "failed"}
+
+
+@dataclass
+class Result:
+    """An operation's answer: text to show, a plain value, the confidence its check earned and what was checked."""
+
+    text: str
+    value: Any
+    confidence: float
+    checked: str
+
+
+class MathExpert(Expert):
+    """Answers questions like 'solve 2x + 3 = 11', 'x^2 - 5x + 6 = 0', 'solve x + y = 3, x - y = 1',
+    'simplify (x^2-1)/(x-1)', 'factor x^2 - 1', 'what is 17*23 + 4', 'derivative of sin(x)*x',
+    'integrate x^2' and 'integrate x^2 from 0 to 1'; see `mor.system.experts.math_parse` for the limits."""
+
+    def __init__(self, info: ExpertInfo, *, time_limit_s: float = 5.0, max_chars: int = 500,
+                 max_exponent: int = 1000, max_degree: int = 200, max_size: int = 10_000) -> None:
+        super().__init__(info)
+        check(time_limit_s > 0 and min(max_chars, max_exponent, max_degree, max_size) >= 1,
+              f"expert {info.name}: time_limit_s must be > 0 and max_chars, max_exponent, max_degree, max_size ≥ 1")
+        self.time_limit_s = time_limit_s
+        self.reader = Reader(info.name, max_chars, max_exponent, max_degree, max_size)
+
+    async def _answer(self, request: Request) -> Answer:
+        try:
+            async with asyncio.timeout(self.time_limit_s):
+                problem, result = await asyncio.to_thread(self.work, request.question)
+        except TimeoutError:
+            raise self.reader.fail(f"SymPy took longer than {self.time_limit_s:g} s") from None
+        return Answer(expert=self.name, text=result.text, value=result.value, confidence=result.confidence,
+                      details={"operation": problem.operation, "check": CHECKS[result.confidence],
+                               "checked": result.checked, "input": [str(e) for e in problem.expressions]})
+
+    def work(self, question: str) -> tuple[Problem, Result]:
+        """Read, compute and check `question` (blocking; `_answer` runs it in a thread)."""
+        problem = self.reader.read(question)
+        try:
+            return problem, OPERATIONS[problem.operation](problem)
+        except ExpertError:
+            raise
+        except Exception as err:  # SymPy raises many types (NotImplementedError, PolynomialError, …)
+            raise self.reader.fail(f"SymPy could not {problem.operation} it ({type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:120]})") from None
+
+
+def solve(problem: Problem) -> Result:
+    """Solutions of the equations, each substituted back; those that do not check are dropped."""
+    reduced = [sympy.simplify(e) for e in problem.expressions]
+    if all(r == 0 for r in reduced):
+        return Result("true for every value" if problem.symbols else "true", True, EXACT, "both sides simplify equal")
+    if any(r.is_number and r != 0 for r in reduced):
+        text, value = ("no solution", []) if problem.symbols else ("false", False)
+        return Result(text, value, EXACT, "an equation simplifies to a contradiction")
+    unknowns = ([problem.variable] if problem.variable else
+                problem.symbols if len(problem.expressions) > 1 else [default_variable(problem)])
+    kept = []
+    for solution in sympy.solve(problem.expressions, unknowns, dict=True):
+        confidence = min(same(e.subs(solution), sympy.Integer(0)) for e in problem.expressions)
+        if confidence > FAILED:
+            kept.append((solution, confidence))
+    if not kept:
+        return Result("no solution found", [], UNCHECKED, "no solution to substitute back")
+    text = " or ".join(", ".join(f"{k} = {v}" for k, v in s.items()) for s, _ in kept)
+    return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], min(c for _, c in kept),
+                  "solutions substituted back into the equations")
+
+
+def evaluate(problem: Problem) -> Result:
+    """A number, recomputed in 30-digit floating point from the unevaluated input; an expression, simplified."""
+    (expr,), (raw,) = problem.expressions, problem.unevaluated
+    if expr.free_symbols or problem.operation == "simplify":
+        return transform(problem, sympy.simplify(expr))
+    if expr.has(sympy.nan, sympy.zoo):
+        raise ValueError(f"{raw} is undefined")
+    agree = close(expr, raw)
+    return Result(number_text(expr), plain(expr), EXACT if agree else FAILED, "recomputed in floating point")
+
+
+def transform(problem: Problem, result: sympy.Expr) -> Result:
+    """A rewritten expression (simplified, factored, expanded), checked equal to the original."""
+    return Result(str(result), plain(result), same(problem.expressions[0], result), "simplify(original - result) == 0")
+
+
+def differentiate(problem: Problem) -> Result:
+    """The derivative, checked by finite differences, then exactly by integrating it back to the function."""
+    f, v = problem.expressions[0], default_variable(problem)
+    d, h = sympy.diff(f, v), sympy.Float("1e-10", 40)
+    confidence = sampled((f.subs(v, v + h) - f.subs(v, v - h)) / (2 * h), d)
+    back = sympy.integrate(d, v)
+    if confidence > FAILED and not back.has(sympy.Integral) and v not in sympy.simplify(back - f).free_symbols:
+        confidence = EXACT
+    return Result(str(d), plain(d), confidence, "finite differences, then integrated back to the function")
+
+
+def integrate(problem: Problem) -> Result:
+    """An antiderivative differentiated back, or a definite integral compared with numeric quadrature."""
+    f, v = problem.expressions[0], default_variable(problem)
+    if problem.bounds:
+        value = sympy.integrate(f, (v, *problem.bounds))
+        if value.has(sympy.Integral):
+            raise ValueError("no closed form")
+        quadrature = sympy.Integral(f, (v, *problem.bounds))  # the less reliable side: a miss leaves it unchecked
+        if value.free_symbols:  # bounds or integrand with other variables: quadrature at sample points
+            return Result(str(value), plain(value), max(sampled(value, quadrature), UNCHECKED), "numeric quadrature")
+        agree = close(value, quadrature.evalf(30), 1e-6)
+        return Result(number_text(value), plain(value), EXACT if agree else UNCHECKED, "numeric quadrature")
+    antiderivative = sympy.integrate(f, v)
+    if antiderivative.has(sympy.Integral):
+        raise ValueError("no closed-form antiderivative")
+    return Result(f"{antiderivative} + C", plain(antiderivative), same(sympy.diff(antiderivative, v), f),
+                  "differentiated back to the integrand")
+
+
+OPERATIONS = {"solve": solve, "evaluate": evaluate, "simplify": evaluate, "diff": differentiate,
+              "integrate": integrate, "factor": lambda p: transform(p, sympy.factor(p.expressions[0])),
+              "expand": lambda p: transform(p, sympy.expand(p.expressions[0]))}
+
+
+def default_variable(problem: Problem) -> sympy.Symbol:
+    """The variable the question names, else x when present, else its first symbol, else x."""
+    x = sympy.Symbol("x")
+    return problem.variable or (x if x in problem.symbols or not problem.symbols else problem.symbols[0])
+
+
+def same(a: sympy.Expr, b: sympy.Expr) -> float:
+    """EXACT when simplify(a − b) == 0, else what comparing them at sample points says."""
+    return EXACT if sympy.simplify(a - b) == 0 else sampled(a, b)
+
+
+def sampled(a: sympy.Expr, b: sympy.Expr, points: int = 3) -> float:
+    """Compare a and b at seeded random points in [0.3, 2.7]: SAMPLED if they agree at ≥ 2 points where both are
+    finite, FAILED if they differ at one, UNCHECKED if too few points could be evaluated."""
+    symbols, rng, agreed = sorted((a - b).free_symbols, key=str), random.Random(0), 0
+    for _ in range(points):
+        at = {s: sympy.Float(rng.uniform(0.3, 2.7), 30) for s in symbols}
+        x, y = a.subs(at).evalf(30), b.subs(at).evalf(30)
+        if not all(v.is_number and v.is_finite for v in (x, y)):  # a pole, or a function it cannot evaluate
+            continue
+        if not close(x, y):
+            return FAILED
+        agreed += 1
+    return SAMPLED if agreed >= 2 else UNCHECKED
+
+
+def close(x: sympy.Expr, y: sympy.Expr, tolerance: float = 1e-9) -> bool:
+    """Whether two numbers agree to `tolerance`, relative to their size, in 30-digit arithmetic (no float overflow)."""
+    x, y = sympy.N(x, 30), sympy.N(y, 30)
+    return bool(sympy.Abs(x - y) <= tolerance * sympy.Max(1, sympy.Abs(x), sympy.Abs(y)))
+
+
+def number_text(value: sympy.Expr) -> str:
+    """A number as text: as it is when rational, a float or infinite, else its exact form and 15 digits."""
+    plain_enough = value.is_Rational or value.is_Float or value.is_infinite
+    return str(value) if plain_enough else f"{value} ≈ {sympy.N(value, 15)}"
+
+
+def plain(value: sympy.Expr) -> Any:
+    """A SymPy value as JSON-friendly Python: int for integers, float for floats, else its text."""
+    if value.is_Integer:
+        return int(value)
+    if value.is_Float:
+        return float(value)
+    return str(value)

@@ -1,0 +1,154 @@
+"""Experts that are trained predictors over numeric features: a fitted scikit-learn estimator or a mor.nn checkpoint.
+
+Both read the features from the request as a JSON array (e.g. `[0.5, -1.2, 3]`; a sequence model takes a list of
+rows) unless given a function that makes features from the question.
+"""
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from mor.data import get_task
+from mor.errors import ConfigError, check
+from mor.nn import MoRModel
+from mor.system.experts.base import Expert, ExpertInfo
+from mor.system.experts.errors import ExpertError
+from mor.system.request import Answer, Request
+from mor.train.build import build_model
+from mor.train.checkpoint import CONFIG, load, restore
+from mor.train.config import parse
+
+# Confidence of a regressor's value: it gives no probability, so the expert declares a middling one.
+DEFAULT_CONFIDENCE = 0.5
+
+
+def parse_features(text: str, shape: tuple[int | None, ...], expert: str) -> np.ndarray:
+    """The JSON array in `text` (from its first '[' to its last ']') as features of `shape`; see `check_features`."""
+    start, end = text.find("["), text.rfind("]")
+    try:
+        data = json.loads(text[start:end + 1]) if start >= 0 else None
+    except ValueError:
+        data = None
+    return check_features(data, shape, expert)
+
+
+def check_features(data: Any, shape: tuple[int | None, ...], expert: str) -> np.ndarray:
+    """`data` as a finite float32 array of `shape` (None: any length), or a one-line ExpertError saying what to send."""
+    rows = "a list of rows of " if len(shape) == 2 else ""
+    hint = f"send {rows}{shape[-1] or 'the'} features as a JSON array, e.g. [0.5, -1.2, …]"
+    try:
+        array = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        array = np.empty(0)
+    if data is None or array.ndim != len(shape) or array.size == 0:
+        raise ExpertError(f"expert {expert}: no numeric feature array of {len(shape)} dimension(s) in the "
+                          f"question; {hint}")
+    if any(size is not None and got != size for got, size in zip(array.shape, shape, strict=True)):
+        raise ExpertError(f"expert {expert}: got features of shape {list(array.shape)}, expected "
+                          f"{[size or 'any' for size in shape]}; {hint}")
+    if not np.isfinite(array).all():
+        raise ExpertError(f"expert {expert}: the features hold NaN or infinity; {hint}")
+    return array
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar or array as a plain Python value (for JSON answers)."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+
+class SklearnExpert(Expert):
+    """A fitted scikit-learn estimator. Classifiers with `predict_proba` answer the most probable class with its
+    probability as confidence; others (regressors) answer `predict` with `default_confidence`. `feature_fn`
+    turns the question text into the feature vector; by default the question is a JSON array.
+    """
+
+    def __init__(self, info: ExpertInfo, estimator: BaseEstimator,
+                 feature_fn: Callable[[str], Sequence[float]] | None = None, *,
+                 default_confidence: float = DEFAULT_CONFIDENCE) -> None:
+        super().__init__(info)
+        try:
+            check_is_fitted(estimator)
+        except (NotFittedError, TypeError) as err:
+            raise ConfigError(f"expert {info.name}: {type(estimator).__name__} is not a fitted estimator "
+                              f"({err}); fit it first") from None
+        check(0 <= default_confidence <= 1, f"expert {info.name}: default_confidence must be in [0, 1]")
+        self.estimator, self.feature_fn, self.default_confidence = estimator, feature_fn, default_confidence
+        self.n_features: int | None = getattr(estimator, "n_features_in_", None)
+
+    async def _answer(self, request: Request) -> Answer:
+        shape, text = (self.n_features,), request.question
+        x = (check_features(self.feature_fn(text), shape, self.name) if self.feature_fn
+             else parse_features(text, shape, self.name))[None]
+        value, confidence, details = await asyncio.to_thread(self._predict, x)
+        return Answer(expert=self.name, value=value, confidence=confidence, details=details)
+
+    def _predict(self, x: np.ndarray) -> tuple[Any, float, dict[str, Any]]:
+        if hasattr(self.estimator, "predict_proba"):
+            proba = self.estimator.predict_proba(x)[0]
+            best = int(np.argmax(proba))
+            return (_plain(self.estimator.classes_[best]), float(proba[best]),
+                    {"probabilities": {str(c): float(p) for c, p in zip(self.estimator.classes_, proba, strict=True)}})
+        return _plain(self.estimator.predict(x)[0]), self.default_confidence, {}
+
+
+class MorModelExpert(Expert):
+    """A model trained by `mor train`, rebuilt from the config saved with its checkpoint (a run folder, RUN/best
+    or a step-* folder). Features are given as the model sees them (tabular tasks: already preprocessed).
+
+    Confidence is the critic's, weighted by the integration weights, for MoR models; the top class probability
+    for other classifiers; `default_confidence` for other regressors. Steps are the reflection steps used.
+    """
+
+    def __init__(self, info: ExpertInfo, checkpoint: str | Path, *,
+                 default_confidence: float = DEFAULT_CONFIDENCE) -> None:
+        super().__init__(info)
+        check(0 <= default_confidence <= 1, f"expert {info.name}: default_confidence must be in [0, 1]")
+        loaded = load(Path(checkpoint))
+        config = parse(yaml.safe_load(loaded.config), str(loaded.path / CONFIG))
+        task = get_task(config.data.task, **config.data.options)
+        check(not task.tokens, f"expert {info.name}: {loaded.path} is a token model ({config.data.task}); "
+                               f"this expert answers from numeric features only")
+        self.model = build_model(config.model, task)
+        restore(self.model, loaded.weights, loaded.path)
+        self.model.eval()
+        self.shape = (None, task.in_dim) if task.sequence else (task.in_dim,)
+        self.classes, self.default_confidence = task.kind == "classification", default_confidence
+        self.source = f"{loaded.path} ({config.model.kind} on {config.data.task})"
+
+    async def _answer(self, request: Request) -> Answer:
+        x = torch.from_numpy(parse_features(request.question, self.shape, self.name))[None]
+        return await asyncio.to_thread(self._predict, x)
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> Answer:
+        diagnostics = None
+        if isinstance(self.model, MoRModel):
+            output, diagnostics = self.model(x, return_diagnostics=True)
+        else:
+            output = self.model(x)
+        details: dict[str, Any] = {"model": self.source}
+        confidence, steps = self.default_confidence, 1
+        if self.classes:
+            top = output.softmax(-1).max(-1)
+            value, confidence = top.indices[0].tolist(), float(top.values.mean())
+            details["probability"] = confidence
+        else:
+            value = (output[0, ..., 0] if output.shape[-1] == 1 else output[0]).tolist()
+        if diagnostics is not None:
+            weights = diagnostics.weights * diagnostics.mask
+            confidence = float((weights * diagnostics.confidence).sum() / weights.sum().clamp_min(1e-12))
+            steps = int(diagnostics.steps.max())
+            used = diagnostics.mask[0]
+            details |= {"experts": diagnostics.indices[0][used].tolist(), "steps": diagnostics.steps[0][used].tolist(),
+                        "critic": confidence, "conflict": float(diagnostics.conflict[0])}
+        return Answer(expert=self.name, value=value, confidence=min(1.0, max(0.0, confidence)), steps=steps,
+                      details=details)

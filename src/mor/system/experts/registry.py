@@ -1,0 +1,184 @@
+"""Experts from plain config: `build_expert({"name": ..., "kind": ..., ...})` validates a spec and makes the adapter.
+
+Each kind's options are a pydantic model here, strict (no silent type coercion) and closed (unknown keys are
+refused); an error is one line naming the field, e.g. `experts[2].base_url: required; add it`. Options left out
+take the adapter's own defaults. An adapter's module is imported only when a spec of its kind is built, so heavy
+libraries (transformers, torch, sympy, bm25s) load only when used.
+"""
+
+import importlib
+import inspect
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mor.errors import ConfigError, MorError, check
+from mor.system.experts.base import Expert, ExpertInfo, Hints
+from mor.train.config import _message
+
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HintsSpec(_Strict):
+    """See `Hints`: keywords, regex patterns and example requests that signal a fit."""
+
+    keywords: list[str] = []
+    patterns: list[str] = []
+    examples: list[str] = []
+
+
+class ExpertSpec(_Strict):
+    """What every expert has (see `ExpertInfo`); subclasses add one adapter's options and name it in `adapter`."""
+
+    adapter: ClassVar[str]
+    name: str
+    kind: str
+    description: str = ""
+    capabilities: list[str] = []
+    cost_per_call: float = Field(0.0, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+    hints: HintsSpec = HintsSpec()
+
+    def info(self) -> ExpertInfo:
+        """What the router knows about this expert, from the common fields."""
+        common = self.model_dump(include=set(ExpertSpec.model_fields) - {"kind", "hints"})
+        return ExpertInfo(**common, hints=Hints(**self.hints.model_dump()))
+
+    def options(self, where: str) -> dict[str, Any]:
+        """The adapter's keyword arguments: this kind's own fields that were set."""
+        return self.model_dump(exclude=set(ExpertSpec.model_fields), exclude_none=True)
+
+    def build(self, where: str) -> Expert:
+        """The adapter, imported now and made with `info()` and `options()`."""
+        return load_object(self.adapter, f"{where}.kind")(self.info(), **self.options(where))
+
+
+class OpenAISpec(ExpertSpec):
+    adapter = "mor.system.experts.openai_chat:OpenAIChatExpert"
+    kind: Literal["openai"]
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    retries: int | None = Field(None, ge=0)
+    backoff_s: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    price_in: float | None = Field(None, ge=0)
+    price_out: float | None = Field(None, ge=0)
+    logprobs: bool | None = None
+    default_confidence: float | None = Field(None, ge=0, le=1)
+
+
+class TransformersSpec(ExpertSpec):
+    adapter = "mor.system.experts.transformers_lm:TransformersExpert"
+    kind: Literal["transformers"]
+    path: str
+    max_new_tokens: int | None = Field(None, ge=1)
+    device: str | None = None
+
+
+class CallableSpec(ExpertSpec):
+    adapter = "mor.system.experts.callable:CallableExpert"
+    kind: Literal["callable"]
+    function: str = Field(description="'package.module:attribute' of the function")
+    default_confidence: float | None = Field(None, ge=0, le=1)
+
+    def options(self, where: str) -> dict[str, Any]:
+        options = super().options(where)
+        return options | {"fn": load_object(options.pop("function"), f"{where}.function")}
+
+
+class SklearnSpec(ExpertSpec):
+    adapter = "mor.system.experts.predictor:SklearnExpert"
+    kind: Literal["sklearn"]
+    estimator: str = Field(description="import path of a fitted estimator, or of a function returning one")
+    feature_fn: str | None = Field(None, description="import path of a function: question text → features")
+    default_confidence: float | None = Field(None, ge=0, le=1)
+
+    def options(self, where: str) -> dict[str, Any]:
+        options = super().options(where)
+        estimator = load_object(options["estimator"], f"{where}.estimator")
+        options["estimator"] = estimator() if inspect.isfunction(estimator) else estimator
+        if "feature_fn" in options:
+            options["feature_fn"] = load_object(options["feature_fn"], f"{where}.feature_fn")
+        return options
+
+
+class MorSpec(ExpertSpec):
+    adapter = "mor.system.experts.predictor:MorModelExpert"
+    kind: Literal["mor"]
+    checkpoint: str
+    default_confidence: float | None = Field(None, ge=0, le=1)
+
+
+class MathSpec(ExpertSpec):
+    adapter = "mor.system.experts.math_tool:MathExpert"
+    kind: Literal["math"]
+    time_limit_s: float | None = Field(None, gt=0)
+    max_chars: int | None = Field(None, ge=1)
+    max_exponent: int | None = Field(None, ge=1)
+    max_degree: int | None = Field(None, ge=1)
+    max_size: int | None = Field(None, ge=1)
+
+
+class RetrievalSpec(ExpertSpec):
+    adapter = "mor.system.experts.retrieval:RetrievalExpert"
+    kind: Literal["retrieval"]
+    folder: str
+    top_k: int | None = Field(None, ge=1)
+    stopwords: str | None = None
+
+
+SPECS: dict[str, type[ExpertSpec]] = {"openai": OpenAISpec, "transformers": TransformersSpec,
+                                      "callable": CallableSpec, "sklearn": SklearnSpec, "mor": MorSpec,
+                                      "math": MathSpec, "retrieval": RetrievalSpec}
+
+
+def build_expert(spec: dict[str, Any], where: str = "expert") -> Expert:
+    """The expert `spec` describes; `where` names it in errors (e.g. `experts[2]`)."""
+    check(isinstance(spec, dict), f"{where}: expected a mapping with 'name' and 'kind', got {type(spec).__name__}")
+    kind = spec.get("kind")
+    check(kind in SPECS, f"{where}.kind: must be one of {', '.join(SPECS)}, got {kind!r}")
+    try:
+        parsed = SPECS[kind].model_validate(spec)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise ConfigError(_message({**first, "loc": (where, *first["loc"])}) + more) from None
+    try:
+        return parsed.build(where)
+    except MorError as err:  # adapters name the expert; say where in the config it is, once
+        raise type(err)(str(err) if str(err).startswith(where) else f"{where}: {err}") from None
+
+
+def build_experts(specs: list[dict[str, Any]], where: str = "experts") -> list[Expert]:
+    """Every expert of a config's list, refusing two with the same name."""
+    check(isinstance(specs, list), f"{where}: expected a list of expert specs, got {type(specs).__name__}")
+    experts: list[Expert] = []
+    for i, spec in enumerate(specs):
+        expert = build_expert(spec, f"{where}[{i}]")
+        check(all(e.name != expert.name for e in experts),
+              f"{where}[{i}].name: {expert.name!r} is already used; give each expert its own name")
+        experts.append(expert)
+    return experts
+
+
+def load_object(path: str, where: str) -> Any:
+    """The object at import path 'package.module:attribute' (attribute may be dotted)."""
+    check(bool(IMPORT_PATH.fullmatch(path)),
+          f"{where}: {path!r} is not an import path; give 'package.module:attribute'")
+    module, _, attribute = path.partition(":")
+    try:
+        found = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{where}: cannot import {path!r} ({type(err).__name__}: {err}); give an importable "
+                          f"'package.module:attribute'") from None
+    return found

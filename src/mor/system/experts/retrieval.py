@@ -1,0 +1,80 @@
+"""An expert that answers from a local folder of documents with BM25 retrieval (the `bm25s` library).
+
+Documents are the .txt and .md files under the folder, split into paragraphs at blank lines; the index is built
+once, when the expert is made. Confidence = coverage × (½ + ½ margin): coverage is the share of the query's indexed
+terms (words found somewhere in the documents) that the best passage holds, margin the best score's lead over the
+runner-up, (s₁ − s₂) / s₁. A unique passage holding every such term scores 1; a tie scores at most ½; no matching
+passage scores 0.
+"""
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bm25s
+
+from mor.errors import check
+from mor.system.experts.base import Expert, ExpertInfo
+from mor.system.request import Answer, Request
+
+SUFFIXES = (".txt", ".md")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One paragraph of one document: its text and where it came from (`path#n`, n counting from 1)."""
+
+    text: str
+    source: str
+
+
+def read_passages(folder: Path) -> list[Passage]:
+    """The paragraphs of every .txt/.md file under `folder`, in path order."""
+    passages = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace"))]
+        passages += [Passage(text, f"{path.relative_to(folder).as_posix()}#{n}")
+                     for n, text in enumerate((p for p in paragraphs if p), start=1)]
+    return passages
+
+
+class RetrievalExpert(Expert):
+    """Answers with the `top_k` best-matching passages of the documents in `folder` and their sources."""
+
+    def __init__(self, info: ExpertInfo, folder: str | Path, *, top_k: int = 3, stopwords: str = "en") -> None:
+        super().__init__(info)
+        folder = Path(folder)
+        check(top_k >= 1, f"expert {info.name}: top_k must be ≥ 1, got {top_k}")
+        check(folder.is_dir(), f"expert {info.name}: document folder {folder} does not exist; create it or fix "
+                               f"the path")
+        self.passages = read_passages(folder)
+        check(bool(self.passages), f"expert {info.name}: no text in .txt or .md files under {folder}; add documents")
+        self.top_k, self.stopwords = min(top_k, len(self.passages)), stopwords
+        self.index = bm25s.BM25()
+        self.index.index(self._tokens([p.text for p in self.passages]), show_progress=False)
+
+    def _tokens(self, texts: list[str]) -> list[list[str]]:
+        return bm25s.tokenize(texts, stopwords=self.stopwords, return_ids=False, show_progress=False)
+
+    async def _answer(self, request: Request) -> Answer:
+        return await asyncio.to_thread(self._search, request.question)
+
+    def _search(self, question: str) -> Answer:
+        terms = [t for t in self._tokens([question])[0] if t in self.index.vocab_dict]
+        found: list[tuple[Passage, float]] = []
+        if terms:
+            ranks, scores = self.index.retrieve([terms], k=self.top_k, show_progress=False)
+            found = [(self.passages[int(i)], float(s)) for i, s in zip(ranks[0], scores[0], strict=True) if s > 0]
+        if not found:
+            return Answer(expert=self.name, text="No passage in the documents matches the question.",
+                          confidence=0.0, details={"passages": [], "sources": []})
+        best = found[0][1]
+        runner_up = found[1][1] if len(found) > 1 else 0.0
+        present = set(self._tokens([found[0][0].text])[0])
+        coverage = sum(t in present for t in terms) / len(terms)
+        passages: list[dict[str, Any]] = [{"source": p.source, "score": s, "text": p.text} for p, s in found]
+        return Answer(expert=self.name, text="\n\n".join(f"{p.text} [{p.source}]" for p, _ in found),
+                      confidence=coverage * (0.5 + 0.5 * (best - runner_up) / best),
+                      details={"passages": passages, "sources": [p.source for p, _ in found]})

@@ -1,0 +1,147 @@
+"""OpenAIChatExpert against a real OpenAI-compatible server on loopback: answers, usage, faults and retries."""
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fake_llm_server import TOKEN_LOGPROB, Server, State, create_app
+from mor.errors import ConfigError
+from mor.system import ExpertInfo, Request
+from mor.system.experts.errors import ExpertError
+from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert
+
+
+@pytest.fixture(scope="module")
+def server():
+    state = State()
+    with Server(create_app(state)) as running:
+        running.state = state
+        yield running
+
+
+@pytest.fixture
+def state(server) -> State:
+    server.state.reset()
+    return server.state
+
+
+def expert(url: str, **options) -> OpenAIChatExpert:
+    options = {"backoff_s": 0.01, "timeout_s": 2.0, **options}
+    return OpenAIChatExpert(ExpertInfo("llm"), url, "tiny-model", **options)
+
+
+def ask(llm: OpenAIChatExpert, question: str = "What is the capital of France?", **request) -> object:
+    """Answer one request and close the client; never waits more than 10 s."""
+    async def go():
+        try:
+            return await llm.answer(Request.of(question, **request))
+        finally:
+            await llm.aclose()
+    return asyncio.run(asyncio.wait_for(go(), timeout=10))
+
+
+def fails(llm: OpenAIChatExpert) -> str:
+    with pytest.raises(ExpertError) as caught:
+        ask(llm)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("expert llm: ")
+    return message
+
+
+def test_answer_usage_money_and_logprob_confidence(server, state):
+    answer = ask(expert(server.url, price_in=2.0, price_out=4.0, max_tokens=16))
+    assert answer.text == "Paris" and answer.expert == "llm" and answer.ok
+    assert (answer.cost.tokens_in, answer.cost.tokens_out) == (6, 1)
+    assert answer.cost.money == pytest.approx((6 * 2.0 + 1 * 4.0) / 1000)
+    assert answer.confidence == pytest.approx(math.exp(TOKEN_LOGPROB))
+    assert answer.details["attempts"] == 1 and answer.details["model"] == "tiny-model"
+    (body,) = state.bodies  # the server accepted it against the openai package's request schema
+    assert body == {"model": "tiny-model", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    "temperature": 0.0, "max_tokens": 16, "logprobs": True}
+
+
+def test_without_logprobs_confidence_is_the_declared_default(server, state):
+    answer = ask(expert(server.url, logprobs=False), "hello there")
+    assert answer.text == "echo: hello there" and answer.confidence == DEFAULT_CONFIDENCE
+    assert "logprobs" not in state.bodies[0]
+
+
+def test_tools_pass_through_and_tool_calls_come_back(server, state):
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    answer = ask(expert(server.url), "look it up", tools=tools)
+    assert state.bodies[0]["tools"] == tools
+    assert answer.text is None and answer.details["finish_reason"] == "tool_calls"
+    assert answer.details["tool_calls"][0]["function"]["name"] == "lookup"
+
+
+def test_api_key_comes_from_the_named_environment_variable(server, state, monkeypatch):
+    monkeypatch.setenv("MOR_TEST_KEY", "sk-secret")
+    ask(expert(server.url, api_key_env="MOR_TEST_KEY"))
+    assert state.headers[0]["authorization"] == "Bearer sk-secret"
+    monkeypatch.delenv("MOR_TEST_KEY")
+    with pytest.raises(ConfigError, match="MOR_TEST_KEY"):
+        expert(server.url, api_key_env="MOR_TEST_KEY")
+
+
+def test_429_then_success_is_retried(server, state):
+    state.reset("429", "429")
+    answer = ask(expert(server.url, retries=2))
+    assert answer.text == "Paris" and answer.details["attempts"] == 3 and len(state.bodies) == 3
+
+
+def test_500s_are_retried_then_fail_with_one_line(server, state):
+    state.reset("500", "500", "500", "500")
+    message = fails(expert(server.url, retries=2))
+    assert len(state.bodies) == 3
+    assert f"{server.url}/chat/completions" in message and "after 3 attempt(s)" in message and "HTTP 500" in message
+
+
+def test_other_4xx_fail_at_once(server, state):
+    state.reset("400")
+    message = fails(expert(server.url, retries=3))
+    assert len(state.bodies) == 1 and "HTTP 400" in message and "injected 400" in message
+
+
+def test_timeouts_are_retried_and_never_hang(server, state):
+    state.reset("sleep:0.6", "sleep:0.6")
+    start = time.perf_counter()
+    message = fails(expert(server.url, timeout_s=0.2, retries=1))
+    assert time.perf_counter() - start < 1.5
+    assert len(state.bodies) == 2 and "timed out after 0.2 s" in message
+
+
+def test_slow_but_within_the_timeout_succeeds(server, state):
+    state.reset("sleep:0.3")
+    answer = ask(expert(server.url, timeout_s=2.0, retries=0))
+    assert answer.text == "Paris" and answer.cost.latency_s >= 0.3
+
+
+def test_a_reply_that_is_not_a_completion_is_an_error(server, state):
+    state.reset("garbage")
+    assert "invalid chat completion (choices: Field required)" in fails(expert(server.url))
+
+
+def test_connection_refused_is_retried_then_fails(server):
+    import socket
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    message = fails(expert(url, retries=1))
+    assert "connection failed" in message and "after 2 attempt(s)" in message
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="base_url must start with http"):
+        expert("localhost:8000/v1")
+    with pytest.raises(ConfigError, match="retries and backoff_s"):
+        expert("http://x/v1", retries=-1)
+
+
+def test_the_adapter_does_not_need_the_openai_package():
+    code = "import sys, mor.system.experts.openai_chat; assert 'openai' not in sys.modules, 'openai imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
