@@ -9,15 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError
-
-
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are refused, values are checked on assignment too."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class HaltingConfig(Strict):
@@ -135,30 +130,6 @@ class RunConfig(Strict):
     compare: list[Literal["moe", "reflection", "dense"]] = Field(default_factory=list)
 
 
-def _field(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc) or "config"
-
-
-BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _message(error: dict) -> str:
-    """One pydantic error as `field: what is wrong, got VALUE`, with the fix where it is not obvious."""
-    field, kind, ctx = _field(error["loc"]), error["type"], error.get("ctx", {})
-    if kind == "extra_forbidden":
-        return f"{field}: unknown key; remove it or check its spelling"
-    if kind == "missing":
-        return f"{field}: required; add it"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind in BOUNDS:
-        (bound,) = (v for k, v in ctx.items())
-        what = f"must be {BOUNDS[kind]} {bound}"
-    else:
-        what = error["msg"].replace("Input should be", "must be")
-    return f"{field}: {what}, got {error.get('input')!r}"
-
-
 def parse(raw: Any, source: str = "config") -> RunConfig:
     """Validate a mapping (e.g. parsed YAML) into a RunConfig, or raise ConfigError with one line."""
     if raw is None:
@@ -166,12 +137,7 @@ def parse(raw: Any, source: str = "config") -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a YAML mapping of sections (model, data, train, …), "
                           f"got {type(raw).__name__}")
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {_message(first)}{more}") from None
+    config = validate(RunConfig, raw, source)
     from mor.data.registry import check_options
 
     try:
@@ -183,16 +149,7 @@ def parse(raw: Any, source: str = "config") -> RunConfig:
 
 def load(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass the path of a YAML file (see configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; {getattr(err, 'problem', err)}") from None
-    return parse(raw, str(path))
+    return parse(read_yaml(path), str(path))
 
 
 def main_job() -> RunConfig:

@@ -11,11 +11,11 @@ import inspect
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from mor.config import validate
 from mor.errors import ConfigError, MorError, check
 from mor.system.experts.base import Expert, ExpertInfo, Hints
-from mor.train.config import _message
 
 IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -145,12 +145,7 @@ def build_expert(spec: dict[str, Any], where: str = "expert") -> Expert:
     check(isinstance(spec, dict), f"{where}: expected a mapping with 'name' and 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
     check(kind in SPECS, f"{where}.kind: must be one of {', '.join(SPECS)}, got {kind!r}")
-    try:
-        parsed = SPECS[kind].model_validate(spec)
-    except ValidationError as err:
-        first = err.errors()[0]
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise ConfigError(_message({**first, "loc": (where, *first["loc"])}) + more) from None
+    parsed = validate(SPECS[kind], spec, "", prefix=(where,))
     try:
         return parsed.build(where)
     except MorError as err:  # adapters name the expert; say where in the config it is, once
