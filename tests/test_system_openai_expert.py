@@ -8,25 +8,17 @@ import time
 
 import pytest
 
-from fake_llm_server import TOKEN_LOGPROB, Server, State, create_app
+from fake_llm_server import TOKEN_LOGPROB, State
 from mor.errors import ConfigError
 from mor.system import ExpertInfo, Request
 from mor.system.experts.errors import ExpertError
 from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert
 
 
-@pytest.fixture(scope="module")
-def server():
-    state = State()
-    with Server(create_app(state)) as running:
-        running.state = state
-        yield running
-
-
 @pytest.fixture
-def state(server) -> State:
-    server.state.reset()
-    return server.state
+def state(llm_server) -> State:
+    llm_server.state.reset()
+    return llm_server.state
 
 
 def expert(url: str, **options) -> OpenAIChatExpert:
@@ -52,8 +44,8 @@ def fails(llm: OpenAIChatExpert) -> str:
     return message
 
 
-def test_answer_usage_money_and_logprob_confidence(server, state):
-    answer = ask(expert(server.url, price_in=2.0, price_out=4.0, max_tokens=16))
+def test_answer_usage_money_and_logprob_confidence(llm_server, state):
+    answer = ask(expert(llm_server.url, price_in=2.0, price_out=4.0, max_tokens=16))
     assert answer.text == "Paris" and answer.expert == "llm" and answer.ok
     assert (answer.cost.tokens_in, answer.cost.tokens_out) == (6, 1)
     assert answer.cost.money == pytest.approx((6 * 2.0 + 1 * 4.0) / 1000)
@@ -64,68 +56,68 @@ def test_answer_usage_money_and_logprob_confidence(server, state):
                     "temperature": 0.0, "max_tokens": 16, "logprobs": True}
 
 
-def test_without_logprobs_confidence_is_the_declared_default(server, state):
-    answer = ask(expert(server.url, logprobs=False), "hello there")
+def test_without_logprobs_confidence_is_the_declared_default(llm_server, state):
+    answer = ask(expert(llm_server.url, logprobs=False), "hello there")
     assert answer.text == "echo: hello there" and answer.confidence == DEFAULT_CONFIDENCE
     assert "logprobs" not in state.bodies[0]
 
 
-def test_tools_pass_through_and_tool_calls_come_back(server, state):
+def test_tools_pass_through_and_tool_calls_come_back(llm_server, state):
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
-    answer = ask(expert(server.url), "look it up", tools=tools)
+    answer = ask(expert(llm_server.url), "look it up", tools=tools)
     assert state.bodies[0]["tools"] == tools
     assert answer.text is None and answer.details["finish_reason"] == "tool_calls"
     assert answer.details["tool_calls"][0]["function"]["name"] == "lookup"
 
 
-def test_api_key_comes_from_the_named_environment_variable(server, state, monkeypatch):
+def test_api_key_comes_from_the_named_environment_variable(llm_server, state, monkeypatch):
     monkeypatch.setenv("MOR_TEST_KEY", "sk-secret")
-    ask(expert(server.url, api_key_env="MOR_TEST_KEY"))
+    ask(expert(llm_server.url, api_key_env="MOR_TEST_KEY"))
     assert state.headers[0]["authorization"] == "Bearer sk-secret"
     monkeypatch.delenv("MOR_TEST_KEY")
     with pytest.raises(ConfigError, match="MOR_TEST_KEY"):
-        expert(server.url, api_key_env="MOR_TEST_KEY")
+        expert(llm_server.url, api_key_env="MOR_TEST_KEY")
 
 
-def test_429_then_success_is_retried(server, state):
+def test_429_then_success_is_retried(llm_server, state):
     state.reset("429", "429")
-    answer = ask(expert(server.url, retries=2))
+    answer = ask(expert(llm_server.url, retries=2))
     assert answer.text == "Paris" and answer.details["attempts"] == 3 and len(state.bodies) == 3
 
 
-def test_500s_are_retried_then_fail_with_one_line(server, state):
+def test_500s_are_retried_then_fail_with_one_line(llm_server, state):
     state.reset("500", "500", "500", "500")
-    message = fails(expert(server.url, retries=2))
+    message = fails(expert(llm_server.url, retries=2))
     assert len(state.bodies) == 3
-    assert f"{server.url}/chat/completions" in message and "after 3 attempt(s)" in message and "HTTP 500" in message
+    assert f"{llm_server.url}/chat/completions" in message and "after 3 attempt(s)" in message and "HTTP 500" in message
 
 
-def test_other_4xx_fail_at_once(server, state):
+def test_other_4xx_fail_at_once(llm_server, state):
     state.reset("400")
-    message = fails(expert(server.url, retries=3))
+    message = fails(expert(llm_server.url, retries=3))
     assert len(state.bodies) == 1 and "HTTP 400" in message and "injected 400" in message
 
 
-def test_timeouts_are_retried_and_never_hang(server, state):
+def test_timeouts_are_retried_and_never_hang(llm_server, state):
     state.reset("sleep:0.6", "sleep:0.6")
     start = time.perf_counter()
-    message = fails(expert(server.url, timeout_s=0.2, retries=1))
+    message = fails(expert(llm_server.url, timeout_s=0.2, retries=1))
     assert time.perf_counter() - start < 1.5
     assert len(state.bodies) == 2 and "timed out after 0.2 s" in message
 
 
-def test_slow_but_within_the_timeout_succeeds(server, state):
+def test_slow_but_within_the_timeout_succeeds(llm_server, state):
     state.reset("sleep:0.3")
-    answer = ask(expert(server.url, timeout_s=2.0, retries=0))
+    answer = ask(expert(llm_server.url, timeout_s=2.0, retries=0))
     assert answer.text == "Paris" and answer.cost.latency_s >= 0.3
 
 
-def test_a_reply_that_is_not_a_completion_is_an_error(server, state):
+def test_a_reply_that_is_not_a_completion_is_an_error(llm_server, state):
     state.reset("garbage")
-    assert "invalid chat completion (choices: Field required)" in fails(expert(server.url))
+    assert "invalid chat completion (choices: Field required)" in fails(expert(llm_server.url))
 
 
-def test_connection_refused_is_retried_then_fails(server):
+def test_connection_refused_is_retried_then_fails():
     import socket
 
     with socket.socket() as free:  # a port nobody listens on

@@ -1,4 +1,4 @@
-"""The `mor` command: `mor train` (the main job without a config), `mor eval`, `mor bench SUITE`.
+"""The `mor` command: `mor train` (the main job without a config), `mor eval`, `mor bench`, `mor route`.
 
 User errors print as one line (`error: …`) with exit code 2; `--debug` shows the traceback instead.
 """
@@ -12,11 +12,12 @@ import typer
 from rich.console import Console
 
 from mor.errors import MorError
+from mor.system.commands import app as route_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mixture of Reflection: route, reflect, integrate.")
 console = Console()
-SUITES = {"layer": "layer_speed"}
+SUITES = {"layer": "layer_speed", "tabular": "tabular", "mix": "hidden_mix"}  # suite → benchmarks/ module
 state = {"debug": False}
 
 
@@ -75,15 +76,15 @@ def _numbers(text: str | None, option: str, kind: type) -> list | None:
 
 
 @app.command()
-def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITES)}."),
+def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITES)}, or all of them: all."),
           quick: bool = typer.Option(False, "--quick", help="Short smoke version."),
           out: Path = typer.Option(Path("bench-results"), help="Folder for the JSON and markdown results.")) -> None:
-    """Run a benchmark suite from the repository's benchmarks/ folder and print its markdown table."""
-    if suite not in SUITES:
-        raise MorError(f"mor bench: unknown suite {suite!r}; choose one of: {', '.join(SUITES)}")
-    module = _load_benchmark(SUITES[suite])
-    module.run(quick=quick, out_dir=str(out))
-    console.print((out / f"{suite}.md").read_text())
+    """Run a benchmark suite (or all) from the repository's benchmarks/ folder and print its markdown tables."""
+    if suite != "all" and suite not in SUITES:
+        raise MorError(f"mor bench: unknown suite {suite!r}; choose one of: {', '.join(SUITES)}, all")
+    for name in SUITES if suite == "all" else [suite]:
+        _load_benchmark(SUITES[name]).run(quick=quick, out_dir=str(out))
+        console.print((out / f"{name}.md").read_text(), markup=False, highlight=False, soft_wrap=True)
 
 
 def _load_benchmark(name: str) -> ModuleType:
@@ -93,6 +94,9 @@ def _load_benchmark(name: str) -> ModuleType:
             sys.path.insert(0, str(root))
             return importlib.import_module(f"benchmarks.{name}")
     raise MorError("mor bench: no benchmarks/ folder found; run it from the root of the mor repository")
+
+
+app.add_typer(route_app, name="route")
 
 
 def run() -> None:

@@ -20,6 +20,8 @@ class Request:
         for i, message in enumerate(self.messages):
             check(isinstance(message, dict) and isinstance(message.get("role"), str),
                   f"request.messages[{i}]: expected an object with a 'role' string and 'content', got {message!r:.80}")
+        for i, tool in enumerate(self.tools):
+            check(isinstance(tool, dict), f"request.tools[{i}]: expected an OpenAI tool object, got {tool!r:.80}")
         check(bool(self.text.strip()), "request: every message is empty; put the question in a message's 'content'")
         check(len(self.text) <= MAX_REQUEST_CHARS,
               f"request: {len(self.text)} characters, more than the limit of {MAX_REQUEST_CHARS}; shorten it")

@@ -1,0 +1,116 @@
+"""`mor route train | eval | ask`: train the request router on labeled JSONL, score it, and ask a system."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mor.errors import MorError
+
+app = typer.Typer(no_args_is_help=True, help="Route requests among whole models: train, evaluate, ask.")
+console = Console()
+DEFAULT_ROUTER = Path("runs/router")
+
+
+@app.command()
+def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …, \"label\": …} per line."),
+          out: Path = typer.Option(DEFAULT_ROUTER, help="Folder for the trained router."),
+          encoder: str = typer.Option("auto", help="auto, tfidf, minilm or minilm+tfidf."),
+          tune_layers: int = typer.Option(2, help="MiniLM layers to fine-tune (0: frozen)."),
+          tune_epochs: int = typer.Option(3, help="Fine-tuning epochs."),
+          seed: int = typer.Option(0, help="Random seed.")) -> None:
+    """Train the router's head (encoder + calibrated classifier) and save it."""
+    from mor.system.dataset import read_labeled
+    from mor.system.head import HeadConfig, LabelHead
+
+    requests, labels = read_labeled(data)
+    config = HeadConfig(encoder=encoder, tune_layers=tune_layers, tune_epochs=tune_epochs, seed=seed)
+    console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
+                  f"{' + '.join(config.parts())} features")
+    head = LabelHead.fit([r.text for r in requests], labels, config)
+    head.save(out)
+    console.print(f"Router saved to {out} (temperature {head.temperature:.3f})")
+
+
+@app.command("eval")
+def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router on."),
+          router: Path = typer.Option(DEFAULT_ROUTER, help="Folder written by `mor route train`."),
+          config: Path | None = typer.Option(None, help="System YAML; none: one expert per label."),
+          threads: int = typer.Option(1, min=1, help="CPU threads while routing (latency is per request)."),
+          out: Path = typer.Option(Path("runs/route-eval"), help="Folder for route-eval.json and .md.")) -> None:
+    """Accuracy, macro-F1, per-label recall, confusion matrix and latency p50/p99, as markdown and JSON."""
+    from mor.system.dataset import read_labeled
+    from mor.system.evaluation import evaluate, write
+
+    requests, labels = read_labeled(data)
+    system_router = _router(router, config)
+    report = write(evaluate(system_router, requests, labels, threads), out, f"Routing on {data.name}")
+    console.print(report.read_text())
+
+
+@app.command()
+def ask(question: str = typer.Argument(..., help="The request text."),
+        config: Path | None = typer.Option(None, help="System YAML (see configs/route.yaml); none: route only."),
+        router: Path = typer.Option(DEFAULT_ROUTER, help="Trained router folder (when the config names none)."),
+        tools: Path | None = typer.Option(None, help="JSON file with an OpenAI `tools` array to send along."),
+        as_json: bool = typer.Option(False, "--json", help="Print the full reply as JSON.")) -> None:
+    """Route a request (and, with a config, answer it) and explain the choice."""
+    from mor.system.request import Request
+
+    request = Request.of(question, _tools(tools))
+    if config is None:
+        decision = _router(router, None).route(request)
+        console.print(json.dumps(decision.as_dict(), indent=1) if as_json else decision.explain(), highlight=False)
+        return
+    reply = asyncio.run(_ask(config, router, request))
+    if as_json:
+        console.print(json.dumps(reply.as_dict(), indent=1, default=str), highlight=False)
+        return
+    console.print(reply.answer.content, highlight=False)
+    console.print(f"\n[dim]{reply.decision.explain()}\nanswered by {reply.answer.expert}, confidence "
+                  f"{reply.answer.confidence:.2f}, {reply.rounds} reflection round(s)[/dim]", highlight=False)
+
+
+async def _ask(config: Path, router: Path, request):
+    from mor.system.config import build_system, load_config
+
+    loaded = load_config(config)
+    if loaded.router.path is None and router.is_dir():
+        loaded.router.path = router.resolve()
+    system = build_system(loaded, str(config))
+    try:
+        return await system.ask(request)
+    finally:
+        await system.aclose()
+
+
+def _router(folder: Path, config: Path | None):
+    """The router of a system config, or one with an expert per label of the trained head."""
+    from mor.system.config import build_system, load_config
+    from mor.system.experts.base import ExpertInfo
+    from mor.system.head import LabelHead
+    from mor.system.router import SystemRouter
+
+    if config is not None:
+        loaded = load_config(config)
+        if loaded.router.path is None:
+            loaded.router.path = folder.resolve()
+        return build_system(loaded, str(config)).router
+    if not folder.is_dir():
+        raise MorError(f"{folder}: no trained router there; run `mor route train --data FILE.jsonl --out {folder}`")
+    head = LabelHead.load(folder)
+    return SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in head.labels], head)
+
+
+def _tools(path: Path | None) -> list[dict] | None:
+    if path is None:
+        return None
+    try:
+        tools = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MorError(f"--tools {path}: cannot read a JSON array of tools ({err})") from None
+    if not isinstance(tools, list):
+        raise MorError(f"--tools {path}: expected a JSON array of OpenAI tool objects, got {type(tools).__name__}")
+    return tools

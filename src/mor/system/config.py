@@ -1,0 +1,112 @@
+"""A routing system from one YAML file: experts, router, integration, reflection, breaker and state.
+
+Errors name the field, e.g. `configs/route.yaml: router.top_k: must be >= 1, got 0`.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mor.config import Strict, read_yaml, validate
+from mor.errors import ConfigError, check
+from mor.system.experts.registry import build_experts
+from mor.system.head import LabelHead
+from mor.system.router import RouterWeights, Selection, SystemRouter
+from mor.system.stats import Breaker
+from mor.system.store import StateStore
+from mor.system.system import Combine, MoRSystem, Reflection
+
+
+class WeightsConfig(Strict):
+    head: float = Field(1.0, ge=0)
+    hints: float = Field(0.2, ge=0)
+    tools: float = Field(1.0, ge=0)
+    feedback: float = Field(0.3, ge=0)
+    load: float = Field(0.3, ge=0)
+
+
+class RouterConfig(Strict):
+    path: Path | None = Field(None, description="folder written by `mor route train`; none: no trained head")
+    weights: WeightsConfig = WeightsConfig()
+    top_k: int = Field(1, ge=1)
+    threshold: float | None = None
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    default: str | None = None
+
+
+class IntegrationConfig(Strict):
+    mode: str = "weighted"
+    synthesizer: str | None = None
+    coefficients: dict[str, float] = Field(default_factory=dict)
+    intercept: float = 0.0
+
+
+class ReflectionConfig(Strict):
+    rounds: int = Field(0, ge=0)
+    min_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class BreakerConfig(Strict):
+    failures_to_open: int = Field(3, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+
+
+class StateConfig(Strict):
+    path: Path | None = Field(None, description="SQLite file for statistics and feedback; none: in memory only")
+
+
+class SystemConfig(Strict):
+    experts: list[dict[str, Any]] = Field(min_length=1)
+    router: RouterConfig = RouterConfig()
+    integration: IntegrationConfig = IntegrationConfig()
+    reflection: ReflectionConfig = ReflectionConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    state: StateConfig = StateConfig()
+
+
+def load_config(path: str | Path) -> SystemConfig:
+    """Read and validate a system YAML file; relative paths inside it are relative to the file."""
+    config = validate(SystemConfig, read_yaml(path), str(path))
+    base = Path(path).resolve().parent
+    for section in (config.router, config.state):
+        if section.path is not None and not section.path.is_absolute():
+            section.path = base / section.path
+    for spec in config.experts:
+        for key in ("folder", "path", "checkpoint"):
+            if isinstance(spec, dict) and isinstance(spec.get(key), str) and not Path(spec[key]).is_absolute():
+                spec[key] = str(base / spec[key])
+    return config
+
+
+def build_system(config: SystemConfig, source: str = "config", head: LabelHead | None = None) -> MoRSystem:
+    """The system a config describes; `head` overrides `router.path` (e.g. one just trained)."""
+    try:
+        experts = build_experts(config.experts)
+        r = config.router
+        if head is None and r.path is not None:
+            check(r.path.is_dir(), f"router.path: {r.path} is not a folder; train a router first with "
+                                   f"`mor route train --data FILE.jsonl --out {r.path}`")
+            head = LabelHead.load(r.path)
+        router = SystemRouter([e.info for e in experts], head, RouterWeights(**r.weights.model_dump()),
+                              Selection(r.top_k, r.threshold, r.min_confidence, r.default))
+        _check_capabilities(router)
+        store = StateStore(config.state.path) if config.state.path else None
+        return MoRSystem(experts, router, Combine(**config.integration.model_dump()),
+                         Reflection(**config.reflection.model_dump()), Breaker(**config.breaker.model_dump()), store)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_system(path: str | Path, head: LabelHead | None = None) -> MoRSystem:
+    return build_system(load_config(path), str(path), head)
+
+
+def _check_capabilities(router: SystemRouter) -> None:
+    """Each expert capability should be a label the head knows, or it can never score on the head."""
+    if router.head is None:
+        return
+    for info in router.experts.values():
+        unknown = [c for c in info.capabilities if c not in router.head.labels and c != "tool"]
+        check(not unknown, f"experts.{info.name}.capabilities: {unknown} are not router labels "
+                           f"({', '.join(router.head.labels)}); use those names")

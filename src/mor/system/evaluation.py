@@ -1,0 +1,71 @@
+"""Routing quality and overhead on labeled requests: accuracy, macro-F1, per-label recall, confusion, latency."""
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+from mor.system.request import Request
+from mor.system.router import SystemRouter
+
+
+def routed_label(router: SystemRouter, request: Request) -> str:
+    """The label the router's first choice serves (its first capability), timed by the caller."""
+    chosen = router.experts[router.route(request).selected[0]]
+    return chosen.capabilities[0] if chosen.capabilities else chosen.name
+
+
+def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], threads: int = 1) -> dict:
+    """Route every request alone (batch 1) on `threads` CPU threads and score the choices against `labels`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for request in requests[:5]:  # warm-up: first calls allocate
+            router.route(request)
+        predicted, latency = [], []
+        for request in requests:
+            start = time.perf_counter()
+            predicted.append(routed_label(router, request))
+            latency.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    names = sorted(set(labels) | set(predicted))
+    ms = 1000 * np.asarray(latency)
+    return {"examples": len(labels), "accuracy": accuracy_score(labels, predicted),
+            "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0),
+            "recall": dict(zip(names, recall_score(labels, predicted, labels=names, average=None,
+                                                   zero_division=0).tolist(), strict=True)),
+            "labels": names, "confusion": confusion_matrix(labels, predicted, labels=names).tolist(),
+            "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                           "mean": float(ms.mean())},
+            "threads": threads, "experts": len(router.experts),
+            "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                        "processor": platform.processor() or platform.machine()}}
+
+
+def markdown(result: dict, title: str) -> str:
+    """The result as a markdown report: headline numbers, per-label recall and the confusion matrix."""
+    names, lat = result["labels"], result["latency_ms"]
+    lines = [f"# {title}", "", f"{result['examples']} requests, {result['experts']} experts, routed one at a time "
+             f"on {result['threads']} CPU thread(s).", "",
+             "| accuracy | macro-F1 | latency p50 | latency p99 |", "|---|---|---|---|",
+             f"| {result['accuracy']:.2%} | {result['macro_f1']:.4f} | {lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
+             "", "| label | recall |", "|---|---|"]
+    lines += [f"| {n} | {r:.2%} |" for n, r in result["recall"].items()]
+    lines += ["", "Confusion (rows: true label, columns: routed label)", "",
+              "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |"
+              for n, row in zip(names, result["confusion"], strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path, title: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "route-eval.json").write_text(json.dumps(result, indent=1))
+    report = out / "route-eval.md"
+    report.write_text(markdown(result, title))
+    return report

@@ -1,0 +1,82 @@
+"""Per-expert statistics the router and operators read: success rate, latency EWMA, load, errors, cooldown.
+
+A failing expert is put in cooldown (a circuit breaker): after `failures_to_open` consecutive failures it is
+skipped for `cooldown_s`, then given one trial call ("half-open"); a success closes the breaker again.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from mor.errors import check
+
+
+@dataclass
+class Breaker:
+    """Circuit-breaker settings shared by all experts of a system."""
+
+    failures_to_open: int = 3
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check(self.failures_to_open >= 1, f"breaker.failures_to_open must be ≥ 1, got {self.failures_to_open}")
+        check(self.cooldown_s >= 0, f"breaker.cooldown_s must be ≥ 0, got {self.cooldown_s}")
+
+
+@dataclass
+class ExpertStats:
+    """What one expert has done so far; `successes`/`failures` also carry feedback from users."""
+
+    calls: int = 0
+    successes: int = 0
+    failures: int = 0
+    errors: int = 0
+    latency_ewma_s: float = 0.0
+    latency_samples: int = 0
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    open_until: float = 0.0
+    last_error: str | None = None
+    alpha: float = field(default=0.2, repr=False)
+
+    @property
+    def success_rate(self) -> float:
+        """Posterior mean of the success probability under a uniform Beta(1, 1) prior (0.5 before any call)."""
+        return (self.successes + 1) / (self.successes + self.failures + 2)
+
+    def available(self, now: float | None = None) -> bool:
+        """False while the breaker is open (in cooldown); once it has passed, one trial call at a time."""
+        if (time.monotonic() if now is None else now) < self.open_until:
+            return False
+        return self.open_until == 0.0 or self.in_flight == 0
+
+    def started(self) -> None:
+        self.calls += 1
+        self.in_flight += 1
+
+    def finished(self, latency_s: float, error: str | None, breaker: Breaker) -> None:
+        """Record a call's outcome; open the breaker after too many consecutive errors."""
+        self.in_flight -= 1
+        self.latency_samples += 1
+        self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
+            self.alpha * latency_s + (1 - self.alpha) * self.latency_ewma_s)
+        if error is None:
+            self.consecutive_failures = 0
+            self.open_until = 0.0
+            return
+        self.errors += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.consecutive_failures >= breaker.failures_to_open:
+            self.open_until = time.monotonic() + breaker.cooldown_s
+
+    def feedback(self, success: bool) -> None:
+        """A user's or checker's verdict on an answer this expert gave."""
+        if success:
+            self.successes += 1
+        else:
+            self.failures += 1
+
+    def as_dict(self) -> dict:
+        return {"calls": self.calls, "successes": self.successes, "failures": self.failures, "errors": self.errors,
+                "success_rate": round(self.success_rate, 4), "latency_ewma_s": self.latency_ewma_s,
+                "in_flight": self.in_flight, "available": self.available(), "last_error": self.last_error}

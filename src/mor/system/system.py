@@ -1,0 +1,226 @@
+"""`MoRSystem`: route a request to experts, call them with timeouts and fallbacks, reflect, integrate.
+
+Reflection across models is escalation: while the integrated answer's confidence is below the reflection
+threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from mor.errors import check
+from mor.system import integration
+from mor.system.decision import Decision
+from mor.system.experts.base import Expert
+from mor.system.request import Answer, Cost, Request
+from mor.system.router import SystemRouter
+from mor.system.stats import Breaker, ExpertStats
+from mor.system.store import StateStore
+
+
+@dataclass
+class Reflection:
+    """Escalate to the next-best expert while confidence < `min_confidence`, at most `rounds` times."""
+
+    rounds: int = 0
+    min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self.rounds >= 0, f"reflection.rounds must be ≥ 0, got {self.rounds}")
+
+
+@dataclass
+class Combine:
+    """How answers are integrated; `synthesizer` is the expert an `ensemble` asks to fuse them."""
+
+    mode: str = "weighted"
+    synthesizer: str | None = None
+    coefficients: dict[str, float] = field(default_factory=dict)
+    intercept: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.mode in integration.MODES,
+              f"integration.mode: {self.mode!r} is not one of {', '.join(integration.MODES)}")
+        check(self.mode != "ensemble" or self.synthesizer is not None,
+              "integration.synthesizer: required for mode 'ensemble'; name the expert that fuses the answers")
+
+
+@dataclass
+class Reply:
+    """The integrated answer, the routing decision behind it, every expert's own answer and the total cost.
+
+    `syntheses` are the ensemble synthesizer's calls: not answers to the request, but paid for.
+    """
+
+    answer: Answer
+    decision: Decision
+    answers: list[Answer]
+    rounds: int = 0
+    fallback: bool = False
+    syntheses: list[Answer] = field(default_factory=list)
+
+    @property
+    def cost(self) -> Cost:
+        return sum((a.cost for a in self.answers + self.syntheses), Cost())
+
+    def as_dict(self) -> dict:
+        return {"answer": self.answer.content, "expert": self.answer.expert, "confidence": self.answer.confidence,
+                "rounds": self.rounds, "fallback": self.fallback, "routing": self.decision.as_dict(),
+                "answers": [{"expert": a.expert, "answer": a.content, "confidence": a.confidence, "error": a.error,
+                             "steps": a.steps, "cost": vars(a.cost)} for a in self.answers],
+                "cost": vars(self.cost)}
+
+
+class MoRSystem:
+    """Experts + router + integration, with per-expert statistics (optionally persisted) and circuit breakers."""
+
+    def __init__(self, experts: list[Expert], router: SystemRouter, combine: Combine | None = None,
+                 reflection: Reflection | None = None, breaker: Breaker | None = None,
+                 store: StateStore | None = None) -> None:
+        self.router, self.combine = router, combine or Combine()
+        self.reflection, self.breaker, self.store = reflection or Reflection(), breaker or Breaker(), store
+        self.experts: dict[str, Expert] = {}
+        self.stats: dict[str, ExpertStats] = store.load() if store else {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for expert in experts:
+            self._attach(expert)
+        for field_name, name in (("router.default", self.router.selection.default),
+                                 ("integration.synthesizer", self.combine.synthesizer)):
+            check(name is None or name in self.experts, f"{field_name}: {name!r} is not an expert; "
+                                                        f"experts are: {', '.join(self.experts)}")
+
+    def _attach(self, expert: Expert) -> None:
+        if expert.name not in self.router.experts:
+            self.router.add(expert.info)
+        self.experts[expert.name] = expert
+        self.stats.setdefault(expert.name, ExpertStats())
+
+    def register(self, expert: Expert) -> None:
+        """Add an expert while running; the router scores it from the next request on."""
+        check(expert.name not in self.experts, f"expert {expert.name!r} is registered already; remove it first")
+        self._attach(expert)
+
+    def remove(self, name: str) -> Expert:
+        """Take an expert out of routing; returns it so the caller can close it."""
+        check(name in self.experts, f"expert {name!r}: no such expert; registered: {', '.join(self.experts)}")
+        check(name not in (self.router.selection.default, self.combine.synthesizer),
+              f"expert {name!r} is the default or synthesis expert; change the config before removing it")
+        self.router.remove(name)
+        self._limits.pop(name, None)
+        return self.experts.pop(name)
+
+    def route(self, query: str | Request) -> Decision:
+        """The routing decision and its explanation, without calling any expert."""
+        return self.router.route(Request.of(query), self.stats)
+
+    async def ask(self, query: str | Request) -> Reply:
+        """Answer `query`: route, call (with fallbacks), reflect while unsure, integrate."""
+        request = Request.of(query)
+        decision = self.router.route(request, self.stats)
+        for name in decision.selected:  # reserve before any await, so concurrent requests see this load
+            self.stats[name].started()
+        ranked = decision.selected + [s.name for s in decision.scores
+                                      if s.name not in decision.selected and s.available]
+        answers = await self._first_round(request, decision.selected, ranked)
+        fallback = decision.fallback or not any(a.ok and a.expert in decision.selected for a in answers)
+        syntheses: list[Answer] = []
+        combined = await self._integrate(request, answers, syntheses)
+        rounds = 0
+        while combined.confidence < self.reflection.min_confidence and rounds < self.reflection.rounds:
+            asked = {a.expert for a in answers}
+            extra = next((n for n in ranked if n not in asked), None)
+            if extra is None:
+                break
+            answers.append(await self._call(extra, request))
+            combined = await self._integrate(request, answers, syntheses)
+            rounds += 1
+        return Reply(combined, decision, answers, rounds, fallback, syntheses)
+
+    async def _first_round(self, request: Request, selected: list[str], ranked: list[str]) -> list[Answer]:
+        """The selected experts' answers; if all failed, the next-ranked experts one by one until one answers."""
+        if self.combine.mode == "sequential":
+            answers = [await self._call(selected[0], request, reserved=True)]
+            for name in selected[1:]:
+                previous = next((a for a in reversed(answers) if a.ok), None)
+                answers.append(await self._call(name, integration.chained_request(request, previous)
+                                                if previous else request, reserved=True))
+        else:
+            answers = list(await asyncio.gather(*(self._call(n, request, reserved=True) for n in selected)))
+        for name in ranked[len(selected):]:
+            if any(a.ok for a in answers):
+                break
+            answers.append(await self._call(name, request))
+        default = self.router.selection.default
+        if not any(a.ok for a in answers) and default and default not in {a.expert for a in answers}:
+            answers.append(await self._call(default, request))
+        return answers
+
+    async def _integrate(self, request: Request, answers: list[Answer], syntheses: list[Answer]) -> Answer:
+        """The answers combined by the configured mode; an ensemble's synthesis call is added to `syntheses`."""
+        mode = self.combine.mode
+        if mode == "voting":
+            return integration.voting(answers)
+        if mode == "stacking":
+            return integration.stacking(answers, self.combine.coefficients, self.combine.intercept)
+        if mode == "sequential":
+            last = next((a for a in reversed(answers) if a.ok), None)
+            return integration.weighted([last] if last else answers)
+        if mode == "ensemble" and sum(a.ok for a in answers) > 1:
+            fused = await self._call(self.combine.synthesizer, integration.synthesis_request(request, answers))
+            syntheses.append(fused)
+            if fused.ok:
+                return integration.weighted([fused, *answers], {fused.expert: 2.0})
+        return integration.weighted(answers)
+
+    def _limit(self, name: str) -> asyncio.Semaphore:
+        """The expert's concurrency limit in the running event loop (a new loop gets new semaphores)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._limits = loop, {}
+        if name not in self._limits:
+            self._limits[name] = asyncio.Semaphore(self.experts[name].info.max_concurrency)
+        return self._limits[name]
+
+    async def _call(self, name: str, request: Request, reserved: bool = False) -> Answer:
+        """One expert call under its concurrency limit and timeout; failures become an Answer with `error`.
+
+        `reserved`: the router already counted this call in the expert's load.
+        """
+        expert, stats = self.experts[name], self.stats[name]
+        if not reserved:
+            stats.started()
+        start = time.perf_counter()
+        async with self._limit(name):
+            try:
+                answer = await asyncio.wait_for(expert.answer(request), expert.info.timeout_s)
+            except TimeoutError:
+                answer = Answer(expert=name, error=f"timed out after {expert.info.timeout_s:g} s", confidence=0.0)
+            except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
+                answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
+            finally:
+                latency = time.perf_counter() - start
+            stats.finished(latency, answer.error, self.breaker)
+        if not answer.ok:
+            answer.cost = Cost(latency_s=latency)
+        return answer
+
+    def feedback(self, expert: str, success: bool, request: str | None = None) -> None:
+        """Record whether an expert's answer was right; the router prefers experts that succeed."""
+        check(expert in self.experts, f"feedback: unknown expert {expert!r}; experts are: {', '.join(self.experts)}")
+        self.stats[expert].feedback(success)
+        if self.store:
+            self.store.record_feedback(expert, success, request)
+            self.store.save(self.stats)
+
+    def ranking(self) -> list[tuple[str, dict]]:
+        """Experts from most to least reliable (success rate, then fewer errors, then latency)."""
+        return sorted(((n, s.as_dict()) for n, s in self.stats.items() if n in self.experts),
+                      key=lambda item: (-item[1]["success_rate"], item[1]["errors"], item[1]["latency_ewma_s"]))
+
+    async def aclose(self) -> None:
+        """Save statistics and release every expert's connections."""
+        if self.store:
+            self.store.save(self.stats)
+        for expert in self.experts.values():
+            await expert.aclose()

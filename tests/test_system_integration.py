@@ -1,0 +1,184 @@
+"""mor.system.integration: weighted, voting and stacking as pure functions, fit_stacking, and the requests built
+for the sequential and ensemble modes."""
+
+import numpy as np
+import pytest
+
+from mor.errors import ConfigError, MorError
+from mor.system import Answer, Cost, Request
+from mor.system.integration import (
+    chained_request,
+    fit_stacking,
+    normalise,
+    stacking,
+    synthesis_request,
+    voting,
+    weighted,
+)
+
+
+def text(expert: str, content: str, confidence: float = 0.5, **fields) -> Answer:
+    return Answer(expert=expert, text=content, confidence=confidence, **fields)
+
+
+def number(expert: str, value: float, confidence: float = 0.5) -> Answer:
+    return Answer(expert=expert, value=value, confidence=confidence)
+
+
+def failed(expert: str, error: str = "RuntimeError: down") -> Answer:
+    return Answer(expert=expert, error=error, confidence=0.0)
+
+
+# ---- weighted ----
+
+def test_weighted_picks_the_most_confident_answer_without_weights():
+    combined = weighted([text("a", "one", 0.6), text("b", "two", 0.9), text("c", "three", 0.3)])
+    assert (combined.expert, combined.text, combined.confidence) == ("b", "two", 0.9)
+    assert combined.details["mode"] == "weighted"
+
+
+def test_weighted_multiplies_router_weight_by_confidence():
+    answers = [text("a", "one", 0.9), text("b", "two", 0.6)]
+    combined = weighted(answers, {"b": 2.0})
+    assert combined.expert == "b" and combined.confidence == 0.6  # 2.0 × 0.6 beats 1.0 × 0.9
+    assert combined.details["scores"] == pytest.approx({"a": 0.9, "b": 1.2})
+
+
+def test_weighted_keeps_every_other_answer_as_an_alternative_and_sums_costs():
+    answers = [text("a", "one", 0.9, cost=Cost(tokens_in=3, latency_s=0.5), steps=2),
+               text("b", "two", 0.4, cost=Cost(tokens_in=4, money=0.25)),
+               failed("c")]
+    combined = weighted(answers)
+    assert combined.details["alternatives"] == [
+        {"expert": "b", "answer": "two", "confidence": 0.4, "error": None},
+        {"expert": "c", "answer": "", "confidence": 0.0, "error": "RuntimeError: down"}]
+    assert combined.cost == Cost(tokens_in=7, latency_s=0.5, money=0.25)
+    assert combined.steps == 2
+
+
+def test_weighted_ignores_failed_answers_even_with_a_large_weight():
+    combined = weighted([failed("a"), text("b", "fine", 0.1)], {"a": 100.0})
+    assert combined.expert == "b" and combined.ok
+
+
+# ---- voting ----
+
+@pytest.mark.parametrize(("left", "right"), [("42", " 42.0 "), ("42", "42."), ("Paris.", "paris"), ("PARIS!", "Paris"),
+                                             ("Café", "cafe"), ("$42", "42"), ("-3.50", "-3.5"), ("a  b", "a b")])
+def test_normalise_makes_equivalent_answers_equal(left, right):
+    assert normalise(left) == normalise(right)
+
+
+@pytest.mark.parametrize(("left", "right"), [("42", "43"), ("-3", "3"), ("Paris", "Lyon"), ("1.5", "15")])
+def test_normalise_keeps_different_answers_apart(left, right):
+    assert normalise(left) != normalise(right)
+
+
+def test_normalise_reads_thousands_separators():
+    assert normalise("1,000") == normalise("1000") == "1000"
+
+
+def test_voting_majority_over_normalised_answers_with_the_confidence_share():
+    answers = [text("a", "42", 0.5), text("b", " 42.0 ", 0.4), text("c", "41", 0.8)]
+    combined = voting(answers)
+    assert combined.expert == "a" and combined.text == "42"  # the winner's most confident voter
+    assert combined.confidence == pytest.approx(0.9 / 1.7)
+    assert combined.details["votes"] == pytest.approx({"42": 0.9, "41": 0.8})
+
+
+def test_voting_weighs_votes_by_confidence_so_one_sure_voter_beats_two_unsure_ones():
+    combined = voting([text("a", "yes", 0.2), text("b", "Yes.", 0.2), text("c", "no", 0.9)])
+    assert combined.expert == "c" and combined.confidence == pytest.approx(0.9 / 1.3)
+
+
+def test_voting_counts_numeric_values_and_skips_failures():
+    answers = [number("a", 7, 0.5), number("b", 7.0, 0.5), number("c", 8, 0.6), failed("d")]
+    combined = voting(answers)
+    assert combined.value == 7 and combined.confidence == pytest.approx(1.0 / 1.6)
+    assert {alt["expert"] for alt in combined.details["alternatives"]} == {"b", "c", "d"}
+
+
+def test_unanimous_vote_has_full_confidence():
+    assert voting([text("a", "x", 0.3), text("b", "X", 0.7)]).confidence == pytest.approx(1.0)
+
+
+# ---- stacking ----
+
+def test_stacking_without_coefficients_is_the_confidence_weighted_mean():
+    combined = stacking([number("a", 10.0, 0.25), number("b", 20.0, 0.75)])
+    assert combined.value == pytest.approx(17.5) and combined.text is None
+    assert combined.confidence == pytest.approx(0.5)  # the mean confidence
+    assert combined.details["mode"] == "stacking"
+
+
+def test_stacking_with_all_zero_confidences_is_the_plain_mean():
+    assert stacking([number("a", 10.0, 0.0), number("b", 20.0, 0.0)]).value == pytest.approx(15.0)
+
+
+def test_stacking_gives_a_zero_confidence_answer_no_weight():
+    assert stacking([number("a", 10.0, 0.0), number("b", 20.0, 1.0)]).value == pytest.approx(20.0)
+
+
+def test_stacking_applies_coefficients_and_intercept():
+    combined = stacking([number("a", 10.0), number("b", 20.0)], {"a": 2.0, "b": -1.0}, intercept=3.0)
+    assert combined.value == pytest.approx(3.0)
+
+
+def test_stacking_skips_failed_answers_and_refuses_non_numbers():
+    assert stacking([number("a", 4.0, 1.0), failed("b")]).value == pytest.approx(4.0)
+    with pytest.raises(MorError, match="expert b answered 'seven', not a finite number"):
+        stacking([number("a", 4.0), text("b", "seven")])
+    with pytest.raises(MorError, match="not a finite number"):
+        stacking([number("a", float("nan"))])
+
+
+def test_fit_stacking_recovers_known_linear_coefficients():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=40), rng.normal(size=40)
+    coefficients, intercept = fit_stacking({"b": b.tolist(), "a": a.tolist()}, (2.0 * a - 0.5 * b + 3.0).tolist())
+    assert coefficients == pytest.approx({"a": 2.0, "b": -0.5})
+    assert intercept == pytest.approx(3.0)
+    combined = stacking([number("a", 1.0), number("b", 4.0)], coefficients, intercept)
+    assert combined.value == pytest.approx(2.0 - 2.0 + 3.0)
+
+
+def test_fit_stacking_needs_more_targets_than_coefficients():
+    with pytest.raises(ConfigError, match="2 targets cannot fit 3 coefficients"):
+        fit_stacking({"a": [1.0, 2.0], "b": [0.0, 1.0]}, [1.0, 2.0])
+
+
+# ---- every answer failed ----
+
+@pytest.mark.parametrize("combine", [weighted, voting, stacking, lambda answers: synthesis_request(
+    Request.of("q"), answers)])
+def test_every_answer_failed_is_one_error_naming_each_expert(combine):
+    with pytest.raises(MorError) as caught:
+        combine([failed("a", "timed out after 1 s"), failed("b", "HTTP 500")])
+    message = str(caught.value)
+    assert message == "integration: every selected expert failed: a: timed out after 1 s; b: HTTP 500"
+
+
+# ---- requests for ensemble and sequential ----
+
+def test_synthesis_request_lists_the_question_and_every_usable_answer():
+    request = Request(messages=({"role": "system", "content": "be brief"},
+                                {"role": "user", "content": "What is 6 × 7?"}),
+                      tools=({"type": "function", "function": {"name": "calc"}},))
+    fused = synthesis_request(request, [text("a", "42", 0.9), failed("b"), number("c", 41, 0.25)])
+    assert len(fused.messages) == 1 and fused.messages[0]["role"] == "user" and fused.tools == ()
+    prompt = fused.messages[0]["content"]
+    assert "Question:\nWhat is 6 × 7?" in prompt and "be brief" not in prompt
+    assert "Answer 1 (from a, confidence 0.90):\n42" in prompt
+    assert "Answer 2 (from c, confidence 0.25):\n41" in prompt
+    assert "from b" not in prompt
+
+
+def test_chained_request_appends_the_previous_answer_and_keeps_tools():
+    tools = ({"type": "function", "function": {"name": "calc"}},)
+    request = Request(messages=({"role": "user", "content": "draft a plan"},), tools=tools)
+    chained = chained_request(request, text("planner", "step 1, step 2"))
+    assert chained.messages[0] == {"role": "user", "content": "draft a plan"}
+    assert chained.messages[1] == {"role": "assistant", "content": "step 1, step 2"}
+    assert chained.messages[2]["role"] == "user"
+    assert chained.messages[2]["content"].startswith("A previous expert (planner) answered:\nstep 1, step 2")
+    assert chained.tools == tools and len(chained.messages) == 3

