@@ -14,6 +14,13 @@ TEMPLATES = {
              "Implement a {w} class in Rust with tests.", "Why does my SQL query on the {w} table fail?"],
     "creative": ["Write a short poem about a {w}.", "Tell me a story where a {w} learns to fly.",
                  "Compose song lyrics about the {w} at night.", "Write a haiku about a {w}."],
+    "knowledge": ["Who invented the {w}?", "When was the first {w} built in Europe?",
+                  "What is the capital city of the country famous for its {w}?", "Explain the history of the {w}."],
+    "reasoning": ["If every {w} is blue and Tom owns a {w}, what colour is it?",
+                  "Alice is taller than Bob and Bob is taller than the {w}; who is shortest?",
+                  "Three boxes hold a {w}, a key and a coin; which box is last if the key is first?"],
+    "tool": ["Book me a table for {a} people tonight near the {w}.", "Check the weather forecast for {w} city.",
+             "Send an email to my team about the {w} meeting at {a} pm.", "Find flights to {w} under {c} dollars."],
 }
 WORDS = ["river", "dragon", "maximum", "cat", "queue", "lighthouse", "sum", "forest", "tree", "robot"]
 

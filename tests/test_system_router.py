@@ -1,5 +1,6 @@
 """The trained router head and the router built on it: calibrated probabilities, persistence, evaluation, CLI."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def tfidf_head(rows):
 def test_head_learns_the_labels_and_gives_distributions(tfidf_head):
     held_out = generated(10, seed=1)
     p = tfidf_head.proba([r["text"] for r in held_out])
-    assert p.shape == (30, 3) and np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
+    assert p.shape == (60, 6) and np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
     predicted = [tfidf_head.labels[i] for i in p.argmax(axis=1)]
     assert np.mean([a == r["label"] for a, r in zip(predicted, held_out, strict=True)]) > 0.9
 
@@ -79,7 +80,7 @@ def test_router_picks_the_expert_whose_capability_the_head_predicts(tfidf_head):
 
 
 def test_a_request_carrying_tools_goes_to_the_tool_expert(tfidf_head):
-    experts = [ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels]
+    experts = [ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels if label != "tool"]
     router = SystemRouter([*experts, ExpertInfo(name="tools", capabilities=["tool"])], tfidf_head)
     question = "What is 7 times 6?"
     assert router.route(Request.of(question)).selected == ["math"]
@@ -119,7 +120,7 @@ def test_route_train_eval_ask_from_the_command_line(tmp_path):
     result = mor("route", "eval", "--data", str(dev), "--router", str(router), "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "eval" / "route-eval.json").read_text())
-    assert saved["examples"] == 18 and saved["accuracy"] > 0.8 and "latency p50" in result.stdout
+    assert saved["examples"] == 36 and saved["accuracy"] > 0.8 and "latency p50" in result.stdout
     result = mor("route", "ask", "Write a poem about a dragon", "--router", str(router))
     assert result.returncode == 0 and result.stdout.startswith("chose creative")
 
@@ -143,3 +144,22 @@ def test_default_router_reaches_95_percent_on_the_shared_dev_set(tmp_path):
                  "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "eval" / "route-eval.json").read_text())["accuracy"] >= 0.95
+
+
+def test_the_example_system_config_builds_and_answers_math_offline(tmp_path):
+    from mor.system.config import build_system, load_config
+
+    config = load_config("configs/route.yaml")
+    config.state.path = tmp_path / "state.sqlite"
+    head = LabelHead.fit([r["text"] for r in generated(20)], [r["label"] for r in generated(20)],
+                         HeadConfig(encoder="tfidf"))
+    system = build_system(config, "configs/route.yaml", head=head)
+    reply = asyncio.run(_ask_and_close(system, "Solve 2x + 3 = 11"))
+    assert reply.decision.selected == ["sympy"] and "4" in reply.answer.content and reply.answer.confidence == 1.0
+
+
+async def _ask_and_close(system, question):
+    try:
+        return await system.ask(question)
+    finally:
+        await system.aclose()

@@ -21,7 +21,7 @@ from mor.system.system import Combine, MoRSystem, Reflection
 class WeightsConfig(Strict):
     head: float = Field(1.0, ge=0)
     hints: float = Field(0.2, ge=0)
-    tools: float = Field(1.0, ge=0)
+    tools: float = Field(2.0, ge=0)
     feedback: float = Field(0.3, ge=0)
     load: float = Field(0.3, ge=0)
 

@@ -27,7 +27,7 @@ class RouterWeights:
 
     head: float = 1.0
     hints: float = 0.2
-    tools: float = 1.0
+    tools: float = 2.0
     feedback: float = 0.3
     load: float = 0.3
 
