@@ -1,0 +1,124 @@
+"""Routing across models: quality of the trained router on the shared dataset, its overhead, and load spread.
+
+Measured in one run, against the issue's reference (TF-IDF + logistic regression, trained here on the same data):
+- dev accuracy, macro-F1 and per-request routing latency (p50/p99, one CPU thread) of the default router;
+- routing latency with 50 experts against 5 (same requests, interleaved);
+- per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
+"""
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import OtherLoad, interleaved, machine, md_machine, md_table, paired_ratio, write
+from mor.system.dataset import read_labeled
+from mor.system.evaluation import evaluate
+from mor.system.experts.base import ExpertInfo
+from mor.system.experts.callable import CallableExpert
+from mor.system.head import HeadConfig, LabelHead
+from mor.system.router import SystemRouter
+from mor.system.system import MoRSystem
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
+
+
+def _label_router(head: LabelHead, experts: int | None = None) -> SystemRouter:
+    """`experts` experts (default: one per label), each serving one label in turn."""
+    labels = head.labels
+    return SystemRouter([ExpertInfo(name=f"e{i}-{labels[i % len(labels)]}", capabilities=[labels[i % len(labels)]])
+                         for i in range(experts or len(labels))], head)
+
+
+def quality(data: Path, quick: bool) -> dict:
+    """Train the default router and the TF-IDF + LR reference on train.jsonl, score both on dev.jsonl."""
+    train, labels = read_labeled(data / "train.jsonl")
+    dev, dev_labels = read_labeled(data / "dev.jsonl")
+    if quick:
+        train, labels, dev, dev_labels = train[::8], labels[::8], dev[::8], dev_labels[::8]
+    configs = {"tfidf + LR (reference)": HeadConfig(encoder="tfidf"),
+               "mor default": HeadConfig(tune_epochs=1, max_tokens=32) if quick else HeadConfig()}
+    rows = {}
+    for name, config in configs.items():
+        start = time.perf_counter()
+        head = LabelHead.fit([r.text for r in train], labels, config)
+        rows[name] = {"encoder": "+".join(config.parts()), "train_s": time.perf_counter() - start,
+                      **evaluate(_label_router(head), dev, dev_labels, threads=1)}
+    return {"train_examples": len(labels), "dev_examples": len(dev_labels), "routers": rows, "head": head}
+
+
+def scaling(head: LabelHead, requests: list, rounds: int) -> dict:
+    """Seconds per routing decision with 5 and with 50 experts, interleaved; their paired ratio."""
+    small, large = _label_router(head, 5), _label_router(head, 50)
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        times = interleaved({"small": lambda: [small.route(r) for r in requests],
+                             "large": lambda: [large.route(r) for r in requests]}, rounds=rounds, warmup=1)
+    return {"experts": [len(small.experts), len(large.experts)], "ratio": paired_ratio(times["large"], times["small"]),
+            "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
+
+
+def load_spread(requests: int = 64, experts: int = 4) -> dict:
+    """Per-expert call counts when `requests` concurrent asks meet `experts` equally capable experts."""
+    async def work(question: str) -> str:
+        await asyncio.sleep(0.01)
+        return "done"
+
+    async def main() -> dict[str, int]:
+        system = MoRSystem([CallableExpert(ExpertInfo(name=f"e{i}", capabilities=["general"]), work)
+                            for i in range(experts)], SystemRouter([]))
+        await asyncio.gather(*(system.ask(f"request {i}") for i in range(requests)))
+        return {name: s.calls for name, s in system.stats.items()}
+
+    calls = asyncio.run(main())
+    counts = list(calls.values())
+    return {"calls": calls, "cv": statistics.pstdev(counts) / statistics.fmean(counts)}
+
+
+def markdown(r: dict) -> str:
+    q, s, load = r["quality"], r["scaling"], r["load"]
+    rows = [[name, v["encoder"], f"{v['accuracy']:.2%}", f"{v['macro_f1']:.4f}", f"{v['latency_ms']['p50']:.2f}",
+             f"{v['latency_ms']['p99']:.2f}", f"{v['train_s']:.0f}"] for name, v in q["routers"].items()]
+    recall = [[label] + [f"{v['recall'][label]:.2%}" for v in q["routers"].values()]
+              for label in next(iter(q["routers"].values()))["labels"]]
+    return "\n\n".join([
+        f"## Routing ({'quick' if r['quick'] else 'full'}): {q['train_examples']} training requests, "
+        f"{q['dev_examples']} dev requests",
+        md_table(["router", "features", "dev accuracy", "macro-F1", "p50 ms", "p99 ms", "train s"], rows),
+        "Per-label recall on dev:", md_table(["label", *q["routers"]], recall),
+        f"Routing latency, one request at a time on one thread: {s['experts'][1]} experts take "
+        f"{s['ratio']['median']:.2f}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f}) the time of "
+        f"{s['experts'][0]} ({s['ms_per_request']['large']:.2f} vs {s['ms_per_request']['small']:.2f} ms).",
+        f"Load over 4 equal experts, 64 concurrent requests: calls {load['calls']}, coefficient of variation "
+        f"{load['cv']:.1%}.",
+        md_machine(r["machine"], r["other_load_cores"]) + f" Wall time {r['wall_s']:.0f} s."])
+
+
+def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED) -> dict:
+    """Run the suite, write route.json / route.md to `out_dir` and return the results."""
+    start, load = time.perf_counter(), OtherLoad()
+    if not (data / "train.jsonl").is_file():
+        raise SystemExit(f"routing benchmark: {data}/train.jsonl not found; set the folder of train/dev.jsonl")
+    q = quality(data, quick)
+    head = q.pop("head")
+    dev, _ = read_labeled(data / "dev.jsonl")
+    results = {"machine": machine([1]), "quick": quick, "quality": q,
+               "scaling": scaling(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
+               "load": load_spread(), "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
+    write(out_dir, "route", results, markdown(results))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args()
+    print(markdown(run(args.quick, args.out)))
+
+
+if __name__ == "__main__":
+    main()
