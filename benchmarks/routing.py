@@ -80,14 +80,16 @@ def load_spread(requests: int = 64, experts: int = 4) -> dict:
 
 def markdown(r: dict) -> str:
     q, s, load = r["quality"], r["scaling"], r["load"]
-    rows = [[name, v["encoder"], f"{v['accuracy']:.2%}", f"{v['macro_f1']:.4f}", f"{v['latency_ms']['p50']:.2f}",
-             f"{v['latency_ms']['p99']:.2f}", f"{v['train_s']:.0f}"] for name, v in q["routers"].items()]
+    rows = [[name, v["encoder"], f"{v['accuracy']:.2%}", f"{v['macro_f1']:.4f}", f"{v['calibration_error']:.3f}",
+             f"{v['latency_ms']['p50']:.2f}", f"{v['latency_ms']['p99']:.2f}", f"{v['train_s']:.0f}"]
+            for name, v in q["routers"].items()]
     recall = [[label] + [f"{v['recall'][label]:.2%}" for v in q["routers"].values()]
               for label in next(iter(q["routers"].values()))["labels"]]
     return "\n\n".join([
         f"## Routing ({'quick' if r['quick'] else 'full'}): {q['train_examples']} training requests, "
         f"{q['dev_examples']} dev requests",
-        md_table(["router", "features", "dev accuracy", "macro-F1", "p50 ms", "p99 ms", "train s"], rows),
+        md_table(["router", "features", "dev accuracy", "macro-F1", "calibration error", "p50 ms", "p99 ms",
+                  "train s"], rows),
         "Per-label recall on dev:", md_table(["label", *q["routers"]], recall),
         f"Routing latency, one request at a time on one thread: {s['experts'][1]} experts take "
         f"{s['ratio']['median']:.2f}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f}) the time of "

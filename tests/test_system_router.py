@@ -10,7 +10,7 @@ import pytest
 
 from mor.errors import MorError
 from mor.system.encoders import MiniLMEncoder, minilm_path
-from mor.system.evaluation import evaluate, markdown
+from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo
 from mor.system.head import HeadConfig, LabelHead
 from mor.system.request import Request
@@ -103,7 +103,14 @@ def test_evaluation_scores_routing_and_reports_latency(tfidf_head):
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
     wrong = evaluate(router, requests, ["math"] * len(labels))
     assert wrong["accuracy"] == pytest.approx(labels.count("math") / len(labels))
-    assert "| accuracy | macro-F1 |" in markdown(result, "t")
+    assert "| accuracy | macro-F1 | calibration error |" in markdown(result, "t")
+    assert 0 <= result["calibration_error"] < 0.2
+
+
+def test_calibration_error_of_a_perfectly_calibrated_and_an_overconfident_router():
+    confidence = np.array([0.8] * 10)
+    assert calibration_error(confidence, np.array([True] * 8 + [False] * 2)) == pytest.approx(0.0)
+    assert calibration_error(confidence, np.array([True] * 4 + [False] * 6)) == pytest.approx(0.4)
 
 
 def mor(*args: str) -> subprocess.CompletedProcess:

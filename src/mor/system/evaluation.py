@@ -13,10 +13,18 @@ from mor.system.request import Request
 from mor.system.router import SystemRouter
 
 
-def routed_label(router: SystemRouter, request: Request) -> str:
-    """The label the router's first choice serves (its first capability), timed by the caller."""
-    chosen = router.experts[router.route(request).selected[0]]
-    return chosen.capabilities[0] if chosen.capabilities else chosen.name
+def routed_label(router: SystemRouter, request: Request) -> tuple[str, float]:
+    """The label the router's first choice serves (its first capability) and the router's confidence in it."""
+    decision = router.route(request)
+    chosen = router.experts[decision.selected[0]]
+    return (chosen.capabilities[0] if chosen.capabilities else chosen.name), decision.confidence
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: |accuracy − mean confidence| per confidence bin, weighted by the bin's share."""
+    edges = np.minimum((confidence * bins).astype(int), bins - 1)
+    return float(sum(abs(correct[edges == b].mean() - confidence[edges == b].mean()) * (edges == b).mean()
+                     for b in range(bins) if (edges == b).any()))
 
 
 def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], threads: int = 1) -> dict:
@@ -26,11 +34,13 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
     try:
         for request in requests[:5]:  # warm-up: first calls allocate
             router.route(request)
-        predicted, latency = [], []
+        predicted, confidence, latency = [], [], []
         for request in requests:
             start = time.perf_counter()
-            predicted.append(routed_label(router, request))
+            label, sure = routed_label(router, request)
             latency.append(time.perf_counter() - start)
+            predicted.append(label)
+            confidence.append(sure)
     finally:
         torch.set_num_threads(previous)
     names = sorted(set(labels) | set(predicted))
@@ -39,6 +49,8 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
             "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0),
             "recall": dict(zip(names, recall_score(labels, predicted, labels=names, average=None,
                                                    zero_division=0).tolist(), strict=True)),
+            "calibration_error": calibration_error(np.asarray(confidence), np.asarray(predicted) == np.asarray(labels))
+            if router.head is not None else None,
             "labels": names, "confusion": confusion_matrix(labels, predicted, labels=names).tolist(),
             "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
                            "mean": float(ms.mean())},
@@ -52,8 +64,9 @@ def markdown(result: dict, title: str) -> str:
     names, lat = result["labels"], result["latency_ms"]
     lines = [f"# {title}", "", f"{result['examples']} requests, {result['experts']} experts, routed one at a time "
              f"on {result['threads']} CPU thread(s).", "",
-             "| accuracy | macro-F1 | latency p50 | latency p99 |", "|---|---|---|---|",
-             f"| {result['accuracy']:.2%} | {result['macro_f1']:.4f} | {lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
+             "| accuracy | macro-F1 | calibration error | latency p50 | latency p99 |", "|---|---|---|---|---|",
+             f"| {result['accuracy']:.2%} | {result['macro_f1']:.4f} | {_maybe(result['calibration_error'])} | "
+             f"{lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
              "", "| label | recall |", "|---|---|"]
     lines += [f"| {n} | {r:.2%} |" for n, r in result["recall"].items()]
     lines += ["", "Confusion (rows: true label, columns: routed label)", "",
@@ -61,6 +74,10 @@ def markdown(result: dict, title: str) -> str:
     lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |"
               for n, row in zip(names, result["confusion"], strict=True)]
     return "\n".join(lines) + "\n"
+
+
+def _maybe(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def write(result: dict, out: Path, title: str) -> Path:
