@@ -1,16 +1,29 @@
-"""Helpers every benchmark shares: interleaved timing, paired ratios, machine description, result files."""
+"""Helpers every benchmark shares: timing, ratios, machine description, result files, training and matching models."""
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
+from matplotlib.figure import Figure
+from rich.console import Console
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from mor.data import Task
+from mor.train import checkpoint
+from mor.train.config import RunConfig
+from mor.train.plots import save
+from mor.train.trainer import Trainer
 
 
 def cpu_model() -> str:
@@ -137,9 +150,100 @@ def md_machine(info: dict, other_cores: float | None = None) -> str:
     return line
 
 
+class SuiteRun:
+    """One run of a suite: its wall time and the other processes' load are measured from creation to `finish`."""
+
+    def __init__(self, name: str, quick: bool, threads: list[int]):
+        self.name, self.quick, self.threads = name, quick, threads
+        self.start, self.load = time.perf_counter(), OtherLoad()
+
+    def finish(self, out_dir: str, results: dict, markdown: Callable[[dict], str],
+               figure: Callable[[dict], Figure]) -> dict:
+        """`results` with the machine, the load and the wall time added, written as NAME.json, NAME.md, NAME.png."""
+        results = {"machine": machine(self.threads), "quick": self.quick, **results,
+                   "other_load_cores": self.load.cores(), "wall_s": time.perf_counter() - self.start}
+        write(out_dir, self.name, results, markdown(results))
+        save(figure(results), Path(out_dir) / f"{self.name}.png")
+        return results
+
+
 def write(out_dir: str, name: str, results: dict, markdown: str) -> None:
     """Write `name`.json and `name`.md under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown + "\n")
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (n − 1; 0 for one value) of repeated measurements, e.g. folds."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def fmt_mean_std(m: dict[str, float], digits: int = 3) -> str:
+    """A mean_std result as 'mean ± std'."""
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to `n` inside the block, restored after it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def with_dim(config: RunConfig, dim: int) -> RunConfig:
+    """`config` with model.dim replaced: how a baseline is widened or narrowed to match MoR."""
+    return config.model_copy(update={"model": config.model.model_copy(update={"dim": dim})})
+
+
+class Trained(NamedTuple):
+    """A model trained by `train_model`, the seconds `fit` took and the optimiser steps it ran."""
+
+    model: nn.Module
+    seconds: float
+    steps: int
+
+
+def train_model(config: RunConfig, task: Task, kind: str, best: bool = False) -> Trained:
+    """Train `kind` on `task` with mor's own Trainer, silently, in a temporary folder that is removed after.
+
+    `best`: end with the weights of the best validation score (with `train.early_stop`, early stopping that keeps
+    the best model) instead of the last. The model comes back in eval mode; building it is not timed.
+    """
+    with tempfile.TemporaryDirectory(prefix="mor-bench-") as run_dir:
+        trainer = Trainer(config, Path(run_dir), kind=kind, console=Console(quiet=True), task=task)
+        start = time.perf_counter()
+        trainer.fit()
+        seconds = time.perf_counter() - start
+        if best:
+            loaded = checkpoint.load(Path(run_dir) / "best")
+            checkpoint.restore(trainer.model, loaded.weights, loaded.path)
+    return Trained(trainer.model.eval(), seconds, trainer.step)
+
+
+def closest_dim(build: Callable[[int], nn.Module], measure: Callable[[nn.Module], float], target: float,
+                dims: range) -> int:
+    """The width in `dims` whose model's `measure` (parameters, FLOPs: growing with width) is closest to `target`.
+
+    How a baseline is matched to MoR; bisection, so only a few models are built and measured.
+    """
+    low, high = 0, len(dims) - 1
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if measure(build(dims[mid])) < target else (low, mid)
+    return min(dims[max(low - 1, 0):low + 1], key=lambda dim: abs(measure(build(dim)) - target))
+
+
+def counted(model: nn.Module, x: Tensor, **kwargs) -> tuple[Any, float]:
+    """`model(x, **kwargs)` in eval mode under no_grad, and its forward FLOPs per example as torch's
+    FlopCounterMode counts them (matrix products and convolutions; element-wise work is not counted).
+    Halted inputs leave the batch, so adaptive halting shows here as fewer FLOPs."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        output = model(x, **kwargs)
+    return output, counter.get_total_flops() / x.shape[0]
