@@ -8,6 +8,7 @@ Measured in one run, against the issue's reference (TF-IDF + logistic regression
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import OtherLoad, interleaved, machine, md_machine, md_table, paired_ratio, write
+from mor.errors import MorError
 from mor.system.dataset import read_labeled
 from mor.system.evaluation import evaluate
 from mor.system.experts.base import ExpertInfo
@@ -23,7 +25,7 @@ from mor.system.head import HeadConfig, LabelHead
 from mor.system.router import SystemRouter
 from mor.system.system import MoRSystem
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
+SHARED = Path(os.environ.get("MOR_ROUTING_DATA", Path(__file__).resolve().parents[2] / "shared/data/routing"))
 
 
 def _label_router(head: LabelHead, experts: int | None = None) -> SystemRouter:
@@ -103,7 +105,8 @@ def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED
     """Run the suite, write route.json / route.md to `out_dir` and return the results."""
     start, load = time.perf_counter(), OtherLoad()
     if not (data / "train.jsonl").is_file():
-        raise SystemExit(f"routing benchmark: {data}/train.jsonl not found; set the folder of train/dev.jsonl")
+        raise MorError(f"routing benchmark: {data}/train.jsonl not found; set MOR_ROUTING_DATA to the folder "
+                         "that holds train.jsonl and dev.jsonl")
     q = quality(data, quick)
     head = q.pop("head")
     dev, _ = read_labeled(data / "dev.jsonl")

@@ -59,7 +59,7 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(tfidf_head):
 def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     head = LabelHead.fit(texts, labels, HeadConfig(encoder="minilm", tune_layers=1, tune_epochs=1, max_tokens=32))
-    layers = [e.model.encoder.layer for e in (head.encoders["minilm"], MiniLMEncoder())]
+    layers = [e.model.encoder.layer for e in (head.encoders["minilm"], MiniLMEncoder(layers=head.config.layers))]
     tuned, original = ([layer[i].output.dense.weight.detach().numpy() for layer in layers] for i in (-1, -2))
     assert not np.allclose(*tuned) and np.allclose(*original)  # the top layer moved, the one below did not
     head.save(tmp_path / "r")

@@ -17,16 +17,18 @@ DEFAULT_ROUTER = Path("runs/router")
 @app.command()
 def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …, \"label\": …} per line."),
           out: Path = typer.Option(DEFAULT_ROUTER, help="Folder for the trained router."),
-          encoder: str = typer.Option("auto", help="auto, tfidf, minilm or minilm+tfidf."),
-          tune_layers: int = typer.Option(2, help="MiniLM layers to fine-tune (0: frozen)."),
-          tune_epochs: int = typer.Option(3, help="Fine-tuning epochs."),
+          encoder: str | None = typer.Option(None, help="auto (default), tfidf, minilm or minilm+tfidf."),
+          layers: int | None = typer.Option(None, help="MiniLM layers kept (fewer: faster routing)."),
+          tune_layers: int | None = typer.Option(None, help="Top MiniLM layers to fine-tune (0: frozen)."),
+          tune_epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
           seed: int = typer.Option(0, help="Random seed.")) -> None:
-    """Train the router's head (encoder + calibrated classifier) and save it."""
+    """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults."""
     from mor.system.dataset import read_labeled
     from mor.system.head import HeadConfig, LabelHead
 
     requests, labels = read_labeled(data)
-    config = HeadConfig(encoder=encoder, tune_layers=tune_layers, tune_epochs=tune_epochs, seed=seed)
+    chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs}
+    config = HeadConfig(seed=seed, **{k: v for k, v in chosen.items() if v is not None})
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features")
     head = LabelHead.fit([r.text for r in requests], labels, config)

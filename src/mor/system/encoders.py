@@ -15,7 +15,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
-from mor.errors import ConfigError
+from mor.errors import ConfigError, check
 
 
 def minilm_path() -> Path | None:
@@ -67,11 +67,14 @@ class TfidfEncoder:
 
 
 class MiniLMEncoder(nn.Module):
-    """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests."""
+    """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests.
+
+    `layers` keeps only the first transformer layers: encoding time is about proportional to them.
+    """
 
     kind = "minilm"
 
-    def __init__(self, path: Path | None = None, max_tokens: int = 128) -> None:
+    def __init__(self, path: Path | None = None, max_tokens: int = 128, layers: int | None = None) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging
@@ -84,6 +87,10 @@ class MiniLMEncoder(nn.Module):
         logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        if layers is not None:
+            check(1 <= layers <= self.layers, f"router.layers: {layers} is outside 1–{self.layers}")
+            self.model.encoder.layer = self.model.encoder.layer[:layers]
+            self.model.config.num_hidden_layers = layers
         self.max_tokens = max_tokens
 
     @property

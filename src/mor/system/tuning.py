@@ -12,7 +12,7 @@ from mor.system.encoders import MiniLMEncoder
 
 
 def fine_tune(encoder: MiniLMEncoder, texts: list[str], labels: list[int], n_labels: int, *, layers: int = 2,
-              epochs: int = 3, batch_size: int = 32, lr: float = 1e-4, seed: int = 0) -> list[float]:
+              epochs: int = 3, batch_size: int = 32, lr: float = 2e-4, seed: int = 0) -> list[float]:
     """Train the top `layers` layers with a temporary linear head; returns the mean loss of every epoch."""
     torch.manual_seed(seed)
     start = encoder.layers - layers

@@ -1,0 +1,19 @@
+"""The routing benchmark's quick run (numbers not asserted: they belong to docs/BENCHMARKS.md, not to tests)."""
+
+import json
+
+import pytest
+from benchmarks import routing
+
+from routing_data import SHARED
+
+
+@pytest.mark.skipif(not (SHARED / "train.jsonl").is_file(), reason="the shared routing dataset is not present")
+def test_routing_benchmark_quick_run_writes_its_tables(tmp_path):
+    routing.run(quick=True, out_dir=str(tmp_path), data=SHARED)
+    saved = json.loads((tmp_path / "route.json").read_text())
+    routers = saved["quality"]["routers"]
+    assert set(routers) == {"tfidf + LR (reference)", "mor default"}
+    assert all(0 <= r["accuracy"] <= 1 and r["latency_ms"]["p50"] > 0 for r in routers.values())
+    assert saved["scaling"]["experts"] == [5, 50] and sum(saved["load"]["calls"].values()) == 64
+    assert "coefficient of variation" in (tmp_path / "route.md").read_text()
