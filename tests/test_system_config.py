@@ -66,7 +66,7 @@ def test_a_valid_config_builds_the_system_it_describes(config_file, tmp_path, mo
         assert list(system.experts) == ["shout", "math", "docs"]
         assert system.experts["docs"].info.capabilities == ["knowledge"]
         assert system.router.head is None
-        assert system.router.weights == RouterWeights(head=1.0, hints=0.5, tools=1.0, feedback=0.3, load=0.1)
+        assert system.router.weights == RouterWeights(head=1.0, hints=0.5, tools=2.0, feedback=0.3, load=0.1)
         assert system.router.selection == Selection(top_k=1, threshold=None, min_confidence=0.0, default="shout")
         assert system.combine == Combine(mode="weighted")
         assert (system.reflection, system.breaker) == (Reflection(1, 0.4), Breaker(2, 5.0))

@@ -16,7 +16,7 @@ from mor.errors import ConfigError, MorError
 from mor.system import ExpertInfo, Hints, Request
 from mor.system.experts.callable import CallableExpert
 from mor.system.experts.openai_chat import OpenAIChatExpert
-from mor.system.router import Selection, SystemRouter
+from mor.system.router import RouterWeights, Selection, SystemRouter
 from mor.system.stats import Breaker, ExpertStats
 from mor.system.store import StateStore
 from mor.system.system import Combine, MoRSystem, Reflection
@@ -698,3 +698,35 @@ def test_load_over_four_equal_experts_has_a_coefficient_of_variation_below_20_pe
     for seed in range(5):
         calls = equal_experts_calls(seed)
         assert statistics.pstdev(calls) / statistics.mean(calls) < 0.2, f"seed {seed}: calls per expert {calls}"
+
+
+@pytest.mark.parametrize("mode", ["weighted", "sequential"])
+def test_a_cancelled_ask_gives_back_the_load_it_reserved(mode):
+    async def slow(question: str):
+        await asyncio.sleep(10)
+        return "late"
+
+    system = make_system(expert("a", slow), expert("b", slow), top_k=2, mode=mode)
+
+    async def cancel_midway():
+        task = asyncio.create_task(system.ask("anything"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancel_midway())
+    assert {n: s.in_flight for n, s in system.stats.items()} == {"a": 0, "b": 0}
+    assert all(s.errors == 0 and s.available() for s in system.stats.values())
+
+
+def test_a_busy_expert_still_gets_requests_that_only_it_fits():
+    async def slow_math(question: str):
+        await asyncio.sleep(0.05)
+        return "4", 1.0
+
+    experts = [expert("math", slow_math, keywords=["solve"], max_concurrency=1), expert("docs")]
+    router = SystemRouter([e.info for e in experts], weights=RouterWeights(hints=1.0, load=0.3))
+    system = MoRSystem(experts, router)  # the fit (1.0) outweighs a full load (0.3): math queues, no detour
+    replies = ask_concurrently(system, "solve 2x = 8", 3)
+    assert [r.answer.expert for r in replies] == ["math"] * 3

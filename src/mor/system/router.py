@@ -96,7 +96,7 @@ class SystemRouter:
 
     def _select(self, scores: list[ExpertScore], labels: dict[str, float]) -> Decision:
         sel = self.selection
-        ready = [s for s in scores if s.available and s.load < 1.0] or [s for s in scores if s.available]
+        ready = [s for s in scores if s.available]  # a busy expert queues; its load already lowers its score
         if not ready:
             return self._fallback(scores, labels, "every expert is in cooldown")
         ready = self._shuffle_ties(ready)

@@ -118,11 +118,19 @@ class MoRSystem:
         """Answer `query`: route, call (with fallbacks), reflect while unsure, integrate."""
         request = Request.of(query)
         decision = self.router.route(request, self.stats)
-        for name in decision.selected:  # reserve before any await, so concurrent requests see this load
+        reserved = set(decision.selected)
+        for name in reserved:  # count the load before any await, so concurrent requests see it
             self.stats[name].started()
+        try:
+            return await self._answer(request, decision, reserved)
+        finally:
+            for name in reserved:  # cancelled before its call began: give the slot back
+                self.stats[name].in_flight -= 1
+
+    async def _answer(self, request: Request, decision: Decision, reserved: set[str]) -> Reply:
         ranked = decision.selected + [s.name for s in decision.scores
                                       if s.name not in decision.selected and s.available]
-        answers = await self._first_round(request, decision.selected, ranked)
+        answers = await self._first_round(request, decision.selected, ranked, reserved)
         fallback = decision.fallback or not any(a.ok and a.expert in decision.selected for a in answers)
         syntheses: list[Answer] = []
         combined = await self._integrate(request, answers, syntheses)
@@ -137,16 +145,17 @@ class MoRSystem:
             rounds += 1
         return Reply(combined, decision, answers, rounds, fallback, syntheses)
 
-    async def _first_round(self, request: Request, selected: list[str], ranked: list[str]) -> list[Answer]:
+    async def _first_round(self, request: Request, selected: list[str], ranked: list[str],
+                           reserved: set[str]) -> list[Answer]:
         """The selected experts' answers; if all failed, the next-ranked experts one by one until one answers."""
         if self.combine.mode == "sequential":
-            answers = [await self._call(selected[0], request, reserved=True)]
+            answers = [await self._call(selected[0], request, reserved)]
             for name in selected[1:]:
                 previous = next((a for a in reversed(answers) if a.ok), None)
                 answers.append(await self._call(name, integration.chained_request(request, previous)
-                                                if previous else request, reserved=True))
+                                                if previous else request, reserved))
         else:
-            answers = list(await asyncio.gather(*(self._call(n, request, reserved=True) for n in selected)))
+            answers = list(await asyncio.gather(*(self._call(n, request, reserved) for n in selected)))
         for name in ranked[len(selected):]:
             if any(a.ok for a in answers):
                 break
@@ -182,25 +191,32 @@ class MoRSystem:
             self._limits[name] = asyncio.Semaphore(self.experts[name].info.max_concurrency)
         return self._limits[name]
 
-    async def _call(self, name: str, request: Request, reserved: bool = False) -> Answer:
+    async def _call(self, name: str, request: Request, reserved: set[str] | None = None) -> Answer:
         """One expert call under its concurrency limit and timeout; failures become an Answer with `error`.
 
-        `reserved`: the router already counted this call in the expert's load.
+        A name in `reserved` was already counted in the expert's load when the request was routed; the call
+        takes that reservation over. A cancelled call gives its load back without counting as a failure.
         """
         expert, stats = self.experts[name], self.stats[name]
-        if not reserved:
+        if reserved is not None and name in reserved:
+            reserved.discard(name)
+        else:
             stats.started()
         start = time.perf_counter()
-        async with self._limit(name):
-            try:
-                answer = await asyncio.wait_for(expert.answer(request), expert.info.timeout_s)
-            except TimeoutError:
-                answer = Answer(expert=name, error=f"timed out after {expert.info.timeout_s:g} s", confidence=0.0)
-            except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
-                answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
-            finally:
-                latency = time.perf_counter() - start
-            stats.finished(latency, answer.error, self.breaker)
+        try:
+            async with self._limit(name):
+                try:
+                    answer = await asyncio.wait_for(expert.answer(request), expert.info.timeout_s)
+                except TimeoutError:
+                    answer = Answer(expert=name, error=f"timed out after {expert.info.timeout_s:g} s",
+                                    confidence=0.0)
+                except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
+                    answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
+        except BaseException:
+            stats.in_flight -= 1
+            raise
+        latency = time.perf_counter() - start
+        stats.finished(latency, answer.error, self.breaker)
         if not answer.ok:
             answer.cost = Cost(latency_s=latency)
         return answer
