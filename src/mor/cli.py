@@ -1,4 +1,4 @@
-"""The `mor` command: `mor train` (the main job without a config), `mor eval`, `mor bench`, `mor route`.
+"""The `mor` command: `mor train` (the main job without a config), `mor eval`, `mor bench`, `mor route`, `mor serve`.
 
 User errors print as one line (`error: …`) with exit code 2; `--debug` shows the traceback instead.
 """
@@ -12,12 +12,14 @@ import typer
 from rich.console import Console
 
 from mor.errors import MorError
+from mor.serve.commands import app as serve_app
 from mor.system.commands import app as route_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mixture of Reflection: route, reflect, integrate.")
 console = Console()
-SUITES = {"layer": "layer_speed", "tabular": "tabular", "mix": "hidden_mix"}  # suite → benchmarks/ module
+SUITES = {"layer": "layer_speed", "tabular": "tabular", "mix": "hidden_mix", "serve": "serve_load",
+          "route": "routing"}  # suite → benchmarks/ module
 state = {"debug": False}
 
 
@@ -97,6 +99,7 @@ def _load_benchmark(name: str) -> ModuleType:
 
 
 app.add_typer(route_app, name="route")
+app.add_typer(serve_app, name="serve")
 
 
 def run() -> None:

@@ -7,6 +7,7 @@ rows) unless given a function that makes features from the question.
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,55 +101,87 @@ class SklearnExpert(Expert):
         return _plain(self.estimator.predict(x)[0]), self.default_confidence, {}
 
 
-class MorModelExpert(Expert):
+@dataclass
+class Prediction:
+    """One input's prediction: the class (or value), its confidence, the reflection steps and the diagnostics."""
+
+    value: Any
+    confidence: float
+    steps: int
+    details: dict[str, Any]
+
+
+class TrainedModel:
     """A model trained by `mor train`, rebuilt from the config saved with its checkpoint (a run folder, RUN/best
-    or a step-* folder). Features are given as the model sees them (tabular tasks: already preprocessed).
+    or a step-* folder), in eval mode; `predict` answers a batch of inputs of `shape` (None: any length).
 
     Confidence is the critic's, weighted by the integration weights, for MoR models; the top class probability
     for other classifiers; `default_confidence` for other regressors. Steps are the reflection steps used.
     """
 
-    def __init__(self, info: ExpertInfo, checkpoint: str | Path, *,
-                 default_confidence: float = DEFAULT_CONFIDENCE) -> None:
-        super().__init__(info)
-        check(0 <= default_confidence <= 1, f"expert {info.name}: default_confidence must be in [0, 1]")
+    def __init__(self, checkpoint: str | Path, where: str, default_confidence: float = DEFAULT_CONFIDENCE) -> None:
+        check(0 <= default_confidence <= 1, f"{where}: default_confidence must be in [0, 1]")
         loaded = load(Path(checkpoint))
         config = parse(yaml.safe_load(loaded.config), str(loaded.path / CONFIG))
         task = get_task(config.data.task, **config.data.options)
-        check(not task.tokens, f"expert {info.name}: {loaded.path} is a token model ({config.data.task}); "
-                               f"this expert answers from numeric features only")
+        check(not task.tokens, f"{where}: {loaded.path} is a token model ({config.data.task}); "
+                               f"only models over numeric features can answer here")
         self.model = build_model(config.model, task)
         restore(self.model, loaded.weights, loaded.path)
         self.model.eval()
-        self.shape = (None, task.in_dim) if task.sequence else (task.in_dim,)
+        self.shape: tuple[int | None, ...] = (None, task.in_dim) if task.sequence else (task.in_dim,)
         self.classes, self.default_confidence = task.kind == "classification", default_confidence
         self.source = f"{loaded.path} ({config.model.kind} on {config.data.task})"
 
-    async def _answer(self, request: Request) -> Answer:
-        x = torch.from_numpy(parse_features(request.question, self.shape, self.name))[None]
-        return await asyncio.to_thread(self._predict, x)
-
     @torch.no_grad()
-    def _predict(self, x: torch.Tensor) -> Answer:
+    def predict(self, x: torch.Tensor) -> list[Prediction]:
+        """One prediction per input of the batch `x`, (N, *shape); the per-input values are read out once for the
+        whole batch, so a large batch costs little more than its forward pass."""
         diagnostics = None
         if isinstance(self.model, MoRModel):
             output, diagnostics = self.model(x, return_diagnostics=True)
         else:
             output = self.model(x)
-        details: dict[str, Any] = {"model": self.source}
-        confidence, steps = self.default_confidence, 1
+        n = x.shape[0]
         if self.classes:
             top = output.softmax(-1).max(-1)
-            value, confidence = top.indices[0].tolist(), float(top.values.mean())
-            details["probability"] = confidence
+            values, confidences = top.indices.tolist(), top.values.reshape(n, -1).mean(-1).tolist()
         else:
-            value = (output[0, ..., 0] if output.shape[-1] == 1 else output[0]).tolist()
+            values, confidences = (output[..., 0] if output.shape[-1] == 1 else output).tolist(), None
+        read = {}
         if diagnostics is not None:
             weights = diagnostics.weights * diagnostics.mask
-            confidence = float((weights * diagnostics.confidence).sum() / weights.sum().clamp_min(1e-12))
-            steps = int(diagnostics.steps.max())
-            used = diagnostics.mask[0]
-            details |= {"experts": diagnostics.indices[0][used].tolist(), "steps": diagnostics.steps[0][used].tolist(),
-                        "critic": confidence, "conflict": float(diagnostics.conflict[0])}
-        return Answer(expert=self.name, value=value, confidence=min(1.0, max(0.0, confidence)), steps=steps,
-                      details=details)
+            critic = (weights * diagnostics.confidence).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+            read = {"critic": critic.tolist(), "most": diagnostics.steps.max(-1).values.tolist(),
+                    "mask": diagnostics.mask.tolist(), "experts": diagnostics.indices.tolist(),
+                    "steps": diagnostics.steps.tolist(), "conflict": diagnostics.conflict.tolist()}
+        predictions = []
+        for i in range(n):
+            details: dict[str, Any] = {"model": self.source}
+            confidence, steps = self.default_confidence, 1
+            if confidences is not None:
+                confidence = details["probability"] = confidences[i]
+            if read:
+                used = read["mask"][i]
+                confidence, steps = read["critic"][i], int(read["most"][i])
+                details |= {"experts": [e for e, u in zip(read["experts"][i], used, strict=True) if u],
+                            "steps": [s for s, u in zip(read["steps"][i], used, strict=True) if u],
+                            "critic": confidence, "conflict": read["conflict"][i]}
+            predictions.append(Prediction(values[i], min(1.0, max(0.0, confidence)), steps, details))
+        return predictions
+
+
+class MorModelExpert(Expert):
+    """A `TrainedModel` as an expert: the question is the input as a JSON array, as the model sees it (tabular
+    tasks: already preprocessed)."""
+
+    def __init__(self, info: ExpertInfo, checkpoint: str | Path, *,
+                 default_confidence: float = DEFAULT_CONFIDENCE) -> None:
+        super().__init__(info)
+        self.trained = TrainedModel(checkpoint, f"expert {info.name}", default_confidence)
+
+    async def _answer(self, request: Request) -> Answer:
+        x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name))[None]
+        (prediction,) = await asyncio.to_thread(self.trained.predict, x)
+        return Answer(expert=self.name, value=prediction.value, confidence=prediction.confidence,
+                      steps=prediction.steps, details=prediction.details)

@@ -1,0 +1,64 @@
+"""The FastAPI app: `create_app(settings)`, or `app_from_env()` for uvicorn's `--factory` (and its workers)."""
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware import Middleware
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from mor.serve import catalog, chat, errors, health, page, predict, routing
+from mor.serve.limits import BodyLimit
+from mor.serve.metrics import RequestMetrics
+from mor.serve.service import Service
+from mor.serve.settings import ServeSettings, load_settings
+
+CONFIG_ENV = "MOR_SERVE_CONFIG"
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """An app serving `settings`; the system and models load when it starts (lifespan) and close when it stops."""
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    middleware = [Middleware(RequestMetrics, metrics=service.metrics)]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
+    app = FastAPI(title="mor serve", version="1", lifespan=lifespan, middleware=middleware,  # version: of the /v1 API
+                  description="Mixture of Reflection: OpenAI-compatible chat over routed experts, routing "
+                              "explanations, and micro-batched predictions from trained mor.nn models.")
+    app.state.service = service
+    errors.install(app)
+    for module in (chat, routing, predict, catalog, health, page):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app for the serve config named by $MOR_SERVE_CONFIG (what `mor serve` sets for its workers)."""
+    return create_app(load_settings(os.environ.get(CONFIG_ENV, "configs/serve.yaml")))
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI schema without FastAPI's default 422 responses: validation errors here are 400 `ErrorBody`s."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,119 @@
+"""POST /v1/chat/completions: the OpenAI chat API over the routing system, whole or streamed as server-sent events.
+
+The system answers whole; a streamed reply sends the role at once, then the answer in word-sized chunks, then a
+last chunk with the finish reason and the `mor` extension, then `data: [DONE]`.
+"""
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from mor.errors import MorError
+from mor.serve.auth import Caller
+from mor.serve.errors import ApiError, documented, public
+from mor.serve.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Message,
+    Tool,
+    Usage,
+)
+from mor.serve.service import Service, ServiceDep
+from mor.serve.views import extension
+from mor.system.request import Request
+from mor.system.system import MoRSystem, Reply
+
+router = APIRouter(tags=["chat"])
+CHUNK_CHARS = 24  # about this many characters per streamed chunk
+# A streamed reply, as server-sent events: each `data` is a ChatCompletionChunk's JSON, the last one `[DONE]`.
+EVENT = {"type": "object", "required": ["data"],
+         "properties": {"data": {"type": "string", "description": "a ChatCompletionChunk as JSON, or [DONE]"},
+                        "event": {"type": "string"}}}
+STREAM = {"description": "The completion, or with `stream: true` its chunks as server-sent events",
+          "content": {"text/event-stream": {"schema": EVENT}}}
+
+
+def to_request(messages: list[Message], tools: list[Tool] | None) -> Request:
+    """The system's request, or a 400 saying what is wrong with the messages."""
+    try:
+        return Request(messages=tuple(m.as_dict() for m in messages),
+                       tools=tuple(t.model_dump(exclude_none=True) for t in tools or ()))
+    except MorError as err:
+        raise ApiError(400, str(err), param="messages") from None
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion,
+             responses={200: STREAM, **documented(400, 401, 404, 413, 429, 502)})
+async def chat_completions(body: ChatRequest, caller: Caller,
+                           service: ServiceDep) -> ChatCompletion | StreamingResponse:
+    """Answer the conversation with the routed, reflected experts; `mor` in the reply says how."""
+    system = service.chat_system(body.model)
+    request = to_request(body.messages, body.tools)
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_stream(service, system, request, body.model, completion_id, created, usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    reply = await service.ask(system, request)
+    calls = _tool_calls(reply)
+    message = AssistantMessage(content=reply.answer.content or (None if calls else ""), tool_calls=calls)
+    return ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(reply),
+                          mor=extension(reply), choices=[Choice(index=0, message=message,
+                                                                finish_reason="tool_calls" if calls else "stop")])
+
+
+async def _stream(service: Service, system: MoRSystem, request: Request, model: str, completion_id: str,
+                  created: int, usage: bool) -> AsyncIterator[str]:
+    def event(choices: list[ChunkChoice], **extra) -> str:
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
+        return f"data: {chunk.model_dump_json()}\n\n"
+
+    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    try:
+        reply = await service.ask(system, request)
+    except ApiError as err:
+        yield f"data: {json.dumps({'error': {'message': public(err.message), 'type': 'upstream_error'}})}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    for piece in pieces(reply.answer.content):
+        yield event([ChunkChoice(delta=Delta(content=piece))])
+    calls = _tool_calls(reply)
+    if calls:
+        yield event([ChunkChoice(delta=Delta(tool_calls=[{"index": i, **c} for i, c in enumerate(calls)]))])
+    yield event([ChunkChoice(delta=Delta(), finish_reason="tool_calls" if calls else "stop")], mor=extension(reply))
+    if usage:
+        yield event([], usage=_usage(reply))
+    yield "data: [DONE]\n\n"
+
+
+def pieces(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """`text` cut between words into pieces of about `size` characters; joined, they give `text` back."""
+    out, current = [], ""
+    for word in re.split(r"(?<=\s)(?=\S)", text):
+        current += word
+        if len(current) >= size:
+            out.append(current)
+            current = ""
+    return [*out, current] if current else out
+
+
+def _usage(reply: Reply) -> Usage:
+    cost = reply.cost
+    return Usage(prompt_tokens=cost.tokens_in, completion_tokens=cost.tokens_out,
+                 total_tokens=cost.tokens_in + cost.tokens_out)
+
+
+def _tool_calls(reply: Reply) -> list[dict] | None:
+    """Tool calls an LLM expert asked for, passed on to the client to run."""
+    calls = reply.answer.details.get("tool_calls")
+    return [dict(c) for c in calls] if calls else None

@@ -1,0 +1,112 @@
+"""Error responses in the OpenAI format (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
+
+Validation errors become 400 naming the field and the reason; a bug becomes a 500 that says only that it is
+one (the traceback goes to the server log); absolute file paths are cut from every message a client sees.
+"""
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from mor.config import error_line
+from mor.serve.schemas import ErrorBody
+
+PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-]+/)+([\w.\-]+)")
+SERVICE_PATHS = ("/v1/", "/static/")
+UNION_MEMBERS = {"int", "float", "str", "bool"}
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+         405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 502: "upstream_error",
+         503: "unavailable_error"}
+
+
+class ApiError(Exception):
+    """An error to send to the client: HTTP status, one-line message, the offending field and a code."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def public(message: str) -> str:
+    """`message` with absolute paths cut to their last part, so clients never see the server's file layout (the
+    service's own URL paths, such as /v1/models, stay)."""
+    return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody.of(public(message), TYPES.get(status, "error"), param, code)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def field_name(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as a field path: ('body', 'inputs', 0, 'list[float]', 2) → 'inputs[0][2]' (the names
+    pydantic gives the members of a union are left out)."""
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in UNION_MEMBERS))]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into an OpenAI-format error body."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.message, param=err.param, code=err.code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = max(err.errors(), key=lambda e: len(e["loc"]))  # of a union's members, the one that got furthest
+        field = field_name(tuple(first["loc"]))
+        if first["type"] == "json_invalid":
+            return error_response(400, f"body: not valid JSON ({first['ctx'].get('error', 'parse error')})",
+                                  param="body", code="invalid_json")
+        more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+        if first["type"] == "too_short":
+            need = first["ctx"]["min_length"]
+            line = f"{field}: empty; send at least {need}" if first["ctx"]["actual_length"] == 0 else \
+                f"{field}: {first['ctx']['actual_length']} items, fewer than the {need} needed"
+        else:
+            line = error_line({**first, "loc": (field,), "input": _short(first.get("input"))})
+        return error_response(400, line + more, param=field, code="invalid_value")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        message = {404: "no such endpoint; see /docs for the API", 405: "method not allowed on this endpoint"}
+        return error_response(err.status_code, message.get(err.status_code, str(err.detail)),
+                              headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, err: Exception) -> JSONResponse:  # Starlette logs the traceback after this
+        return error_response(500, "internal error; it has been logged, try again or tell the operator",
+                              code="internal_error")
+
+
+class _Shown(str):
+    """Text that shows as itself in an f-string's `!r`."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _short(value: Any) -> Any:
+    """A bad input as shown in an error: cut after 60 characters, so messages stay one short line."""
+    text = repr(value)
+    return _Shown(text if len(text) <= 60 else f"{text[:57]}…")
+
+
+DESCRIPTIONS = {400: "Invalid request: the message names the field and the reason", 401: "Missing or invalid API key",
+                404: "Unknown model", 413: "Request body over the size limit", 429: "Rate limit exceeded",
+                502: "Every expert failed to answer", 503: "Model not loaded (see /readyz)"}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses an endpoint can return, all with the `ErrorBody` schema."""
+    return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in statuses}

@@ -1,0 +1,77 @@
+"""Prometheus metrics of one app, in its own registry: requests, latency, errors, expert activations, reflection
+depth and batch sizes. Under several workers (`PROMETHEUS_MULTIPROC_DIR` set, as `mor serve --workers N` does)
+/metrics adds up every worker's values."""
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mor.serve.asgi import HttpMiddleware
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STEP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The service's instruments; `render()` is the /metrics body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("mor_requests", "HTTP requests by endpoint, method and status.",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("mor_request_seconds", "Time to the end of the response, by endpoint.",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("mor_errors", "Error responses (4xx and 5xx) by endpoint and status.",
+                              ["endpoint", "status"], registry=r)
+        self.expert_calls = Counter("mor_expert_activations", "Expert calls of the routing system by outcome.",
+                                    ["expert", "outcome"], registry=r)
+        self.selected = Counter("mor_expert_selected", "Times the router selected each expert.", ["expert"],
+                                registry=r)
+        self.reflection_steps = Histogram("mor_reflection_steps", "Reflection steps of each answer, by model.",
+                                          ["model"], buckets=STEP_BUCKETS, registry=r)
+        self.reflection_rounds = Histogram("mor_reflection_rounds", "Escalation rounds of each chat answer.",
+                                           buckets=(0, 1, 2, 3, 4, 6, 8), registry=r)
+        self.model_experts = Counter("mor_model_expert_activations", "Inputs each expert of a trained model answered.",
+                                     ["model", "expert"], registry=r)
+        self.batch_size = Histogram("mor_batch_size", "Inputs per forward pass of /v1/predict, by model.",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric (of all workers under multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class RequestMetrics(HttpMiddleware):
+    """ASGI middleware: counts and times every HTTP request by its route template (unmatched paths share one label)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        super().__init__(app)
+        self.metrics = metrics
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            m = self.metrics
+            m.requests.labels(endpoint, scope["method"], str(status)).inc()
+            m.latency.labels(endpoint).observe(time.perf_counter() - start)
+            if status >= 400:
+                m.errors.labels(endpoint, str(status)).inc()

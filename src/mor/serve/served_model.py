@@ -1,0 +1,106 @@
+"""A trained mor.nn model behind /v1/predict: loaded from its checkpoint, inputs checked, forward passes batched.
+
+A checkpoint that cannot be loaded leaves the model unready (with the reason) instead of stopping the service.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from mor.errors import MorError
+from mor.serve.batching import MicroBatcher
+from mor.serve.errors import ApiError, public
+from mor.serve.metrics import Metrics
+from mor.serve.schemas import PredictOutput
+from mor.serve.settings import Batching, PredictModel
+from mor.system.experts.predictor import Prediction, TrainedModel
+
+log = logging.getLogger("mor.serve")
+
+
+class ServedModel:
+    """One configured model: `ready` once loaded, else `reason` says why not; `predict` answers checked inputs."""
+
+    def __init__(self, spec: PredictModel, index: int, batching: Batching, metrics: Metrics) -> None:
+        self.spec, self.metrics = spec, metrics
+        self.trained: TrainedModel | None = None
+        self.reason = "not loaded yet"
+        try:
+            self.trained = TrainedModel(spec.checkpoint, f"models[{index}]")
+        except MorError as err:
+            log.error("model %s: %s", spec.name, err)
+            self.reason = public(f"models[{index}].checkpoint: {err}")
+        batching = spec.batching or batching
+        size = batching.max_batch if batching.enabled else 1
+        self.batcher: MicroBatcher[np.ndarray, tuple[Prediction, int]] = MicroBatcher(
+            self._forward, size, batching.max_wait_ms / 1000)
+
+    @property
+    def ready(self) -> bool:
+        return self.trained is not None
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def predict(self, inputs: list[Any]) -> list[PredictOutput]:
+        """Outputs for `inputs` (checked first; 400 naming the bad one), each from a possibly shared forward pass."""
+        if self.trained is None:
+            raise ApiError(503, f"model {self.spec.name!r} is not available: {self.reason}", param="model",
+                           code="model_unavailable", headers={"Retry-After": "30"})
+        if len(inputs) > self.spec.max_inputs:
+            raise ApiError(400, f"inputs: {len(inputs)} inputs, more than the limit of {self.spec.max_inputs}; "
+                                f"split the request", param="inputs")
+        arrays = [self.check(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
+        results = await asyncio.gather(*(self.batcher.submit(array) for array in arrays))
+        return [_output(prediction, size) for prediction, size in results]
+
+    def check(self, value: Any, where: str) -> np.ndarray:
+        """One input as a float32 array of the model's shape, or a 400 saying what is wrong with it."""
+        shape = self.trained.shape
+        expected = (f"a sequence of rows of {shape[1]} numbers, e.g. [[0.5, …], …]" if len(shape) == 2
+                    else f"a vector of {shape[0]} numbers, e.g. [0.5, -1.2, …]")
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except ValueError:
+            raise ApiError(400, f"{where}: rows of different lengths; send {expected}", param=where) from None
+        if array.ndim != len(shape) or array.shape[-1] != shape[-1] or array.size == 0:
+            raise ApiError(400, f"{where}: got shape {list(array.shape)}; this model takes {expected}", param=where)
+        if len(shape) == 2 and array.shape[0] > self.spec.max_length:
+            raise ApiError(400, f"{where}: {array.shape[0]} positions, more than the limit of "
+                                f"{self.spec.max_length}; send a shorter sequence", param=where)
+        finite = np.isfinite(array.astype(np.float32))
+        if not finite.all():
+            at = tuple(int(i) for i in np.argwhere(~finite)[0])
+            field = where + "".join(f"[{i}]" for i in at)
+            raise ApiError(400, f"{field}: {float(array[at])} is not a finite float32 number; send finite values",
+                           param=field)
+        return array.astype(np.float32)
+
+    def _forward(self, arrays: list[np.ndarray]) -> list[tuple[Prediction, int]]:
+        """Predictions for a batch of checked inputs: one forward pass per input shape (sequence length)."""
+        results: list[tuple[Prediction, int] | None] = [None] * len(arrays)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(i)
+        for members in groups.values():
+            predictions = self.trained.predict(torch.from_numpy(np.stack([arrays[i] for i in members])))
+            self.metrics.batch_size.labels(self.spec.name).observe(len(members))
+            for i, prediction in zip(members, predictions, strict=True):
+                results[i] = (prediction, len(members))
+                self.metrics.reflection_steps.labels(self.spec.name).observe(prediction.steps)
+                for expert in prediction.details.get("experts", []):
+                    self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
+        return results
+
+
+def _output(prediction: Prediction, batch_size: int) -> PredictOutput:
+    details = prediction.details
+    return PredictOutput(prediction=prediction.value, confidence=prediction.confidence, steps=prediction.steps,
+                         experts=details.get("experts"), expert_steps=details.get("steps"),
+                         conflict=details.get("conflict"), batch_size=batch_size)

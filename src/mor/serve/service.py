@@ -1,0 +1,107 @@
+"""What one app serves: the routing system, the trained models, keys, limits and metrics, started and stopped
+with the app (FastAPI lifespan); endpoints reach it through the `ServiceDep` dependency."""
+
+import asyncio
+import time
+from typing import Annotated
+
+import torch
+from fastapi import Depends, Request
+
+from mor.errors import MorError
+from mor.serve.auth import Keyring
+from mor.serve.errors import ApiError, public
+from mor.serve.limits import RateLimiter
+from mor.serve.metrics import Metrics
+from mor.serve.schemas import Readiness
+from mor.serve.served_model import ServedModel
+from mor.serve.settings import ServeSettings
+from mor.system.config import load_system
+from mor.system.request import Request as SystemRequest
+from mor.system.system import MoRSystem, Reply
+
+
+class Service:
+    """The state behind the endpoints; `start` loads the system and models, `stop` lets running work finish."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.keyring = Keyring(settings.api_keys, settings.allow_anonymous)
+        self.limiter = RateLimiter(settings.rate_limit)
+        self.metrics = Metrics()
+        self.system: MoRSystem | None = None
+        self.models: dict[str, ServedModel] = {}
+        self.running: set[asyncio.Task] = set()
+        self.created = int(time.time())
+
+    async def start(self) -> None:
+        """Build the routing system (a broken config stops start-up) and load the models (a bad one is unready)."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        if self.settings.system is not None:
+            self.system = load_system(self.settings.system)
+        for index, spec in enumerate(self.settings.models):
+            model = ServedModel(spec, index, self.settings.batching, self.metrics)
+            model.start()
+            self.models[spec.name] = model
+
+    async def stop(self) -> None:
+        """Let answers still being made finish, stop the batchers, then save state and close the experts."""
+        await asyncio.gather(*self.running, return_exceptions=True)
+        for model in self.models.values():
+            await model.stop()
+        if self.system is not None:
+            await self.system.aclose()
+
+    def chat_system(self, model: str) -> MoRSystem:
+        """The routing system a chat request names, or 404 (or 400 for a predict model) saying what to name."""
+        if self.system is not None and model == self.settings.model_name:
+            return self.system
+        if model in self.models:
+            raise ApiError(400, f"model: {model!r} is a prediction model; send it feature inputs at /v1/predict",
+                           param="model", code="wrong_endpoint")
+        chat = f"the chat model is {self.settings.model_name!r}" if self.system else "no chat model is configured"
+        raise ApiError(404, f"model: {model!r} does not exist; {chat} (see GET /v1/models)", param="model",
+                       code="model_not_found")
+
+    def served_model(self, name: str) -> ServedModel:
+        """The prediction model called `name`, or 404 listing the ones there are."""
+        if name not in self.models:
+            raise ApiError(404, f"model: {name!r} is not a prediction model here; available: "
+                                f"{', '.join(self.models) or 'none'}", param="model", code="model_not_found")
+        return self.models[name]
+
+    async def ask(self, system: MoRSystem, request: SystemRequest) -> Reply:
+        """The system's reply, recorded in the metrics. The work is shielded: a caller that leaves does not cut
+        an expert call short (the system's load counts and statistics stay right, and shutdown waits for it)."""
+        task = asyncio.ensure_future(system.ask(request))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        try:
+            reply = await asyncio.shield(task)
+        except MorError as err:
+            raise ApiError(502, f"no expert could answer: {err}", code="experts_failed") from None
+        m = self.metrics
+        for name in reply.decision.selected:
+            m.selected.labels(name).inc()
+        for answer in reply.answers:
+            m.expert_calls.labels(answer.expert, "ok" if answer.ok else "error").inc()
+        m.reflection_steps.labels(self.settings.model_name).observe(reply.answer.steps)
+        m.reflection_rounds.observe(reply.rounds)
+        return reply
+
+    def readiness(self) -> Readiness:
+        """Each part's state: "ok", or why it cannot serve."""
+        checks = {}
+        if self.settings.system is not None:
+            checks["system"] = "ok" if self.system is not None else "not loaded"
+        for name, model in self.models.items():
+            checks[f"model:{name}"] = "ok" if model.ready else public(model.reason)
+        return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

@@ -1,0 +1,105 @@
+"""The service's YAML config: which routing system and trained models to serve, keys, limits, batching, server.
+
+Relative paths inside the file are relative to the file. Errors name the field, e.g.
+`configs/serve.yaml: rate_limit.requests_per_s: must be > 0, got 0`.
+"""
+
+import hashlib
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from mor.config import Strict, read_yaml, validate
+from mor.errors import ConfigError
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class RateLimit(Strict):
+    """A token bucket per caller: `burst` requests at once, refilled at `requests_per_s`."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class ApiKey(Strict):
+    """A caller: its name (in metrics and logs), its key's SHA-256 (`mor serve hash-key`), an optional own limit."""
+
+    name: str = Field(pattern=NAME)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key; the key itself is never stored")
+    rate_limit: RateLimit | None = Field(None, description="overrides the global rate_limit for this key")
+
+
+class Batching(Strict):
+    """Dynamic micro-batching of /v1/predict: concurrent inputs share one forward pass."""
+
+    enabled: bool = True
+    max_batch: int = Field(64, ge=1, le=65536, description="inputs in one forward pass at most")
+    max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the first input waits for company")
+
+
+class PredictModel(Strict):
+    """A checkpoint written by `mor train`, served under `name` at /v1/predict."""
+
+    name: str = Field(pattern=NAME)
+    checkpoint: Path = Field(description="run folder, RUN/best or a step-* folder")
+    description: str = ""
+    max_inputs: int = Field(256, ge=1, description="inputs in one request at most")
+    max_length: int = Field(4096, ge=1, description="positions of one sequence input at most")
+    batching: Batching | None = Field(None, description="this model's own batching; none: the global one")
+
+
+class Server(Strict):
+    """uvicorn's settings; `mor serve --host/--port/--workers` override them."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish on shutdown")
+    forwarded_allow_ips: str | None = Field(None, description="balancer addresses whose X-Forwarded-For is trusted")
+
+
+class ServeSettings(Strict):
+    """Everything `mor serve` needs; see configs/serve.yaml for a commented example."""
+
+    system: Path | None = Field(None, description="mor.system YAML routed by /v1/chat/completions and /v1/route")
+    model_name: str = Field("mor", pattern=NAME, description="the `model` chat clients name to reach the system")
+    models: list[PredictModel] = Field(default_factory=list)
+    batching: Batching = Batching()
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for /v1/predict; none: torch's default")
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    allow_anonymous: bool = Field(False, description="serve callers without a key (rate-limited per address)")
+    rate_limit: RateLimit | None = None
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed; empty: CORS off")
+    server: Server = Server()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeSettings":
+        if not self.api_keys and not self.allow_anonymous:
+            raise ValueError("api_keys: empty, so every request would be refused; add a key's hash "
+                             "(`mor serve hash-key`) or set allow_anonymous: true")
+        for field, names in (("api_keys", [k.name for k in self.api_keys]),
+                             ("models", [m.name for m in self.models] + [self.model_name] * (self.system is not None))):
+            if len(set(names)) < len(names):
+                raise ValueError(f"{field}: names must be unique (and differ from model_name), got {names}")
+        return self
+
+
+def load_settings(path: str | Path) -> ServeSettings:
+    """Read and validate a serve YAML file; relative paths inside it are resolved against its folder."""
+    settings = validate(ServeSettings, read_yaml(path), str(path))
+    base = Path(path).resolve().parent
+    if settings.system is not None and not settings.system.is_absolute():
+        settings.system = base / settings.system
+    for model in settings.models:
+        if not model.checkpoint.is_absolute():
+            model.checkpoint = base / model.checkpoint
+    return settings
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 of an API key: what the config stores in `api_keys[].sha256`."""
+    if not key:
+        raise ConfigError("hash-key: the key is empty; give a non-empty key or let `mor serve hash-key` make one")
+    return hashlib.sha256(key.encode()).hexdigest()
