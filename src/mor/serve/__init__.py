@@ -1,6 +1,18 @@
-"""mor serve: an OpenAI-compatible, secured, observable HTTP service over mor routing systems and trained models."""
+"""mor serve: an OpenAI-compatible, secured, observable HTTP service over mor routing systems and trained models.
 
-from mor.serve.app import app_from_env, create_app
-from mor.serve.settings import ServeSettings, hash_key, load_settings
+Names are imported on first use, so `mor` commands other than `serve` do not pay for loading the web stack.
+"""
 
-__all__ = ["ServeSettings", "app_from_env", "create_app", "hash_key", "load_settings"]
+import importlib
+from typing import Any
+
+_HOMES = {"app_from_env": "mor.serve.app", "create_app": "mor.serve.app", "ServeSettings": "mor.serve.settings",
+          "hash_key": "mor.serve.settings", "load_settings": "mor.serve.settings"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mor.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
