@@ -68,7 +68,7 @@ def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     from mor.train import checkpoint
 
     config = tmp_path / "long.yaml"
-    config.write_text(TINY.replace("steps: 6, eval_every: 3", "steps: 400, eval_every: 50")
+    config.write_text(TINY.replace("steps: 6, eval_every: 3", "steps: 1000, eval_every: 50")
                       .replace("compare: [moe]", "checkpoint: {every: 20}"))
     assert mor("train", str(config), "--out", str(tmp_path / "whole")).returncode == 0
     command = [sys.executable, "-c", "from mor.cli import run; run()", "train", str(config), "--out",
@@ -77,9 +77,10 @@ def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     deadline = time.monotonic() + 120
     while not (tmp_path / "cut" / "latest.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before its first checkpoint was seen; it could not be interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode != 0 and "Traceback" not in err  # interrupted, without a traceback
+    assert process.returncode != 0 and "Traceback" not in err, err  # interrupted, without a traceback
     resumed = mor("train", str(config), "--out", str(tmp_path / "cut"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole = load_file(checkpoint.resolve(tmp_path / "whole") / checkpoint.WEIGHTS)
