@@ -19,37 +19,39 @@ from mor.system.system import Combine, MoRSystem, Reflection
 
 
 class WeightsConfig(Strict):
-    head: float = Field(1.0, ge=0)
-    hints: float = Field(0.2, ge=0)
-    tools: float = Field(2.0, ge=0)
-    feedback: float = Field(0.3, ge=0)
-    load: float = Field(0.3, ge=0)
+    """See `RouterWeights`; the defaults are its own."""
+
+    head: float = Field(RouterWeights.head, ge=0)
+    hints: float = Field(RouterWeights.hints, ge=0)
+    tools: float = Field(RouterWeights.tools, ge=0)
+    feedback: float = Field(RouterWeights.feedback, ge=0)
+    load: float = Field(RouterWeights.load, ge=0)
 
 
 class RouterConfig(Strict):
     path: Path | None = Field(None, description="folder written by `mor route train`; none: no trained head")
     weights: WeightsConfig = WeightsConfig()
-    top_k: int = Field(1, ge=1)
+    top_k: int = Field(Selection.top_k, ge=1)
     threshold: float | None = None
-    min_confidence: float = Field(0.0, ge=0, le=1)
+    min_confidence: float = Field(Selection.min_confidence, ge=0, le=1)
     default: str | None = None
 
 
 class IntegrationConfig(Strict):
-    mode: str = "weighted"
+    mode: str = Combine.mode
     synthesizer: str | None = None
     coefficients: dict[str, float] = Field(default_factory=dict)
     intercept: float = 0.0
 
 
 class ReflectionConfig(Strict):
-    rounds: int = Field(0, ge=0)
-    min_confidence: float = Field(0.5, ge=0, le=1)
+    rounds: int = Field(Reflection.rounds, ge=0)
+    min_confidence: float = Field(Reflection.min_confidence, ge=0, le=1)
 
 
 class BreakerConfig(Strict):
-    failures_to_open: int = Field(3, ge=1)
-    cooldown_s: float = Field(30.0, ge=0)
+    failures_to_open: int = Field(Breaker.failures_to_open, ge=1)
+    cooldown_s: float = Field(Breaker.cooldown_s, ge=0)
 
 
 class StateConfig(Strict):
