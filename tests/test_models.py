@@ -3,7 +3,16 @@ import torch
 
 from mor.data import PrefixSum
 from mor.errors import ConfigError, ShapeError
-from mor.nn import ConflictPolicy, DenseModel, Halting, MoRModel, count_parameters, moe_baseline, reflection_baseline
+from mor.nn import (
+    ConflictPolicy,
+    DenseModel,
+    Halting,
+    LossWeights,
+    MoRModel,
+    count_parameters,
+    moe_baseline,
+    reflection_baseline,
+)
 
 
 def running_parity(n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +58,34 @@ def test_loss_terms_are_named_and_all_reach_the_parameters():
     model = MoRModel(6, 3, num_experts=3, k=2, dim=16, train_steps=4, mode="attention")
     x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
     total, parts, diagnostics = model.loss(x, y)
-    assert set(parts) == {"task", "ponder", "halting_kl", "critic", "consistency", "load_balance", "z_loss"}
+    assert set(parts) == {"task", "ponder", "halting_kl", "critic", "consistency", "route", "load_balance",
+                          "z_loss"}
     total.backward()
     assert all(p.grad is not None for p in model.parameters())
     assert diagnostics.steps[diagnostics.mask].eq(4).all()
+
+
+def test_a_top_1_router_learns_from_the_route_term_which_expert_answers_better():
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=2, k=1, dim=8, train_steps=2, mode="gate")
+    with torch.no_grad():
+        for expert, answer in zip(model.experts, (0, 2), strict=True):  # expert 0 always says 0, expert 1 says 2
+            expert.head.weight.zero_()
+            expert.head.bias.copy_(9.0 * torch.nn.functional.one_hot(torch.tensor(answer), 3))
+    x = torch.randn(256, 4)
+    y = torch.where(x[:, 0] > 0, 2, 0)
+    only = {name: 0.0 for name in ("ponder", "halting_kl", "critic", "load_balance", "z_loss")}
+    task, _, d = model.loss(x, y, LossWeights(**only, route=0.0))
+    assert 0 < d.load[1] < 1
+    task_grad, = torch.autograd.grad(task, model.router.proj.weight, materialize_grads=True)
+    assert task_grad.abs().sum() < 1e-6  # one expert's mixture weight is 1 whatever the router says
+    opt = torch.optim.SGD(model.router.parameters(), lr=1.0)
+    for _ in range(30):
+        route, _, d = model.loss(x, y, LossWeights(**only, task=0.0, route=1.0))
+        opt.zero_grad()
+        route.backward()
+        opt.step()
+    assert (d.indices[:, 0] == y // 2).float().mean() > 0.95
 
 
 def test_regression_and_eval_diagnostics():

@@ -16,6 +16,15 @@ def test_probabilities_and_weights_are_valid_distributions(score):
     assert (r.weights >= 0).all()
 
 
+def test_top_1_keeps_the_raw_probability_so_the_task_loss_reaches_the_router():
+    router = Router(8, 4, k=1)
+    x = torch.randn(30, 8)
+    r = router(x)
+    torch.testing.assert_close(r.weights[:, 0], r.probs.max(-1).values)
+    (r.weights * torch.randn(30, 1)).sum().backward()
+    assert router.proj.weight.grad.abs().sum() > 0
+
+
 def test_top_k_picks_the_k_largest():
     router = Router(8, 5, k=2)
     r = router(torch.randn(40, 8))

@@ -2,8 +2,9 @@
 
 Modes: `gate` (classic MoE: router weights), `confidence` (router weight × critic confidence, renormalised),
 `attention` (learned: a query from the input scores each expert's answer, added to the log router weight).
-Class answers (logits) are mixed as probabilities; values and features as a weighted sum. Conflict is the
-weighted Jensen–Shannon divergence for classes and the weighted variance for values.
+Class answers (logits) are mixed as probabilities, with weights rescaled to sum to 1 so the mixture is a
+distribution; values and features as a weighted sum. Conflict is the weighted Jensen–Shannon divergence for
+classes and the weighted variance for values.
 """
 
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class Integrator(nn.Module):
         wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
         if self.classes:
             probs = answers.softmax(-1)
-            mixed = (wb * probs).sum(1)
+            mixed = (wb * probs).sum(1) / wb.sum(1).clamp_min(1e-9)
             output = torch.log(mixed.clamp_min(1e-9))
         else:
             output = (wb * answers).sum(1)

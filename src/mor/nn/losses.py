@@ -71,6 +71,17 @@ def consistency_loss(answers: Tensor, classification: bool) -> Tensor:
     return (a[1:] - a[:-1].detach()).square().sum(-1).mean()
 
 
+def route_loss(log_prob: Tensor, loss: Tensor) -> Tensor:
+    """Score-function term that teaches the router which expert answers each input best.
+
+    `log_prob` (A,) is the router's log-probability of each chosen (input, expert) pair and `loss` (A,) that
+    expert's loss on the input; pairs that did better than the batch average are made more likely. It is the
+    only task signal a top-1 router gets when answers are mixed with renormalised weights (always 1).
+    """
+    advantage = (loss - loss.mean()).detach()
+    return (advantage * log_prob).mean()
+
+
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy in nats along `dim`, treating 0·log 0 as 0."""
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
@@ -103,6 +114,7 @@ class LossWeights:
     halting_kl: float = 0.01  # KL of the halting distribution to the geometric prior
     critic: float = 0.1  # critic calibration against correctness
     consistency: float = 0.0  # answers settling from step to step
+    route: float = 0.1  # router pushed towards the experts that did better on each input
     load_balance: float = 0.01
     z_loss: float = 0.001
     prior_halt_prob: float = 0.2  # λ_p of the geometric prior

@@ -17,9 +17,17 @@ from mor.nn.cells import ConvCell, MLPCell, TransformerCell
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.dispatch import Dispatch
 from mor.nn.integration import Integrator, Mode
-from mor.nn.losses import LossWeights, consistency_loss, critic_loss, ponder_loss, task_loss
+from mor.nn.losses import (
+    LossWeights,
+    consistency_loss,
+    critic_loss,
+    halting_distribution,
+    ponder_loss,
+    route_loss,
+    task_loss,
+)
 from mor.nn.reflection import Halting, Reflection, ReflectionExpert
-from mor.nn.router import Router
+from mor.nn.router import Router, Routing
 
 CellKind = Literal["mlp", "conv", "transformer"]
 CELLS: dict[str, Callable[[int], nn.Module]] = {"mlp": MLPCell, "conv": ConvCell, "transformer": TransformerCell}
@@ -88,7 +96,7 @@ class MoRModel(nn.Module):
         return (output, diagnostics) if return_diagnostics else output
 
     def _run(self, x: Tensor, rule: Halting | None, unroll: tuple[int, int | None] = (0, None)
-             ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch]]:
+             ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
                              f"sequences, got {tuple(x.shape)}")
@@ -105,7 +113,7 @@ class MoRModel(nn.Module):
                                   steps=dispatch.scatter(reflection.steps), confidence=confidence,
                                   conflict=integrated.conflict, load=routing.load, entropy=routing.entropy,
                                   aux=dict(routing.aux))
-        return integrated.output, diagnostics, (reflection, dispatch)
+        return integrated.output, diagnostics, (reflection, dispatch, routing)
 
     @torch.no_grad()
     def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,
@@ -126,15 +134,17 @@ class MoRModel(nn.Module):
              ) -> tuple[Tensor, dict[str, Tensor], Diagnostics]:
         """Training loss (run in train mode) and its named terms, each unweighted, plus diagnostics."""
         w = weights or LossWeights()
-        output, diagnostics, (reflection, dispatch) = self._run(x, None, self._unroll())
+        output, diagnostics, (reflection, dispatch, routing) = self._run(x, None, self._unroll())
         check(reflection.answers is not None, "MoRModel.loss: call model.train() first; eval mode halts "
                                               "adaptively and keeps no per-step answers to train on")
         target = dispatch.gather(y)
         per_step = torch.stack([task_loss(a, target, self.classes) for a in reflection.answers])
         gate = diagnostics.weights.reshape(-1)[dispatch.slots]
         expected, kl = ponder_loss(per_step, reflection.halt_logits, gate, w.prior_halt_prob)
+        pair_loss = (halting_distribution(reflection.halt_logits) * per_step).sum(0)
+        chosen = routing.probs.gather(1, routing.indices).reshape(-1)[dispatch.slots]
         parts = {"task": task_loss(output, y, self.classes, log_probs=True).mean(), "ponder": expected,
-                 "halting_kl": kl,
+                 "halting_kl": kl, "route": route_loss(torch.log(chosen.clamp_min(1e-9)), pair_loss),
                  "critic": critic_loss(reflection.critic_logits, self._correct(reflection.answers, target)),
                  "consistency": consistency_loss(reflection.answers, self.classes), **diagnostics.aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())

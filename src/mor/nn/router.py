@@ -45,6 +45,8 @@ class Router(nn.Module):
     probability is at least `threshold`, but no fewer than `min_experts` and no more than `max_experts`.
     `noise_std` adds Gaussian noise to the logits in training (noisy gating). `capacity_factor`, when set,
     caps each expert at ceil(factor · assignments / E) inputs, keeping first choices before second ones.
+    `normalize` rescales the selected weights to sum to 1; a top-1 router keeps the raw probability
+    (Switch Transformer), since a renormalised single weight is the constant 1 and passes no gradient.
     """
 
     def __init__(self, dim: int, num_experts: int, k: int = 2, *,
@@ -88,7 +90,7 @@ class Router(nn.Module):
         if self.capacity_factor is not None:
             mask = mask & self._within_capacity(indices, mask)
         weights = top * mask
-        if self.normalize:
+        if self.normalize and self.slots > 1:
             weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
         routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
         counts = routing.counts
