@@ -54,8 +54,10 @@ def test_hidden_mix_quick_run_writes_accuracy_per_task_and_routing(tmp_path):
 
 def test_bench_all_runs_every_suite(tmp_path, monkeypatch):
     def fake(module: str) -> SimpleNamespace:
-        suite = next(s for s, m in cli.SUITES.items() if m == module)
-        return SimpleNamespace(run=lambda quick, out_dir: Path(out_dir, f"{suite}.md").write_text(f"{suite} {quick}"))
+        def run(quick: bool, out_dir: str, task: str = "") -> None:
+            suite = next(s for s, (m, options) in cli.SUITES.items() if m == module and options.get("task", "") == task)
+            Path(out_dir, f"{suite}.md").write_text(f"{suite} {quick}")
+        return SimpleNamespace(run=run)
 
     monkeypatch.setattr(cli, "_load_benchmark", fake)
     result = CliRunner().invoke(cli.app, ["bench", "all", "--quick", "--out", str(tmp_path)])

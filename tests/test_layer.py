@@ -125,3 +125,16 @@ def test_grouped_mm_matches_per_group_matmul_with_empty_groups_and_passes_gradch
     assert torch.autograd.gradcheck(lambda a, b: grouped_mm(a, b, sizes), (x, w))
     grouped_mm(x, w, sizes).sum().backward()
     assert (w.grad[1] == 0).all() and (w.grad[3] == 0).all()  # experts with no rows get zero gradient
+
+
+def test_a_bank_trained_on_its_last_step_answers_in_training_what_fixed_depth_inference_returns():
+    torch.manual_seed(0)
+    experts = ReflectionExperts((ReflectionExpert(MLPCell(16), 8, 8, dim=16, train_steps=3, classes=False)
+                                 for _ in range(2)), expected=False)
+    x = torch.randn(12, 8)
+    trained = experts.train()(x, [5, 7])
+    inferred = experts.eval()(x, [5, 7])
+    torch.testing.assert_close(trained.answer, inferred.answer)
+    assert "halting_kl" not in trained.aux
+    expected = ReflectionExperts(experts).train()(x, [5, 7])
+    assert not torch.allclose(expected.answer, inferred.answer) and "halting_kl" in expected.aux

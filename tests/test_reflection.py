@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from mor.errors import ConfigError, ShapeError
-from mor.nn import ConvCell, Halting, MLPCell, ReflectionExpert, TransformerCell
+from mor.nn import ConvCell, Halting, MLPCell, MoRModel, ReflectionExpert, TransformerCell
 from mor.nn.losses import geometric_prior, halting_distribution, ponder_loss
 
 
@@ -128,3 +128,14 @@ def test_progressive_warmup_steps_carry_state_but_no_gradient():
     tail.answers.sum().backward()
     assert expert.encode.weight.grad is not None  # the input is re-injected in the recorded steps
     assert tail.halt_logits.shape == (2, 4)
+
+
+def test_a_trajectory_equals_running_each_fixed_depth_on_its_own():
+    torch.manual_seed(0)
+    model = MoRModel(3, 2, num_experts=3, k=2, dim=16, cell="conv", train_steps=2).eval()
+    x = torch.randn(10, 7, 3)
+    depths = [1, 4, 9]
+    swept = model.trajectory(x, depths)
+    assert swept.shape == (3, 10, 7, 2)
+    for d, answer in zip(depths, swept, strict=True):
+        torch.testing.assert_close(answer, model(x, halting=Halting(max_steps=d)))

@@ -18,8 +18,10 @@ from mor.system.commands import app as route_app
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mixture of Reflection: route, reflect, integrate.")
 console = Console()
-SUITES = {"layer": "layer_speed", "tabular": "tabular", "mix": "hidden_mix", "serve": "serve_load",
-          "route": "routing"}  # suite → benchmarks/ module
+SUITES: dict[str, tuple[str, dict]] = {  # suite → benchmarks/ module and the options its run() gets
+    "depth": ("reasoning_depth", {}), "depth-addition": ("reasoning_depth", {"task": "addition"}),
+    "mix": ("hidden_mix", {}), "tabular": ("tabular", {}), "chars": ("char_lm", {}), "speed": ("speed", {}),
+    "layer": ("layer_speed", {}), "route": ("routing", {}), "serve": ("serve_load", {})}
 state = {"debug": False}
 
 
@@ -85,7 +87,8 @@ def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITE
     if suite != "all" and suite not in SUITES:
         raise MorError(f"mor bench: unknown suite {suite!r}; choose one of: {', '.join(SUITES)}, all")
     for name in SUITES if suite == "all" else [suite]:
-        _load_benchmark(SUITES[name]).run(quick=quick, out_dir=str(out))
+        module, options = SUITES[name]
+        _load_benchmark(module).run(quick=quick, out_dir=str(out), **options)
         console.print((out / f"{name}.md").read_text(), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -5,6 +5,7 @@ A bank takes (A, d) rows grouped by expert plus the per-expert sizes and returns
 `ReflectionExperts` wraps ReflectionExpert modules so a hidden layer can reflect.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -60,14 +61,21 @@ class SwiGLUExperts(nn.Module):
 
 
 class ReflectionExperts(nn.ModuleList):
-    """A bank of ReflectionExperts; in training each answer is its halting-weighted expectation."""
+    """A bank of ReflectionExperts. In training each answer is its halting-weighted expectation over steps
+    (PonderNet), or with `expected=False` its last step's: what inference at a fixed depth returns, for banks
+    whose critic and halting get no training signal of their own (e.g. the FFN of a language model)."""
+
+    def __init__(self, experts: Iterable[nn.Module], expected: bool = True):
+        super().__init__(experts)
+        self.expected = expected
 
     def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
         runs = [expert(xs) for expert, xs in zip(self, x.split(sizes), strict=True) if xs.shape[0] > 0]
-        answer = torch.cat([r.answer for r in runs])
+        last = self.training and not self.expected
+        answer = torch.cat([r.answers[-1] if last else r.answer for r in runs])
         out = ExpertOutput(answer=answer, confidence=torch.cat([r.confidence for r in runs]),
                            steps=torch.cat([r.steps for r in runs]))
-        if self.training:
+        if self.training and self.expected:
             out.aux["halting_kl"] = torch.cat([halting_kl(r.halting_distribution) for r in runs]).mean()
         return out
 

@@ -116,6 +116,20 @@ class MoRModel(nn.Module):
         return integrated.output, diagnostics, (reflection, dispatch, routing)
 
     @torch.no_grad()
+    def trajectory(self, x: Tensor, depths: list[int]) -> Tensor:
+        """Integrated answers (D, N, ..., out) with every expert run to each of `depths` steps, routed once and
+        reflected once to the deepest: accuracy against depth for the price of one run."""
+        query = x if x.dim() == 2 else x.mean(1)
+        routing = self.router(query)
+        dispatch = Dispatch.of(routing)
+        runs = [expert.trajectory(part, depths) for expert, part
+                in zip(self.experts, dispatch.gather(x).split(dispatch.sizes), strict=True) if part.shape[0] > 0]
+        answers, confidences = (torch.cat(parts, 1) for parts in zip(*runs, strict=True))
+        return torch.stack([self.integrator(dispatch.scatter(a), routing.weights, routing.mask,
+                                            dispatch.scatter(c), query).output
+                            for a, c in zip(answers, confidences, strict=True)])
+
+    @torch.no_grad()
     def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,
                   rule: Halting) -> tuple[Tensor, Diagnostics]:
         """Re-run the high-conflict inputs with the policy's larger budget and keep those answers."""

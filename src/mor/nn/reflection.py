@@ -121,6 +121,19 @@ class ReflectionExpert(nn.Module):
                           confidence=self._confidence(critic_logits[-1]).detach(), answers=answers_t,
                           halt_logits=halt_logits, critic_logits=critic_logits)
 
+    @torch.no_grad()
+    def trajectory(self, x: Tensor, depths: list[int]) -> tuple[Tensor, Tensor]:
+        """Answers (D, N, ..., out) and confidences (D, N) after each of `depths` steps, from one run to the
+        deepest: a fixed-depth sweep for the price of its largest depth, no input halting early."""
+        check(bool(depths) and min(depths) >= 1, f"ReflectionExpert.trajectory: depths must be >= 1, got {depths}")
+        xe = self.encode(x)
+        z, answer, wanted, answers, confidences = xe, None, set(depths), {}, {}
+        for t in range(1, max(depths) + 1):
+            z, answer, j = self.step(z, xe, answer)
+            if t in wanted:
+                answers[t], confidences[t] = answer, self._confidence(j[..., 1])
+        return torch.stack([answers[d] for d in depths]), torch.stack([confidences[d] for d in depths])
+
     @staticmethod
     def _confidence(critic_logits: Tensor) -> Tensor:
         """An input's confidence is that of its least confident position: sigmoid(min critic logit)."""

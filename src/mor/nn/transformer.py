@@ -44,9 +44,10 @@ class TokenModel(nn.Module):
     """Token ids (B, T) → next-token logits (B, T, vocab), with `ffn` = dense, moe or mor in every block.
 
     `moe`: `num_experts` SwiGLU experts of width `hidden`, top-k. `mor`: reflection experts with MLP cells
-    that refine each token's FFN output for up to `train_steps` steps in training and under `halting` at
-    inference (default: `train_steps` steps). `dense`: one SwiGLU of width k·hidden, the same active
-    parameters as `moe`.
+    that refine each token's FFN output for `train_steps` steps in training and under `halting` at inference
+    (default: `train_steps` steps); they are trained on their last step's answer and mixed by router gate,
+    since nothing here trains their critic or halting head (only the next-token loss reaches them).
+    `dense`: one SwiGLU of width k·hidden, the same active parameters as `moe`.
     """
 
     def __init__(self, vocab: int, dim: int = 128, depth: int = 2, heads: int = 4, max_len: int = 256, *,
@@ -68,10 +69,10 @@ class TokenModel(nn.Module):
             return SwiGLU(dim, k * hidden)
         if kind == "moe":
             return MoRLayer.swiglu(dim, hidden, num_experts, k)
-        experts = ReflectionExperts(ReflectionExpert(MLPCell(dim, hidden), dim, dim, dim=dim, classes=False,
-                                                     train_steps=train_steps, halting=halting)
-                                    for _ in range(num_experts))
-        return reflection_layer(experts, dim, k, mode="confidence")
+        experts = ReflectionExperts((ReflectionExpert(MLPCell(dim, hidden), dim, dim, dim=dim, classes=False,
+                                                      train_steps=train_steps, halting=halting)
+                                     for _ in range(num_experts)), expected=False)
+        return reflection_layer(experts, dim, k, mode="gate")
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and the FFN layers' auxiliary losses summed over blocks."""

@@ -74,6 +74,7 @@ class LossConfig(Strict):
     halting_kl: float = Field(0.01, ge=0)
     critic: float = Field(0.1, ge=0)
     consistency: float = Field(0.0, ge=0)
+    route: float = Field(0.1, ge=0)
     load_balance: float = Field(0.01, ge=0)
     z_loss: float = Field(0.001, ge=0)
     prior_halt_prob: float = Field(0.2, gt=0, lt=1)

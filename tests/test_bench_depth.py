@@ -1,0 +1,27 @@
+"""The reasoning-depth suite's quick version trains every kind on every seed and writes consistent tables."""
+
+import json
+
+from benchmarks import reasoning_depth
+
+
+def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
+    results = reasoning_depth.run(quick=True, out_dir=str(tmp_path), seeds=2, workers=2)
+    saved = json.loads((tmp_path / "depth.json").read_text())
+    markdown = (tmp_path / "depth.md").read_text()
+    assert (tmp_path / "depth.png").stat().st_size > 0 and saved["machine"]["cpu"]
+    assert sorted((j["kind"], j["seed"]) for j in saved["jobs"]) == sorted(
+        (kind, seed) for kind in reasoning_depth.KINDS for seed in range(2))
+    plan = results["plan"]
+    for job in results["jobs"]:
+        assert set(job["sizes"]) == set(plan["examples"])
+        for m in job["sizes"].values():
+            if job["kind"] in ("mor", "reflection"):
+                assert set(m["fixed"]) == set(plan["depths"]) and m["best_accuracy"] == max(m["fixed"].values())
+                assert all(0 < r["mean_steps"] <= max(plan["depths"]) for r in m["rules"].values())
+            else:
+                assert "fixed" not in m and 0 <= m["accuracy"] <= 1
+    parameters = {j["kind"]: j["parameters"] for j in results["jobs"]}
+    assert all(abs(p - parameters["mor"]) / parameters["mor"] < 0.15 for p in parameters.values()), parameters
+    assert markdown.count("| MoR (2 experts, top-1) |") == 2 + 2 * len(plan["examples"])
+    assert "## Against the goals" in markdown and "of 2 seeds" in markdown
