@@ -16,7 +16,7 @@ mid-schedule (the learning rate has not annealed yet), the same for every kind. 
 inference depths. Its halting rule is a fixed depth: the language-model loss does not train the experts' critic,
 so confidence halting would mean nothing here.
 
-Run: `python -m benchmarks.char_lm [--quick] [--steps N] [--out-dir DIR]` or `mor bench chars`; writes chars.json,
+Run: `python -m benchmarks.char_lm [--quick] [--steps N] [--out DIR]` or `mor bench chars`; writes chars.json,
 chars.md and chars.png. Full: 2000 steps per model, about 4 minutes for MoR (the slowest), under 15 in all on 2
 cores; --quick: 24 steps on 200k characters (seconds).
 """
@@ -333,14 +333,14 @@ def run(quick: bool = False, out_dir: str = "bench-results", threads: int = 1, s
 
 
 def main() -> None:
-    """`python -m benchmarks.char_lm [--quick] [--steps N] [--threads N] [--out-dir DIR]`."""
+    """`python -m benchmarks.char_lm [--quick] [--steps N] [--threads N] [--out DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} steps on {QUICK.max_chars:,} characters")
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per model (default {FULL.steps})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training")
-    parser.add_argument("--out-dir", default="bench-results")
+    parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
-    print(markdown(run(args.quick, args.out_dir, args.threads, args.steps)))
+    print(markdown(run(args.quick, args.out, args.threads, args.steps)))
 
 
 if __name__ == "__main__":

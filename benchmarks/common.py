@@ -61,14 +61,22 @@ def _busy_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 
+def _own_cpu_s() -> float:
+    """CPU-seconds of this process and of its finished children (a suite's worker processes, its server)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class OtherLoad:
-    """Measures how many cores other processes kept busy meanwhile: the shared-machine noise, as a number."""
+    """Measures how many cores other processes kept busy meanwhile: the shared-machine noise, as a number.
+
+    Read it after the suite's own child processes have exited, or their work counts as other load."""
 
     def __init__(self):
-        self.start = (_busy_cpu_s(), time.process_time(), time.perf_counter())
+        self.start = (_busy_cpu_s(), _own_cpu_s(), time.perf_counter())
 
     def cores(self) -> float:
-        busy, own, wall = (now - then for now, then in zip((_busy_cpu_s(), time.process_time(), time.perf_counter()),
+        busy, own, wall = (now - then for now, then in zip((_busy_cpu_s(), _own_cpu_s(), time.perf_counter()),
                                                            self.start, strict=True))
         return max(busy - own, 0.0) / wall
 

@@ -42,8 +42,8 @@ from .common import (
 SEED, EVAL_SEED = 0, 12345
 SIZES = (32, 64)  # evaluation lengths: the top of the training range, and twice it
 KINDS = ("mor", "reflection", "moe", "dense")
-# Top-2: with top-1 the renormalised gate weight is always 1, so the router would learn from the balance and z
-# losses only, never from the task (see docs/BENCHMARKS.md for what top-1 gave).
+# Top-2: chosen when a top-1 router got no gradient from the task (since fixed by the route term); docs/BENCHMARKS.md
+# has what top-1 gave then.
 MODEL = {"kind": "mor", "num_experts": 3, "k": 2, "dim": 32, "cell": "conv", "train_steps": 24, "depth": 24,
          "progressive": 0.5, "halting": {"max_steps": 64, "stable_steps": 5}}
 LOSS = {"load_balance": 0.05}

@@ -222,11 +222,12 @@ def verdicts(results: dict) -> list[str]:
     """Plain sentences on the goals, from the numbers."""
     s, seeds = results["summary"], results["plan"]["seeds"]
     goal = ", ".join(f"{g:.0%} at {size}" for size, g in GOALS.items())
-    met = s["mor"]["seeds_meeting_goals"] >= GOAL_SEEDS
+    met = [NAMES[kind] for kind, v in s.items() if v["seeds_meeting_goals"] >= GOAL_SEEDS]
     lines = [f"- Accuracy goal ({goal} bits under {results['rules'][0]}, on ≥ {GOAL_SEEDS} of 5 seeds): "
              f"MoR reaches it on {s['mor']['seeds_meeting_goals']} of {seeds} seeds, the single reflection expert "
              f"on {s['reflection']['seeds_meeting_goals']}, MoE on {s['moe']['seeds_meeting_goals']}, dense on "
-             f"{s['dense']['seeds_meeting_goals']}: **{'met' if met else 'not met'}**."]
+             f"{s['dense']['seeds_meeting_goals']}: **{'met by ' + ' and '.join(met) if met else 'not met'}**"
+             f"{'' if NAMES['mor'] in met else '; not by MoR'}."]
     for rule in results["rules"]:
         lines.append(f"- Halting goal for {rule} (within {HALTING_POINTS:.0%} of the best fixed depth, using ≤ "
                      f"{HALTING_FRACTION:.0%} of the maximum steps, at every size): holds on "
@@ -307,9 +308,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="Seeds per kind (default 5; quick 2).")
     parser.add_argument("--steps", type=int, help="Training steps (default 2000; quick 30).")
     parser.add_argument("--workers", type=int, help="Worker processes (default: the usable cores, at most 8).")
-    parser.add_argument("--out-dir", default="bench-results")
+    parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
-    run(args.quick, args.out_dir, args.task, args.seeds, args.steps, args.workers)
+    run(args.quick, args.out, args.task, args.seeds, args.steps, args.workers)
 
 
 if __name__ == "__main__":

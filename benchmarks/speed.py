@@ -11,9 +11,9 @@ with ratios paired round by round against a baseline timed in the same run (`ben
    (each baseline's width is the one whose forward FLOPs per example are closest to MoR's at its training depth,
    as in the hidden-task-mix suite; dense stacks as many cells as MoR unrolls steps).
 3. Inference latency per example at batch 1 and batch 256, eval mode, at the training depth: median and p90.
-4. Adaptive halting: MoR and the single reflection expert, briefly trained on prefix sums so that their answers
-   settle, halt once their answer stayed unchanged for 5 steps (at most M) or run M steps; the wall-time fraction
-   is set against the theoretical one, mean steps / M.
+4. Adaptive halting: MoR and the single reflection expert, trained on prefix sums with the main job's recipe,
+   halt by the main job's own rule (critic confidence ≥ 0.99, at most M steps) or run M steps; the wall-time
+   fraction is set against the theoretical one, mean steps / M.
 
 Untimed parts: building and FLOP-matching the models, and training the two halting models (their accuracy is
 reported, to show how meaningful their halting is). The other models keep their seeded random init: weights do not
@@ -166,9 +166,10 @@ def latency(models: dict[str, nn.Module], x: Tensor, plan: Plan, device: str) ->
 
 
 def halting_rules(cfg: RunConfig, plan: Plan) -> dict[str, Halting]:
-    """Answer-stable halting with the main job's stability and budget M, and a fixed depth of M."""
-    fixed = Halting(max_steps=plan.max_steps or cfg.model.halting.max_steps)
-    return {"adaptive": replace(fixed, stable_steps=cfg.model.halting.stable_steps), "fixed": fixed}
+    """The main job's own halting rule with budget M (adaptive), and a fixed depth of M."""
+    own = cfg.model.halting
+    fixed = Halting(max_steps=plan.max_steps or own.max_steps)
+    return {"adaptive": replace(fixed, threshold=own.threshold, stable_steps=own.stable_steps), "fixed": fixed}
 
 
 def halting_profile(model: nn.Module, x: Tensor, y: Tensor, rules: dict[str, Halting], plan: Plan) -> dict:
@@ -352,9 +353,9 @@ def halting_section(results: dict) -> list[str]:
             for s in results["settings"] for kind, by_batch in s["halting"].items() for b, h in by_batch.items()]
     return [
         "## Adaptive halting (trained models)", "",
-        f"Answer-stable halting ({rules['adaptive']}) against a fixed depth ({rules['fixed']}): M = "
+        f"The main job's own halting rule ({rules['adaptive']}) against a fixed depth ({rules['fixed']}): M = "
         f"{results['max_steps']}. Same strings, eval mode; halted inputs leave the batch. The two models trained "
-        f"{models['mor']['trained_steps']} steps (the main job's recipe, cut short) so that their answers settle; "
+        f"{models['mor']['trained_steps']} steps with the main job's recipe; "
         f"whole-string accuracy at {results['recipe']['length']} bits says how meaningful their halting is: "
         f"{halting_accuracy(profiles)}.",
         "Theoretical time fraction = mean steps / M over the timed examples; wall-time fraction = total adaptive "
