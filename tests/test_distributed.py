@@ -12,7 +12,7 @@ from mor.train import checkpoint
 CONFIG = """model: {dim: 8, train_steps: 3, halting: {max_steps: 3}}
 data: {task: prefix_sum, sizes: [4, 8], batch_size: 32}
 train: {steps: 12, eval_every: 6, log_every: 3, warmup: 2, threads: 1,
-        loss: {load_balance: 0.0}}  # the balance loss is not additive over shards; every other term is
+        loss: {load_balance: 0.0, route: 0.0}}  # the two terms whose batch statistics are not additive over shards
 eval: {examples: 32, sizes: [8], max_steps: [1, 3]}
 """
 
