@@ -36,10 +36,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mor.data.chars import Chars
-from mor.nn import Halting, MoRLayer
+from mor.nn import MoRLayer
 from mor.nn.experts import ReflectionExperts
 from mor.nn.models import count_parameters
-from mor.nn.reflection import ReflectionExpert
+from mor.nn.reflection import ReflectionExpert, fixed_depth
 from mor.train.build import build_model
 from mor.train.config import RunConfig, parse
 from mor.train.evaluate import rule_name, token_score
@@ -144,20 +144,6 @@ def held_out(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     return result
 
 
-@contextlib.contextmanager
-def at_depth(model: nn.Module, depth: int) -> Iterator[None]:
-    """Every reflection expert of `model` halts after exactly `depth` steps inside the block."""
-    experts = [m for m in model.modules() if isinstance(m, ReflectionExpert)]
-    own = [expert.halting for expert in experts]
-    for expert in experts:
-        expert.halting = Halting(max_steps=depth)
-    try:
-        yield
-    finally:
-        for expert, rule in zip(experts, own, strict=True):
-            expert.halting = rule
-
-
 class CurveTrainer(Trainer):
     """mor's Trainer whose periodic validation scores the whole held-out text and records a point of the curve:
     steps, seconds spent training so far (evaluations excluded) and the held-out scores."""
@@ -201,7 +187,7 @@ def run_kind(cfg: RunConfig, task: Chars, kind: str, hidden: int) -> dict:
         result["rule"] = rule_name(next(m for m in model.modules() if isinstance(m, ReflectionExpert)).halting)
         result["depths"] = {}
         for depth in DEPTHS:
-            with at_depth(model, depth):
+            with fixed_depth(model, depth):
                 result["depths"][str(depth)] = held_out(model, x, y)
     print(f"  {kind}: {result['train_s']:.0f} s, {result['bits_per_char']:.3f} bits/char", flush=True)
     return result

@@ -7,6 +7,8 @@ every step; inference halts each input on its own and drops it from the active b
 the depth actually used, and may run past the training depth.
 """
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -176,3 +178,18 @@ class ReflectionExpert(nn.Module):
             idx, z, xe, answer = (v.index_select(0, keep) for v in (idx, z, xe, answer))
             unchanged = unchanged.index_select(0, keep) if unchanged is not None else None
         return Reflection(answer=final, steps=steps, confidence=confidence)
+
+
+@contextlib.contextmanager
+def fixed_depth(model: nn.Module, depth: int) -> Iterator[None]:
+    """Inside the block every ReflectionExpert in `model` runs exactly `depth` steps; their own rules come back
+    after. How a model whose experts sit deep inside it (a token model's FFN) is scored at a chosen depth."""
+    experts = [m for m in model.modules() if isinstance(m, ReflectionExpert)]
+    own = [expert.halting for expert in experts]
+    for expert in experts:
+        expert.halting = Halting(max_steps=depth)
+    try:
+        yield
+    finally:
+        for expert, rule in zip(experts, own, strict=True):
+            expert.halting = rule

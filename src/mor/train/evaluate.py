@@ -26,7 +26,7 @@ from mor.errors import check
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.losses import NATS_PER_BIT
 from mor.nn.models import DenseModel, MoRModel, count_parameters
-from mor.nn.reflection import Halting, ReflectionExpert
+from mor.nn.reflection import Halting, ReflectionExpert, fixed_depth
 from mor.nn.transformer import TokenModel
 from mor.train.config import EvalConfig
 
@@ -119,18 +119,12 @@ def _evaluate_tokens(model: TokenModel, task: Task, cfg: EvalConfig) -> dict:
     x, y = _dataset(task, cfg, None)
     experts = [m for m in model.modules() if isinstance(m, ReflectionExpert)]
     train_depth = experts[0].train_steps if experts else 1
-    own = experts[0].halting if experts else None
     depth = []
-    try:
-        for d in sorted({*cfg.max_steps, train_depth}) if experts else [1]:
-            for expert in experts:
-                expert.halting = Halting(max_steps=d)
+    for d in sorted({*cfg.max_steps, train_depth}) if experts else [1]:
+        with fixed_depth(model, d):
             run = _pass(model, x, None, TIMING_RUNS)
-            depth.append({"size": None, "max_steps": d, **token_score(run.output, y), **_cost(run, d),
-                          "latency_ms": run.latency_ms, "token_latency_ms": run.latency_ms / x.shape[1]})
-    finally:
-        for expert in experts:
-            expert.halting = own
+        depth.append({"size": None, "max_steps": d, **token_score(run.output, y), **_cost(run, d),
+                      "latency_ms": run.latency_ms, "token_latency_ms": run.latency_ms / x.shape[1]})
     return {
         "model": {"kind": model_kind(model), "train_depth": train_depth, "classes": True,
                   "parameters": count_parameters(model), "halting": None},
