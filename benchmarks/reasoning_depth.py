@@ -223,12 +223,12 @@ def verdicts(results: dict) -> list[str]:
     s, seeds = results["summary"], results["plan"]["seeds"]
     goal = ", ".join(f"{g:.0%} at {size}" for size, g in GOALS.items())
     met = [NAMES[kind] for kind, v in s.items() if v["seeds_meeting_goals"] >= GOAL_SEEDS]
-    lines = [f"- Accuracy goal ({goal} bits under {results['rules'][0]}, on ≥ {GOAL_SEEDS} of 5 seeds): "
+    lines = [f"- Accuracy goal ({goal} bits under {results['plan']['rules'][0]}, on ≥ {GOAL_SEEDS} of 5 seeds): "
              f"MoR reaches it on {s['mor']['seeds_meeting_goals']} of {seeds} seeds, the single reflection expert "
              f"on {s['reflection']['seeds_meeting_goals']}, MoE on {s['moe']['seeds_meeting_goals']}, dense on "
              f"{s['dense']['seeds_meeting_goals']}: **{'met by ' + ' and '.join(met) if met else 'not met'}**"
              f"{'' if NAMES['mor'] in met else '; not by MoR'}."]
-    for rule in results["rules"]:
+    for rule in results["plan"]["rules"]:
         lines.append(f"- Halting goal for {rule} (within {HALTING_POINTS:.0%} of the best fixed depth, using ≤ "
                      f"{HALTING_FRACTION:.0%} of the maximum steps, at every size): holds on "
                      f"{s['mor']['seeds_halting_holds'][rule]} of {seeds} MoR seeds and "
@@ -247,7 +247,7 @@ def markdown(results: dict) -> str:
     """The suite's tables: every seed of every kind, the halting comparison, and the verdicts."""
     p = results["plan"]
     sizes = sorted(int(s) for s in p["examples"])
-    rules = results["rules"]
+    rules = p["rules"]
     return "\n\n".join([
         f"# Reasoning depth: {p['task']}",
         f"{md_machine(results['machine'], results['other_load_cores'])} Wall time {results['wall_s']:.0f} s, "
@@ -295,8 +295,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", task: str = "prefix
     print(f"reasoning depth on {task}: {len(KINDS) * p.seeds} jobs on {workers} processes", flush=True)
     jobs = run_jobs(p, dims, workers)
     results = {"plan": p.__dict__ | {"rules": [rule_name(r) for r in p.rules]}, "dims": dims, "workers": workers,
-               "rules": [rule_name(r) for r in p.rules], "recipe": config(task, p.steps, 0).model_dump(mode="json"),
-               "jobs": jobs}
+               "recipe": config(task, p.steps, 0).model_dump(mode="json"), "jobs": jobs}
     results["summary"] = summary(jobs, p)
     return suite.finish(out_dir, results, markdown, figure)
 
