@@ -158,6 +158,18 @@ def test_a_caller_over_its_rate_gets_429_and_others_do_not(server):
     assert httpx.get(server.root + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
+def test_guessing_keys_from_one_address_gets_429_after_the_failure_burst(server):
+    def guess():
+        return httpx.get(server.root + "/v1/models", headers={"Authorization": "Bearer sk-guess"})
+    codes = [guess() for _ in range(25)]  # the default failed_auth_limit: burst 20, 1 per second
+    refused = next(r for r in codes if r.status_code != 401)
+    assert refused.status_code == 429 and codes.index(refused) <= 20
+    assert "too many requests without a valid API key from 127.0.0.1" in clean(refused)["message"]
+    assert httpx.get(server.root + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    time.sleep(int(refused.headers["retry-after"]))
+    assert guess().status_code == 401
+
+
 # ---- validation ----
 
 BAD = [

@@ -1,5 +1,6 @@
 """API keys: callers send `Authorization: Bearer KEY`; the service keeps only SHA-256 hashes and compares them in
-constant time. `authorize` is the FastAPI dependency every /v1 endpoint takes; it also applies the rate limit."""
+constant time. `authorize` is the FastAPI dependency every /v1 endpoint takes; it also applies the rate limits: the
+caller's, and per address one for requests without a valid key, so guessing keys is slow."""
 
 import hashlib
 import hmac
@@ -10,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mor.serve.errors import ApiError
 from mor.serve.limits import RateLimiter
-from mor.serve.settings import ApiKey
+from mor.serve.settings import ApiKey, RateLimit
 
 bearer = HTTPBearer(auto_error=False, description="an API key whose SHA-256 is in the config's api_keys")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -19,8 +20,8 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 class Keyring:
     """The configured keys' hashes; `identify` names the key a caller presented, or None."""
 
-    def __init__(self, keys: list[ApiKey], allow_anonymous: bool) -> None:
-        self.keys, self.allow_anonymous = keys, allow_anonymous
+    def __init__(self, keys: list[ApiKey], allow_anonymous: bool, failure_limit: RateLimit | None = None) -> None:
+        self.keys, self.allow_anonymous, self.failure_limit = keys, allow_anonymous, failure_limit
 
     def identify(self, presented: str) -> ApiKey | None:
         """The key whose hash matches; every configured hash is compared, so timing reveals nothing."""
@@ -37,22 +38,35 @@ def authorize(request: Request,
     """The caller's name (the key's name, or `anonymous@ADDRESS` where allowed), after its rate limit; else 401/429."""
     keyring: Keyring = request.app.state.service.keyring
     limiter: RateLimiter = request.app.state.service.limiter
+    address = request.client.host if request.client else "unknown"
     if credentials is None:
         if not keyring.allow_anonymous:
-            raise ApiError(401, "missing API key; send the header 'Authorization: Bearer YOUR_KEY'",
-                           code="missing_api_key", headers=CHALLENGE)
-        caller, limit = f"anonymous@{request.client.host if request.client else 'unknown'}", None
+            _refuse(limiter, keyring, address, "missing API key; send the header 'Authorization: Bearer YOUR_KEY'",
+                    "missing_api_key")
+        caller, limit = f"anonymous@{address}", None
     else:
         key = keyring.identify(credentials.credentials)
         if key is None:
-            raise ApiError(401, "invalid API key; check the key you send in 'Authorization: Bearer …'",
-                           code="invalid_api_key", headers=CHALLENGE)
+            _refuse(limiter, keyring, address, "invalid API key; check the key you send in 'Authorization: Bearer …'",
+                    "invalid_api_key")
         caller, limit = key.name, key.rate_limit
-    wait = limiter.take(caller, limit)
-    if wait > 0:
-        raise ApiError(429, f"rate limit exceeded for {caller}; retry after {wait:.2f} s",
-                       code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+    _spend(limiter, caller, limit, f"rate limit exceeded for {caller}")
     return caller
+
+
+def _refuse(limiter: RateLimiter, keyring: Keyring, address: str, message: str, code: str) -> None:
+    """401, or 429 once `address` has sent more requests without a valid key than the failure limit allows."""
+    _spend(limiter, f"unauthenticated@{address}", keyring.failure_limit,
+           f"too many requests without a valid API key from {address}")
+    raise ApiError(401, message, code=code, headers=CHALLENGE)
+
+
+def _spend(limiter: RateLimiter, bucket: str, limit: RateLimit | None, reason: str) -> None:
+    """Take a token from `bucket`; 429 with Retry-After when it is empty."""
+    wait = limiter.take(bucket, limit)
+    if wait > 0:
+        raise ApiError(429, f"{reason}; retry after {wait:.2f} s",
+                       code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})
 
 
 Caller = Annotated[str, Depends(authorize)]

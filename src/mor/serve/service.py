@@ -26,7 +26,7 @@ class Service:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.keyring = Keyring(settings.api_keys, settings.allow_anonymous)
+        self.keyring = Keyring(settings.api_keys, settings.allow_anonymous, settings.failed_auth_limit)
         self.limiter = RateLimiter(settings.rate_limit)
         self.metrics = Metrics()
         self.system: MoRSystem | None = None

@@ -70,6 +70,9 @@ class ServeSettings(Strict):
     api_keys: list[ApiKey] = Field(default_factory=list)
     allow_anonymous: bool = Field(False, description="serve callers without a key (rate-limited per address)")
     rate_limit: RateLimit | None = None
+    failed_auth_limit: RateLimit = Field(RateLimit(requests_per_s=1, burst=20),
+                                         description="per client address: requests with a missing or wrong key; "
+                                                     "past it they get 429 instead of 401 (slows key guessing)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed; empty: CORS off")
     server: Server = Server()
