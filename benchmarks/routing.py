@@ -47,9 +47,21 @@ def quality(data: Path, quick: bool) -> dict:
     for name, config in configs.items():
         start = time.perf_counter()
         head = LabelHead.fit([r.text for r in train], labels, config)
-        rows[name] = {"encoder": "+".join(config.parts()), "train_s": time.perf_counter() - start,
+        rows[name] = {"encoder": _features(head), "train_s": time.perf_counter() - start,
                       **evaluate(_label_router(head), dev, dev_labels, threads=1)}
+    minilm = head.encoders.get("minilm")
+    if minilm is not None and minilm.dtype != torch.float32:
+        dtype, minilm.dtype = minilm.dtype, torch.float32
+        rows["mor default, fp32 routing"] = {**rows["mor default"], "encoder": _features(head),
+                                             **evaluate(_label_router(head), dev, dev_labels, threads=1)}
+        minilm.dtype = dtype
     return {"train_examples": len(labels), "dev_examples": len(dev_labels), "routers": rows, "head": head}
+
+
+def _features(head: LabelHead) -> str:
+    """The head's encoders, with the precision MiniLM routes in."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+    return " + ".join(f"{name} ({names[e.dtype]})" if name == "minilm" else name for name, e in head.encoders.items())
 
 
 def scaling(head: LabelHead, requests: list, rounds: int) -> dict:

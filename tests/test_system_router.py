@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-from mor.errors import MorError
+from mor.errors import ConfigError, MorError
 from mor.system.encoders import MiniLMEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo
@@ -64,6 +65,24 @@ def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
     assert not np.allclose(*tuned) and np.allclose(*original)  # the top layer moved, the one below did not
     head.save(tmp_path / "r")
     assert np.allclose(LabelHead.load(tmp_path / "r").proba(texts[:4]), head.proba(texts[:4]), atol=1e-5)
+
+
+@needs_minilm
+def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_training():
+    texts = ["Write a haiku about rain", "what is 3 + 4", "def f(x): return x + 1  # fix the bug"]
+    fp32, bf16 = (MiniLMEncoder(layers=2, max_tokens=32, precision=p) for p in ("fp32", "bf16"))
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert b.dtype == np.float32 and (a * b).sum(axis=1).min() > 0.99  # cosines of unit vectors
+    assert next(bf16.model.parameters()).dtype == torch.float32  # the trained weights stay fp32
+    bf16.train()
+    with torch.no_grad():
+        bf16.model.encoder.layer[-1].output.dense.weight.mul_(2)
+    assert (bf16.encode(texts) * b).sum(axis=1).min() < 0.99
+
+
+def test_an_unknown_routing_precision_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"router.precision: 'fp16' is not one of auto, fp32, bf16"):
+        HeadConfig(precision="fp16")
 
 
 def _label_router(head: LabelHead, **selection) -> SystemRouter:

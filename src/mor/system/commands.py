@@ -21,13 +21,16 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
           layers: int | None = typer.Option(None, help="MiniLM layers kept (fewer: faster routing)."),
           tune_layers: int | None = typer.Option(None, help="Top MiniLM layers to fine-tune (0: frozen)."),
           tune_epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
+          precision: str | None = typer.Option(None, help="MiniLM routing precision: auto (default: bf16 where "
+                                                          "the CPU does it natively), fp32 or bf16."),
           seed: int = typer.Option(0, help="Random seed.")) -> None:
     """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults."""
     from mor.system.dataset import read_labeled
     from mor.system.head import HeadConfig, LabelHead
 
     requests, labels = read_labeled(data)
-    chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs}
+    chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs,
+              "precision": precision}
     config = HeadConfig(seed=seed, **{k: v for k, v in chosen.items() if v is not None})
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features")

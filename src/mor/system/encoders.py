@@ -4,6 +4,7 @@ Both turn request texts into fixed-size float vectors; both save to and load fro
 (JSON + safetensors), so a router trained on one machine loads safely on another.
 """
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -66,15 +67,30 @@ class TfidfEncoder:
         return encoder
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 faster than fp32."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe is not None and probe())
+
+
+def inference_dtype(precision: str) -> torch.dtype:
+    """The dtype `encode` runs in: `auto` is bf16 where the CPU computes it natively, else fp32."""
+    check(precision in {"auto", "fp32", "bf16"}, f"router.precision: {precision!r} is not one of auto, fp32, bf16")
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 class MiniLMEncoder(nn.Module):
     """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests.
 
-    `layers` keeps only the first transformer layers: encoding time is about proportional to them.
+    `layers` keeps only the first transformer layers: encoding time is about proportional to them. `precision`
+    is the one `encode` (routing) runs in; training always runs in fp32, and bf16 routing uses a copy of the weights.
     """
 
     kind = "minilm"
 
-    def __init__(self, path: Path | None = None, max_tokens: int = 128, layers: int | None = None) -> None:
+    def __init__(self, path: Path | None = None, max_tokens: int = 128, layers: int | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging
@@ -91,7 +107,8 @@ class MiniLMEncoder(nn.Module):
             check(1 <= layers <= self.layers, f"router.layers: {layers} is outside 1–{self.layers}")
             self.model.encoder.layer = self.model.encoder.layer[:layers]
             self.model.config.num_hidden_layers = layers
-        self.max_tokens = max_tokens
+        self.max_tokens, self.dtype = max_tokens, inference_dtype(precision)
+        self._routing: list[nn.Module] = []  # the bf16 copy encode() runs, made on first use (a list: unregistered)
 
     @property
     def dim(self) -> int:
@@ -106,8 +123,24 @@ class MiniLMEncoder(nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """(n, dim) mean-pooled, L2-normalised embeddings, differentiable."""
+        return self._embed(self.model, texts)
+
+    def _embed(self, model: nn.Module, texts: list[str]) -> torch.Tensor:
         batch = self.tokens(texts)
-        return self.pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+        return self.pool(model(**batch).last_hidden_state.float(), batch["attention_mask"])
+
+    def train(self, mode: bool = True) -> "MiniLMEncoder":
+        if mode:
+            self._routing.clear()  # the weights may change: the next encode() copies them again
+        return super().train(mode)
+
+    def routing_model(self) -> nn.Module:
+        """The model `encode` runs: the weights themselves in fp32, else a copy in the inference dtype."""
+        if self.dtype == torch.float32:
+            return self.model.eval()
+        if not self._routing:
+            self._routing.append(copy.deepcopy(self.model).to(self.dtype).eval())
+        return self._routing[0]
 
     @staticmethod
     def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -129,13 +162,15 @@ class MiniLMEncoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        self.eval()
-        return torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]).numpy()
+        """(n, dim) float32 embeddings for routing, computed in the inference precision."""
+        model = self.routing_model()
+        parts = [self._embed(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return torch.cat(parts).numpy()
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder / "minilm")
         self.tokenizer.save_pretrained(folder / "minilm")
 
     @classmethod
-    def load(cls, folder: Path, max_tokens: int = 128) -> "MiniLMEncoder":
-        return cls(folder / "minilm", max_tokens)
+    def load(cls, folder: Path, max_tokens: int = 128, precision: str = "fp32") -> "MiniLMEncoder":
+        return cls(folder / "minilm", max_tokens, precision=precision)

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from mor.errors import ConfigError, MorError, check
-from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
+from mor.system.encoders import MiniLMEncoder, TfidfEncoder, inference_dtype, minilm_path
 from mor.system.tuning import fine_tune
 
 
@@ -34,6 +34,7 @@ class HeadConfig:
     tune_epochs: int = 3
     tune_lr: float = 2e-4
     max_tokens: int = 128
+    precision: str = "auto"  # MiniLM routing: bf16 where the CPU computes it natively (a third faster), else fp32
     c: float = 10.0
     seed: int = 0
 
@@ -43,6 +44,7 @@ class HeadConfig:
         check(1 <= self.layers <= 6, f"router.layers: {self.layers} is outside 1–6")
         check(0 <= self.tune_layers <= self.layers,
               f"router.tune_layers: {self.tune_layers} is outside 0–{self.layers} (router.layers)")
+        inference_dtype(self.precision)
         check(self.c > 0, f"router.c: the inverse regularisation strength must be > 0, got {self.c}")
 
     def parts(self) -> list[str]:
@@ -72,7 +74,8 @@ class LabelHead:
             if part == "tfidf":
                 encoders[part] = TfidfEncoder().fit(texts)
                 continue
-            encoders[part] = MiniLMEncoder(max_tokens=config.max_tokens, layers=config.layers)
+            encoders[part] = MiniLMEncoder(max_tokens=config.max_tokens, layers=config.layers,
+                                           precision=config.precision)
             if config.tune_layers:
                 fine_tune(encoders[part], [texts[i] for i in fit_idx], y[fit_idx].tolist(), len(names),
                           layers=config.tune_layers, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
@@ -109,7 +112,8 @@ class LabelHead:
             raise MorError(f"router {folder}: not a trained router folder ({e}); train one with "
                            f"`mor route train --data FILE.jsonl --out {folder}`") from e
         config = HeadConfig(**meta["config"])
-        loaders = {"tfidf": TfidfEncoder.load, "minilm": lambda f: MiniLMEncoder.load(f, config.max_tokens)}
+        loaders = {"tfidf": TfidfEncoder.load,
+                   "minilm": lambda f: MiniLMEncoder.load(f, config.max_tokens, config.precision)}
         encoders = {part: loaders[part](folder) for part in meta["encoders"]}
         return cls(meta["labels"], config, encoders, tensors["weight"].numpy(), tensors["bias"].numpy(),
                    meta["temperature"])
