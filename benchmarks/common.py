@@ -8,7 +8,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from mor.data import Task
+from mor.nn import Halting
+from mor.nn.models import MoRModel
 from mor.train import checkpoint
+from mor.train.build import build_model
 from mor.train.config import RunConfig
 from mor.train.plots import save
 from mor.train.trainer import Trainer
@@ -245,6 +248,29 @@ def closest_dim(build: Callable[[int], nn.Module], measure: Callable[[nn.Module]
         mid = (low + high) // 2
         low, high = (mid + 1, high) if measure(build(dims[mid])) < target else (low, mid)
     return min(dims[max(low - 1, 0):low + 1], key=lambda dim: abs(measure(build(dim)) - target))
+
+
+def matched_dims(cfg: RunConfig, task: Task, kinds: Iterable[str], size: Callable[[nn.Module], float], dims: range,
+                 own: Collection[str] = ("mor",)) -> dict[str, int]:
+    """Each kind's width: the config's own for the kinds in `own`, else the width in `dims` whose `size`
+    (parameters, FLOPs) is closest to MoR's. How every suite matches its baselines to MoR."""
+    target = size(build_model(cfg.model, task, "mor"))
+    return {kind: cfg.model.dim if kind in own else
+            closest_dim(lambda d, k=kind: build_model(with_dim(cfg, d).model, task, k), size, target, dims)
+            for kind in kinds}
+
+
+def call_options(model: nn.Module, halting: Halting | None = None) -> dict:
+    """Forward options: a routed model (MoRModel) runs `halting`, by default its training depth (matched
+    compute), and returns its diagnostics; dense takes none."""
+    if not isinstance(model, MoRModel):
+        return {}
+    return {"halting": halting or Halting(max_steps=model.train_steps), "return_diagnostics": True}
+
+
+def flops_on(probe: Tensor) -> Callable[[nn.Module], float]:
+    """A model's forward FLOPs per example on `probe` at its training depth: the size FLOP-matched suites compare."""
+    return lambda model: counted(model, probe, **call_options(model))[1]
 
 
 def counted(model: nn.Module, x: Tensor, **kwargs) -> tuple[Any, float]:

@@ -23,15 +23,16 @@ from torch import Tensor, nn
 from mor.data import Mix
 from mor.nn import Halting
 from mor.nn.models import MoRModel, count_parameters
-from mor.train.build import build_model
 from mor.train.config import RunConfig, parse
 from mor.train.evaluate import mutual_information, routing_counts, routing_matrix, rule_name
 from mor.train.run import LABELS
 
 from .common import (
     SuiteRun,
-    closest_dim,
+    call_options,
     counted,
+    flops_on,
+    matched_dims,
     md_machine,
     md_table,
     torch_threads,
@@ -56,25 +57,6 @@ def config(steps: int, threads: int, model: dict, loss: dict) -> RunConfig:
                   "train": {"steps": steps, "lr": 2e-3, "warmup": min(100, steps // 10), "seed": SEED,
                             "threads": threads, "log_every": steps, "eval_every": steps, "loss": {**LOSS, **loss}},
                   "checkpoint": {"every": steps, "keep_last": 1}}, "hidden-task mix")
-
-
-def call_options(model: nn.Module, halting: Halting | None = None) -> dict:
-    """Forward options: a routed model (MoRModel) runs `halting`, by default its training depth (matched
-    compute), and returns its diagnostics; dense takes none."""
-    if not isinstance(model, MoRModel):
-        return {}
-    return {"halting": halting or Halting(max_steps=model.train_steps), "return_diagnostics": True}
-
-
-def matched_dims(cfg: RunConfig, task: Mix, probe: Tensor) -> dict[str, int]:
-    """Each kind's width: MoR's own for MoR, else the one closest to MoR's FLOPs per example at training depth."""
-    def flops(model: nn.Module) -> float:
-        return counted(model, probe, **call_options(model))[1]
-
-    target = flops(build_model(cfg.model, task, "mor"))
-    return {kind: cfg.model.dim if kind == "mor" else
-            closest_dim(lambda d, k=kind: build_model(with_dim(cfg, d).model, task, k), flops, target, DIMS)
-            for kind in KINDS}
 
 
 def measure(model: nn.Module, x: Tensor, y: Tensor, groups: Tensor, task: Mix, halting: Halting | None = None
@@ -219,7 +201,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", threads: int = 1, s
     task = Mix(sizes=(8, SIZES[0]))
     data = {str(size): task.grouped_eval_set(examples, size, seed=EVAL_SEED) for size in SIZES}
     with torch_threads(threads):
-        dims = matched_dims(cfg, task, data[str(SIZES[0])][0][:8])
+        dims = matched_dims(cfg, task, KINDS, flops_on(data[str(SIZES[0])][0][:8]), DIMS)
         models = {kind: run_kind(cfg, task, kind, dims[kind], data) for kind in KINDS}
     recipe = {"steps": steps, "threads": threads, "examples": examples, "sizes": list(SIZES),
               "model": cfg.model.model_dump(mode="json", exclude={"kind", "heads", "hidden"}),

@@ -27,17 +27,17 @@ from torch import Tensor, nn
 from mor.data import Addition, PrefixSum
 from mor.nn import Halting
 from mor.nn.models import MoRModel, count_parameters
-from mor.train.build import build_model
 from mor.train.config import RunConfig, parse
 from mor.train.evaluate import rule_name
 
-from .common import SuiteRun, closest_dim, md_machine, md_table, train_model, with_dim
+from .common import SuiteRun, matched_dims, md_machine, md_table, train_model, with_dim
 
 TASKS = {"prefix_sum": PrefixSum, "addition": Addition}
 KINDS = ("mor", "reflection", "moe", "dense")
 TRAIN_SIZES = (8, 32)
 SIZES = (32, 128, 512)
 MAX_STEPS = 600
+DIMS = range(4, 257)  # widths searched when matching a baseline's parameters to MoR's
 DEPTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 400, 500, 600)  # the fixed-depth sweep
 RULES = (Halting(max_steps=MAX_STEPS, threshold=0.99), Halting(max_steps=MAX_STEPS, stable_steps=20))
 GOALS = {32: 1.0, 128: 0.99, 512: 0.95}  # accuracy per size, on at least GOAL_SEEDS of the seeds
@@ -77,16 +77,6 @@ def config(task: str, steps: int, seed: int) -> RunConfig:
                   "train": {"steps": steps, "lr": 2e-3, "warmup": min(100, steps // 10), "seed": seed, "threads": 1,
                             "log_every": steps, "eval_every": steps, "loss": LOSS},
                   "checkpoint": {"every": steps, "keep_last": 1}}, "reasoning depth")
-
-
-def matched_dims(cfg: RunConfig) -> dict[str, int]:
-    """Each kind's width: MoR's own, else the one whose parameter count is closest to MoR's."""
-    task = TASKS[cfg.data.task]()
-    target = count_parameters(build_model(cfg.model, task, "mor"))
-    return {kind: cfg.model.dim if kind == "mor" else
-            closest_dim(lambda d, k=kind: build_model(with_dim(cfg, d).model, task, k), count_parameters,
-                        target, range(4, 257))
-            for kind in KINDS}
 
 
 def accuracy(output: Tensor, y: Tensor) -> float:
@@ -291,7 +281,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", task: str = "prefix
     p = plan(quick, task, seeds, steps)
     workers = workers or max(1, min(len(os.sched_getaffinity(0)), 8))
     suite = SuiteRun("depth" if task == "prefix_sum" else f"depth-{task}", quick, [1] * workers)
-    dims = matched_dims(config(task, p.steps, 0))
+    dims = matched_dims(config(task, p.steps, 0), TASKS[task](), KINDS, count_parameters, DIMS)
     print(f"reasoning depth on {task}: {len(KINDS) * p.seeds} jobs on {workers} processes", flush=True)
     jobs = run_jobs(p, dims, workers)
     results = {"plan": p.__dict__ | {"rules": [rule_name(r) for r in p.rules]}, "dims": dims, "workers": workers,

@@ -48,9 +48,12 @@ from . import layer_speed
 from .common import (
     SuiteRun,
     Trained,
+    call_options,
     counted,
+    flops_on,
     fmt_ratio,
     interleaved,
+    matched_dims,
     md_machine,
     md_table,
     paired_ratio,
@@ -59,12 +62,13 @@ from .common import (
     train_model,
     with_dim,
 )
-from .hidden_mix import call_options, matched_dims
 
 SEED, EVAL_SEED = 0, 12345
 EXAMPLES = 256  # evaluation strings; the larger latency batch
 BATCHES = (1, EXAMPLES)
+KINDS = ("mor", "reflection", "moe", "dense")
 REFLECTING = ("mor", "reflection")  # the kinds whose halting is timed, trained first
+DIMS = range(4, 513)  # widths searched when matching a baseline's FLOPs to MoR's
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ def measure(plan: Plan) -> dict:
     x, y = task.eval_set(EXAMPLES, task.sizes[1], seed=EVAL_SEED)
     notes: list[str] = [] if layer_speed.MixtralSparseMoeBlock else ["transformers is not installed: Mixtral skipped."]
     layers = layer_speed.run_layers(layer_speed.CONFIGS[:1], list(plan.threads), plan.layer_rounds, notes)
-    dims = matched_dims(cfg, task, x[:8])
+    dims = matched_dims(cfg, task, KINDS, flops_on(x[:8]), DIMS)
     trained = {kind: train_model(with_dim(cfg, dims[kind]), task, kind) for kind in REFLECTING}
     for t in trained.values():
         t.model.to("cpu")

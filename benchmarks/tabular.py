@@ -40,8 +40,8 @@ from mor.train.run import LABELS as NEURAL_LABELS
 
 from .common import (
     SuiteRun,
-    closest_dim,
     fmt_mean_std,
+    matched_dims,
     md_machine,
     md_table,
     mean_std,
@@ -139,21 +139,13 @@ def config(name: str, steps: int, threads: int) -> RunConfig:
                   "checkpoint": {"every": steps, "keep_last": 1}}, f"tabular {name}")
 
 
-def matched_dims(cfg: RunConfig, task: DatasetTask) -> dict[str, int]:
-    """Each neural model's width: MoR's own for MoR and MoE (the same modules), else closest in parameters."""
-    target = count_parameters(build_model(cfg.model, task, "mor"))
-    return {kind: cfg.model.dim if kind in ("mor", "moe") else
-            closest_dim(lambda d, k=kind: build_model(with_dim(cfg, d).model, task, k), count_parameters, target, DIMS)
-            for kind in NEURAL}
-
-
 def run_dataset(name: str, n_folds: int, steps: int, threads: int) -> dict:
     """Cross-validate every model on dataset `name`: per-fold scores and fit times, their mean ± std, parameters."""
     x, y = load(name)
     splits = split_folds(name, y, n_folds)
     cfg = config(name, steps, threads)
     first = Fold(name, x, y, *splits[0])
-    dims = matched_dims(cfg, first)
+    dims = matched_dims(cfg, first, NEURAL, count_parameters, DIMS, own=("mor", "moe"))  # MoE: the same modules
     per_fold: dict[str, list[dict]] = {kind: [] for kind in MODELS}
     for i, (train, test) in enumerate(splits):
         fold = first if i == 0 else Fold(name, x, y, train, test)
