@@ -4,26 +4,39 @@ It checks every request body against the official `openai` package's request sch
 match), answers from `ANSWERS` or by echoing, reports usage and (when asked) logprobs, validates its own reply
 against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "400",
 "garbage" (a 200 that is not a completion) and "sleep:SECONDS" (then answer).
+
+With `"stream": true` it sends the same reply as server-sent `ChatCompletionChunk`s (validated too): the role, one
+chunk per word, the tool call in two fragments, the finish reason, the usage when `stream_options` asks for it, then
+`data: [DONE]`. Stream faults: "drip:SECONDS" (wait that long before each chunk after the role), "cut:N" (drop the
+connection after N chunks after the role) and "stall:N" (send nothing more after N chunks after the role).
 """
 
 import asyncio
+import json
+import re
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from openai.types.chat import ChatCompletion
-from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from fastapi.responses import JSONResponse, StreamingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.completion_create_params import (
+    CompletionCreateParamsNonStreaming,
+    CompletionCreateParamsStreaming,
+)
 from pydantic import TypeAdapter, ValidationError
 
 ANSWERS = {"What is the capital of France?": "Paris"}
 TOKEN_LOGPROB = -0.25  # every answer token's log-probability, so tests know the confidence to expect
-Params = CompletionCreateParamsNonStreaming
-REQUEST_SCHEMA, REQUEST_KEYS = TypeAdapter(Params), Params.__required_keys__ | Params.__optional_keys__
+SCHEMAS = {stream: TypeAdapter(params) for stream, params in ((False, CompletionCreateParamsNonStreaming),
+                                                             (True, CompletionCreateParamsStreaming))}
+REQUEST_KEYS = {key for params in (CompletionCreateParamsNonStreaming, CompletionCreateParamsStreaming)
+                for key in params.__required_keys__ | params.__optional_keys__}
 
 
 class State:
@@ -39,13 +52,13 @@ class State:
 
 
 def schema_error(body: Any) -> str | None:
-    """Why `body` is not a valid non-streaming chat-completions request, or None when it is."""
+    """Why `body` is not a valid chat-completions request (streaming or not), or None when it is."""
     if not isinstance(body, dict):
         return "body is not an object"
     if unknown := set(body) - REQUEST_KEYS:
         return f"unknown fields {sorted(unknown)}"
     try:
-        list(REQUEST_SCHEMA.validate_python(body)["messages"])  # messages validate lazily, when iterated
+        list(SCHEMAS[body.get("stream") is True].validate_python(body)["messages"])  # messages validate lazily
     except ValidationError as err:
         return str(err).splitlines()[0]
     return None
@@ -72,11 +85,57 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply to a valid streaming request, as the chunks OpenAI would stream (see the module docstring)."""
+    whole = completion(body)
+    choice = whole["choices"][0]
+    message, logprobs = choice["message"], choice["logprobs"]
+
+    def chunk(delta: dict[str, Any], token: dict[str, Any] | None = None, finish: str | None = None) -> dict:
+        return {"id": whole["id"], "object": "chat.completion.chunk", "created": 0, "model": whole["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                             "logprobs": {"content": [token], "refusal": None} if token else None}]}
+
+    words = re.findall(r"\s*\S+", message["content"] or "")
+    tokens = logprobs["content"] if logprobs else [None] * len(words)
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": word}, token) for word, token in zip(words, tokens, strict=True)]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        out.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function", "function": {
+            "name": call["function"]["name"], "arguments": arguments[:1]}}]}))
+        out.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[1:]}}]}))
+    out.append(chunk({}, finish=choice["finish_reason"]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        out.append({**chunk({}), "choices": [], "usage": whole["usage"]})
+    for each in out:
+        ChatCompletionChunk.model_validate(each)
+    return out
+
+
+class Cut(Exception):
+    """Raised inside a streamed reply to drop the connection mid-way, as a crashed upstream would."""
+
+
+async def events(parts: list[dict[str, Any]], fault: str) -> AsyncIterator[str]:
+    """`parts` as server-sent events, then `data: [DONE]`, with the stream fault `fault` played."""
+    kind, _, value = fault.partition(":")
+    for sent, part in enumerate(parts):
+        if sent and kind == "drip":
+            await asyncio.sleep(float(value))
+        if kind in ("cut", "stall") and sent == int(value) + 1:
+            if kind == "cut":
+                raise Cut(f"dropped after {value} chunk(s)")
+            await asyncio.sleep(3600)
+        yield f"data: {json.dumps(part)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def create_app(state: State) -> FastAPI:
     app = FastAPI()
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> JSONResponse | StreamingResponse:
         body = await request.json()
         state.bodies.append(body)
         state.headers.append(dict(request.headers))
@@ -90,6 +149,8 @@ def create_app(state: State) -> FastAPI:
             return JSONResponse({"hello": "world"})
         if error := schema_error(body):
             return JSONResponse({"error": {"message": error}}, status_code=422)
+        if body.get("stream"):
+            return StreamingResponse(events(chunks(body), fault), media_type="text/event-stream")
         return JSONResponse(completion(body))
 
     return app

@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: the OpenAI chat API over the routing system, whole or streamed as server-sent events.
 
-The system answers whole; a streamed reply sends the role at once, then the answer in word-sized chunks, then a
-last chunk with the finish reason and the `mor` extension, then `data: [DONE]`.
+A streamed reply sends the role at once, then the answer: passed through delta by delta as the chosen expert makes
+it where the system can stream (see `MoRSystem.stream`), else the whole answer cut into word-sized chunks; then a
+last chunk with the finish reason and the `mor` extension, the usage chunk when asked for, and `data: [DONE]`. A
+failure sends an error event before `data: [DONE]` instead.
 """
 
 import json
@@ -79,17 +81,24 @@ async def _stream(service: Service, system: MoRSystem, request: Request, model: 
         return f"data: {chunk.model_dump_json()}\n\n"
 
     yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    passed = False
     try:
-        reply = await service.ask(system, request)
+        async for part in service.stream(system, request):
+            if isinstance(part, Reply):
+                reply = part
+            else:
+                passed = True
+                yield event([ChunkChoice(delta=Delta(content=part.text or None, tool_calls=part.tool_calls or None))])
     except ApiError as err:
         yield f"data: {json.dumps({'error': {'message': public(err.message), 'type': 'upstream_error'}})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    for piece in pieces(reply.answer.content):
-        yield event([ChunkChoice(delta=Delta(content=piece))])
     calls = _tool_calls(reply)
-    if calls:
-        yield event([ChunkChoice(delta=Delta(tool_calls=[{"index": i, **c} for i, c in enumerate(calls)]))])
+    if not passed:
+        for piece in pieces(reply.answer.content):
+            yield event([ChunkChoice(delta=Delta(content=piece))])
+        if calls:
+            yield event([ChunkChoice(delta=Delta(tool_calls=[{"index": i, **c} for i, c in enumerate(calls)]))])
     yield event([ChunkChoice(delta=Delta(), finish_reason="tool_calls" if calls else "stop")], mor=extension(reply))
     if usage:
         yield event([], usage=_usage(reply))

@@ -3,7 +3,8 @@ with the app (FastAPI lifespan); endpoints reach it through the `ServiceDep` dep
 
 import asyncio
 import time
-from typing import Annotated
+from collections.abc import AsyncIterator, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import Depends, Request
@@ -17,8 +18,11 @@ from mor.serve.schemas import Readiness
 from mor.serve.served_model import ServedModel
 from mor.serve.settings import ServeSettings
 from mor.system.config import load_system
+from mor.system.request import Delta
 from mor.system.request import Request as SystemRequest
-from mor.system.system import MoRSystem, Reply
+from mor.system.system import MoRSystem, Reply, StreamBroken
+
+Result = TypeVar("Result")
 
 
 class Service:
@@ -74,13 +78,46 @@ class Service:
     async def ask(self, system: MoRSystem, request: SystemRequest) -> Reply:
         """The system's reply, recorded in the metrics. The work is shielded: a caller that leaves does not cut
         an expert call short (the system's load counts and statistics stay right, and shutdown waits for it)."""
-        task = asyncio.ensure_future(system.ask(request))
+        try:
+            reply = await asyncio.shield(self._run(system.ask(request)))
+        except MorError as err:
+            raise _failed(err) from None
+        self._record(reply)
+        return reply
+
+    async def stream(self, system: MoRSystem, request: SystemRequest) -> AsyncIterator[Delta | Reply]:
+        """`ask` streamed (see `MoRSystem.stream`): deltas as the expert makes them, then the recorded Reply. The
+        work runs in a task of its own, so here too a caller that leaves does not cut it short."""
+        pieces: asyncio.Queue[Delta | Reply | BaseException] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for piece in system.stream(request):
+                    pieces.put_nowait(piece)
+            except BaseException as err:  # handed to the reader, which would otherwise wait for a reply forever
+                pieces.put_nowait(err)
+                if not isinstance(err, Exception):
+                    raise
+
+        self._run(pump())
+        while not isinstance(piece := await pieces.get(), Reply):
+            if isinstance(piece, MorError):
+                raise _failed(piece) from None
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+        self._record(piece)
+        yield piece
+
+    def _run(self, work: Coroutine[Any, Any, Result]) -> asyncio.Task[Result]:
+        """`work` as a task that shutdown waits for."""
+        task = asyncio.ensure_future(work)
         self.running.add(task)
         task.add_done_callback(self.running.discard)
-        try:
-            reply = await asyncio.shield(task)
-        except MorError as err:
-            raise ApiError(502, f"no expert could answer: {err}", code="experts_failed") from None
+        return task
+
+    def _record(self, reply: Reply) -> None:
+        """Count the reply's experts and reflection in the metrics."""
         m = self.metrics
         for name in reply.decision.selected:
             m.selected.labels(name).inc()
@@ -88,7 +125,6 @@ class Service:
             m.expert_calls.labels(answer.expert, "ok" if answer.ok else "error").inc()
         m.reflection_steps.labels(self.settings.model_name).observe(reply.answer.steps)
         m.reflection_rounds.observe(reply.rounds)
-        return reply
 
     def readiness(self) -> Readiness:
         """Each part's state: "ok", or why it cannot serve."""
@@ -98,6 +134,13 @@ class Service:
         for name, model in self.models.items():
             checks[f"model:{name}"] = "ok" if model.ready else public(model.reason)
         return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
+
+
+def _failed(err: MorError) -> ApiError:
+    """The 502 for a system that found no expert to answer, or whose streamed answer broke off."""
+    if isinstance(err, StreamBroken):
+        return ApiError(502, str(err), code="stream_broken")
+    return ApiError(502, f"no expert could answer: {err}", code="experts_failed")
 
 
 def get_service(request: Request) -> Service:

@@ -1,4 +1,5 @@
-"""What a system is asked and what an expert gives back: `Request`, `Answer` and its `Cost`."""
+"""What a system is asked and what an expert gives back: `Request`, `Answer` (whole, or `Delta` by `Delta` as it is
+made) and its `Cost`."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,3 +92,12 @@ class Answer:
     def content(self) -> str:
         """The answer as text, whatever its kind: what a chat client shows."""
         return self.text if self.text is not None else ("" if self.value is None else str(self.value))
+
+
+@dataclass
+class Delta:
+    """A piece of an answer as a streaming expert makes it: new text, and tool-call fragments in OpenAI's streaming
+    form (each with the `index` of the call it continues)."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)

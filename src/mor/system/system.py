@@ -1,18 +1,22 @@
 """`MoRSystem`: route a request to experts, call them with timeouts and fallbacks, reflect, integrate.
 
 Reflection across models is escalation: while the integrated answer's confidence is below the reflection
-threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times.
+threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times. When
+nothing needs the whole answer first (one expert selected, no reflection rounds, `weighted` integration), `stream`
+passes the expert's deltas on as they are made.
 """
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
-from mor.errors import check
+from mor.errors import MorError, check
 from mor.system import integration
 from mor.system.decision import Decision
 from mor.system.experts.base import Expert
-from mor.system.request import Answer, Cost, Request
+from mor.system.request import Answer, Cost, Delta, Request
 from mor.system.router import SystemRouter
 from mor.system.stats import Breaker, ExpertStats
 from mor.system.store import StateStore
@@ -71,6 +75,10 @@ class Reply:
                 "cost": vars(self.cost)}
 
 
+class StreamBroken(MorError):
+    """An expert failed after part of its answer was passed on, so no other expert can take its place."""
+
+
 class MoRSystem:
     """Experts + router + integration, with per-expert statistics (optionally persisted) and circuit breakers."""
 
@@ -118,19 +126,56 @@ class MoRSystem:
         """Answer `query`: route, call (with fallbacks), reflect while unsure, integrate."""
         request = Request.of(query)
         decision = self.router.route(request, self.stats)
+        with self._reserved(decision) as reserved:
+            return await self._answer(request, decision, reserved)
+
+    async def stream(self, query: str | Request) -> AsyncIterator[Delta | Reply]:
+        """Answer `query` as `ask` does, yielding the chosen expert's deltas as it makes them, then the Reply.
+
+        Only when nothing needs the whole answer first: one expert selected, no reflection rounds, `weighted`
+        integration; otherwise the Reply comes alone. An expert that fails before its first delta is replaced as in
+        `ask`; one that fails after it raises StreamBroken.
+        """
+        request = Request.of(query)
+        decision = self.router.route(request, self.stats)
+        with self._reserved(decision) as reserved:
+            if len(decision.selected) > 1 or self.reflection.rounds or self.combine.mode != "weighted":
+                yield await self._answer(request, decision, reserved)
+                return
+            ranked = self._ranked(decision)
+            async for piece in self._pieces(ranked[0], request, reserved, stream=True):
+                if isinstance(piece, Delta):
+                    yield piece
+                else:
+                    answer = piece
+            answers = await self._replace_failed(request, [answer], ranked[1:])
+            yield await self._reflect(request, decision, ranked, answers)
+
+    @contextmanager
+    def _reserved(self, decision: Decision) -> Iterator[set[str]]:
+        """The selected experts, counted in their load before any await so concurrent requests see it; a call
+        takes its expert's reservation over, and what no call took (cancelled before it began) is given back."""
         reserved = set(decision.selected)
-        for name in reserved:  # count the load before any await, so concurrent requests see it
+        for name in reserved:
             self.stats[name].started()
         try:
-            return await self._answer(request, decision, reserved)
+            yield reserved
         finally:
-            for name in reserved:  # cancelled before its call began: give the slot back
+            for name in reserved:
                 self.stats[name].in_flight -= 1
 
+    @staticmethod
+    def _ranked(decision: Decision) -> list[str]:
+        """The selected experts, then the other available ones best first: the order fallbacks are asked in."""
+        return decision.selected + [s.name for s in decision.scores if s.name not in decision.selected and s.available]
+
     async def _answer(self, request: Request, decision: Decision, reserved: set[str]) -> Reply:
-        ranked = decision.selected + [s.name for s in decision.scores
-                                      if s.name not in decision.selected and s.available]
+        ranked = self._ranked(decision)
         answers = await self._first_round(request, decision.selected, ranked, reserved)
+        return await self._reflect(request, decision, ranked, answers)
+
+    async def _reflect(self, request: Request, decision: Decision, ranked: list[str], answers: list[Answer]) -> Reply:
+        """The first round's `answers` integrated, asking the next of `ranked` too while the result is unsure."""
         fallback = decision.fallback or not any(a.ok and a.expert in decision.selected for a in answers)
         syntheses: list[Answer] = []
         combined = await self._integrate(request, answers, syntheses)
@@ -156,7 +201,11 @@ class MoRSystem:
                                                 if previous else request, reserved))
         else:
             answers = list(await asyncio.gather(*(self._call(n, request, reserved) for n in selected)))
-        for name in ranked[len(selected):]:
+        return await self._replace_failed(request, answers, ranked[len(selected):])
+
+    async def _replace_failed(self, request: Request, answers: list[Answer], candidates: list[str]) -> list[Answer]:
+        """`answers`; if all failed, with the `candidates`' answers one by one until one answers, then the default's."""
+        for name in candidates:
             if any(a.ok for a in answers):
                 break
             answers.append(await self._call(name, request))
@@ -192,21 +241,36 @@ class MoRSystem:
         return self._limits[name]
 
     async def _call(self, name: str, request: Request, reserved: set[str] | None = None) -> Answer:
-        """One expert call under its concurrency limit and timeout; failures become an Answer with `error`.
+        """One expert's whole answer; a failure becomes an Answer with `error` (see `_pieces`)."""
+        async with aclosing(self._pieces(name, request, reserved, stream=False)) as pieces:
+            return await anext(pieces)
 
-        A name in `reserved` was already counted in the expert's load when the request was routed; the call
-        takes that reservation over. A cancelled call gives its load back without counting as a failure.
+    async def _pieces(self, name: str, request: Request, reserved: set[str] | None,
+                      stream: bool) -> AsyncIterator[Delta | Answer]:
+        """One expert call under its concurrency limit: its deltas (with `stream`), then its Answer.
+
+        The expert's timeout bounds the wait for the first piece (the whole answer when not streaming). A failure
+        becomes an Answer with `error`, or StreamBroken once deltas were passed on. A name in `reserved` was already
+        counted in the expert's load when the request was routed; the call takes that reservation over. A call
+        cancelled or closed early gives its load back without counting as a failure.
         """
         expert, stats = self.experts[name], self.stats[name]
         if reserved is not None and name in reserved:
             reserved.discard(name)
         else:
             stats.started()
-        start = time.perf_counter()
+        start, sent = time.perf_counter(), 0
         try:
             async with self._limit(name):
                 try:
-                    answer = await asyncio.wait_for(expert.answer(request), expert.info.timeout_s)
+                    async with aclosing(expert.stream(request) if stream else _whole(expert, request)) as pieces:
+                        async with asyncio.timeout(expert.info.timeout_s):
+                            piece = await anext(pieces)
+                        while isinstance(piece, Delta):
+                            sent += 1
+                            yield piece
+                            piece = await anext(pieces)
+                    answer = piece
                 except TimeoutError:
                     answer = Answer(expert=name, error=f"timed out after {expert.info.timeout_s:g} s",
                                     confidence=0.0)
@@ -218,8 +282,10 @@ class MoRSystem:
         latency = time.perf_counter() - start
         stats.finished(latency, answer.error, self.breaker)
         if not answer.ok:
+            if sent:
+                raise StreamBroken(f"the answer broke off after {sent} delta(s): {answer.error}")
             answer.cost = Cost(latency_s=latency)
-        return answer
+        yield answer
 
     def feedback(self, expert: str, success: bool, request: str | None = None) -> None:
         """Record whether an expert's answer was right; the router prefers experts that succeed."""
@@ -240,3 +306,8 @@ class MoRSystem:
             self.store.save(self.stats)
         for expert in self.experts.values():
             await expert.aclose()
+
+
+async def _whole(expert: Expert, request: Request) -> AsyncIterator[Answer]:
+    """`expert`'s whole answer as a stream of one piece, for a call that must not stream."""
+    yield await expert.answer(request)

@@ -1,12 +1,14 @@
-"""The `Expert` contract: a name, what it is good at, what it costs, and `async answer(request) -> Answer`."""
+"""The `Expert` contract: a name, what it is good at, what it costs, and `async answer(request) -> Answer` (or
+`stream(request)`, its deltas as they are made and then the Answer)."""
 
 import abc
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from mor.errors import ConfigError, check
-from mor.system.request import Answer, Cost, Request
+from mor.system.request import Answer, Cost, Delta, Request
 
 
 @dataclass
@@ -69,7 +71,15 @@ class Expert(abc.ABC):
     async def answer(self, request: Request) -> Answer:
         """Answer `request`; latency is measured here so every adapter reports it the same way."""
         start = time.perf_counter()
-        answer = await self._answer(request)
+        return self._priced(await self._answer(request), start)
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Answer]:
+        """Answer `request` piece by piece: its deltas as they are made, then the whole Answer. An adapter that
+        cannot stream gives the whole Answer only."""
+        yield await self.answer(request)
+
+    def _priced(self, answer: Answer, start: float) -> Answer:
+        """`answer` with the latency since `start` and the declared price per call added to its cost."""
         answer.cost = answer.cost + Cost(latency_s=time.perf_counter() - start, money=self.info.cost_per_call)
         return answer
 

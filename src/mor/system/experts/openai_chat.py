@@ -2,58 +2,40 @@
 
 Each attempt has a hard deadline; timeouts, connection errors, 429 and 5xx are retried with exponential backoff
 (a Retry-After header is honoured up to one attempt's timeout); other 4xx fail at once, since sending the same
-request again cannot help. The API key is read from the environment variable the config names, never from the
-config itself.
+request again cannot help. A streamed call (`stream`) is an attempt up to its first delta, retried the same way;
+after that the server may take up to the timeout between chunks, and a failure ends the stream. The API key is read
+from the environment variable the config names, never from the config itself.
 """
 
 import asyncio
 import os
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
 
 from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
 from mor.system.experts.errors import ExpertError
-from mor.system.request import Answer, Cost, Request
+from mor.system.experts.openai_stream import StreamedCompletion
+from mor.system.experts.openai_wire import Completion, parse, snippet
+from mor.system.request import Answer, Cost, Delta, Request
 
 # Confidence when the server returns no logprobs: a middling prior that says "unjudged", below what a
 # verified tool answer (1.0) earns and above a guess.
 DEFAULT_CONFIDENCE = 0.6
+Result = TypeVar("Result")
 
 
-class _TokenLogprob(BaseModel):
-    logprob: float
+class _Retryable(Exception):
+    """A failed response worth sending again, and how long the server asked to wait first."""
 
-
-class _Logprobs(BaseModel):
-    content: list[_TokenLogprob] | None = None
-
-
-class _Message(BaseModel):
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class _Choice(BaseModel):
-    message: _Message
-    finish_reason: str | None = None
-    logprobs: _Logprobs | None = None
-
-
-class _Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class _Completion(BaseModel):
-    """The parts of an OpenAI chat completion this adapter reads; other fields are ignored."""
-
-    model: str = ""
-    choices: list[_Choice] = Field(min_length=1)
-    usage: _Usage = _Usage()
+    def __init__(self, reason: str, wait_s: float) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
 
 
 class OpenAIChatExpert(Expert):
@@ -78,6 +60,7 @@ class OpenAIChatExpert(Expert):
         check(price_in >= 0 and price_out >= 0, f"{where}: price_in and price_out must be ≥ 0")
         check(0 <= default_confidence <= 1, f"{where}: default_confidence must be in [0, 1]")
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self._where = f"{where}: {self.url}"
         self.model, self.retries, self.backoff_s = model, retries, backoff_s
         self.timeout_s = info.timeout_s if timeout_s is None else timeout_s
         check(self.timeout_s > 0, f"{where}: timeout_s must be > 0, got {self.timeout_s}")
@@ -91,8 +74,9 @@ class OpenAIChatExpert(Expert):
             self._headers["Authorization"] = f"Bearer {key}"
         self._client, self._owns_client = client, client is None
 
-    def body(self, request: Request) -> dict[str, Any]:
-        """The JSON body of the chat-completions call for `request` (OpenAI schema)."""
+    def body(self, request: Request, stream: bool = False) -> dict[str, Any]:
+        """The JSON body of the chat-completions call for `request` (OpenAI schema); `stream` asks for server-sent
+        events with a last usage chunk."""
         body: dict[str, Any] = {"model": self.model, "messages": list(request.messages),
                                 "temperature": self.temperature}
         if request.tools:
@@ -101,17 +85,29 @@ class OpenAIChatExpert(Expert):
             body["max_tokens"] = self.max_tokens
         if self.logprobs:
             body["logprobs"] = True
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
         return body
 
     async def _answer(self, request: Request) -> Answer:
-        data, attempts = await self._post(self.body(request))
+        completion, attempts = await self._retried(partial(self._post, self.body(request)))
+        return self._made(completion, attempts)
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Answer]:
+        """The answer as the server streams it: each text or tool-call delta, then the whole Answer. Failures before
+        the first delta are retried like `answer`'s; after it, nothing can be taken back, so they raise at once."""
+        start = time.perf_counter()
+        (reply, delta), attempts = await self._retried(partial(self._open, self.body(request, stream=True)))
         try:
-            completion = _Completion.model_validate(data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ExpertError(f"expert {self.name}: {self.url} sent an invalid chat completion "
-                              f"({'.'.join(map(str, first['loc']))}: {first['msg']}); is it OpenAI-compatible?"
-                              ) from None
+            while delta is not None:
+                yield delta
+                delta = await self._next(reply)
+        finally:
+            await reply.response.aclose()
+        yield self._priced(self._made(reply.whole(), attempts), start)
+
+    def _made(self, completion: Completion, attempts: int) -> Answer:
+        """The Answer a completion gives: its text or tool calls, logprob confidence, tokens and money."""
         choice, usage = completion.choices[0], completion.usage
         tokens = (choice.logprobs.content or []) if choice.logprobs else []
         details: dict[str, Any] = {"model": completion.model, "finish_reason": choice.finish_reason,
@@ -124,37 +120,75 @@ class OpenAIChatExpert(Expert):
                       cost=Cost(tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, money=money),
                       details=details)
 
-    async def _post(self, body: dict[str, Any]) -> tuple[Any, int]:
-        """POST `body` with retries; the parsed JSON reply and the number of attempts it took."""
-        client = self._http()
-        for attempt in range(1, self.retries + 2):
-            delay = self.backoff_s * 2 ** (attempt - 1)
+    async def _retried(self, attempt: Callable[[], Awaitable[Result]]) -> tuple[Result, int]:
+        """`attempt()`'s result and the number of attempts it took: each attempt has `timeout_s`; timeouts,
+        connection errors, 429 and 5xx are retried with backoff, other errors raise at once."""
+        for number in range(1, self.retries + 2):
+            delay = self.backoff_s * 2 ** (number - 1)
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    response = await client.post(self.url, json=body, headers=self._headers)
+                    return await attempt(), number
             except (TimeoutError, httpx.TimeoutException):
                 reason = f"timed out after {self.timeout_s:g} s"
             except httpx.TransportError as err:
-                reason = f"connection failed ({type(err).__name__}: {_snippet(str(err))})"
-            else:
-                if response.is_success:
-                    return self._json(response), attempt
-                reason = f"HTTP {response.status_code}: {_snippet(response.text)}"
-                if response.status_code != 429 and response.status_code < 500:
-                    raise ExpertError(f"expert {self.name}: POST {self.url} failed: {reason}; fix the request, "
-                                      f"model name or API key")
-                delay = max(delay, min(_retry_after(response), self.timeout_s))
-            if attempt <= self.retries:
+                reason = f"connection failed ({type(err).__name__}: {snippet(str(err))})"
+            except _Retryable as err:
+                reason, delay = str(err), max(delay, err.wait_s)
+            if number <= self.retries:
                 await asyncio.sleep(delay)
         raise ExpertError(f"expert {self.name}: POST {self.url} failed after {self.retries + 1} attempt(s): "
                           f"{reason}; check the server, or raise timeout_s or retries")
+
+    async def _post(self, body: dict[str, Any]) -> Completion:
+        """One attempt at a whole completion."""
+        response = await self._http().post(self.url, json=body, headers=self._headers)
+        self._check(response)
+        return parse(Completion, self._json(response), self._where)
+
+    async def _open(self, body: dict[str, Any]) -> tuple[StreamedCompletion, Delta | None]:
+        """One attempt at a streamed completion: the stream, read up to its first delta (None: it had none)."""
+        client = self._http()
+        response = await client.send(client.build_request("POST", self.url, json=body, headers=self._headers),
+                                     stream=True)
+        try:
+            if not response.is_success:
+                await response.aread()
+            self._check(response)
+            reply = StreamedCompletion(response, self._where)
+            return reply, await reply.next_delta()
+        except BaseException:
+            await response.aclose()
+            raise
+
+    async def _next(self, reply: StreamedCompletion) -> Delta | None:
+        """The stream's next delta, waiting at most `timeout_s` for it; deltas were passed on, so a failure now
+        ends the answer."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await reply.next_delta()
+        except TimeoutError:
+            reason = f"nothing came for {self.timeout_s:g} s"
+        except httpx.TransportError as err:
+            reason = f"{type(err).__name__}: {snippet(str(err))}"
+        raise ExpertError(f"expert {self.name}: the stream from {self.url} failed mid-way ({reason})")
+
+    def _check(self, response: httpx.Response) -> None:
+        """Raise for a failed response: `_Retryable` for 429 and 5xx, ExpertError for other 4xx (sending the same
+        request again cannot help)."""
+        if response.is_success:
+            return
+        reason = f"HTTP {response.status_code}: {snippet(response.text)}"
+        if response.status_code != 429 and response.status_code < 500:
+            raise ExpertError(f"expert {self.name}: POST {self.url} failed: {reason}; fix the request, "
+                              f"model name or API key")
+        raise _Retryable(reason, min(_retry_after(response), self.timeout_s))
 
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
         except ValueError:
-            raise ExpertError(f"expert {self.name}: {self.url} replied with non-JSON "
-                              f"({_snippet(response.text)}); is it an OpenAI-compatible endpoint?") from None
+            raise ExpertError(f"{self._where} replied with non-JSON ({snippet(response.text)}); is it an "
+                              f"OpenAI-compatible endpoint?") from None
 
     def _http(self) -> httpx.AsyncClient:
         """The client, created on first use (inside the running event loop) and reused for every call."""
@@ -174,9 +208,3 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("retry-after", 0)))
     except ValueError:
         return 0.0
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    """`text` on one line, cut to `limit` characters, for error messages."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit] + "…"
