@@ -49,6 +49,7 @@ MODEL = {"kind": "mor", "num_experts": 2, "k": 1, "dim": 32, "cell": "conv", "tr
          "progressive": 0.5, "halting": {"max_steps": MAX_STEPS, "threshold": 0.99}}
 LOSS = {"prior_halt_prob": 0.05}
 EVAL_SEED = 12345
+CARRY_EXAMPLES = 16  # a carry chain of one length has two instances (the operands either way round)
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,14 @@ def job(p: Plan, kind: str, seed: int, dim: int) -> dict:
     cfg = config(p.task, p.steps, seed)
     task = TASKS[p.task]()
     model, seconds, _ = train_model(with_dim(cfg, dim), task, kind)
-    sizes = {}
-    for size, n in p.examples.items():
-        x, y = task.batch(n, torch.Generator().manual_seed(EVAL_SEED + size), size)
-        sizes[size] = measure(model, x, y, p)
-    return {"kind": kind, "seed": seed, "dim": dim, "parameters": count_parameters(model), "train_s": seconds,
-            "sizes": sizes}
+    probes = {"sizes": (task, p.examples)}
+    if p.task == "addition":  # random operands carry a few positions; these carry through every digit
+        probes["carry_chain"] = (Addition(carry_chain=True), dict.fromkeys(p.examples, CARRY_EXAMPLES))
+    out = {"kind": kind, "seed": seed, "dim": dim, "parameters": count_parameters(model), "train_s": seconds}
+    for key, (probe, examples) in probes.items():
+        out[key] = {size: measure(model, *probe.batch(n, torch.Generator().manual_seed(EVAL_SEED + size), size), p)
+                    for size, n in examples.items()}
+    return out
 
 
 def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
@@ -135,9 +138,9 @@ def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
     return results
 
 
-def headline(result: dict, size: int) -> float:
+def headline(result: dict, size: int, probe: str = "sizes") -> float:
     """A job's accuracy at `size` under the first adaptive rule (critic confidence), or its only accuracy."""
-    m = result["sizes"][size]
+    m = result[probe][size]
     return next(iter(m["rules"].values()))["accuracy"] if "rules" in m else m["accuracy"]
 
 
@@ -180,16 +183,16 @@ NAMES = {"mor": "MoR (2 experts, top-1)", "reflection": "single reflection exper
          "dense": f"dense ({MODEL['depth']} cells)"}
 
 
-def seed_rows(results: list[dict], sizes: list[int]) -> list[list[str]]:
+def seed_rows(results: list[dict], sizes: list[int], probe: str = "sizes") -> list[list[str]]:
     """One row per kind and seed: parameters, training time, accuracy per size under the first rule, and the
     best fixed depth's accuracy at the largest size."""
     rows = []
     for kind, runs in by_kind(results).items():
         for r in runs:
-            top = r["sizes"][sizes[-1]]
+            top = r[probe][sizes[-1]]
             best = f"{top['best_accuracy']:.3f} @ {top['best_depth']}" if "rules" in top else "—"
             rows.append([NAMES[kind], str(r["seed"]), f"{r['parameters']:,}", f"{r['train_s']:.0f}",
-                         *(f"{headline(r, s):.3f}" for s in sizes), best])
+                         *(f"{headline(r, s, probe):.3f}" for s in sizes), best])
     return rows
 
 
@@ -255,7 +258,18 @@ def markdown(results: dict) -> str:
         "chosen after the fact, so it is an upper reference, not a usable rule.",
         md_table(["model", "seed", "bits", "best fixed @ depth", *(f"{r}: accuracy in steps" for r in rules)],
                  halting_rows(results["jobs"], sizes)),
-        "## Against the goals", "\n".join(verdicts(results))])
+        *carry_section(results, sizes), "## Against the goals", "\n".join(verdicts(results))])
+
+
+def carry_section(results: dict, sizes: list[int]) -> list[str]:
+    """For addition: the same models on operands whose carry runs through every digit (none for prefix sums)."""
+    if "carry_chain" not in results["jobs"][0]:
+        return []
+    return ["## Long carry chains\n\nThe same trained models on 0111…1 + 0000…1 (either order), whose carry runs "
+            "through every digit: what random operands never ask for. Accuracy under the first adaptive rule; the "
+            "last column is the best fixed depth.",
+            md_table(["model", "seed", "parameters", "train s", *(f"{s} bits" for s in sizes),
+                      f"best fixed @ depth, {sizes[-1]} bits"], seed_rows(results["jobs"], sizes, "carry_chain"))]
 
 
 def figure(results: dict) -> Figure:

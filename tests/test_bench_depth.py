@@ -25,3 +25,12 @@ def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
     assert all(abs(p - parameters["mor"]) / parameters["mor"] < 0.15 for p in parameters.values()), parameters
     assert markdown.count("| MoR (2 experts, top-1) |") == 2 + 2 * len(plan["examples"])
     assert "## Against the goals" in markdown and "of 2 seeds" in markdown
+
+
+def test_quick_addition_run_also_scores_long_carry_chains(tmp_path):
+    results = reasoning_depth.run(quick=True, out_dir=str(tmp_path), task="addition", seeds=1, workers=2)
+    for job in results["jobs"]:
+        assert set(job["carry_chain"]) == set(job["sizes"])
+        assert all(0 <= reasoning_depth.headline(job, size, "carry_chain") <= 1 for size in job["carry_chain"])
+    section = (tmp_path / "depth-addition.md").read_text().split("## Long carry chains")[1].split("## Against")[0]
+    assert section.count("| MoR (2 experts, top-1) | 0 |") == 1 and section.count("| dense (16 cells) | 0 |") == 1
