@@ -75,11 +75,15 @@ def test_addition_batches_add_up_beyond_training_sizes():
         assert value_of(y[row]) == value_of(x[row, :, 0]) + value_of(x[row, :, 1])
 
 
-def test_carry_chains_run_through_every_digit():
-    x, y = Addition(carry_chain=True).eval_set(32, size=64, seed=0)
-    operands = {(value_of(x[i, :, 0]), value_of(x[i, :, 1])) for i in range(32)}
-    assert operands == {(2**63 - 1, 1), (1, 2**63 - 1)}  # 0111…1 + 0000…1, in both orders
-    assert all(value_of(y[i]) == 2**63 for i in range(32))
+def test_carry_chains_run_through_every_digit_from_a_random_first_one():
+    x, y = Addition(carry_chain=True).eval_set(64, size=64, seed=0)
+    a, b = x[:, :-1, 0].long(), x[:, :-1, 1].long()
+    assert (a[:, 0] == b[:, 0]).all() and (a[:, 1:] + b[:, 1:] == 1).all()  # first digit 1+1 or 0+0, then propagate
+    carried = a[:, 0] == 1
+    assert 0 < carried.sum() < 64 and len({tuple(row) for row in a.tolist()}) == 64
+    for i in range(64):  # with a carry every sum bit after the first is 0 and the carry comes out; else all 1
+        assert value_of(y[i]) == value_of(x[i, :, 0]) + value_of(x[i, :, 1])
+        assert y[i, 1:-1].tolist() == [1 - int(carried[i])] * 63 and y[i, -1] == int(carried[i])
 
 
 def test_parity_of_a_specific_vector():

@@ -14,8 +14,10 @@ class Addition(BitSequenceTask):
     """Operand bits (N, L+1, 3) — a bit, b bit, constant 1 — and the bits of a + b (N, L+1) as labels.
 
     The size L is the number of digits; the last position holds the final carry (both operands 0 there).
-    Random operands have short carry chains, so a few steps suffice; `carry_chain=True` makes every
-    instance 0111…1 + 0000…1 (operands in random order), whose carry runs through every digit.
+    Random operands have short carry chains, so a few steps suffice. With `carry_chain=True` the first digit
+    either makes a carry (1 + 1) or not (0 + 0), at random, and every later digit propagates it (one operand's
+    bit 1, the other's 0, at random): each sum bit then depends on the first digit, so the answer cannot be
+    right without carrying that information the whole length, and no fixed guess gets more than half right.
     """
 
     name = "addition"
@@ -30,16 +32,11 @@ class Addition(BitSequenceTask):
 
     def sequences(self, n: int, length: int, generator: torch.Generator) -> Batch:
         check(length >= 2, f"addition: needs at least 2 positions (1 digit and the carry), got {length}")
+        a, b = torch.randint(0, 2, (2, n, length), generator=generator)
         if self.carry_chain:
-            a = torch.zeros(n, length, dtype=torch.long)
-            a[:, :length - 2] = 1
-            b = torch.zeros_like(a)
-            b[:, 0] = 1
-            swap = torch.randint(0, 2, (n, 1), generator=generator).bool()
-            a, b = torch.where(swap, b, a), torch.where(swap, a, b)
-        else:
-            a, b = torch.randint(0, 2, (2, n, length), generator=generator)
-            a[:, -1] = b[:, -1] = 0
+            b = 1 - a  # every digit propagates …
+            b[:, 0] = a[:, 0]  # … but the first, which makes a carry or not
+        a[:, -1] = b[:, -1] = 0
         return with_marker(torch.stack([a, b], -1).float()), add_bits(a, b)
 
 
