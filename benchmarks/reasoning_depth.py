@@ -265,10 +265,11 @@ def carry_section(results: dict, sizes: list[int]) -> list[str]:
     """For addition: the same models on operands whose carry runs through every digit (none for prefix sums)."""
     if "carry_chain" not in results["jobs"][0]:
         return []
-    return ["## Long carry chains\n\nThe same trained models on operands whose first digit makes a carry or not "
-            "(at random) and whose every later digit propagates it, so every sum bit depends on the first digit: "
-            "what random operands never ask for. A model that cannot carry that far gets about half right (it "
-            "guesses one case). Accuracy under the first adaptive rule; the last column is the best fixed depth.",
+    return ["## Long carry chains\n\nThe same trained models on operands whose first two digits make a carry or "
+            "not (1+1, 0+0 or 0+0, 1+1, at random) and whose every later digit propagates it, so every sum bit "
+            "depends on the start: what random operands never ask for. A model that cannot carry that far gets "
+            "about half right (it guesses one case). Accuracy under the first adaptive rule; the last column is the "
+            "best fixed depth.",
             md_table(["model", "seed", "parameters", "train s", *(f"{s} bits" for s in sizes),
                       f"best fixed @ depth, {sizes[-1]} bits"], seed_rows(results["jobs"], sizes, "carry_chain"))]
 

@@ -75,15 +75,15 @@ def test_addition_batches_add_up_beyond_training_sizes():
         assert value_of(y[row]) == value_of(x[row, :, 0]) + value_of(x[row, :, 1])
 
 
-def test_carry_chains_run_through_every_digit_from_a_random_first_one():
+def test_carry_chains_run_through_every_digit_and_only_the_order_of_the_first_two_tells():
     x, y = Addition(carry_chain=True).eval_set(64, size=64, seed=0)
     a, b = x[:, :-1, 0].long(), x[:, :-1, 1].long()
-    assert (a[:, 0] == b[:, 0]).all() and (a[:, 1:] + b[:, 1:] == 1).all()  # first digit 1+1 or 0+0, then propagate
-    carried = a[:, 0] == 1
+    carried = a[:, 1] == 1  # 0+0 then 1+1: a carry out of the second digit; 1+1 then 0+0: none
+    assert (a[:, :2] == b[:, :2]).all() and (a[:, :2].sum(1) == 1).all() and (a[:, 2:] + b[:, 2:] == 1).all()
     assert 0 < carried.sum() < 64 and len({tuple(row) for row in a.tolist()}) == 64
-    for i in range(64):  # with a carry every sum bit after the first is 0 and the carry comes out; else all 1
+    for i in range(64):  # with the carry every later sum bit is 0 and the carry comes out; without it all are 1
         assert value_of(y[i]) == value_of(x[i, :, 0]) + value_of(x[i, :, 1])
-        assert y[i, 1:-1].tolist() == [1 - int(carried[i])] * 63 and y[i, -1] == int(carried[i])
+        assert y[i, 2:-1].tolist() == [1 - int(carried[i])] * 62 and y[i, -1] == int(carried[i])
 
 
 def test_parity_of_a_specific_vector():

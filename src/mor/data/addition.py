@@ -14,10 +14,11 @@ class Addition(BitSequenceTask):
     """Operand bits (N, L+1, 3) — a bit, b bit, constant 1 — and the bits of a + b (N, L+1) as labels.
 
     The size L is the number of digits; the last position holds the final carry (both operands 0 there).
-    Random operands have short carry chains, so a few steps suffice. With `carry_chain=True` the first digit
-    either makes a carry (1 + 1) or not (0 + 0), at random, and every later digit propagates it (one operand's
-    bit 1, the other's 0, at random): each sum bit then depends on the first digit, so the answer cannot be
-    right without carrying that information the whole length, and no fixed guess gets more than half right.
+    Random operands have short carry chains, so a few steps suffice. With `carry_chain=True` the first two
+    digits are 1+1 then 0+0 (no carry out) or 0+0 then 1+1 (a carry out), at random, and every later digit
+    propagates (one operand's bit 1, the other's 0): each sum bit then depends on the order of the first two,
+    so it cannot be right without carrying that information the whole length. Both cases have the same bits
+    in each operand, so no average over positions tells them apart, and a fixed guess gets about half right.
     """
 
     name = "addition"
@@ -34,8 +35,11 @@ class Addition(BitSequenceTask):
         check(length >= 2, f"addition: needs at least 2 positions (1 digit and the carry), got {length}")
         a, b = torch.randint(0, 2, (2, n, length), generator=generator)
         if self.carry_chain:
-            b = 1 - a  # every digit propagates …
-            b[:, 0] = a[:, 0]  # … but the first, which makes a carry or not
+            check(length >= 3, f"addition: a carry chain needs at least 3 positions, got {length}")
+            b = 1 - a
+            carry = torch.randint(0, 2, (n,), generator=generator)
+            a[:, 0] = b[:, 0] = 1 - carry
+            a[:, 1] = b[:, 1] = carry
         a[:, -1] = b[:, -1] = 0
         return with_marker(torch.stack([a, b], -1).float()), add_bits(a, b)
 
