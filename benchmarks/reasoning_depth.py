@@ -1,7 +1,8 @@
 """Reasoning depth: does reflection solve instances far longer than its training ones by thinking longer, and
 does it know when to stop?
 
-One task per run (prefix sums by default, or binary addition), trained on 8–32 bits and evaluated on fresh
+One task per run (prefix sums by default, binary addition, or additions whose carry runs through every digit),
+trained on 8–32 bits and evaluated on fresh
 instances of 32, 128 and 512 bits with up to 600 reflection steps, for MoR (2 reflection experts, top-1), a
 single reflection expert, a depth-1 MoE and a dense stack of distinct cells — the baselines at matched
 parameters — each over several seeds, because recurrent reasoners fail to train on some seeds: every seed is
@@ -9,8 +10,8 @@ reported. Reflecting models are scored at fixed depths (one run to the deepest, 
 adaptive halting: critic confidence ≥ 0.99, or the answer unchanged for 20 steps. Accuracy = the whole string
 right. Jobs run in parallel processes, one torch thread each, so the wall time is the suite's, not one model's.
 
-Run: `mor bench depth [--quick]` or `python -m benchmarks.reasoning_depth [--quick] [--task addition]
-[--seeds 5] [--steps 2000]`; writes depth.json (depth-addition.json for addition), .md and .png.
+Run: `mor bench depth [--quick]` or `python -m benchmarks.reasoning_depth [--quick] [--task addition|carry]
+[--seeds 5] [--steps 2000]`; writes depth.json (depth-TASK.json for the others), .md and .png.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from mor.data import Addition, PrefixSum
+from mor.data import Addition, Task, get_task
 from mor.nn import Halting
 from mor.nn.models import MoRModel, count_parameters
 from mor.train.config import RunConfig, parse
@@ -32,7 +33,8 @@ from mor.train.evaluate import rule_name
 
 from .common import SuiteRun, matched_dims, md_machine, md_table, train_model, with_dim
 
-TASKS = {"prefix_sum": PrefixSum, "addition": Addition}
+DATA = {"prefix_sum": {"task": "prefix_sum"}, "addition": {"task": "addition"},  # each task's data config
+        "carry": {"task": "addition", "carry_chain": True}}
 KINDS = ("mor", "reflection", "moe", "dense")
 TRAIN_SIZES = (8, 32)
 SIZES = (32, 128, 512)
@@ -72,9 +74,14 @@ def plan(quick: bool, task: str, seeds: int | None, steps: int | None) -> Plan:
     return Plan(task, seeds or 5, steps or 2000, {32: 256, 128: 256, 512: 100}, DEPTHS, RULES)
 
 
+def task_of(cfg: RunConfig) -> Task:
+    """The task a config's data section names, with its options."""
+    return get_task(cfg.data.task, **cfg.data.options)
+
+
 def config(task: str, steps: int, seed: int) -> RunConfig:
     """The one training recipe of every kind and seed (MoR's sizes; a baseline changes only its width)."""
-    return parse({"model": MODEL, "data": {"task": task, "sizes": list(TRAIN_SIZES), "batch_size": 64},
+    return parse({"model": MODEL, "data": {**DATA[task], "sizes": list(TRAIN_SIZES), "batch_size": 64},
                   "train": {"steps": steps, "lr": 2e-3, "warmup": min(100, steps // 10), "seed": seed, "threads": 1,
                             "log_every": steps, "eval_every": steps, "loss": LOSS},
                   "checkpoint": {"every": steps, "keep_last": 1}}, "reasoning depth")
@@ -110,7 +117,7 @@ def job(p: Plan, kind: str, seed: int, dim: int) -> dict:
     """Train one kind on one seed and measure it at every size: what one worker process does."""
     torch.set_num_threads(1)
     cfg = config(p.task, p.steps, seed)
-    task = TASKS[p.task]()
+    task = task_of(cfg)
     model, seconds, _ = train_model(with_dim(cfg, dim), task, kind)
     probes = {"sizes": (task, p.examples)}
     if p.task == "addition":  # random operands carry a few positions; these carry through every digit
@@ -297,7 +304,8 @@ def run(quick: bool = False, out_dir: str = "bench-results", task: str = "prefix
     p = plan(quick, task, seeds, steps)
     workers = workers or max(1, min(len(os.sched_getaffinity(0)), 8))
     suite = SuiteRun("depth" if task == "prefix_sum" else f"depth-{task}", quick, [1] * workers)
-    dims = matched_dims(config(task, p.steps, 0), TASKS[task](), KINDS, count_parameters, DIMS)
+    cfg = config(task, p.steps, 0)
+    dims = matched_dims(cfg, task_of(cfg), KINDS, count_parameters, DIMS)
     print(f"reasoning depth on {task}: {len(KINDS) * p.seeds} jobs on {workers} processes", flush=True)
     jobs = run_jobs(p, dims, workers)
     results = {"plan": p.__dict__ | {"rules": [rule_name(r) for r in p.rules]}, "dims": dims, "workers": workers,
@@ -309,7 +317,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", task: str = "prefix
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Smoke version: 2 seeds, 30 steps, a few examples.")
-    parser.add_argument("--task", choices=sorted(TASKS), default="prefix_sum")
+    parser.add_argument("--task", choices=sorted(DATA), default="prefix_sum")
     parser.add_argument("--seeds", type=int, help="Seeds per kind (default 5; quick 2).")
     parser.add_argument("--steps", type=int, help="Training steps (default 2000; quick 30).")
     parser.add_argument("--workers", type=int, help="Worker processes (default: the usable cores, at most 8).")

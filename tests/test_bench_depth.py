@@ -34,3 +34,13 @@ def test_quick_addition_run_also_scores_long_carry_chains(tmp_path):
         assert all(0 <= reasoning_depth.headline(job, size, "carry_chain") <= 1 for size in job["carry_chain"])
     section = (tmp_path / "depth-addition.md").read_text().split("## Long carry chains")[1].split("## Against")[0]
     assert section.count("| MoR (2 experts, top-1) | 0 |") == 1 and section.count("| dense (16 cells) | 0 |") == 1
+
+
+def test_each_task_name_builds_its_task_with_the_training_sizes():
+    from mor.cli import SUITES
+
+    tasks = {name: reasoning_depth.task_of(reasoning_depth.config(name, 10, 0)) for name in reasoning_depth.DATA}
+    assert [type(t).__name__ for t in tasks.values()] == ["PrefixSum", "Addition", "Addition"]
+    assert not tasks["addition"].carry_chain and tasks["carry"].carry_chain
+    assert all(tuple(t.sizes) == reasoning_depth.TRAIN_SIZES for t in tasks.values())
+    assert SUITES["depth-carry"] == ("reasoning_depth", {"task": "carry"})

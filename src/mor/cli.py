@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 SUITES: dict[str, tuple[str, dict]] = {  # suite → benchmarks/ module and the options its run() gets
     "depth": ("reasoning_depth", {}), "depth-addition": ("reasoning_depth", {"task": "addition"}),
+    "depth-carry": ("reasoning_depth", {"task": "carry"}),
     "mix": ("hidden_mix", {}), "tabular": ("tabular", {}), "chars": ("char_lm", {}), "speed": ("speed", {}),
     "layer": ("layer_speed", {}), "route": ("routing", {}), "serve": ("serve_load", {})}
 state = {"debug": False}
