@@ -41,6 +41,7 @@ BAD = [
     ("data:\n  task: prefix_sum\n  colour: red\n", "data.colour: task 'prefix_sum' has no option"),
     ("data:\n  task: csv\n", "data.path: task 'csv' needs option 'path'"),
     ("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1"),
+    ("train:\n  steps: 10\n  upcycle: 10\n", "train.upcycle: must be < train.steps (10), got 10"),
     ("- just\n- a list\n", "expected a YAML mapping"),
     ("train: [unclosed\n", "not valid YAML at line"),
 ]
@@ -82,10 +83,11 @@ def train_until(cfg, stop_at: int | None):
     return trainer
 
 
-@pytest.mark.parametrize("stop_at", [3, 5, 13, 23])
-def test_resume_after_interrupt_gives_bit_identical_weights(tmp_path, stop_at):
-    reference = train_until(config(tmp_path / "ref", model={"noise_std": 0.5}), None)
-    cfg = config(tmp_path / "run", model={"noise_std": 0.5})  # router noise: the RNG state must be restored too
+@pytest.mark.parametrize("stop_at,upcycle", [(3, 0), (5, 0), (13, 0), (23, 0), (5, 10)])
+def test_resume_after_interrupt_gives_bit_identical_weights(tmp_path, stop_at, upcycle):
+    recipe = {"model": {"noise_std": 0.5}, "train": {"upcycle": upcycle}}
+    reference = train_until(config(tmp_path / "ref", **recipe), None)
+    cfg = config(tmp_path / "run", **recipe)  # router noise: the RNG state must be restored too
     with pytest.raises(Interrupt):
         train_until(cfg, stop_at)
     resumed = Trainer(cfg)
@@ -163,6 +165,27 @@ def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
     assert 0 <= trainer.validate()["accuracy"] <= 1
 
 
+def expert_states(trainer: Trainer) -> list[dict]:
+    return [{k: v.clone() for k, v in expert.state_dict().items()} for expert in trainer.model.experts]
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_upcycling_trains_copies_of_one_expert_then_lets_them_part(tmp_path):
+    assert not same(*expert_states(Trainer(config(tmp_path / "plain"))))  # experts start apart without it
+    trainer = Trainer(config(tmp_path / "up", train={"upcycle": 6}))
+    start = expert_states(trainer)
+    assert same(*start)
+    for _ in range(6):
+        trainer._train_step()
+        first, second = expert_states(trainer)
+        assert same(first, second) and not same(first, start[0])
+    trainer._train_step()
+    assert not same(*expert_states(trainer))  # each now learns from its own inputs
+
+
 CHARS = {"task": "chars", "context": 16, "max_chars": 20_000, "batch_size": 16}
 TINY_LM = {"dim": 16, "depth": 1, "heads": 2, "hidden": 16, "num_experts": 2, "k": 1, "train_steps": 2,
            "halting": {"max_steps": 2}}
@@ -198,6 +221,8 @@ def test_token_tasks_refuse_a_reflection_model_and_heads_that_do_not_divide_dim(
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=r"model\.heads: must divide model\.dim \(16\), got 3"):
         Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "heads": 3}))
+    with pytest.raises(ConfigError, match=r"^train\.upcycle: applies to vector and sequence models"):
+        Trainer(config(tmp_path, data=CHARS, model=TINY_LM, train={"upcycle": 4}))
 
 
 def test_warmup_then_cosine_with_restarts():

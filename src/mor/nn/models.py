@@ -95,6 +95,25 @@ class MoRModel(nn.Module):
             output, diagnostics = self._escalate(x, output, diagnostics, halting or self.halting)
         return (output, diagnostics) if return_diagnostics else output
 
+    @torch.no_grad()
+    def upcycle(self, source: int = 0) -> None:
+        """Copy expert `source` into every expert (sparse upcycling, Komatsuzaki et al. 2022), so all start
+        from one solution instead of each having to find its own."""
+        state = self.experts[source].state_dict()
+        for expert in self.experts:
+            expert.load_state_dict(state)
+
+    @torch.no_grad()
+    def share_expert_gradients(self) -> None:
+        """Give every expert the sum of all experts' gradients. Called after each backward pass on identical
+        experts, it keeps them identical: together they train as one expert that sees every input."""
+        for params in zip(*(expert.parameters() for expert in self.experts), strict=True):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                total = torch.stack(grads).sum(0)
+                for p in params:
+                    p.grad = total.clone()
+
     def _run(self, x: Tensor, rule: Halting | None, unroll: tuple[int, int | None] = (0, None)
              ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:

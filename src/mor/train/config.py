@@ -98,7 +98,16 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(250, ge=1)
     early_stop: int | None = Field(None, ge=1, description="stop after this many evaluations without gain")
+    upcycle: int = Field(0, ge=0, description="first steps in which a mixture's experts start as copies of one "
+                                               "and train as one expert on every input (sparse upcycling)")
     loss: LossConfig = LossConfig()
+
+    @model_validator(mode="after")
+    def _upcycle_fits(self) -> "TrainConfig":
+        if self.upcycle >= self.steps:
+            raise ValueError(f"train.upcycle: must be < train.steps ({self.steps}), got {self.upcycle}; the "
+                             f"experts need steps of their own after starting as copies")
+        return self
 
 
 class EvalConfig(Strict):

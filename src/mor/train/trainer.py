@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mor.data import DatasetTask, StreamTask, Task, get_task
 from mor.errors import CheckpointError, check
+from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump
@@ -57,6 +58,12 @@ class Trainer:
         self.task: Task = task or get_task(config.data.task, **config.data.options)  # shared by a run's baselines
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, self.task, self.kind).to(self.device)
+        self.upcycling = isinstance(self.model, MoRModel) and len(self.model.experts) > 1 and config.train.upcycle > 0
+        check(not (config.train.upcycle and self.task.tokens),
+              f"train.upcycle: applies to vector and sequence models; task {self.task.name!r} gives token ids, "
+              f"set train.upcycle: 0")
+        if self.upcycling:
+            self.model.upcycle()
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
             self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
@@ -151,6 +158,8 @@ class Trainer:
             parts = {"loss": loss.detach(), **parts}
             for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + float(value) / tc.grad_accum
+        if self.upcycling and self.step < tc.upcycle:
+            self.model.share_expert_gradients()
         if tc.clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
