@@ -68,12 +68,16 @@ def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
 
 
 @needs_minilm
-def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_training():
+def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_training(tmp_path):
     texts = ["Write a haiku about rain", "what is 3 + 4", "def f(x): return x + 1  # fix the bug"]
     fp32, bf16 = (MiniLMEncoder(layers=2, max_tokens=32, precision=p) for p in ("fp32", "bf16"))
     a, b = fp32.encode(texts), bf16.encode(texts)
     assert b.dtype == np.float32 and (a * b).sum(axis=1).min() > 0.99  # cosines of unit vectors
     assert next(bf16.model.parameters()).dtype == torch.float32  # the trained weights stay fp32
+    bf16.save(tmp_path)
+    loaded = MiniLMEncoder.load(tmp_path, max_tokens=32, precision="bf16")
+    assert next(loaded._routing[0].parameters()).dtype == torch.bfloat16  # copied on load, not on first request
+    assert np.allclose(loaded.encode(texts), b, atol=1e-6)
     bf16.train()
     with torch.no_grad():
         bf16.model.encoder.layer[-1].output.dense.weight.mul_(2)

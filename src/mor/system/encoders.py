@@ -108,7 +108,7 @@ class MiniLMEncoder(nn.Module):
             self.model.encoder.layer = self.model.encoder.layer[:layers]
             self.model.config.num_hidden_layers = layers
         self.max_tokens, self.dtype = max_tokens, inference_dtype(precision)
-        self._routing: list[nn.Module] = []  # the bf16 copy encode() runs, made on first use (a list: unregistered)
+        self._routing: list[nn.Module] = []  # the bf16 copy encode() runs, made on load or first use (unregistered)
 
     @property
     def dim(self) -> int:
@@ -173,4 +173,7 @@ class MiniLMEncoder(nn.Module):
 
     @classmethod
     def load(cls, folder: Path, max_tokens: int = 128, precision: str = "fp32") -> "MiniLMEncoder":
-        return cls(folder / "minilm", max_tokens, precision=precision)
+        """A saved encoder, with its routing copy made now so the first request does not pay for it."""
+        encoder = cls(folder / "minilm", max_tokens, precision=precision)
+        encoder.routing_model()
+        return encoder
