@@ -165,6 +165,25 @@ def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
     assert 0 <= trainer.validate()["accuracy"] <= 1
 
 
+def test_validation_runs_at_eval_size(tmp_path):
+    trainer = Trainer(config(tmp_path, train={"eval_size": 40}))
+    sizes = []
+    eval_set = trainer.task.eval_set
+    trainer.task.eval_set = lambda n, size=None, seed=0: sizes.append(size) or eval_set(n, size, seed)
+    trainer.fit()
+    assert sizes == [40, 40, 40]  # steps 8, 16, 24: longer than the 4–8 bits trained on
+    assert Trainer(config(tmp_path / "default")).eval_size == 8
+
+
+@pytest.mark.parametrize("data,size,message", [
+    ({"task": "wine"}, 8, "train.eval_size: task 'wine' has no instance sizes to choose from; remove eval_size"),
+    ({"task": "parity", "dim": 16}, 17, "train.eval_size: task 'parity' takes sizes 1–16, got 17"),
+])
+def test_an_eval_size_the_task_cannot_make_is_a_clear_error(tmp_path, data, size, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        Trainer(config(tmp_path, data=data, model={"cell": "mlp"}, train={"eval_size": size}))
+
+
 def expert_states(trainer: Trainer) -> list[dict]:
     return [{k: v.clone() for k, v in expert.state_dict().items()} for expert in trainer.model.experts]
 

@@ -97,6 +97,9 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(250, ge=1)
+    eval_size: int | None = Field(None, ge=1, description="instance size of that evaluation (sized tasks; default "
+                                                          "the largest training size): longer keeps the checkpoint "
+                                                          "that extrapolates best as `best`")
     early_stop: int | None = Field(None, ge=1, description="stop after this many evaluations without gain")
     upcycle: int = Field(0, ge=0, description="first steps in which a mixture's experts start as copies of one "
                                                "and train as one expert on every input (sparse upcycling)")

@@ -64,6 +64,7 @@ class Trainer:
               f"set train.upcycle: 0")
         if self.upcycling:
             self.model.upcycle()
+        self.eval_size = self._eval_size(config.train.eval_size)
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
             self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
@@ -186,8 +187,7 @@ class Trainer:
             scores = token_score(self.model(x.to(self.device))[0], y.to(self.device))
             return {**scores, "score": -scores["bits_per_char"]}
         if isinstance(self.task, StreamTask):
-            size = self.task.sizes[1] if self.task.sizes else None
-            x, y = self.task.eval_set(512, size, seed=self.config.eval.seed)
+            x, y = self.task.eval_set(512, self.eval_size, seed=self.config.eval.seed)
         else:
             x, y = self.task.split("val")
         x, y = x.to(self.device), y.to(self.device)
@@ -196,6 +196,17 @@ class Trainer:
         result = {"mean_steps": float(diagnostics.steps[diagnostics.mask].float().mean())} if diagnostics else {}
         measured = score(self.model, output, y)
         return {**measured, "score": measured["accuracy"] if "mse" not in measured else -measured["mse"], **result}
+
+    def _eval_size(self, size: int | None) -> int | None:
+        """The instance size `validate` uses: `size` once checked against the task, else the largest trained."""
+        task = self.task
+        sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
+        if size is None:
+            return task.sizes[1] if sized else None
+        check(sized, f"train.eval_size: task {task.name!r} has no instance sizes to choose from; remove eval_size")
+        check(task.min_size <= size and (task.max_size is None or size <= task.max_size),
+              f"train.eval_size: task {task.name!r} takes sizes {task.min_size}–{task.max_size or '∞'}, got {size}")
+        return size
 
     # state ------------------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
