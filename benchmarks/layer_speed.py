@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from mor.memory import keep_freed_memory
 from mor.nn.cells import MLPCell
 from mor.nn.experts import SwiGLU
 from mor.nn.layer import MoRLayer
@@ -59,6 +60,7 @@ class Config:
 
 
 CONFIGS = (Config("small", 256, 512, 8, 2048), Config("large", 512, 1024, 16, 4096))
+DEFAULT_ALLOCATOR, KEPT_ALLOCATOR = "glibc default", "freed memory kept"  # see mor.memory
 
 
 def init_(module: nn.Module) -> nn.Module:
@@ -132,8 +134,9 @@ def active_params(cfg: Config) -> dict[str, int]:
     return {"sparse": cfg.dim * cfg.experts + cfg.k * expert, "dense": cfg.k * expert}
 
 
-def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, notes: list[str]) -> list[dict]:
-    """Every config × device × thread count × pass, as result rows."""
+def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, notes: list[str],
+               allocator: str = DEFAULT_ALLOCATOR) -> list[dict]:
+    """Every config × device × thread count × pass, as result rows (`allocator` names the malloc setting)."""
     devices = [("cpu", t) for t in threads] + ([("cuda", None)] if torch.cuda.is_available() else [])
     rows = []
     for cfg in configs:
@@ -147,7 +150,7 @@ def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, not
             grouped = probe(layers, x, notes)
             for backward in (False, True):
                 times = time_pass(layers, x, g, backward, rounds, device)
-                row = {"config": asdict(cfg), "device": device, "threads": n_threads,
+                row = {"config": asdict(cfg), "device": device, "threads": n_threads, "allocator": allocator,
                        "pass": "forward+backward" if backward else "forward", "rounds": rounds,
                        "active_params": active_params(cfg), "grouped_mm_kernel": grouped,
                        "median_s": {n: statistics.median(t) for n, t in times.items()}}
@@ -156,7 +159,7 @@ def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, not
                 if "mixtral_grouped_mm" in times:
                     row["mor_vs_mixtral_grouped_mm"] = paired_ratio(times["mixtral_grouped_mm"], times["mor"])
                 rows.append(row)
-                print(f"  {cfg.name} {device} threads={n_threads} {row['pass']}: " + ", ".join(
+                print(f"  {cfg.name} {device} threads={n_threads} {allocator} {row['pass']}: " + ", ".join(
                     f"{n} {v / 1e3:.1f}k tok/s" for n, v in row["tokens_per_s"].items()), flush=True)
     return rows
 
@@ -209,11 +212,11 @@ def markdown(results: dict) -> str:
         tps, vs = r["tokens_per_s"], r["vs_dense"]
         cfg = r["config"]
         rows.append([f"{cfg['name']} (d={cfg['dim']}, h={cfg['hidden']}, E={cfg['experts']}, {cfg['tokens']} tok)",
-                     r["device"], str(r["threads"] or "–"), r["pass"],
+                     r["device"], str(r["threads"] or "–"), r["allocator"], r["pass"],
                      *[f"{tps[n] / 1e3:.1f}k" if n in tps else "skipped" for n in LAYERS],
                      *[fmt_ratio(vs[n]) if n in vs else "–" for n in LAYERS if n != "dense"],
                      fmt_ratio(r["mor_vs_mixtral_grouped_mm"]) if "mor_vs_mixtral_grouped_mm" in r else "–"])
-    header = ["config", "device", "threads", "pass", *[f"{v} tok/s" for v in LAYERS.values()],
+    header = ["config", "device", "threads", "malloc", "pass", *[f"{v} tok/s" for v in LAYERS.values()],
               *[f"{v} vs dense" for n, v in LAYERS.items() if n != "dense"], "MoRLayer vs Mixtral grouped_mm"]
     first, h = results["layers"][0], results["halting"]
     kernels = {r["device"]: r["grouped_mm_kernel"] for r in results["layers"]}
@@ -226,6 +229,9 @@ def markdown(results: dict) -> str:
         "Ratios are paired within each round, shown as median (min–max): `X vs dense` = time(dense) / time(X), so "
         "above 1 means X is faster than a dense SwiGLU of width k·h (the same active expert parameters; the sparse "
         "layers add a d×E router). `MoRLayer vs Mixtral grouped_mm` = time(Mixtral grouped_mm) / time(MoRLayer).",
+        f"malloc: `{DEFAULT_ALLOCATOR}`, or `{KEPT_ALLOCATOR}` (`mor.memory.keep_freed_memory`, what `mor train` "
+        "sets: freed large blocks stay in the heap instead of being unmapped and page-faulted in again; run after "
+        "the default rows, in the same process, because it cannot be undone).",
         "All layers: the same seed and N(0, 0.02) init. Mixtral's implementation is set by "
         "`MixtralConfig(experts_implementation=...)`, checked by recording the aten ops each forward dispatches.",
         *[f"Grouped-matmul kernel (aten::_grouped_mm) ran on {device}: "
@@ -257,8 +263,11 @@ def run(quick: bool = False, threads: list[int] | None = None, out_dir: str = "b
     threads = threads or ([1] if quick else [1, 2])
     notes = [] if MixtralSparseMoeBlock is not None else ["transformers is not installed: Mixtral skipped."]
     try:
-        layers = run_layers(CONFIGS[:1] if quick else CONFIGS, threads, rounds or (15 if quick else 60), notes)
+        configs, rounds = CONFIGS[:1] if quick else CONFIGS, rounds or (15 if quick else 60)
+        layers = run_layers(configs, threads, rounds, notes)
         halting = run_halting(quick, threads=threads[0])
+        if not quick and keep_freed_memory():  # last: the setting cannot be undone in this process
+            layers += run_layers(configs, threads[:1], rounds, notes, KEPT_ALLOCATOR)
     finally:
         torch.set_num_threads(saved_threads)
     results = {"machine": machine(threads), "quick": quick, "notes": notes, "layers": layers, "halting": halting,

@@ -36,9 +36,11 @@ def train(config: Path | None = typer.Argument(None, help="YAML config; none: th
           resume: bool = typer.Option(False, "--resume", help="Continue the run in checkpoint.dir."),
           out: Path | None = typer.Option(None, help="Run folder (overrides checkpoint.dir).")) -> None:
     """Train the configured model and its baselines, evaluate them and write a report with plots."""
+    from mor.memory import keep_freed_memory
     from mor.train.config import load, main_job
     from mor.train.run import run
 
+    keep_freed_memory()  # large temporaries are reused step after step, not page-faulted in again
     cfg = load(config) if config else main_job()
     if out is not None:
         cfg.checkpoint.dir = out

@@ -1,0 +1,34 @@
+"""keep_freed_memory: freed large buffers stay in the heap (checked in a fresh process: the setting is global)."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, sys
+import torch
+from mor.memory import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+applied = keep_freed_memory() if sys.argv[1] == "kept" else False
+x = torch.ones(16 * 2**20)  # 64 MiB
+del x
+print(applied, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode", ["default", "kept"])
+def test_freed_large_buffers_stay_in_the_heap_only_when_asked(mode):
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True).stdout
+    applied, free_in_heap = out.split()
+    assert applied == str(mode == "kept")
+    assert (int(free_in_heap) >= 64 * 2**20) == (mode == "kept")  # by default the block was unmapped on free
