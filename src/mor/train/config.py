@@ -98,8 +98,8 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(250, ge=1)
     eval_size: int | None = Field(None, ge=1, description="instance size of that evaluation (sized tasks; default "
-                                                          "the largest training size): longer keeps the checkpoint "
-                                                          "that extrapolates best as `best`")
+                                                          "the largest training size), e.g. longer than training "
+                                                          "to follow extrapolation and keep its best checkpoint")
     early_stop: int | None = Field(None, ge=1, description="stop after this many evaluations without gain")
     upcycle: int = Field(0, ge=0, description="first steps in which a mixture's experts start as copies of one "
                                                "and train as one expert on every input (sparse upcycling)")
