@@ -65,7 +65,8 @@ def serve_config(folder: Path) -> Path:
                "batching": batching} for name in MODELS for mode, batching in MODES.items()]
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump({"models": models, "api_keys": [{"name": "bench", "sha256": hash_key(KEY)}],
-                                    "threads": 1, "server": {"host": "127.0.0.1", "graceful_shutdown_s": 5}}))
+                                    "threads": 1, "server": {"host": "127.0.0.1", "graceful_shutdown_s": 5,
+                                                                             "access_log": False}}))
     return path
 
 

@@ -1,10 +1,14 @@
-"""keep_freed_memory: freed large buffers stay in the heap (checked in a fresh process: the setting is global)."""
+"""keep_freed_memory: freed large buffers stay in the heap (checked in a fresh process: the setting is global);
+frozen_heap: gc.freeze on entry, undone on exit."""
 
+import gc
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from mor.memory import frozen_heap
 
 PROBE = """
 import ctypes, sys
@@ -32,3 +36,12 @@ def test_freed_large_buffers_stay_in_the_heap_only_when_asked(mode):
     applied, free_in_heap = out.split()
     assert applied == str(mode == "kept")
     assert (int(free_in_heap) >= 64 * 2**20) == (mode == "kept")  # by default the block was unmapped on free
+
+
+def test_frozen_heap_exempts_what_is_alive_on_entry_and_lets_go_on_exit():
+    kept = [object() for _ in range(1000)]
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        assert gc.get_freeze_count() >= len(kept)
+        assert gc.get_count()[0] < 10  # collected on entry: young generation empty
+    assert gc.get_freeze_count() == 0

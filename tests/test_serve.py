@@ -2,6 +2,7 @@
 limits, validation errors, fallbacks, routing explanations, micro-batched predictions, metrics and the page."""
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -277,6 +278,10 @@ def test_metrics_count_requests_errors_experts_depth_and_batches(server, client)
         metric(text, "mor_model_expert_activations_total", model="tiny", expert="2") >= 4  # 2 inputs × k=2
     assert metric(text, "mor_batch_size_count", model="tiny") >= 1
     assert metric(text, "mor_batch_size_sum", model="tiny") >= 2
+
+
+def test_what_the_service_loaded_is_out_of_the_garbage_collectors_way(server):
+    assert gc.get_freeze_count() > 0  # frozen once start-up is done (the app's lifespan); thawed when it stops
 
 
 def test_the_page_is_served_with_its_script_and_a_strict_policy(server):

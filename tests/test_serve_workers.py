@@ -1,5 +1,6 @@
-"""`mor serve --workers 2`: two uvicorn processes behind one port answer every request, /metrics adds up both
-(Prometheus multiprocess mode), and SIGTERM stops them cleanly."""
+"""`mor serve` as its own process: with --workers 2, two uvicorn processes behind one port answer every request,
+/metrics adds up both (Prometheus multiprocess mode), and SIGTERM stops them cleanly; the access log obeys
+`server.access_log`."""
 
 import asyncio
 import os
@@ -12,29 +13,18 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from test_serve import metric
 from test_serve_support import KEY, ROOT, write_settings
 
 
 def test_two_workers_behind_one_port_serve_and_count_together(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root, prometheus = f"http://127.0.0.1:{port}", tmp_path / "prometheus"
+    prometheus = tmp_path / "prometheus"
     prometheus.mkdir()
-    system = tmp_path / "system.yaml"  # one quick expert: the test is about the processes, not the answers
-    system.write_text('experts: [{name: shout, kind: callable, function: "builtins:str.upper"}]\n')
-    config = write_settings(tmp_path, system=str(system))
-    server = subprocess.Popen([sys.executable, "-m", "mor", "serve", "--config", str(config),
-                               "--port", str(port), "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prometheus)})
+    server, root = start(quick_config(tmp_path), "--workers", "2", stdout=subprocess.DEVNULL,
+                         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prometheus)})
     try:
-        deadline = time.monotonic() + 120
-        while not _ready(root) and time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read()
-            time.sleep(0.2)
 
         async def many():
             async with httpx.AsyncClient(base_url=root, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
@@ -60,6 +50,40 @@ def test_two_workers_behind_one_port_serve_and_count_together(tmp_path):
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
     assert server.returncode == 0 and "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_the_access_log_has_a_line_per_request_unless_turned_off(tmp_path, access_log):
+    server, root = start(quick_config(tmp_path, server={"access_log": access_log}), stdout=subprocess.PIPE)
+    try:
+        assert httpx.get(root + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=60)
+    assert "Traceback" not in err, err[-3000:]
+    assert ('"GET /v1/models HTTP/1.1" 200' in out) == access_log, out[-3000:]
+
+
+def quick_config(folder: Path, **fields) -> Path:
+    """A serve config whose system has one quick expert: these tests are about the processes, not the answers."""
+    system = folder / "system.yaml"
+    system.write_text('experts: [{name: shout, kind: callable, function: "builtins:str.upper"}]\n')
+    return write_settings(folder, system=str(system), **fields)
+
+
+def start(config: Path, *options: str, **popen) -> tuple[subprocess.Popen, str]:
+    """`mor serve --config CONFIG OPTIONS` on a free loopback port, once ready; the process and its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mor", "serve", "--config", str(config), "--port", str(port),
+                               *options], cwd=ROOT, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 120
+    while not _ready(root) and time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read()
+        time.sleep(0.2)
+    return server, root
 
 
 def recorded(folder: Path) -> set[str]:

@@ -1,15 +1,22 @@
-"""Process memory setting for CPU training: keep freed large buffers for reuse instead of returning them.
+"""Process memory settings for long-running jobs: malloc for CPU training, the garbage collector for serving.
 
-glibc's malloc serves blocks above a threshold (at most 32 MiB by default) with mmap and unmaps them on free,
-so a training step's large temporaries are page-faulted in again on every step: on the layer benchmark's
-large config a fresh 32 MiB SiLU output costs 17 ms where the arithmetic takes 4. Raising the mmap and trim
-thresholds keeps those blocks in the heap; the price is that the process keeps its peak memory.
+`keep_freed_memory`: glibc's malloc serves blocks above a threshold (at most 32 MiB by default) with mmap
+and unmaps them on free, so a training step's large temporaries are page-faulted in again on every step: on the
+layer benchmark's large config a fresh 32 MiB SiLU output costs 17 ms where the arithmetic takes 4. Raising the
+mmap and trim thresholds keeps those blocks in the heap; the price is that the process keeps its peak memory.
 jemalloc or tcmalloc (via LD_PRELOAD) are the usual alternatives where they are installed.
+
+`frozen_heap`: a server's loaded models and libraries live as long as it does, yet every full collection of
+Python's cyclic garbage collector walks all of them. Under load on /v1/predict that walk was half of the
+framework's time per request (428 → 225 µs in process on a 32-position input); `gc.freeze` exempts them.
 """
 
 import ctypes
 import ctypes.util
+import gc
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 LARGEST = 2**31 - 1  # mallopt takes an int
@@ -24,3 +31,18 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return all(libc.mallopt(option, LARGEST) == 1 for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Exempt every object alive on entry from garbage collection until exit (`gc.freeze`); process-wide.
+
+    For a service after it has loaded what it serves: objects made later are collected as usual. Objects that
+    become garbage while frozen are freed only after exit, so enter it once, when start-up is done.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

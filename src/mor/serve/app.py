@@ -9,6 +9,7 @@ from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from mor.memory import frozen_heap
 from mor.serve import catalog, chat, errors, health, page, predict, routing
 from mor.serve.limits import BodyLimit
 from mor.serve.metrics import RequestMetrics
@@ -26,7 +27,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.start()
         try:
-            yield
+            with frozen_heap():  # the loaded models and libraries: out of the garbage collector's way
+                yield
         finally:
             await service.stop()
 

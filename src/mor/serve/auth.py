@@ -33,9 +33,10 @@ class Keyring:
         return found
 
 
-def authorize(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The caller's name (the key's name, or `anonymous@ADDRESS` where allowed), after its rate limit; else 401/429."""
+async def authorize(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The caller's name (the key's name, or `anonymous@ADDRESS` where allowed), after its rate limit; else 401/429.
+    Async because it never blocks: FastAPI would run a plain `def` in its thread pool, a thread hop per request."""
     keyring: Keyring = request.app.state.service.keyring
     limiter: RateLimiter = request.app.state.service.limiter
     address = request.client.host if request.client else "unknown"

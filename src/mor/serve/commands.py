@@ -48,7 +48,7 @@ def run_server(config: Path, host: str | None = None, port: int | None = None, w
         trusted = server.forwarded_allow_ips
         uvicorn.run("mor.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, lifespan="on",
                     timeout_graceful_shutdown=server.graceful_shutdown_s, forwarded_allow_ips=trusted,
-                    proxy_headers=trusted is not None)
+                    proxy_headers=trusted is not None, access_log=server.access_log)
 
 
 @app.command("hash-key")

@@ -143,7 +143,8 @@ def _failed(err: MorError) -> ApiError:
     return ApiError(502, f"no expert could answer: {err}", code="experts_failed")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    """The app's service (async: FastAPI runs plain `def` dependencies in its thread pool, a hop per request)."""
     return request.app.state.service
 
 

@@ -57,6 +57,7 @@ class Server(Strict):
     workers: int = Field(1, ge=1, le=256)
     graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish on shutdown")
     forwarded_allow_ips: str | None = Field(None, description="balancer addresses whose X-Forwarded-For is trusted")
+    access_log: bool = Field(True, description="uvicorn's line per request on stdout; off where a proxy logs them")
 
 
 class ServeSettings(Strict):

@@ -133,7 +133,7 @@ class TrainedModel:
         self.classes, self.default_confidence = task.kind == "classification", default_confidence
         self.source = f"{loaded.path} ({config.model.kind} on {config.data.task})"
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> list[Prediction]:
         """One prediction per input of the batch `x`, (N, *shape); the per-input values are read out once for the
         whole batch, so a large batch costs little more than its forward pass."""
