@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import check
+from mor.nn.functional import softmax
 from mor.nn.losses import entropy
 
 Mode = Literal["gate", "confidence", "attention"]
@@ -57,14 +58,14 @@ class Integrator(nn.Module):
         keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
         scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
         scores = scores + torch.log(weights.clamp_min(1e-9))
-        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return softmax(scores.masked_fill(~mask, float("-inf")))
 
     def forward(self, answers: Tensor, weights: Tensor, mask: Tensor, confidence: Tensor | None = None,
                 query: Tensor | None = None, with_conflict: bool = False) -> Integrated:
         w = self.weigh(weights, mask, confidence, query, answers)
         wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
         if self.classes:
-            probs = answers.softmax(-1)
+            probs = softmax(answers)
             mixed = (wb * probs).sum(1) / wb.sum(1).clamp_min(1e-9)
             output = torch.log(mixed.clamp_min(1e-9))
         else:
@@ -86,7 +87,7 @@ def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
     w = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
     wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
     if classes:
-        probs = answers.float().softmax(-1)
+        probs = softmax(answers.float())
         mixed = (wb * probs).sum(1)
         per_position = entropy(mixed) - (wb[..., 0] * entropy(probs)).sum(1)
     else:

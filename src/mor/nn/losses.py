@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mor.nn.functional import log_softmax, softmax
+
 
 def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
     """Switch-Transformer balance loss E·Σ f_e·P_e: 1.0 when routing is uniform, larger when it collapses.
@@ -67,7 +69,7 @@ def consistency_loss(answers: Tensor, classification: bool) -> Tensor:
     """Mean change between consecutive step answers (T, N, ..., D): rewards answers that settle."""
     if answers.shape[0] < 2:
         return answers.new_zeros(())
-    a = answers.softmax(-1) if classification else answers
+    a = softmax(answers) if classification else answers
     return (a[1:] - a[:-1].detach()).square().sum(-1).mean()
 
 
@@ -98,8 +100,8 @@ def task_loss(prediction: Tensor, target: Tensor, classes: bool, log_probs: bool
     """
     if classes:
         flat = prediction.reshape(-1, prediction.shape[-1])
-        fn = F.nll_loss if log_probs else F.cross_entropy
-        per = fn(flat, target.reshape(-1), reduction="none").view(target.shape)
+        log_p = flat if log_probs else log_softmax(flat)
+        per = F.nll_loss(log_p, target.reshape(-1), reduction="none").view(target.shape)
     else:
         per = (prediction - target).square().mean(-1)
     return per.reshape(per.shape[0], -1).mean(-1)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import ShapeError, check
+from mor.nn.functional import softmax
 from mor.nn.losses import halting_distribution
 
 
@@ -88,7 +89,7 @@ class ReflectionExpert(nn.Module):
         """One reflection step: returns the new state, its answer and its judge logits (halt, critic)."""
         h = z + xe
         if self.feedback is not None and answer is not None:  # class answers are fed back as probabilities
-            h = h + self.feedback(answer.softmax(-1) if self.classes else answer)
+            h = h + self.feedback(softmax(answer) if self.classes else answer)
         z = self.norm(z + self.cell(h))
         return z, self.head(z), self.judge(z)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import ShapeError, check
+from mor.nn.functional import softmax
 from mor.nn.losses import entropy, load_balance_loss, router_z_loss
 
 
@@ -84,7 +85,7 @@ class Router(nn.Module):
         logits = self.proj(x)
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
-        probs = logits.softmax(-1) if self.score == "softmax" else torch.sigmoid(logits)
+        probs = softmax(logits) if self.score == "softmax" else torch.sigmoid(logits)
         top, indices = probs.topk(self.slots, dim=-1)
         mask = self._selection_mask(top)
         if self.capacity_factor is not None:

@@ -1,0 +1,25 @@
+"""Softmax over a short last dimension (a few classes or experts), fast on CPU.
+
+PyTorch's CPU kernel runs a scalar loop per row when the last dimension is short; over the transposed view the
+same softmax is vectorised across rows. For 2 to 10 classes that is 5-8x faster forward and about 5x forward
+plus backward (49,152 rows, 1 thread); from 16 on the plain kernel wins. Reflection feeds a 2-class answer back
+at every step, so the main job spends real time here. Elsewhere (CUDA, long dims) these are torch's own.
+"""
+
+from torch import Tensor
+
+SHORT = 16  # last dimensions below this take the transposed path on CPU
+
+
+def _transposed(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] < SHORT
+
+
+def softmax(x: Tensor) -> Tensor:
+    """`x.softmax(-1)`."""
+    return x.transpose(-1, -2).softmax(-2).transpose(-1, -2) if _transposed(x) else x.softmax(-1)
+
+
+def log_softmax(x: Tensor) -> Tensor:
+    """`x.log_softmax(-1)`."""
+    return x.transpose(-1, -2).log_softmax(-2).transpose(-1, -2) if _transposed(x) else x.log_softmax(-1)

@@ -1,0 +1,26 @@
+"""mor.nn.functional: the fast softmax paths equal torch's softmax and log_softmax, values and gradients."""
+
+import pytest
+import torch
+
+from mor.nn.functional import SHORT, log_softmax, softmax
+
+
+@pytest.mark.parametrize("shape", [(7, 2), (3, 5, 2), (4, 3, 6, 9), (5, SHORT), (2, 40), (6,)])
+@pytest.mark.parametrize("fast, reference", [(softmax, torch.softmax), (log_softmax, torch.log_softmax)])
+def test_fast_softmax_equals_torchs_with_its_gradient(shape, fast, reference):
+    x = (torch.randn(shape) * 4).requires_grad_()
+    upstream = torch.randn(shape)
+    got = fast(x)
+    (grad,) = torch.autograd.grad(got, x, upstream)
+    want = reference(x, -1)
+    (want_grad,) = torch.autograd.grad(want, x, upstream)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_scores_keep_their_zeros():
+    scores = torch.tensor([[0.3, float("-inf"), 1.2], [float("-inf"), 2.0, float("-inf")]])
+    probs = softmax(scores)
+    assert probs[0, 1] == 0 and probs[1].tolist() == [0.0, 1.0, 0.0]
