@@ -1,8 +1,8 @@
 """`mor bench serve`: a bounded load test of `mor serve` on loopback — /v1/predict with micro-batching and without.
 
-One `mor serve` process (1 worker, 1 torch thread) serves two models, each twice: `batched` (micro-batching, up to
-64 inputs per forward pass) and `unbatched` (batching off: one input per forward pass). The models have untrained
-weights and halting fixed at 24 steps, so every input costs the same:
+One `mor serve` process (1 worker, 1 torch thread, access log off) serves two models, each twice: `batched`
+(micro-batching, up to 64 inputs per forward pass) and `unbatched` (batching off: one input per forward pass).
+The models have untrained weights and halting fixed at 24 steps, so every input costs the same:
 - `vectors`: MoR over 4 features (regimes), 4 MLP reflection experts, top-2, width 32;
 - `sequences`: the main job's architecture (2 conv reflection experts, top-1, width 32) on 32-bit strings.
 A second process runs `clients` concurrent clients, each posting one input per request back to back over its own
@@ -224,8 +224,8 @@ def markdown(results: dict) -> str:
         md_machine(results["machine"], results["other_cores"]),
         f"{results['clients']} concurrent clients in a second process, {results['seconds']:g} s per served model "
         f"after {results['warmup_s']:g} s of warm-up, one input per request; one `mor serve` process (1 worker, "
-        "1 torch thread). Models: `vectors` = MoR over 4 features, 4 MLP experts, top-2, width 32; `sequences` = "
-        "the main job's architecture on 32-bit strings; both untrained, halting fixed at 24 steps.",
+        "1 torch thread, access log off). Models: `vectors` = MoR over 4 features, 4 MLP experts, top-2, width 32; "
+        "`sequences` = the main job's architecture on 32-bit strings; both untrained, halting fixed at 24 steps.",
         md_table(["served model", "requests", "failed", "requests/s", "p50 latency", "p99 latency",
                   "inputs per forward pass"], rows),
         f"Requests per second with micro-batching ÷ the same server with batching off: {ratios}. "
