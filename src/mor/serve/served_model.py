@@ -57,7 +57,10 @@ class ServedModel:
             raise ApiError(400, f"inputs: {len(inputs)} inputs, more than the limit of {self.spec.max_inputs}; "
                                 f"split the request", param="inputs")
         arrays = [self.check(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
-        results = await asyncio.gather(*(self.batcher.submit(array) for array in arrays))
+        if len(arrays) == 1:  # the common case: no task per input, as gather would make
+            results = [await self.batcher.submit(arrays[0])]
+        else:
+            results = await asyncio.gather(*(self.batcher.submit(array) for array in arrays))
         return [_output(prediction, size) for prediction, size in results]
 
     def check(self, value: Any, where: str) -> np.ndarray:
@@ -74,13 +77,14 @@ class ServedModel:
         if len(shape) == 2 and array.shape[0] > self.spec.max_length:
             raise ApiError(400, f"{where}: {array.shape[0]} positions, more than the limit of "
                                 f"{self.spec.max_length}; send a shorter sequence", param=where)
-        finite = np.isfinite(array.astype(np.float32))
+        single = array.astype(np.float32)
+        finite = np.isfinite(single)
         if not finite.all():
             at = tuple(int(i) for i in np.argwhere(~finite)[0])
             field = where + "".join(f"[{i}]" for i in at)
             raise ApiError(400, f"{field}: {float(array[at])} is not a finite float32 number; send finite values",
                            param=field)
-        return array.astype(np.float32)
+        return single
 
     def _forward(self, arrays: list[np.ndarray]) -> list[tuple[Prediction, int]]:
         """Predictions for a batch of checked inputs: one forward pass per input shape (sequence length)."""
