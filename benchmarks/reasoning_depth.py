@@ -103,12 +103,10 @@ def measure(model: nn.Module, x: Tensor, y: Tensor, p: Plan) -> dict:
     does not reflect, its one accuracy."""
     if not reflects(model):
         return {"accuracy": accuracy(model(x), y)}
-    fixed = {d: accuracy(answer, y) for d, answer in zip(p.depths, model.trajectory(x, list(p.depths)), strict=True)}
-    rules = {}
-    for rule in p.rules:
-        output, diagnostics = model(x, halting=rule, return_diagnostics=True)
-        rules[rule_name(rule)] = {"accuracy": accuracy(output, y),
-                                  "mean_steps": float(diagnostics.steps[diagnostics.mask].float().mean())}
+    swept = model.trajectory(x, list(p.depths), p.rules)
+    fixed = {d: accuracy(answer, y) for d, answer in zip(p.depths, swept.answers, strict=True)}
+    rules = {rule_name(rule): {"accuracy": accuracy(output, y), "mean_steps": float(steps[swept.mask].float().mean())}
+             for rule, output, steps in zip(p.rules, swept.outputs, swept.steps, strict=True)}
     best = max(fixed, key=lambda d: (fixed[d], -d))
     return {"fixed": fixed, "best_depth": best, "best_accuracy": fixed[best], "rules": rules}
 

@@ -135,7 +135,23 @@ def test_a_trajectory_equals_running_each_fixed_depth_on_its_own():
     model = MoRModel(3, 2, num_experts=3, k=2, dim=16, cell="conv", train_steps=2).eval()
     x = torch.randn(10, 7, 3)
     depths = [1, 4, 9]
-    swept = model.trajectory(x, depths)
+    swept = model.trajectory(x, depths).answers
     assert swept.shape == (3, 10, 7, 2)
     for d, answer in zip(depths, swept, strict=True):
         torch.testing.assert_close(answer, model(x, halting=Halting(max_steps=d)))
+
+
+def test_a_trajectory_gives_every_halting_rule_what_the_adaptive_run_gives():
+    torch.manual_seed(0)
+    model = MoRModel(3, 2, num_experts=3, k=2, dim=16, cell="conv", train_steps=2).eval()
+    for expert in model.experts:  # critics that cross τ at different steps for different inputs
+        expert.judge.bias.data[1] = 2.0
+    x = torch.randn(40, 7, 3)
+    rules = [Halting(max_steps=30, threshold=0.9), Halting(max_steps=30, stable_steps=3),
+             Halting(max_steps=12, threshold=0.95, stable_steps=4)]
+    swept = model.trajectory(x, [5], rules)
+    for rule, output, steps in zip(rules, swept.outputs, swept.steps, strict=True):
+        want, diagnostics = model(x, halting=rule, return_diagnostics=True)
+        torch.testing.assert_close(output, want, rtol=1e-4, atol=1e-5)
+        assert torch.equal(steps, diagnostics.steps)
+        assert diagnostics.steps[diagnostics.mask].float().std() > 1  # the rule stopped inputs at different steps

@@ -10,6 +10,7 @@ from mor.nn.models import (
     ConflictPolicy,
     DenseModel,
     MoRModel,
+    Trajectory,
     count_parameters,
     moe_baseline,
     reflection_baseline,
@@ -21,6 +22,6 @@ from mor.nn.transformer import TokenModel
 __all__ = [
     "ConflictPolicy", "ConvCell", "DenseModel", "Diagnostics", "Halting", "Integrator", "LossWeights",
     "MLPCell", "MoRLayer", "MoRModel", "Reflection", "ReflectionExpert", "ReflectionExperts", "Router",
-    "Routing", "SwiGLU", "SwiGLUExperts", "TokenModel", "TransformerCell", "conflict", "count_parameters",
+    "Routing", "SwiGLU", "SwiGLUExperts", "TokenModel", "Trajectory", "TransformerCell", "conflict", "count_parameters",
     "moe_baseline", "reflection_baseline", "reflection_layer",
 ]

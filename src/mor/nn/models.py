@@ -5,7 +5,7 @@ claim is measured against are the same class with the reflection or the routing 
 (`moe_baseline`, `reflection_baseline`), and `DenseModel`, a fixed stack of refine cells.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -45,6 +45,16 @@ class ConflictPolicy:
     def escalate(self, rule: Halting) -> Halting:
         stricter = rule.threshold if self.confidence is None else self.confidence
         return replace(rule, max_steps=int(rule.max_steps * self.factor), threshold=stricter)
+
+
+@dataclass
+class Trajectory:
+    """`MoRModel.trajectory`: answers at fixed depths, and each halting rule's outputs with its steps."""
+
+    answers: Tensor  # (D, N, ..., out) integrated answer after each depth
+    outputs: list[Tensor]  # per rule: (N, ..., out) integrated answer where the rule halted each expert
+    steps: list[Tensor]  # per rule: (N, m) steps each selected expert used (0 in unused slots)
+    mask: Tensor  # (N, m) which slots hold a selected expert
 
 
 class MoRModel(nn.Module):
@@ -135,18 +145,25 @@ class MoRModel(nn.Module):
         return integrated.output, diagnostics, (reflection, dispatch, routing)
 
     @torch.no_grad()
-    def trajectory(self, x: Tensor, depths: list[int]) -> Tensor:
-        """Integrated answers (D, N, ..., out) with every expert run to each of `depths` steps, routed once and
-        reflected once to the deepest: accuracy against depth for the price of one run."""
+    def trajectory(self, x: Tensor, depths: list[int], rules: Sequence[Halting] = ()) -> Trajectory:
+        """Integrated answers with every expert run to each of `depths` steps, and the outputs under each of
+        `rules`, routed once and reflected once to the deepest: accuracy against depth and every halting rule
+        for the price of one run (inputs do not leave the batch, so a rule's compute is not saved here)."""
         query = x if x.dim() == 2 else x.mean(1)
         routing = self.router(query)
         dispatch = Dispatch.of(routing)
-        runs = [expert.trajectory(part, depths) for expert, part
+        runs = [expert.trajectory(part, depths, rules) for expert, part
                 in zip(self.experts, dispatch.gather(x).split(dispatch.sizes), strict=True) if part.shape[0] > 0]
-        answers, confidences = (torch.cat(parts, 1) for parts in zip(*runs, strict=True))
-        return torch.stack([self.integrator(dispatch.scatter(a), routing.weights, routing.mask,
-                                            dispatch.scatter(c), query).output
-                            for a, c in zip(answers, confidences, strict=True)])
+        answers, confidences = (torch.cat(parts, 1) for parts in zip(*(run[:2] for run in runs), strict=True))
+        ruled = [_concat(parts) for parts in zip(*(run[2] for run in runs), strict=True)] if rules else []
+
+        def integrate(answer: Tensor, confidence: Tensor) -> Tensor:
+            return self.integrator(dispatch.scatter(answer), routing.weights, routing.mask,
+                                   dispatch.scatter(confidence), query).output
+
+        return Trajectory(answers=torch.stack([integrate(a, c) for a, c in zip(answers, confidences, strict=True)]),
+                          outputs=[integrate(r.answer, r.confidence) for r in ruled],
+                          steps=[dispatch.scatter(r.steps) for r in ruled], mask=routing.mask)
 
     @torch.no_grad()
     def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,

@@ -8,7 +8,7 @@ the depth actually used, and may run past the training depth.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,14 @@ class Halting:
               f"Halting.threshold must be in (0, 1] or None, got {self.threshold}")
         check(self.stable_steps is None or self.stable_steps >= 1,
               f"Halting.stable_steps must be >= 1 or None, got {self.stable_steps}")
+
+    def done(self, confidence: Tensor, unchanged: Tensor | None) -> Tensor | None:
+        """Which inputs stop now, from their confidence and unchanged-answer counts; None: the rule only counts."""
+        done = confidence >= self.threshold if self.threshold is not None else None
+        if unchanged is not None:
+            stable = unchanged >= self.stable_steps
+            done = stable if done is None else done | stable
+        return done
 
 
 @dataclass
@@ -125,17 +133,30 @@ class ReflectionExpert(nn.Module):
                           halt_logits=halt_logits, critic_logits=critic_logits)
 
     @torch.no_grad()
-    def trajectory(self, x: Tensor, depths: list[int]) -> tuple[Tensor, Tensor]:
-        """Answers (D, N, ..., out) and confidences (D, N) after each of `depths` steps, from one run to the
-        deepest: a fixed-depth sweep for the price of its largest depth, no input halting early."""
+    def trajectory(self, x: Tensor, depths: list[int], rules: Sequence[Halting] = ()
+                   ) -> tuple[Tensor, Tensor, list[Reflection]]:
+        """Answers (D, N, ..., out) and confidences (D, N) after each of `depths` steps, and what each of `rules`
+        would answer, all from one run without inputs leaving the batch: a fixed-depth sweep and every halting
+        rule for the price of the longest of them (the adaptive run's answers, up to rounding)."""
         check(bool(depths) and min(depths) >= 1, f"ReflectionExpert.trajectory: depths must be >= 1, got {depths}")
         xe = self.encode(x)
         z, answer, wanted, answers, confidences = xe, None, set(depths), {}, {}
-        for t in range(1, max(depths) + 1):
-            z, answer, j = self.step(z, xe, answer)
+        watched = [_Watch(rule, x, self.out_dim) for rule in rules]
+        for t in range(1, max(depths + [rule.max_steps for rule in rules]) + 1):
+            z, new_answer, j = self.step(z, xe, answer)
+            conf = self._confidence(j[..., 1])
+            running = [watch for watch in watched if not watch.finished]
+            counting = answer is not None and any(watch.unchanged is not None for watch in running)
+            same = self._same_answer(new_answer, answer) if counting else None
+            for watch in running:
+                watch.see(t, new_answer, conf, same)
+            answer = new_answer
             if t in wanted:
-                answers[t], confidences[t] = answer, self._confidence(j[..., 1])
-        return torch.stack([answers[d] for d in depths]), torch.stack([confidences[d] for d in depths])
+                answers[t], confidences[t] = answer, conf
+            if t >= max(depths) and not running:
+                break
+        return (torch.stack([answers[d] for d in depths]), torch.stack([confidences[d] for d in depths]),
+                [Reflection(answer=w.final, steps=w.steps, confidence=w.confidence) for w in watched])
 
     @staticmethod
     def _confidence(critic_logits: Tensor) -> Tensor:
@@ -158,12 +179,9 @@ class ReflectionExpert(nn.Module):
         for t in range(1, rule.max_steps + 1):
             z, new_answer, j = self.step(z, xe, answer)
             conf = self._confidence(j[..., 1])
-            done = conf >= rule.threshold if rule.threshold is not None else None
-            if unchanged is not None:
-                if answer is not None:
-                    unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
-                stable = unchanged >= rule.stable_steps
-                done = stable if done is None else done | stable
+            if unchanged is not None and answer is not None:
+                unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
+            done = rule.done(conf, unchanged)
             answer = new_answer
             if t == rule.max_steps:
                 final[idx], steps[idx], confidence[idx] = answer, t, conf
@@ -179,6 +197,31 @@ class ReflectionExpert(nn.Module):
             idx, z, xe, answer = (v.index_select(0, keep) for v in (idx, z, xe, answer))
             unchanged = unchanged.index_select(0, keep) if unchanged is not None else None
         return Reflection(answer=final, steps=steps, confidence=confidence)
+
+
+class _Watch:
+    """One halting rule applied along a trajectory: inputs stay in the batch, and each one's answer, step and
+    confidence are recorded at the step the rule stops it (as the adaptive run would)."""
+
+    def __init__(self, rule: Halting, x: Tensor, out_dim: int) -> None:
+        n = x.shape[0]
+        self.rule = rule
+        self.final = x.new_zeros(n, *x.shape[1:-1], out_dim)
+        self.steps = torch.zeros(n, dtype=torch.long, device=x.device)
+        self.confidence = x.new_zeros(n)
+        self.unchanged = torch.zeros(n, dtype=torch.long, device=x.device) if rule.stable_steps else None
+        self.finished = False
+
+    def see(self, t: int, answer: Tensor, confidence: Tensor, same: Tensor | None) -> None:
+        """Step `t`'s answers and confidences (all inputs); `same`: whether each answer equals the previous one."""
+        running = self.steps == 0
+        if self.unchanged is not None and same is not None:
+            self.unchanged = torch.where(same, self.unchanged + 1, 0)
+        done = self.rule.done(confidence, self.unchanged)
+        stop = running if t >= self.rule.max_steps else running & done if done is not None else None
+        if stop is not None and bool(stop.any()):
+            self.final[stop], self.steps[stop], self.confidence[stop] = answer[stop], t, confidence[stop]
+            self.finished = bool((self.steps > 0).all())
 
 
 @contextlib.contextmanager
