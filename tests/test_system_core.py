@@ -474,10 +474,10 @@ def test_http_5xx_falls_back_to_the_next_expert(llm_system, llm_server):
 
 
 def test_a_slow_http_expert_falls_back_and_nothing_hangs(llm_system, llm_server):
-    llm_server.state.reset("sleep:1.5", "sleep:1.5")
+    llm_server.state.reset("sleep:5", "sleep:5")
     start = time.perf_counter()
     reply = ask_and_close(llm_system, "What is the capital of France?")
-    assert time.perf_counter() - start < 1.4
+    assert time.perf_counter() - start < 2.5
     assert answered_by(reply) == [("llm", False), ("backup", True)]
     assert reply.answers[0].error == "timed out after 0.4 s"
 

@@ -194,15 +194,16 @@ def test_math_rejects_huge_powers_quickly(math_expert, question):
 
 
 def test_math_runs_under_a_time_limit():
+    """SymPy needs about 5 s for this equation before giving up; the expert answers at its limit instead."""
     expert = MathExpert(ExpertInfo("math"), time_limit_s=0.05)
 
     async def timed() -> float:  # timed inside the loop: asyncio.run waits for the abandoned thread at exit
         start = time.perf_counter()
         with pytest.raises(ExpertError, match=r"SymPy took longer than 0\.05 s"):
-            await expert.answer(Request.of("solve sin(x) = x/2 + exp(x)"))
+            await expert.answer(Request.of("solve sin(x)^3 + cos(x)^5 = exp(x)/7 + x"))
         return time.perf_counter() - start
 
-    assert asyncio.run(asyncio.wait_for(timed(), 30)) < 0.3
+    assert asyncio.run(asyncio.wait_for(timed(), 30)) < 1.0
 
 
 # ---- retrieval ----

@@ -99,10 +99,10 @@ def test_other_4xx_fail_at_once(llm_server, state):
 
 
 def test_timeouts_are_retried_and_never_hang(llm_server, state):
-    state.reset("sleep:0.6", "sleep:0.6")
+    state.reset("sleep:5", "sleep:5")
     start = time.perf_counter()
     message = fails(expert(llm_server.url, timeout_s=0.2, retries=1))
-    assert time.perf_counter() - start < 1.5
+    assert time.perf_counter() - start < 2.5
     assert len(state.bodies) == 2 and "timed out after 0.2 s" in message
 
 
