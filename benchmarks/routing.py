@@ -2,6 +2,7 @@
 
 Measured in one run, against the issue's reference (TF-IDF + logistic regression, trained here on the same data):
 - dev accuracy, macro-F1 and per-request routing latency (p50/p99, one CPU thread) of the default router;
+- the same dev requests in chat form (after a generic system prompt; as the third turn of a conversation);
 - routing latency with 50 experts against 5 (same requests, interleaved);
 - per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
 """
@@ -22,9 +23,13 @@ from mor.system.evaluation import evaluate
 from mor.system.experts.base import ExpertInfo
 from mor.system.experts.callable import CallableExpert
 from mor.system.head import HeadConfig, LabelHead
+from mor.system.request import Request
 from mor.system.router import SystemRouter
 from mor.system.system import MoRSystem
 
+SYSTEM_PROMPT = {"role": "system", "content": "You are a helpful assistant. Answer accurately and concisely."}
+EARLIER_TURNS = ({"role": "user", "content": "Hi! I have a question for you."},
+                 {"role": "assistant", "content": "Sure, go ahead and ask."})
 SHARED = Path(os.environ.get("MOR_ROUTING_DATA", Path(__file__).resolve().parents[2] / "shared/data/routing"))
 
 
@@ -46,9 +51,14 @@ def quality(data: Path, quick: bool) -> dict:
     rows = {}
     for name, config in configs.items():
         start = time.perf_counter()
-        head = LabelHead.fit([r.text for r in train], labels, config)
+        head = LabelHead.fit([r.question for r in train], labels, config)
         rows[name] = {"encoder": _features(head), "train_s": time.perf_counter() - start,
                       **evaluate(_label_router(head), dev, dev_labels, threads=1)}
+    chat = {"after a system prompt": (SYSTEM_PROMPT,), "as the third turn": EARLIER_TURNS}
+    for form, before in chat.items():
+        wrapped = [Request((*before, *r.messages), r.tools) for r in dev]
+        rows[f"mor default, {form}"] = {**rows["mor default"],
+                                        **evaluate(_label_router(head), wrapped, dev_labels, threads=1)}
     minilm = head.encoders.get("minilm")
     if minilm is not None and minilm.dtype != torch.float32:
         dtype, minilm.dtype = minilm.dtype, torch.float32

@@ -15,7 +15,9 @@ def test_routing_benchmark_quick_run_writes_its_tables(tmp_path):
     saved = json.loads((tmp_path / "route.json").read_text())
     routers = saved["quality"]["routers"]
     fp32_row = {"mor default, fp32 routing"} if native_bf16() and minilm_path() is not None else set()
-    assert set(routers) == {"tfidf + LR (reference)", "mor default"} | fp32_row
+    chat = {"mor default, after a system prompt", "mor default, as the third turn"}
+    assert set(routers) == {"tfidf + LR (reference)", "mor default"} | chat | fp32_row
+    assert all(routers[row]["accuracy"] == routers["mor default"]["accuracy"] for row in chat)
     assert all(0 <= r["accuracy"] <= 1 and r["latency_ms"]["p50"] > 0 for r in routers.values())
     assert saved["scaling"]["experts"] == [5, 50] and sum(saved["load"]["calls"].values()) == 64
     assert "coefficient of variation" in (tmp_path / "route.md").read_text()

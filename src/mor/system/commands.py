@@ -34,7 +34,7 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
     config = HeadConfig(seed=seed, **{k: v for k, v in chosen.items() if v is not None})
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features")
-    head = LabelHead.fit([r.text for r in requests], labels, config)
+    head = LabelHead.fit([r.question for r in requests], labels, config)
     head.save(out)
     console.print(f"Router saved to {out} (temperature {head.temperature:.3f})")
 

@@ -42,7 +42,7 @@ class Request:
 
     @property
     def question(self) -> str:
-        """The last user message's text: what a single-turn expert (math, retrieval) answers."""
+        """The last user message's text: what the router reads and a single-turn expert (math, retrieval) answers."""
         users = [m for m in self.messages if m.get("role") == "user"]
         return _content_text((users or list(self.messages))[-1].get("content"))
 

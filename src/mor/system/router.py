@@ -3,7 +3,7 @@
 An expert's score adds, with configurable weights: the trained head's probability for the labels the expert
 declares as capabilities, its self-assessment hints, a bonus for tool-capable experts when the request carries
 a `tools` array, its success rate from feedback, and minus its current load. Top-k or all above a threshold are
-selected; below `min_confidence` the default expert answers.
+selected; below `min_confidence` the default expert answers. The head and the hints read the last user message.
 """
 
 import random
@@ -67,8 +67,9 @@ class SystemRouter:
         del self.experts[name]
 
     def label_probabilities(self, requests: list[Request]) -> np.ndarray:
-        """(n, labels) head probabilities; the head reads all messages' text."""
-        return self.head.proba([r.text for r in requests])
+        """(n, labels) head probabilities of each request's last user message (a system prompt or earlier turns
+        would pull every request towards the same labels)."""
+        return self.head.proba([r.question for r in requests])
 
     def route(self, request: Request, stats: Mapping[str, ExpertStats] | None = None) -> Decision:
         """Score every expert for `request` and select; `stats` supplies feedback, load and cooldowns."""
@@ -87,7 +88,7 @@ class SystemRouter:
                stats: ExpertStats | None) -> ExpertScore:
         w, stats = self.weights, stats or ExpertStats()
         probability = min(1.0, sum(labels.get(c, 0.0) for c in info.capabilities)) if labels else 0.0
-        hints = info.hints.score(request.text)
+        hints = info.hints.score(request.question)
         tools = 1.0 if request.tools and "tool" in info.capabilities else 0.0
         feedback = stats.success_rate - 0.5
         load = stats.in_flight / info.max_concurrency
