@@ -115,7 +115,8 @@ def test_the_router_reads_the_last_user_message_not_the_system_prompt_or_earlier
     """A generic system prompt and a chatty first turn cut dev accuracy from 96.3 % to 89.2 % and 79.7 % when
     the router read every message (docs/BENCHMARKS.md); what the user asks now decides."""
     infos = [ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels if label != "math"]
-    router = SystemRouter([*infos, ExpertInfo(name="math", capabilities=["math"], hints=Hints(keywords=["solve"]))], tfidf_head)
+    maths = ExpertInfo(name="math", capabilities=["math"], hints=Hints(keywords=["solve"]))
+    router = SystemRouter([*infos, maths], tfidf_head)
     question = "Write a poem about the sea at night"
     alone = router.route(Request.of(question))
     wrapped = Request((
@@ -124,7 +125,8 @@ def test_the_router_reads_the_last_user_message_not_the_system_prompt_or_earlier
         {"role": "user", "content": question}))
     decision = router.route(wrapped)
     assert alone.selected == decision.selected == ["creative"]
-    assert decision.labels == pytest.approx(alone.labels) and next(s for s in decision.scores if s.name == "math").hints == 0
+    assert decision.labels == pytest.approx(alone.labels)
+    assert next(s for s in decision.scores if s.name == "math").hints == 0
 
 
 def test_below_min_confidence_the_default_expert_answers(tfidf_head):

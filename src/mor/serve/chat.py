@@ -32,8 +32,9 @@ from mor.serve.schemas import (
 )
 from mor.serve.service import Service, ServiceDep
 from mor.serve.views import extension
+from mor.system.reply import Reply
 from mor.system.request import Request
-from mor.system.system import MoRSystem, Reply
+from mor.system.system import MoRSystem
 
 router = APIRouter(tags=["chat"])
 CHUNK_CHARS = 24  # about this many characters per streamed chunk

@@ -18,9 +18,10 @@ from mor.serve.schemas import Readiness
 from mor.serve.served_model import ServedModel
 from mor.serve.settings import ServeSettings
 from mor.system.config import load_system
+from mor.system.reply import Reply, StreamBroken
 from mor.system.request import Delta
 from mor.system.request import Request as SystemRequest
-from mor.system.system import MoRSystem, Reply, StreamBroken
+from mor.system.system import MoRSystem
 
 Result = TypeVar("Result")
 

@@ -3,7 +3,7 @@
 from mor.serve.errors import public
 from mor.serve.schemas import CostOut, ExpertAnswerOut, ExpertScoreOut, MorExtension
 from mor.system.decision import Decision
-from mor.system.system import Reply
+from mor.system.reply import Reply
 
 
 def scores(decision: Decision) -> list[ExpertScoreOut]:

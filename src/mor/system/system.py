@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
-from mor.errors import MorError, check
+from mor.errors import check
 from mor.system import integration
 from mor.system.decision import Decision
 from mor.system.experts.base import Expert
+from mor.system.reply import Reply, StreamBroken
 from mor.system.request import Answer, Cost, Delta, Request
 from mor.system.router import SystemRouter
 from mor.system.stats import Breaker, ExpertStats
@@ -47,36 +48,6 @@ class Combine:
               f"integration.mode: {self.mode!r} is not one of {', '.join(integration.MODES)}")
         check(self.mode != "ensemble" or self.synthesizer is not None,
               "integration.synthesizer: required for mode 'ensemble'; name the expert that fuses the answers")
-
-
-@dataclass
-class Reply:
-    """The integrated answer, the routing decision behind it, every expert's own answer and the total cost.
-
-    `syntheses` are the ensemble synthesizer's calls: not answers to the request, but paid for.
-    """
-
-    answer: Answer
-    decision: Decision
-    answers: list[Answer]
-    rounds: int = 0
-    fallback: bool = False
-    syntheses: list[Answer] = field(default_factory=list)
-
-    @property
-    def cost(self) -> Cost:
-        return sum((a.cost for a in self.answers + self.syntheses), Cost())
-
-    def as_dict(self) -> dict:
-        return {"answer": self.answer.content, "expert": self.answer.expert, "confidence": self.answer.confidence,
-                "rounds": self.rounds, "fallback": self.fallback, "routing": self.decision.as_dict(),
-                "answers": [{"expert": a.expert, "answer": a.content, "confidence": a.confidence, "error": a.error,
-                             "steps": a.steps, "cost": vars(a.cost)} for a in self.answers],
-                "cost": vars(self.cost)}
-
-
-class StreamBroken(MorError):
-    """An expert failed after part of its answer was passed on, so no other expert can take its place."""
 
 
 class MoRSystem:
