@@ -124,6 +124,25 @@ def test_state_dict_round_trips_and_baselines_are_comparable():
     assert dense(x).shape == (4, 9, 2)
 
 
+@pytest.mark.parametrize("cell", ["mlp", "conv"])
+def test_bf16_autocast_runs_adaptive_halting_and_trajectories_on_cpu(cell):
+    """Autocast lowers the answers to bf16; the buffers halted answers are written into must follow."""
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=3, k=2, dim=16, cell=cell, train_steps=3).eval()
+    x = torch.randn(6, 5, 4) if cell == "conv" else torch.randn(6, 4)
+    rules = [Halting(max_steps=4, threshold=0.5), Halting(max_steps=4, stable_steps=1)]
+    with torch.no_grad():
+        exact = model(x, halting=Halting(max_steps=3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, halting=Halting(max_steps=3))
+            _, adaptive = model(x, halting=rules[0], return_diagnostics=True)
+            trajectory = model.trajectory(x, [1, 3], rules)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), exact, atol=0.05)
+    assert adaptive.steps.min() >= 1 and adaptive.steps.max() <= 4
+    assert trajectory.answers.shape == (2, *exact.shape) and all(s.max() <= 4 for s in trajectory.steps)
+    assert torch.allclose(trajectory.answers[1].float(), exact, atol=0.05)
+
+
 def test_bad_model_arguments_and_inputs():
     with pytest.raises(ConfigError, match="cell must be one of"):
         MoRModel(2, 2, cell="lstm")

@@ -141,12 +141,12 @@ class ReflectionExpert(nn.Module):
         check(bool(depths) and min(depths) >= 1, f"ReflectionExpert.trajectory: depths must be >= 1, got {depths}")
         xe = self.encode(x)
         z, answer, wanted, answers, confidences = xe, None, set(depths), {}, {}
-        watched = [_Watch(rule, x, self.out_dim) for rule in rules]
+        watched = [_Watch(rule, x.shape[0]) for rule in rules]
         for t in range(1, max(depths + [rule.max_steps for rule in rules]) + 1):
             z, new_answer, j = self.step(z, xe, answer)
             conf = self._confidence(j[..., 1])
             running = [watch for watch in watched if not watch.finished]
-            counting = answer is not None and any(watch.unchanged is not None for watch in running)
+            counting = answer is not None and any(watch.rule.stable_steps for watch in running)
             same = self._same_answer(new_answer, answer) if counting else None
             for watch in running:
                 watch.see(t, new_answer, conf, same)
@@ -173,12 +173,13 @@ class ReflectionExpert(nn.Module):
         xe = self.encode(x)
         z, answer, idx = xe, None, torch.arange(n, device=x.device)
         unchanged = torch.zeros(n, dtype=torch.long, device=x.device) if rule.stable_steps else None
-        final = x.new_empty(n, *x.shape[1:-1], self.out_dim)
+        final = confidence = None
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
-        confidence = x.new_zeros(n)
         for t in range(1, rule.max_steps + 1):
             z, new_answer, j = self.step(z, xe, answer)
             conf = self._confidence(j[..., 1])
+            if final is None:  # the answers' dtype, which autocast may have lowered
+                final, confidence = new_answer.new_empty(n, *new_answer.shape[1:]), conf.new_zeros(n)
             if unchanged is not None and answer is not None:
                 unchanged = torch.where(self._same_answer(new_answer, answer), unchanged + 1, 0)
             done = rule.done(conf, unchanged)
@@ -203,17 +204,16 @@ class _Watch:
     """One halting rule applied along a trajectory: inputs stay in the batch, and each one's answer, step and
     confidence are recorded at the step the rule stops it (as the adaptive run would)."""
 
-    def __init__(self, rule: Halting, x: Tensor, out_dim: int) -> None:
-        n = x.shape[0]
-        self.rule = rule
-        self.final = x.new_zeros(n, *x.shape[1:-1], out_dim)
-        self.steps = torch.zeros(n, dtype=torch.long, device=x.device)
-        self.confidence = x.new_zeros(n)
-        self.unchanged = torch.zeros(n, dtype=torch.long, device=x.device) if rule.stable_steps else None
-        self.finished = False
+    def __init__(self, rule: Halting, n: int) -> None:
+        self.rule, self.n, self.finished = rule, n, False
+        self.final = self.steps = self.confidence = self.unchanged = None
 
     def see(self, t: int, answer: Tensor, confidence: Tensor, same: Tensor | None) -> None:
         """Step `t`'s answers and confidences (all inputs); `same`: whether each answer equals the previous one."""
+        if self.final is None:  # allocated at the first step, in the answers' dtype (autocast may lower it)
+            self.final, self.confidence = answer.new_zeros(self.n, *answer.shape[1:]), confidence.new_zeros(self.n)
+            self.steps = torch.zeros(self.n, dtype=torch.long, device=answer.device)
+            self.unchanged = torch.zeros_like(self.steps) if self.rule.stable_steps else None
         running = self.steps == 0
         if self.unchanged is not None and same is not None:
             self.unchanged = torch.where(same, self.unchanged + 1, 0)
