@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from matplotlib.figure import Figure
@@ -41,7 +41,8 @@ SIZES = (32, 128, 512)
 MAX_STEPS = 600
 DIMS = range(4, 257)  # widths searched when matching a baseline's parameters to MoR's
 DEPTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 400, 500, 600)  # the fixed-depth sweep
-RULES = (Halting(max_steps=MAX_STEPS, threshold=0.99), Halting(max_steps=MAX_STEPS, stable_steps=20))
+RULES = (Halting(max_steps=MAX_STEPS, threshold=0.99), Halting(max_steps=MAX_STEPS, stable_steps=20),
+         Halting(max_steps=MAX_STEPS, threshold=0.99, stable_steps=5, combine="all"))
 GOALS = {32: 1.0, 128: 0.99, 512: 0.95}  # accuracy per size, on at least GOAL_SEEDS of the seeds
 GOAL_SEEDS, HALTING_POINTS, HALTING_FRACTION = 4, 0.01, 0.6
 # 16 steps for 32 bits: as fast as two width-3 convolutions per step can carry information, which pushes training
@@ -70,7 +71,7 @@ def plan(quick: bool, task: str, seeds: int | None, steps: int | None) -> Plan:
     """The full plan (5 seeds, 2,000 steps, hundreds of examples up to 600 steps) or the quick smoke version."""
     if quick:
         return Plan(task, seeds or 2, steps or 30, {32: 16, 128: 8, 512: 4}, (8, 24, 48),
-                    tuple(Halting(max_steps=48, threshold=r.threshold, stable_steps=r.stable_steps) for r in RULES))
+                    tuple(replace(r, max_steps=48) for r in RULES))
     return Plan(task, seeds or 5, steps or 2000, {32: 256, 128: 256, 512: 100}, DEPTHS, RULES)
 
 

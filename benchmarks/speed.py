@@ -173,7 +173,8 @@ def halting_rules(cfg: RunConfig, plan: Plan) -> dict[str, Halting]:
     """The main job's own halting rule with budget M (adaptive), and a fixed depth of M."""
     own = cfg.model.halting
     fixed = Halting(max_steps=plan.max_steps or own.max_steps)
-    return {"adaptive": replace(fixed, threshold=own.threshold, stable_steps=own.stable_steps), "fixed": fixed}
+    adaptive = replace(fixed, threshold=own.threshold, stable_steps=own.stable_steps, combine=own.combine)
+    return {"adaptive": adaptive, "fixed": fixed}
 
 
 def halting_profile(model: nn.Module, x: Tensor, y: Tensor, rules: dict[str, Halting], plan: Plan) -> dict:

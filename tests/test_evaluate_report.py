@@ -54,7 +54,7 @@ def test_fixed_depth_records(evaluations):
 def test_halting_histogram_and_effectiveness(evaluations):
     mor = evaluations["MoR"]
     rules = {r["rule"] for r in mor["halting"]}
-    assert rules == {"τ=0.9, max 4", "stable 2, max 4", "τ=0.9 + stable 2, max 4"}  # own rule = stable 2, max 4
+    assert rules == {"τ=0.9, max 4", "stable 2, max 4", "τ=0.9 and stable 2, max 4"}  # own rule = stable 2, max 4
     assert sum(r["own"] for r in mor["halting"]) == 2  # once per size
     for r in mor["halting"]:
         assert 1 <= r["mean_steps"] <= r["max_steps"] and 0 < r["fraction_of_max"] <= 1

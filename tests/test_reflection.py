@@ -85,6 +85,31 @@ def test_stable_answer_halting_and_max_steps_beyond_training_depth():
     assert (longer.steps == 40).all()  # 10× the training depth of 4
 
 
+def test_combined_halting_waits_until_the_critic_is_sure_and_the_answer_has_settled():
+    expert = spread_expert()
+    x = torch.randn(64, 4)
+    confident, stable = Halting(max_steps=30, threshold=0.7), Halting(max_steps=30, stable_steps=2)
+    both = Halting(max_steps=30, threshold=0.7, stable_steps=2, combine="all")
+    either = Halting(max_steps=30, threshold=0.7, stable_steps=2)
+    answers, confidences, _ = expert.trajectory(x, list(range(1, 31)))
+    same = (answers[1:].argmax(-1) == answers[:-1].argmax(-1)).tolist()
+    expected = []
+    for i in range(64):  # by hand: the first step at which the critic is sure after two unchanged answers
+        run, stop = 0, 30
+        for t in range(1, 31):
+            run = run + 1 if t > 1 and same[t - 2][i] else 0
+            if confidences[t - 1, i] >= 0.7 and run >= 2:
+                stop = t
+                break
+        expected.append(stop)
+    steps = {rule: expert(x, rule).steps for rule in (confident, stable, both, either)}
+    assert steps[both].tolist() == expected
+    assert (steps[both] > torch.maximum(steps[confident], steps[stable])).any()  # not just the later of the two
+    assert torch.equal(steps[either], torch.minimum(steps[confident], steps[stable]))
+    with pytest.raises(ConfigError, match="combine='all' needs both a threshold and stable_steps"):
+        Halting(threshold=0.9, combine="all")
+
+
 @pytest.mark.parametrize("cell,shape", [(MLPCell(16), (5, 4)), (ConvCell(16), (5, 9, 4)),
                                         (TransformerCell(16, heads=2), (5, 9, 4))])
 def test_any_cell_kind_and_sequence_answers_per_position(cell, shape):
@@ -148,7 +173,8 @@ def test_a_trajectory_gives_every_halting_rule_what_the_adaptive_run_gives():
         expert.judge.bias.data[1] = 2.0
     x = torch.randn(40, 7, 3)
     rules = [Halting(max_steps=30, threshold=0.9), Halting(max_steps=30, stable_steps=3),
-             Halting(max_steps=12, threshold=0.95, stable_steps=4)]
+             Halting(max_steps=12, threshold=0.95, stable_steps=4),
+             Halting(max_steps=30, threshold=0.9, stable_steps=2, combine="all")]
     swept = model.trajectory(x, [5], rules)
     for rule, output, steps in zip(rules, swept.outputs, swept.steps, strict=True):
         want, diagnostics = model(x, halting=rule, return_diagnostics=True)

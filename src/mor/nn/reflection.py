@@ -10,6 +10,7 @@ the depth actually used, and may run past the training depth.
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,15 +22,18 @@ from mor.nn.losses import halting_distribution
 
 @dataclass(frozen=True)
 class Halting:
-    """When an input stops reflecting at inference: the first of these rules that fires.
+    """When an input stops reflecting at inference.
 
     `threshold`: critic confidence ≥ τ (None: never). `stable_steps`: the answer stayed the same for that
-    many consecutive steps (None: never). `max_steps`: always stop there; it may exceed the training depth.
+    many consecutive steps (None: never). `combine`: stop when any of the two fires, or only when all of them
+    hold — a critic that is over-confident on inputs longer than its training ones then waits for the answer
+    to settle. `max_steps`: always stop there; it may exceed the training depth.
     """
 
     max_steps: int = 16
     threshold: float | None = None
     stable_steps: int | None = None
+    combine: Literal["any", "all"] = "any"
 
     def __post_init__(self):
         check(self.max_steps >= 1, f"Halting.max_steps must be >= 1, got {self.max_steps}")
@@ -37,13 +41,16 @@ class Halting:
               f"Halting.threshold must be in (0, 1] or None, got {self.threshold}")
         check(self.stable_steps is None or self.stable_steps >= 1,
               f"Halting.stable_steps must be >= 1 or None, got {self.stable_steps}")
+        check(self.combine in ("any", "all"), f"Halting.combine must be 'any' or 'all', got {self.combine!r}")
+        check(self.combine == "any" or (self.threshold is not None and self.stable_steps is not None),
+              "Halting.combine='all' needs both a threshold and stable_steps; set both, or use combine='any'")
 
     def done(self, confidence: Tensor, unchanged: Tensor | None) -> Tensor | None:
         """Which inputs stop now, from their confidence and unchanged-answer counts; None: the rule only counts."""
         done = confidence >= self.threshold if self.threshold is not None else None
         if unchanged is not None:
             stable = unchanged >= self.stable_steps
-            done = stable if done is None else done | stable
+            done = stable if done is None else done & stable if self.combine == "all" else done | stable
         return done
 
 

@@ -21,6 +21,7 @@ class HaltingConfig(Strict):
     max_steps: int = Field(16, ge=1)
     threshold: float | None = Field(None, gt=0, le=1)
     stable_steps: int | None = Field(None, ge=1)
+    combine: Literal["any", "all"] = "any"
 
 
 class ModelConfig(Strict):

@@ -92,7 +92,7 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
             run = _pass(model, x, rule)
             cost = _cost(run, rule.max_steps)
             halting.append({"size": size, "rule": rule_name(rule), "own": rule is own, "max_steps": rule.max_steps,
-                            "threshold": rule.threshold, "stable_steps": rule.stable_steps,
+                            "threshold": rule.threshold, "stable_steps": rule.stable_steps, "combine": rule.combine,
                             **score(model, run.output, y), **cost,
                             "fraction_of_max": cost["mean_steps"] / rule.max_steps})
             if rule is own and size == sizes[-1]:
@@ -168,18 +168,20 @@ def _dataset(task: Task, cfg: EvalConfig, size: Size) -> tuple[Tensor, Tensor]:
 
 
 def _rules(cfg: EvalConfig) -> list[Halting]:
-    """Critic thresholds, answer stability, and each pair of the two, all at the largest depth."""
+    """Critic thresholds, answer stability, and each pair of the two (confident and stable), at the largest depth."""
     top = max(cfg.max_steps)
     return ([Halting(top, threshold=t) for t in cfg.thresholds]
             + [Halting(top, stable_steps=k) for k in cfg.stable_steps]
-            + [Halting(top, threshold=t, stable_steps=k) for t in cfg.thresholds for k in cfg.stable_steps])
+            + [Halting(top, threshold=t, stable_steps=k, combine="all") for t in cfg.thresholds
+               for k in cfg.stable_steps])
 
 
 def rule_name(rule: Halting) -> str:
-    """A short readable name of a halting rule, e.g. 'τ=0.9 + stable 4, max 64'."""
+    """A short readable name of a halting rule, e.g. 'τ=0.9 and stable 4, max 64'."""
     parts = ([f"τ={rule.threshold:g}"] if rule.threshold is not None else []) + (
         [f"stable {rule.stable_steps}"] if rule.stable_steps is not None else [])
-    return f"{' + '.join(parts) or 'fixed'}, max {rule.max_steps}"
+    joined = (" and " if rule.combine == "all" else " or ").join(parts)
+    return f"{joined or 'fixed'}, max {rule.max_steps}"
 
 
 def _timed(model: nn.Module, x: Tensor, rule: Halting | None) -> tuple[Tensor, Diagnostics | None, float]:
