@@ -402,6 +402,17 @@ def test_an_empty_or_oversized_request_is_a_one_line_error():
         assert "\n" not in str(caught.value) and str(caught.value).startswith("request: ")
 
 
+def test_the_question_is_the_last_user_message_that_says_something():
+    def request(*turns: tuple[str, object]) -> Request:
+        return Request(tuple({"role": role, "content": content} for role, content in turns))
+
+    assert request(("system", "be brief"), ("user", "solve 2x = 4"), ("assistant", "x = 2"),
+                   ("user", [{"type": "text", "text": "and 3x = 9?"}])).question == "and 3x = 9?"
+    assert request(("user", "solve 2x = 4"), ("assistant", "x = 2"), ("user", "  ")).question == "solve 2x = 4"
+    assert request(("system", "Translate to French: good morning"), ("user", None)).question \
+        == "Translate to French: good morning"
+
+
 def test_the_breaker_skips_a_failing_expert_during_its_cooldown():
     system = make_system(expert("flaky", broken, keywords=["capital"]), expert("backup"),
                          breaker=Breaker(failures_to_open=2, cooldown_s=60))

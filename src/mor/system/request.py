@@ -42,9 +42,11 @@ class Request:
 
     @property
     def question(self) -> str:
-        """The last user message's text: what the router reads and a single-turn expert (math, retrieval) answers."""
-        users = [m for m in self.messages if m.get("role") == "user"]
-        return _content_text((users or list(self.messages))[-1].get("content"))
+        """The last user message with text (else the last message with text): what the router reads and a
+        single-turn expert (math, retrieval) answers."""
+        texts = [(m.get("role"), _content_text(m.get("content"))) for m in self.messages]
+        said = [text for _, text in texts if text.strip()]
+        return ([text for role, text in texts if role == "user" and text.strip()] or said)[-1]
 
 
 def _content_text(content: Any) -> str:
