@@ -155,9 +155,11 @@ def by_kind(results: list[dict]) -> dict[str, list[dict]]:
     return {kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in KINDS}
 
 
-def meets_accuracy_goals(result: dict) -> bool:
-    """Whether one seed reaches every size's goal under the first adaptive rule."""
-    return all(headline(result, size) >= goal for size, goal in GOALS.items() if size in result["sizes"])
+def meets_accuracy_goals(result: dict, rule_name: str | None = None) -> bool:
+    """Whether one seed reaches every size's goal under the first adaptive rule, or under `rule_name`."""
+    def accuracy_at(size: int) -> float:
+        return headline(result, size) if rule_name is None else result["sizes"][size]["rules"][rule_name]["accuracy"]
+    return all(accuracy_at(size) >= goal for size, goal in GOALS.items() if size in result["sizes"])
 
 
 def halting_holds(result: dict, rule_name: str, max_steps: int) -> bool:
@@ -180,8 +182,11 @@ def summary(results: list[dict], p: Plan) -> dict:
                      "median_accuracy": {size: statistics.median(headline(r, size) for r in runs)
                                          for size in p.examples}}
         if "rules" in runs[0]["sizes"][min(p.examples)]:
+            names = runs[0]["sizes"][min(p.examples)]["rules"]
             out[kind]["seeds_halting_holds"] = {name: sum(halting_holds(r, name, max_steps) for r in runs)
-                                                for name in runs[0]["sizes"][min(p.examples)]["rules"]}
+                                                for name in names}
+            out[kind]["seeds_meeting_goals_by_rule"] = {name: sum(meets_accuracy_goals(r, name) for r in runs)
+                                                        for name in names}
     return out
 
 
@@ -227,6 +232,10 @@ def verdicts(results: dict) -> list[str]:
              f"on {s['reflection']['seeds_meeting_goals']}, MoE on {s['moe']['seeds_meeting_goals']}, dense on "
              f"{s['dense']['seeds_meeting_goals']}: **{'met by ' + ' and '.join(met) if met else 'not met'}**"
              f"{'' if NAMES['mor'] in met else '; not by MoR'}."]
+    lines.append("- The accuracy goal under each adaptive rule: " + "; ".join(
+        f"{rule}: MoR {s['mor']['seeds_meeting_goals_by_rule'][rule]}, single expert "
+        f"{s['reflection']['seeds_meeting_goals_by_rule'][rule]} of {seeds} seeds" for rule in results["plan"]["rules"])
+        + ".")
     for rule in results["plan"]["rules"]:
         lines.append(f"- Halting goal for {rule} (within {HALTING_POINTS:.0%} of the best fixed depth, using ≤ "
                      f"{HALTING_FRACTION:.0%} of the maximum steps, at every size): holds on "

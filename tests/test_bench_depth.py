@@ -25,6 +25,17 @@ def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
     assert all(abs(p - parameters["mor"]) / parameters["mor"] < 0.15 for p in parameters.values()), parameters
     assert markdown.count("| MoR (2 experts, top-1) |") == 2 + 2 * len(plan["examples"])
     assert "## Against the goals" in markdown and "of 2 seeds" in markdown
+    assert "The accuracy goal under each adaptive rule" in markdown
+
+
+def test_the_accuracy_goal_is_counted_under_each_rule():
+    def sized(a: float, b: float) -> dict:
+        return {"rules": {"critic": {"accuracy": a}, "stable": {"accuracy": b}}}
+
+    result = {"sizes": {32: sized(1.0, 0.99), 128: sized(0.99, 1.0), 512: sized(0.95, 1.0)}}
+    assert reasoning_depth.meets_accuracy_goals(result)  # the first rule: exactly at every goal
+    assert reasoning_depth.meets_accuracy_goals(result, "critic")
+    assert not reasoning_depth.meets_accuracy_goals(result, "stable")  # 99 % at 32 bits, where 100 % is asked
 
 
 def test_quick_addition_run_also_scores_long_carry_chains(tmp_path):
