@@ -48,10 +48,12 @@ class Halting:
     def done(self, confidence: Tensor, unchanged: Tensor | None) -> Tensor | None:
         """Which inputs stop now, from their confidence and unchanged-answer counts; None: the rule only counts."""
         done = confidence >= self.threshold if self.threshold is not None else None
-        if unchanged is not None:
-            stable = unchanged >= self.stable_steps
-            done = stable if done is None else done & stable if self.combine == "all" else done | stable
-        return done
+        if unchanged is None:
+            return done
+        stable = unchanged >= self.stable_steps
+        if done is None:
+            return stable
+        return done & stable if self.combine == "all" else done | stable
 
 
 @dataclass

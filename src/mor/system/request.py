@@ -2,6 +2,7 @@
 made) and its `Cost`."""
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from mor.errors import ConfigError, check
@@ -35,12 +36,12 @@ class Request:
         check(isinstance(query, str), f"request: expected a string or Request, got {type(query).__name__}")
         return cls(messages=({"role": "user", "content": query},), tools=tuple(tools or ()))
 
-    @property
+    @cached_property
     def text(self) -> str:
         """The text content of all messages, in order (list-of-parts content keeps its text parts)."""
         return "\n".join(_content_text(m.get("content")) for m in self.messages)
 
-    @property
+    @cached_property
     def question(self) -> str:
         """The last user message with text (else the last message with text): what the router reads and a
         single-turn expert (math, retrieval) answers."""
