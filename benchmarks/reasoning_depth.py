@@ -2,13 +2,12 @@
 does it know when to stop?
 
 One task per run (prefix sums by default, binary addition, or additions whose carry runs through every digit),
-trained on 8–32 bits and evaluated on fresh
-instances of 32, 128 and 512 bits with up to 600 reflection steps, for MoR (2 reflection experts, top-1), a
+trained on 8–32 bits and evaluated on fresh instances of 32, 128 and 512 bits with up to 600 reflection steps, for MoR (2 reflection experts, top-1), a
 single reflection expert, a depth-1 MoE and a dense stack of distinct cells — the baselines at matched
 parameters — each over several seeds, because recurrent reasoners fail to train on some seeds: every seed is
 reported. Reflecting models are scored at fixed depths (one run to the deepest, read at each depth) and under
-adaptive halting: critic confidence ≥ 0.99, or the answer unchanged for 20 steps. Accuracy = the whole string
-right. Jobs run in parallel processes, one torch thread each, so the wall time is the suite's, not one model's.
+adaptive halting: critic confidence ≥ 0.99, the answer unchanged for 20 steps, or both (confidence ≥ 0.99 and
+the answer unchanged for 5 steps). Accuracy = the whole string right. Jobs run in parallel processes, one torch thread each, so the wall time is the suite's, not one model's.
 
 Run: `mor bench depth [--quick]` or `python -m benchmarks.reasoning_depth [--quick] [--task addition|carry]
 [--seeds 5] [--steps 2000]`; writes depth.json (depth-TASK.json for the others), .md and .png.
@@ -25,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from mor.data import Addition, Task, get_task
+from mor.data import Task, get_task
 from mor.nn import Halting
 from mor.nn.models import MoRModel, count_parameters
 from mor.train.config import RunConfig, parse
@@ -52,7 +51,6 @@ MODEL = {"kind": "mor", "num_experts": 2, "k": 1, "dim": 32, "cell": "conv", "tr
          "progressive": 0.5, "halting": {"max_steps": MAX_STEPS, "threshold": 0.99}}
 LOSS = {"prior_halt_prob": 0.05}
 EVAL_SEED = 12345
-CARRY_EXAMPLES = 100  # long-carry-chain instances per size
 
 
 @dataclass(frozen=True)
@@ -118,14 +116,10 @@ def job(p: Plan, kind: str, seed: int, dim: int) -> dict:
     cfg = config(p.task, p.steps, seed)
     task = task_of(cfg)
     model, seconds, _ = train_model(with_dim(cfg, dim), task, kind)
-    probes = {"sizes": (task, p.examples)}
-    if p.task == "addition":  # random operands carry a few positions; these carry through every digit
-        probes["carry_chain"] = (Addition(carry_chain=True), dict.fromkeys(p.examples, CARRY_EXAMPLES))
-    out = {"kind": kind, "seed": seed, "dim": dim, "parameters": count_parameters(model), "train_s": seconds}
-    for key, (probe, examples) in probes.items():
-        out[key] = {size: measure(model, *probe.batch(n, torch.Generator().manual_seed(EVAL_SEED + size), size), p)
-                    for size, n in examples.items()}
-    return out
+    sizes = {size: measure(model, *task.batch(n, torch.Generator().manual_seed(EVAL_SEED + size), size), p)
+             for size, n in p.examples.items()}
+    return {"kind": kind, "seed": seed, "dim": dim, "parameters": count_parameters(model), "train_s": seconds,
+            "sizes": sizes}
 
 
 def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
@@ -144,9 +138,9 @@ def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
     return results
 
 
-def headline(result: dict, size: int, probe: str = "sizes") -> float:
+def headline(result: dict, size: int) -> float:
     """A job's accuracy at `size` under the first adaptive rule (critic confidence), or its only accuracy."""
-    m = result[probe][size]
+    m = result["sizes"][size]
     return next(iter(m["rules"].values()))["accuracy"] if "rules" in m else m["accuracy"]
 
 
@@ -194,16 +188,16 @@ NAMES = {"mor": "MoR (2 experts, top-1)", "reflection": "single reflection exper
          "dense": f"dense ({MODEL['depth']} cells)"}
 
 
-def seed_rows(results: list[dict], sizes: list[int], probe: str = "sizes") -> list[list[str]]:
+def seed_rows(results: list[dict], sizes: list[int]) -> list[list[str]]:
     """One row per kind and seed: parameters, training time, accuracy per size under the first rule, and the
     best fixed depth's accuracy at the largest size."""
     rows = []
     for kind, runs in by_kind(results).items():
         for r in runs:
-            top = r[probe][sizes[-1]]
+            top = r["sizes"][sizes[-1]]
             best = f"{top['best_accuracy']:.3f} @ {top['best_depth']}" if "rules" in top else "—"
             rows.append([NAMES[kind], str(r["seed"]), f"{r['parameters']:,}", f"{r['train_s']:.0f}",
-                         *(f"{headline(r, s, probe):.3f}" for s in sizes), best])
+                         *(f"{headline(r, s):.3f}" for s in sizes), best])
     return rows
 
 
@@ -273,20 +267,7 @@ def markdown(results: dict) -> str:
         "chosen after the fact, so it is an upper reference, not a usable rule.",
         md_table(["model", "seed", "bits", "best fixed @ depth", *(f"{r}: accuracy in steps" for r in rules)],
                  halting_rows(results["jobs"], sizes)),
-        *carry_section(results, sizes), "## Against the goals", "\n".join(verdicts(results))])
-
-
-def carry_section(results: dict, sizes: list[int]) -> list[str]:
-    """For addition: the same models on operands whose carry runs through every digit (none for prefix sums)."""
-    if "carry_chain" not in results["jobs"][0]:
-        return []
-    return ["## Long carry chains\n\nThe same trained models on operands whose first two digits make a carry or "
-            "not (1+1, 0+0 or 0+0, 1+1, at random) and whose every later digit propagates it, so every sum bit "
-            "depends on the start: what random operands never ask for. A model that cannot carry that far gets "
-            "about half right (it guesses one case). Accuracy under the first adaptive rule; the last column is the "
-            "best fixed depth.",
-            md_table(["model", "seed", "parameters", "train s", *(f"{s} bits" for s in sizes),
-                      f"best fixed @ depth, {sizes[-1]} bits"], seed_rows(results["jobs"], sizes, "carry_chain"))]
+        "## Against the goals", "\n".join(verdicts(results))])
 
 
 def figure(results: dict) -> Figure:

@@ -38,15 +38,6 @@ def test_the_accuracy_goal_is_counted_under_each_rule():
     assert not reasoning_depth.meets_accuracy_goals(result, "stable")  # 99 % at 32 bits, where 100 % is asked
 
 
-def test_quick_addition_run_also_scores_long_carry_chains(tmp_path):
-    results = reasoning_depth.run(quick=True, out_dir=str(tmp_path), task="addition", seeds=1, workers=2)
-    for job in results["jobs"]:
-        assert set(job["carry_chain"]) == set(job["sizes"])
-        assert all(0 <= reasoning_depth.headline(job, size, "carry_chain") <= 1 for size in job["carry_chain"])
-    section = (tmp_path / "depth-addition.md").read_text().split("## Long carry chains")[1].split("## Against")[0]
-    assert section.count("| MoR (2 experts, top-1) | 0 |") == 1 and section.count("| dense (16 cells) | 0 |") == 1
-
-
 def test_each_task_name_builds_its_task_with_the_training_sizes():
     from mor.cli import SUITES
 
