@@ -2,12 +2,13 @@
 does it know when to stop?
 
 One task per run (prefix sums by default, binary addition, or additions whose carry runs through every digit),
-trained on 8–32 bits and evaluated on fresh instances of 32, 128 and 512 bits with up to 600 reflection steps, for MoR (2 reflection experts, top-1), a
-single reflection expert, a depth-1 MoE and a dense stack of distinct cells — the baselines at matched
-parameters — each over several seeds, because recurrent reasoners fail to train on some seeds: every seed is
-reported. Reflecting models are scored at fixed depths (one run to the deepest, read at each depth) and under
-adaptive halting: critic confidence ≥ 0.99, the answer unchanged for 20 steps, or both (confidence ≥ 0.99 and
-the answer unchanged for 5 steps). Accuracy = the whole string right. Jobs run in parallel processes, one torch thread each, so the wall time is the suite's, not one model's.
+trained on 8–32 bits and evaluated on fresh instances of 32, 128 and 512 bits with up to 600 reflection steps,
+for MoR (2 reflection experts, top-1), a single reflection expert, a depth-1 MoE and a dense stack of distinct
+cells — the baselines at matched parameters — each over several seeds, because recurrent reasoners fail to
+train on some seeds: every seed is reported. Reflecting models are scored at fixed depths (one run to the
+deepest, read at each depth) and under adaptive halting: critic confidence ≥ 0.99, the answer unchanged for
+20 steps, or both (confidence ≥ 0.99 and the answer unchanged for 5 steps). Accuracy = the whole string right.
+Jobs run in parallel processes, one torch thread each, so the wall time is the suite's, not one model's.
 
 Run: `mor bench depth [--quick]` or `python -m benchmarks.reasoning_depth [--quick] [--task addition|carry]
 [--seeds 5] [--steps 2000]`; writes depth.json (depth-TASK.json for the others), .md and .png.
@@ -17,6 +18,7 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -116,10 +118,11 @@ def job(p: Plan, kind: str, seed: int, dim: int) -> dict:
     cfg = config(p.task, p.steps, seed)
     task = task_of(cfg)
     model, seconds, _ = train_model(with_dim(cfg, dim), task, kind)
+    start = time.perf_counter()
     sizes = {size: measure(model, *task.batch(n, torch.Generator().manual_seed(EVAL_SEED + size), size), p)
              for size, n in p.examples.items()}
     return {"kind": kind, "seed": seed, "dim": dim, "parameters": count_parameters(model), "train_s": seconds,
-            "sizes": sizes}
+            "eval_s": time.perf_counter() - start, "sizes": sizes}
 
 
 def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
@@ -133,7 +136,7 @@ def run_jobs(p: Plan, dims: dict[str, int], workers: int) -> list[dict]:
         for future in futures:
             results.append(future.result())
             r = results[-1]
-            print(f"  {r['kind']} seed {r['seed']}: {r['train_s']:.0f} s, "
+            print(f"  {r['kind']} seed {r['seed']}: {r['train_s']:.0f} s training, {r['eval_s']:.0f} s evaluation, "
                   f"{headline(r, max(p.examples)):.3f} at {max(p.examples)} bits", flush=True)
     return results
 
@@ -197,7 +200,7 @@ def seed_rows(results: list[dict], sizes: list[int]) -> list[list[str]]:
             top = r["sizes"][sizes[-1]]
             best = f"{top['best_accuracy']:.3f} @ {top['best_depth']}" if "rules" in top else "—"
             rows.append([NAMES[kind], str(r["seed"]), f"{r['parameters']:,}", f"{r['train_s']:.0f}",
-                         *(f"{headline(r, s):.3f}" for s in sizes), best])
+                         f"{r['eval_s']:.0f}", *(f"{headline(r, s):.3f}" for s in sizes), best])
     return rows
 
 
@@ -253,7 +256,9 @@ def markdown(results: dict) -> str:
     return "\n\n".join([
         f"# Reasoning depth: {p['task']}",
         f"{md_machine(results['machine'], results['other_load_cores'])} Wall time {results['wall_s']:.0f} s, "
-        f"{results['workers']} worker processes of one thread.",
+        f"{results['workers']} worker processes of one thread; over all jobs "
+        f"{sum(r['train_s'] for r in results['jobs']):.0f} s of training and "
+        f"{sum(r['eval_s'] for r in results['jobs']):.0f} s of evaluation.",
         f"Trained on {TRAIN_SIZES[0]}–{TRAIN_SIZES[1]} bits for {p['steps']} steps of batch 64, "
         f"seeds 0–{p['seeds'] - 1}; "
         f"evaluated on {', '.join(f'{n} fresh instances of {s} bits' for s, n in p['examples'].items())}. "
@@ -261,7 +266,7 @@ def markdown(results: dict) -> str:
         f"(widths: {', '.join(f'{NAMES[k]} {d}' for k, d in results['dims'].items())}).",
         "## Every seed\n\nAccuracy under the first adaptive rule (" + rules[0] + "); the last column is the best "
         "fixed depth at the largest size (an oracle choice of depth, for reference).",
-        md_table(["model", "seed", "parameters", "train s", *(f"{s} bits" for s in sizes),
+        md_table(["model", "seed", "parameters", "train s", "eval s", *(f"{s} bits" for s in sizes),
                   f"best fixed @ depth, {sizes[-1]} bits"], seed_rows(results["jobs"], sizes)),
         "## Adaptive halting against fixed depth\n\nAccuracy and mean steps per rule; the best fixed depth is "
         "chosen after the fact, so it is an upper reference, not a usable rule.",
