@@ -192,8 +192,8 @@ NAMES = {"mor": "MoR (2 experts, top-1)", "reflection": "single reflection exper
 
 
 def seed_rows(results: list[dict], sizes: list[int]) -> list[list[str]]:
-    """One row per kind and seed: parameters, training time, accuracy per size under the first rule, and the
-    best fixed depth's accuracy at the largest size."""
+    """One row per kind and seed: parameters, training and evaluation time, accuracy per size under the first rule,
+    and the best fixed depth's accuracy at the largest size."""
     rows = []
     for kind, runs in by_kind(results).items():
         for r in runs:
