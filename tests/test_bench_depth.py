@@ -14,7 +14,7 @@ def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
         (kind, seed) for kind in reasoning_depth.KINDS for seed in range(2))
     plan = results["plan"]
     for job in results["jobs"]:
-        assert set(job["sizes"]) == set(plan["examples"])
+        assert set(job["sizes"]) == set(plan["examples"]) and job["train_s"] > 0 and job["eval_s"] > 0
         for m in job["sizes"].values():
             if job["kind"] in ("mor", "reflection"):
                 assert set(m["fixed"]) == set(plan["depths"]) and m["best_accuracy"] == max(m["fixed"].values())
@@ -24,7 +24,7 @@ def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
     parameters = {j["kind"]: j["parameters"] for j in results["jobs"]}
     assert all(abs(p - parameters["mor"]) / parameters["mor"] < 0.15 for p in parameters.values()), parameters
     assert markdown.count("| MoR (2 experts, top-1) |") == 2 + 2 * len(plan["examples"])
-    assert "## Against the goals" in markdown and "of 2 seeds" in markdown
+    assert "## Against the goals" in markdown and "of 2 seeds" in markdown and "| train s | eval s |" in markdown
     assert "The accuracy goal under each adaptive rule" in markdown
 
 
