@@ -21,7 +21,7 @@ def naive_forward(layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("diagnostics", [False, True])  # scatter-add combine, and the integrator's slot path
+@pytest.mark.parametrize("diagnostics", [False, True])  # the fused mixture, and with answers scattered back
 @pytest.mark.parametrize("router_kwargs", [{"k": 2}, {"k": 1}, {"threshold": 0.2, "max_experts": 3},
                                            {"k": 2, "capacity_factor": 0.5}])
 def test_sorted_dispatch_equals_per_token_reference_forward_and_gradients(device, diagnostics, router_kwargs):

@@ -49,10 +49,14 @@ class Dispatch:
         shape[dim] = self.n * self.m
         return y.new_zeros(shape).index_copy(dim, self.slots, y).unflatten(dim, (self.n, self.m))
 
+    def assigned(self, weights: Tensor) -> Tensor:
+        """Router `weights` (N, m) of the assignments in dispatch order, (A,)."""
+        return weights.reshape(-1)[self.slots]
+
     def combine(self, y: Tensor, weights: Tensor) -> Tensor:
         """Weighted sum of each input's assignment results (A, D) with router `weights` (N, m) → (N, D).
 
         One scatter-add: the classic MoE combine, without building the (N, m, D) slot tensor.
         """
-        w = weights.reshape(-1)[self.slots].unsqueeze(-1).to(y.dtype)
+        w = self.assigned(weights).unsqueeze(-1).to(y.dtype)
         return y.new_zeros(self.n, y.shape[-1]).index_add(0, self.tokens, y * w)

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mor.nn.grouped import grouped_mm
+from mor.nn.dispatch import Dispatch
+from mor.nn.fused import swiglu_mixture
+from mor.nn.grouped import grouped_kernel, grouped_mm
 from mor.nn.losses import halting_kl
 
 
@@ -50,9 +52,25 @@ class SwiGLUExperts(nn.Module):
 
     def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
         gate, up = grouped_mm(x, self.w_gate, sizes), grouped_mm(x, self.w_up, sizes)
-        y = grouped_mm(F.silu(gate) * up, self.w_out, sizes)
-        ones = x.new_ones(x.shape[0])
-        return ExpertOutput(answer=y, confidence=ones, steps=ones.long())
+        return self._output(grouped_mm(F.silu(gate) * up, self.w_out, sizes))
+
+    def mixture(self, x: Tensor, dispatch: Dispatch, weights: Tensor) -> tuple[Tensor, ExpertOutput]:
+        """Gather, experts and gate-weighted sum of inputs `x` (N, d) → (N, d), with the per-assignment output.
+
+        One pass per expert (`mor.nn.fused`), except where torch's grouped-matmul kernel runs the products
+        (CUDA bf16): there the steps are composed.
+        """
+        if grouped_kernel(x):
+            out = self(dispatch.gather(x), dispatch.sizes)
+            return dispatch.combine(out.answer, weights), out
+        y, answers = swiglu_mixture(x, dispatch.assigned(weights), dispatch.tokens, dispatch.sizes, self.w_gate,
+                                    self.w_up, self.w_out)
+        return y, self._output(answers)
+
+    @staticmethod
+    def _output(answer: Tensor) -> ExpertOutput:
+        ones = answer.new_ones(answer.shape[0])
+        return ExpertOutput(answer=answer, confidence=ones, steps=ones.long())
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert `e` alone on rows `x`: the per-input reference the sorted dispatch must equal."""

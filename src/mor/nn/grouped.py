@@ -40,10 +40,15 @@ class _GroupedMM(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+def grouped_kernel(x: Tensor) -> bool:
+    """Whether products on `x` go to torch's grouped-matmul kernel (CUDA bf16) rather than one `mm` per group."""
+    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+
+
 def grouped_mm(x: Tensor, weight: Tensor, sizes: list[int]) -> Tensor:
     """Rows of `x` (A, K), grouped by expert in blocks of `sizes`, times `weight[e]` (E, K, N) → (A, N)."""
     weight = weight.to(x.dtype)
-    if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm"):
+    if grouped_kernel(x):
         offsets = torch.tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
         return F.grouped_mm(x, weight, offs=offsets)
     return _GroupedMM.apply(x, weight, sizes)

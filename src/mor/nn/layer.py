@@ -11,16 +11,17 @@ from torch import Tensor, nn
 from mor.errors import ShapeError
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.dispatch import Dispatch
-from mor.nn.experts import ReflectionExperts, SwiGLUExperts
+from mor.nn.experts import ExpertOutput, ReflectionExperts, SwiGLUExperts
 from mor.nn.integration import Integrator
-from mor.nn.router import Router
+from mor.nn.router import Router, Routing
 
 
 class MoRLayer(nn.Module):
     """Mixture of (reflecting) experts over the last dimension: (..., dim) → (..., out_dim).
 
     `experts` is a bank (`SwiGLUExperts`, `ReflectionExperts`, or any module with the same
-    `(rows grouped by expert, sizes) → ExpertOutput` contract).
+    `(rows grouped by expert, sizes) → ExpertOutput` contract). A bank that also has `mixture(x, dispatch,
+    weights)`, as `SwiGLUExperts` does, runs gate integration itself, fused with its products.
     """
 
     def __init__(self, router: Router, experts: nn.Module, integrator: Integrator | None = None):
@@ -40,22 +41,30 @@ class MoRLayer(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         routing = self.router(flat)
         dispatch = Dispatch.of(routing)
-        out = self.experts(dispatch.gather(flat), dispatch.sizes)
-        confidence = dispatch.scatter(out.confidence)
-        if self.integrator.mode == "gate":  # one scatter-add, no (N, m, D) slot tensor in the graph
-            y, weights = dispatch.combine(out.answer, routing.weights), routing.weights
+        if self.integrator.mode == "gate":
+            y, out = self._gate(flat, routing, dispatch)
+            weights = routing.weights
             conflict = self.integrator.conflict(dispatch.scatter(out.answer.detach()), weights.detach()) \
                 if return_diagnostics else None
         else:
-            integrated = self.integrator(dispatch.scatter(out.answer), routing.weights, routing.mask, confidence,
-                                         flat, with_conflict=return_diagnostics)
+            out = self.experts(dispatch.gather(flat), dispatch.sizes)
+            integrated = self.integrator(dispatch.scatter(out.answer), routing.weights, routing.mask,
+                                         dispatch.scatter(out.confidence), flat, with_conflict=return_diagnostics)
             y, weights, conflict = integrated.output, integrated.weights, integrated.conflict
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         if not return_diagnostics:
             return y
         return y, Diagnostics(weights=weights, indices=routing.indices, mask=routing.mask,
-                              steps=dispatch.scatter(out.steps), confidence=confidence, conflict=conflict,
-                              load=routing.load, entropy=routing.entropy, aux={**routing.aux, **out.aux})
+                              steps=dispatch.scatter(out.steps), confidence=dispatch.scatter(out.confidence),
+                              conflict=conflict, load=routing.load, entropy=routing.entropy,
+                              aux={**routing.aux, **out.aux})
+
+    def _gate(self, flat: Tensor, routing: Routing, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
+        """Classic MoE integration: one weighted scatter-add, no (N, m, D) slot tensor in the graph."""
+        if hasattr(self.experts, "mixture"):
+            return self.experts.mixture(flat, dispatch, routing.weights)
+        out = self.experts(dispatch.gather(flat), dispatch.sizes)
+        return dispatch.combine(out.answer, routing.weights), out
 
 
 def reflection_layer(experts: ReflectionExperts, dim: int, k: int = 2,
