@@ -76,3 +76,15 @@ def test_fused_layer_keeps_less_for_backward_than_the_composed_steps_and_than_de
     fused, steps, dense_bytes = (saved_bytes(lambda f=f: f(x)) for f in (layer, lambda v: composed(layer, v),
                                                                          dense))
     assert fused < 0.6 * steps and fused < 0.75 * dense_bytes  # 0.51 and 0.66 when written
+
+
+def test_inference_without_autograd_gives_the_training_forward():
+    torch.manual_seed(0)
+    layer = MoRLayer.swiglu(16, 32, 6, k=2)
+    x = torch.randn(40, 16)
+    with torch.no_grad():
+        inferred, diagnostics = layer(x, return_diagnostics=True)
+    trained = layer(x)
+    assert trained.requires_grad and not inferred.requires_grad
+    torch.testing.assert_close(inferred, trained, atol=0, rtol=0)
+    assert diagnostics.conflict.shape == (40,) and (diagnostics.conflict > 0).any()

@@ -19,21 +19,28 @@ def _blocks(sizes: list[int]) -> list[tuple[int, slice]]:
     return [(e, slice(end - n, end)) for e, (n, end) in enumerate(zip(sizes, accumulate(sizes), strict=True)) if n]
 
 
+def _mix(x: Tensor, weights: Tensor, tokens: Tensor, sizes: list[int], w_gate: Tensor, w_up: Tensor, w_out: Tensor,
+         keep: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Output, answers and, if `keep` (for backward), the gate and up projections of all rows."""
+    rows_total = tokens.shape[0]
+    gate, up = (x.new_empty(rows_total, w.shape[-1]) if keep else None for w in (w_gate, w_up))
+    answers, out = x.new_empty(rows_total, w_out.shape[-1]), x.new_zeros(x.shape[0], w_out.shape[-1])
+    for e, rows in _blocks(sizes):
+        xs = x.index_select(0, tokens[rows])
+        g = torch.mm(xs, w_gate[e], out=None if gate is None else gate[rows])
+        u = torch.mm(xs, w_up[e], out=None if up is None else up[rows])
+        torch.mm(F.silu(g).mul_(u), w_out[e], out=answers[rows])
+        out.index_add_(0, tokens[rows], answers[rows] * weights[rows, None])
+    return out, answers, gate, up
+
+
 class _SwiGLUMixture(torch.autograd.Function):
     """out[i] = Σ over i's assignments a of weights[a] · SwiGLU_expert(a)(x[i]); also returns the answers."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weights: Tensor, tokens: Tensor, sizes: list[int], w_gate: Tensor, w_up: Tensor,
                 w_out: Tensor) -> tuple[Tensor, Tensor]:
-        gate, up = x.new_empty(tokens.shape[0], w_gate.shape[-1]), x.new_empty(tokens.shape[0], w_up.shape[-1])
-        answers = x.new_empty(tokens.shape[0], w_out.shape[-1])
-        out = x.new_zeros(x.shape[0], w_out.shape[-1])
-        for e, rows in _blocks(sizes):
-            xs = x.index_select(0, tokens[rows])
-            torch.mm(xs, w_gate[e], out=gate[rows])
-            torch.mm(xs, w_up[e], out=up[rows])
-            torch.mm(F.silu(gate[rows]).mul_(up[rows]), w_out[e], out=answers[rows])
-            out.index_add_(0, tokens[rows], answers[rows] * weights[rows, None])
+        out, answers, gate, up = _mix(x, weights, tokens, sizes, w_gate, w_up, w_out, keep=True)
         ctx.save_for_backward(x, weights, tokens, gate, up, answers, w_gate, w_up, w_out)
         ctx.sizes = sizes
         ctx.mark_non_differentiable(answers)
@@ -76,9 +83,11 @@ def swiglu_mixture(x: Tensor, weights: Tensor, tokens: Tensor, sizes: list[int],
     their gate weights, `w_gate`/`w_up` (E, d, h) and `w_out` (E, h, D) the stacked expert weights. The
     per-assignment answers are returned for diagnostics and carry no gradient.
     """
-    dtype = x.dtype
-    return _SwiGLUMixture.apply(x, weights.to(dtype), tokens, sizes, w_gate.to(dtype), w_up.to(dtype),
-                                w_out.to(dtype))
+    tensors = (x, weights.to(x.dtype), w_gate.to(x.dtype), w_up.to(x.dtype), w_out.to(x.dtype))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        x, weights, w_gate, w_up, w_out = tensors
+        return _SwiGLUMixture.apply(x, weights, tokens, sizes, w_gate, w_up, w_out)
+    return _mix(*tensors[:2], tokens, sizes, *tensors[2:], keep=False)[:2]
 
 
 __all__ = ["swiglu_mixture"]
