@@ -1,8 +1,9 @@
 """Layer speed: MoRLayer vs a dense SwiGLU of equal active parameters vs Hugging Face's Mixtral MoE block.
 
 Part 1 times the four layers forward and forward+backward, interleaved round by round, and reports
-tokens/s and per-round paired time ratios. Part 2 times reflection with adaptive halting against a fixed
-depth, to see how much of the theoretical saving (halted inputs leave the batch) is real.
+tokens/s and per-round paired time ratios, and the activation memory each keeps for backward. Part 2 times
+reflection with adaptive halting against a fixed depth, to see how much of the theoretical saving (halted
+inputs leave the batch) is real.
 
 Run: `python -m benchmarks.layer_speed [--quick]` or `mor bench layer`; writes layer.json and layer.md.
 """
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from mor.memory import keep_freed_memory
+from mor.memory import keep_freed_memory, saved_for_backward
 from mor.nn.cells import MLPCell
 from mor.nn.experts import SwiGLU
 from mor.nn.layer import MoRLayer
@@ -164,6 +165,20 @@ def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, not
     return rows
 
 
+def run_memory(configs: tuple[Config, ...]) -> list[dict]:
+    """Activation memory per layer and config: bytes autograd keeps for backward in one training forward (CPU)."""
+    rows = []
+    for cfg in configs:
+        layers = build(cfg, "cpu")
+        torch.manual_seed(SEED)
+        x = torch.randn(cfg.tokens, cfg.dim, requires_grad=True)
+        for m, _ in layers.values():
+            m.train()
+        rows.append({"config": asdict(cfg), "saved_bytes": {n: saved_for_backward(lambda f=f, x=x: f(x))
+                                                            for n, (_, f) in layers.items()}})
+    return rows
+
+
 def halting_expert(max_steps: int, threshold: float) -> ReflectionExpert:
     """A ReflectionExpert whose critic logit is s·x₀ + t − c at step t: input-dependent start, rate 1 per step.
 
@@ -239,6 +254,14 @@ def markdown(results: dict) -> str:
           for device, seen in kernels.items()],
         *[f"Note: {n}" for n in results["notes"]], "",
         md_table(header, rows), "",
+        "## Activation memory", "",
+        "What autograd keeps for backward in one training forward, in MiB (`mor.memory.saved_for_backward`: saved "
+        "tensors, parameters and the input excepted), and each layer's ratio to dense.", "",
+        md_table(["config", *LAYERS.values()],
+                 [[m["config"]["name"], *[f"{m['saved_bytes'][n] / 2**20:.1f} "
+                                          f"({m['saved_bytes'][n] / m['saved_bytes']['dense']:.2f}×)"
+                                          if n in m["saved_bytes"] else "skipped" for n in LAYERS]]
+                  for m in results["memory"]]), "",
         "## Reflection with halting (eval)", "",
         f"ReflectionExpert(MLPCell(64), in 32, out 10, dim 64), {h['inputs']} inputs, threads {h['threads']}, "
         f"{h['rounds']} interleaved rounds. Halting spread is **constructed, not trained**: the critic logit is set to "
@@ -265,12 +288,14 @@ def run(quick: bool = False, threads: list[int] | None = None, out_dir: str = "b
     try:
         configs, rounds = CONFIGS[:1] if quick else CONFIGS, rounds or (15 if quick else 60)
         layers = run_layers(configs, threads, rounds, notes)
+        memory = run_memory(configs)
         halting = run_halting(quick, threads=threads[0])
         if not quick and keep_freed_memory():  # last: the setting cannot be undone in this process
             layers += run_layers(configs, threads[:1], rounds, notes, KEPT_ALLOCATOR)
     finally:
         torch.set_num_threads(saved_threads)
-    results = {"machine": machine(threads), "quick": quick, "notes": notes, "layers": layers, "halting": halting,
+    results = {"machine": machine(threads), "quick": quick, "notes": notes, "layers": layers, "memory": memory,
+               "halting": halting,
                "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
     write(out_dir, "layer", results, markdown(results))
     return results

@@ -1,5 +1,5 @@
 """keep_freed_memory: freed large buffers stay in the heap (checked in a fresh process: the setting is global);
-frozen_heap: gc.freeze on entry, undone on exit."""
+frozen_heap: gc.freeze on entry, undone on exit; saved_for_backward: the bytes autograd keeps."""
 
 import gc
 import platform
@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from mor.memory import frozen_heap
+from mor.memory import frozen_heap, saved_for_backward
 
 PROBE = """
 import ctypes, sys
@@ -45,3 +46,11 @@ def test_frozen_heap_exempts_what_is_alive_on_entry_and_lets_go_on_exit():
         assert gc.get_freeze_count() >= len(kept)
         assert gc.get_count()[0] < 10  # collected on entry: young generation empty
     assert gc.get_freeze_count() == 0
+
+
+def test_saved_for_backward_counts_activations_once_and_not_parameters():
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(16, 64, requires_grad=True)
+    assert saved_for_backward(lambda: linear(x)) == 0  # a linear layer saves its input and weight: both leaves
+    assert saved_for_backward(lambda: torch.tanh(linear(x * 2))) == 16 * 64 * 4 + 16 * 32 * 4  # x·2, tanh
+    assert saved_for_backward(lambda: (x * 2).sin().cos()) == 2 * 16 * 64 * 4

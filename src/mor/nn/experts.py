@@ -1,8 +1,9 @@
 """Expert banks for MoRLayer: each runs E experts over inputs already sorted by expert.
 
 A bank takes (A, d) rows grouped by expert plus the per-expert sizes and returns an `ExpertOutput`.
-`SwiGLUExperts` is the classic depth-1 FFN bank with stacked weights (one grouped matmul per projection);
-`ReflectionExperts` wraps ReflectionExpert modules so a hidden layer can reflect.
+`SwiGLUExperts` is the classic depth-1 FFN bank with stacked weights (one grouped matmul per projection), whose
+`mixture` also runs a whole gate-weighted mixture fused per expert (`mor.nn.fused`); `ReflectionExperts` wraps
+ReflectionExpert modules so a hidden layer can reflect.
 """
 
 from collections.abc import Iterable
