@@ -75,3 +75,15 @@ def test_inference_without_autograd_gives_the_training_forward():
     assert trained.requires_grad and not inferred.requires_grad
     torch.testing.assert_close(inferred, trained, atol=0, rtol=0)
     assert diagnostics.conflict.shape == (40,) and (diagnostics.conflict > 0).any()
+
+
+def test_fused_layer_under_cpu_autocast_runs_in_bfloat16_and_trains():
+    torch.manual_seed(0)
+    layer = MoRLayer.swiglu(16, 32, 4, k=2)
+    x = torch.randn(64, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y.float().square().sum().backward()  # backward inside the autocast region, as a training step would
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+    assert layer.experts.w_gate.grad.dtype == torch.float32 and layer.experts.w_gate.grad.abs().sum() > 0
+    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)

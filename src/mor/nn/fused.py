@@ -49,6 +49,11 @@ class _SwiGLUMixture(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
+        with torch.autocast(grad.device.type, enabled=False):  # a backward inside an autocast region
+            return _SwiGLUMixture._backward(ctx, grad.to(ctx.saved_tensors[0].dtype))
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weights, tokens, gate, up, answers, w_gate, w_up, w_out = ctx.saved_tensors
         grad = grad.contiguous()
         need_x, need_weights, *_, need_gate, need_up, need_out = ctx.needs_input_grad
@@ -84,11 +89,14 @@ def swiglu_mixture(x: Tensor, weights: Tensor, tokens: Tensor, sizes: list[int],
     their gate weights, `w_gate`/`w_up` (E, d, h) and `w_out` (E, h, D) the stacked expert weights. The
     per-assignment answers are returned for diagnostics and carry no gradient.
     """
-    tensors = (x, weights.to(x.dtype), w_gate.to(x.dtype), w_up.to(x.dtype), w_out.to(x.dtype))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        x, weights, w_gate, w_up, w_out = tensors
-        return _SwiGLUMixture.apply(x, weights, tokens, sizes, w_gate, w_up, w_out)
-    return _mix(*tensors[:2], tokens, sizes, *tensors[2:], keep=False)[:2]
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype  # as mm would
+    tensors = tuple(t.to(dtype) for t in (x, weights, w_gate, w_up, w_out))
+    with torch.autocast(device, enabled=False):  # dtypes set here; backward turns autocast off itself
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            x, weights, w_gate, w_up, w_out = tensors
+            return _SwiGLUMixture.apply(x, weights, tokens, sizes, w_gate, w_up, w_out)
+        return _mix(*tensors[:2], tokens, sizes, *tensors[2:], keep=False)[:2]
 
 
 __all__ = ["swiglu_mixture"]
