@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mor.nn.dispatch import Dispatch
 from mor.nn.fused import swiglu_mixture
-from mor.nn.grouped import grouped_kernel, grouped_mm
+from mor.nn.grouped import grouped_mm
 from mor.nn.losses import halting_kl
 
 
@@ -56,14 +56,8 @@ class SwiGLUExperts(nn.Module):
         return self._output(grouped_mm(F.silu(gate) * up, self.w_out, sizes))
 
     def mixture(self, x: Tensor, dispatch: Dispatch, weights: Tensor) -> tuple[Tensor, ExpertOutput]:
-        """Gather, experts and gate-weighted sum of inputs `x` (N, d) → (N, d), with the per-assignment output.
-
-        One pass per expert (`mor.nn.fused`), except where torch's grouped-matmul kernel runs the products
-        (CUDA bf16): there the steps are composed.
-        """
-        if grouped_kernel(x):
-            out = self(dispatch.gather(x), dispatch.sizes)
-            return dispatch.combine(out.answer, weights), out
+        """Gather, experts and gate-weighted sum of inputs `x` (N, d) → (N, d), with the per-assignment output,
+        in one pass per expert (`mor.nn.fused`)."""
         y, answers = swiglu_mixture(x, dispatch.assigned(weights), dispatch.tokens, dispatch.sizes, self.w_gate,
                                     self.w_up, self.w_out)
         return y, self._output(answers)

@@ -2,8 +2,8 @@
 gate-weighted answers into the output.
 
 Autograd through the separate steps (gather, grouped products, weighted scatter-add) keeps every intermediate:
-the gathered inputs, gate, SiLU, up, hidden and weighted answers, 46 MiB on the layer benchmark's small config
-where a dense SwiGLU of the same active width keeps 35. This keeps the gate and up projections and the answers
+the gathered inputs, gate, SiLU, up, hidden and weighted answers, 44 MiB on the layer benchmark's small config
+where a dense SwiGLU of the same active width keeps 32. This keeps the gate and up projections and the answers
 (20 MiB) and recomputes the rest in backward, one expert's rows at a time, while they are still in cache.
 Without autograd (inference) even those are per-expert temporaries.
 """

@@ -12,6 +12,7 @@ from mor.errors import ShapeError
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.dispatch import Dispatch
 from mor.nn.experts import ExpertOutput, ReflectionExperts, SwiGLUExperts
+from mor.nn.grouped import grouped_kernel
 from mor.nn.integration import Integrator
 from mor.nn.router import Router, Routing
 
@@ -21,7 +22,8 @@ class MoRLayer(nn.Module):
 
     `experts` is a bank (`SwiGLUExperts`, `ReflectionExperts`, or any module with the same
     `(rows grouped by expert, sizes) → ExpertOutput` contract). A bank that also has `mixture(x, dispatch,
-    weights)`, as `SwiGLUExperts` does, runs gate integration itself, fused with its products.
+    weights)`, as `SwiGLUExperts` does, runs gate integration itself, fused with its products (except where
+    torch's grouped-matmul kernel runs the products, CUDA bf16).
     """
 
     def __init__(self, router: Router, experts: nn.Module, integrator: Integrator | None = None):
@@ -61,7 +63,7 @@ class MoRLayer(nn.Module):
 
     def _gate(self, flat: Tensor, routing: Routing, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
         """Classic MoE integration: one weighted scatter-add, no (N, m, D) slot tensor in the graph."""
-        if hasattr(self.experts, "mixture"):
+        if hasattr(self.experts, "mixture") and not grouped_kernel(flat):  # CUDA bf16: torch's grouped kernel
             return self.experts.mixture(flat, dispatch, routing.weights)
         out = self.experts(dispatch.gather(flat), dispatch.sizes)
         return dispatch.combine(out.answer, routing.weights), out
