@@ -9,8 +9,8 @@ torch's FlopCounterMode) are closest to MoR's at its training depth; dense stack
 reflects steps. Accuracy = the whole string right. Routing: each example's first-choice expert, from the model's
 Diagnostics; I(task; expert) in bits from the joint counts.
 
-Run: `python -m benchmarks.hidden_mix [--quick] [--model "{num_experts: 4}"] [--loss "{load_balance: 0.1}"]` or
-`mor bench mix`; writes mix.json, mix.md and mix.png (--quick: 30 steps, 96 strings per length).
+Run: `python -m benchmarks.hidden_mix [--quick] [--seed 1] [--model "{num_experts: 4}"] [--loss "{load_balance: 0.1}"]`
+or `mor bench mix`; writes mix.json, mix.md and mix.png (--quick: 30 steps, 96 strings per length).
 """
 
 import argparse
@@ -51,10 +51,10 @@ LOSS = {"load_balance": 0.05}
 DIMS = range(4, 513)  # widths searched when matching a baseline's FLOPs to MoR's
 
 
-def config(steps: int, threads: int, model: dict, loss: dict) -> RunConfig:
+def config(steps: int, threads: int, model: dict, loss: dict, seed: int = SEED) -> RunConfig:
     """The one training recipe of every model kind (MoR's sizes; baselines change only their width)."""
     return parse({"model": {**MODEL, **model}, "data": {"task": "mix", "sizes": [8, SIZES[0]], "batch_size": 96},
-                  "train": {"steps": steps, "lr": 2e-3, "warmup": min(100, steps // 10), "seed": SEED,
+                  "train": {"steps": steps, "lr": 2e-3, "warmup": min(100, steps // 10), "seed": seed,
                             "threads": threads, "log_every": steps, "eval_every": steps, "loss": {**LOSS, **loss}},
                   "checkpoint": {"every": steps, "keep_last": 1}}, "hidden-task mix")
 
@@ -152,7 +152,7 @@ def markdown(results: dict) -> str:
         f"Tasks {', '.join(tasks)} in one stream, drawn equally, task identity hidden; trained on lengths "
         f"8–{SIZES[0]}, evaluated on {r['examples']} fresh strings per length (seed {EVAL_SEED}): {SIZES[0]} bits (the "
         f"top of the training range) and {SIZES[1]} (twice it). Every kind: mor's Trainer, {r['steps']} steps of "
-        f"batch 96, AdamW lr 2e-3, warmup then cosine, seed {SEED}, {r['threads']} thread(s). Model settings: "
+        f"batch 96, AdamW lr 2e-3, warmup then cosine, seed {r['seed']}, {r['threads']} thread(s). Model settings: "
         f"`{r['model']}`; loss weights: `{r['loss']}`. Matched compute: widths chosen so the forward FLOPs per "
         f"example at {SIZES[0]} bits (torch FlopCounterMode: matrix products and convolutions) are closest to MoR's "
         "at its training depth. Accuracy = the whole string right.", "",
@@ -193,32 +193,33 @@ def verdicts(results: dict) -> list[str]:
 
 
 def run(quick: bool = False, out_dir: str = "bench-results", threads: int = 1, steps: int | None = None,
-        model: dict | None = None, loss: dict | None = None, examples: int | None = None) -> dict:
+        model: dict | None = None, loss: dict | None = None, examples: int | None = None, seed: int = SEED) -> dict:
     """Train and measure the four kinds; write `out_dir`/mix.json, mix.md and mix.png; return the results."""
     suite = SuiteRun("mix", quick, [threads])
     steps, examples = steps or (30 if quick else 1500), examples or (96 if quick else 1536)
-    cfg = config(steps, threads, model or {}, loss or {})
+    cfg = config(steps, threads, model or {}, loss or {}, seed)
     task = Mix(sizes=(8, SIZES[0]))
     data = {str(size): task.grouped_eval_set(examples, size, seed=EVAL_SEED) for size in SIZES}
     with torch_threads(threads):
         dims = matched_dims(cfg, task, KINDS, flops_on(data[str(SIZES[0])][0][:8]), DIMS)
         models = {kind: run_kind(cfg, task, kind, dims[kind], data) for kind in KINDS}
-    recipe = {"steps": steps, "threads": threads, "examples": examples, "sizes": list(SIZES),
+    recipe = {"steps": steps, "seed": seed, "threads": threads, "examples": examples, "sizes": list(SIZES),
               "model": cfg.model.model_dump(mode="json", exclude={"kind", "heads", "hidden"}),
               "loss": cfg.train.loss.model_dump()}
     return suite.finish(out_dir, {"tasks": list(task.groups), "recipe": recipe, "models": models}, markdown, figure)
 
 
 def main() -> None:
-    """`python -m benchmarks.hidden_mix [--quick] [--steps N] [--model YAML] [--loss YAML] [--out DIR]`."""
+    """`python -m benchmarks.hidden_mix [--quick] [--steps N] [--seed N] [--model YAML] [--loss YAML] [--out DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 steps, 96 examples (seconds)")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=SEED, help="training seed (the evaluation strings stay the same)")
     parser.add_argument("--model", type=yaml.safe_load, default=None, help='model overrides, e.g. "{num_experts: 4}"')
     parser.add_argument("--loss", type=yaml.safe_load, default=None, help='loss weights, e.g. "{load_balance: 0.1}"')
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
-    print(markdown(run(args.quick, args.out, steps=args.steps, model=args.model, loss=args.loss)))
+    print(markdown(run(args.quick, args.out, steps=args.steps, model=args.model, loss=args.loss, seed=args.seed)))
 
 
 if __name__ == "__main__":
