@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,62 @@ def test_checkpoint_of_another_model_gives_a_clear_mismatch_error(tmp_path):
     other = Trainer(config(tmp_path, model={"dim": 12}))
     with pytest.raises(CheckpointError, match="does not match the configured model"):
         other.fit(resume=True)
+
+
+def test_a_state_file_written_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    Trainer(config(tmp_path, train={"steps": 5})).fit()
+    state_file = checkpoint.resolve(tmp_path) / checkpoint.STATE
+    state = torch.load(state_file, weights_only=True)
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as a CUDA run tags them
+    torch.save(state, state_file)
+    monkeypatch.undo()
+    loaded = checkpoint.load(tmp_path)
+    moments = [t for s in loaded.state["optimizer"]["state"].values() for t in s.values() if t.dim()]
+    assert moments and all(t.device.type == "cpu" for t in moments)
+
+
+def test_a_metrics_line_cut_short_by_a_crash_does_not_block_resume(tmp_path):
+    cfg = config(tmp_path, train={"steps": 5})
+    Trainer(cfg).fit()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')
+    resumed = Trainer(config(tmp_path, train={"steps": 10}))
+    resumed.fit(resume=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert resumed.step == 10 and records[-1]["step"] == 10
+
+
+def test_training_draws_do_not_depend_on_trainers_built_before_fit(tmp_path):
+    recipe = {"model": {"progressive": 1.0, "noise_std": 0.5}}
+    alone = Trainer(config(tmp_path / "alone", **recipe))
+    alone.fit()
+    main = Trainer(config(tmp_path / "main", **recipe))
+    Trainer(config(tmp_path / "other", model={"dim": 12}))  # builds a model: draws from the global generator
+    torch.manual_seed(123)
+    main.fit()
+    for (name, a), b in zip(alone.model.state_dict().items(), main.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_throughput_counts_training_steps_not_evaluations(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path))
+    validate = trainer.validate
+
+    def slow_validate():
+        time.sleep(1.0)  # charged to the next window, 4 steps of 16 examples would log at most 64 examples/s
+        return validate()
+
+    monkeypatch.setattr(trainer, "validate", slow_validate)
+    trainer.fit()
+    rates = [json.loads(line)["examples_per_s"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert min(rates) > 128
+
+
+def test_a_batch_too_small_to_share_among_processes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("mor.train.trainer._distributed", lambda: (0, 4))
+    with pytest.raises(ConfigError, match=r"data\.batch_size: 2 cannot be shared among 4 processes"):
+        Trainer(config(tmp_path, data={**FAST["data"], "batch_size": 2}))
 
 
 def test_metrics_hold_every_loss_term_and_eval_lines(tmp_path):

@@ -1,8 +1,9 @@
 """Checkpoints: weights in safetensors, optimiser/scheduler/RNG/step in a side file, the run's config beside them.
 
-Each checkpoint is written into a temporary folder and renamed into place, and `latest.json` / `best.json`
-are replaced atomically, so a crash never leaves a broken "latest". Loading never unpickles arbitrary objects
-(safetensors for weights, `torch.load(weights_only=True)` for the rest).
+Each checkpoint is written into a temporary folder, flushed to disk and renamed into place, and `latest.json` /
+`best.json` are replaced atomically after it, so neither a crash nor a power loss leaves a broken "latest".
+Loading never unpickles arbitrary objects (safetensors for weights, `torch.load(weights_only=True)` for the rest)
+and maps everything to the CPU, so a checkpoint written on a GPU loads on a machine without one.
 """
 
 import json
@@ -42,6 +43,15 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
+def _sync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk (a rename is durable only once its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *, keep_last: int,
          best: float | None = None) -> Path:
     """Write checkpoint `step` (and mark it best when `best` is a new best score); prune old ones."""
@@ -53,6 +63,8 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
               metadata={"step": str(step)})
     torch.save({**state, "step": step}, tmp / STATE)
     (tmp / CONFIG).write_text(config)
+    for path in (tmp / WEIGHTS, tmp / STATE, tmp / CONFIG, tmp):
+        _sync(path)
     if final.exists():  # the same step saved again after a resume: swap it out whole
         old = run_dir / f".old-step-{step:08d}"
         os.replace(final, old)
@@ -60,6 +72,7 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+    _sync(run_dir)
     _write_json(run_dir / LATEST, {"step": step, "dir": final.name})
     if best is not None:
         _write_json(run_dir / BEST, {"step": step, "dir": final.name, "score": best})
@@ -109,10 +122,11 @@ def load(path: Path) -> Loaded:
         raise CheckpointError(f"{folder / WEIGHTS}: corrupt or truncated weights ({err}); "
                               f"resume from an earlier step-* folder") from None
     try:
-        state = torch.load(folder / STATE, weights_only=True)
+        state = torch.load(folder / STATE, weights_only=True, map_location="cpu")  # the optimizer moves it back
     except Exception as err:  # torch raises several types for a damaged or unsafe file
-        raise CheckpointError(f"{folder / STATE}: corrupt, truncated or unsafe training state "
-                              f"({type(err).__name__}); resume from an earlier step-* folder") from None
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{folder / STATE}: corrupt, truncated or unsafe training state ({reason}); "
+                              f"resume from an earlier step-* folder") from None
     return Loaded(folder, weights, state, (folder / CONFIG).read_text())
 
 

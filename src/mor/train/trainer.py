@@ -51,6 +51,8 @@ class Trainer:
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         self.console = console or Console()
         self.rank, self.world = _distributed()
+        check(config.data.batch_size >= self.world, f"data.batch_size: {config.data.batch_size} cannot be shared "
+              f"among {self.world} processes (each needs at least one example); raise it to >= {self.world}")
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.device = torch.device(f"cuda:{self.rank % torch.cuda.device_count()}"
@@ -76,6 +78,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")  # fp16 only
         self.step, self.best, self.stale = 0, None, 0
         self._train_split: tuple[Tensor, Tensor] | None = None
+        self._rng = _rng_state()  # training draws start here, whatever other trainers do before fit()
 
     # data -----------------------------------------------------------------------------------------------
     def batch_at(self, step: int, micro: int) -> tuple[Tensor, Tensor]:
@@ -109,6 +112,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to `train.steps` (or early stop); returns the last evaluation."""
         tc, cc = self.config.train, self.config.checkpoint
+        _set_rng_state(self._rng)
         if resume:
             self._resume()
         elif self.rank == 0 and (self.run_dir / checkpoint.LATEST).exists():
@@ -116,17 +120,18 @@ class Trainer:
                                   f"checkpoint.dir to a new folder")
         metrics = self._open_metrics()
         last_eval: dict = {}
-        started, examples = time.perf_counter(), 0
+        training_s, examples = 0.0, 0  # the throughput counts training steps, not evaluations or checkpoints
         with self._progress() as progress:
             task_bar = progress.add_task(self.kind, total=tc.steps, completed=self.step, info="")
             while self.step < tc.steps:
+                started = time.perf_counter()
                 logged = self._train_step()
+                training_s += time.perf_counter() - started
                 examples += self.config.data.batch_size * tc.grad_accum
                 if self.step % tc.log_every == 0:
-                    rate = examples / (time.perf_counter() - started)
                     self._log(metrics, {"kind": "train", "step": self.step, **logged,
-                                        "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate})
-                    started, examples = time.perf_counter(), 0
+                                        "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples / training_s})
+                    training_s, examples = 0.0, 0
                 improved = stop = False
                 if self.step % tc.eval_every == 0 or self.step == tc.steps:
                     last_eval = self.validate()
@@ -214,7 +219,7 @@ class Trainer:
             return
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(),
-                 "rng": torch.get_rng_state(), "best": self.best, "stale": self.stale}
+                 "rng": _rng_state(), "best": self.best, "stale": self.stale}
         checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
                         keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
 
@@ -228,7 +233,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
+        _set_rng_state(state["rng"])
         self.step, self.best, self.stale = state["step"], state["best"], state["stale"]
 
     def _open_metrics(self):
@@ -237,7 +242,7 @@ class Trainer:
         if self.rank != 0:
             return open(os.devnull, "w")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step] \
+        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= self.step] \
             if path.exists() and self.step else []
         path.write_text("".join(line + "\n" for line in kept))
         return open(path, "a")
@@ -261,6 +266,27 @@ class Trainer:
         if "mean_steps" in last_eval:
             parts.append(f"val steps {last_eval['mean_steps']:.1f}")
         return "  ".join(parts)
+
+
+def _step_of(line: str) -> float:
+    """The step a metrics line records; a line cut short by a crash counts as after every step (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
+def _rng_state() -> dict[str, object]:
+    """The CPU generator's state and, when CUDA is in use, every GPU's (router noise draws on the model's device)."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict[str, object] | Tensor) -> None:
+    """Restore `_rng_state()`; a bare tensor is the CPU state alone, as older checkpoints hold it."""
+    state = state if isinstance(state, dict) else {"cpu": state, "cuda": []}
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _distributed() -> tuple[int, int]:
