@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mor.errors import ConfigError
-from mor.nn import Integrator, conflict
+from mor.nn import Integrator, MoRModel, conflict
 
 
 def test_gate_mode_is_the_router_weighted_sum():
@@ -39,6 +39,19 @@ def test_attention_mode_learns_and_respects_the_mask():
     assert (out.weights[:, 2] == 0).all()
     out.output.sum().backward()
     assert integrator.query.weight.grad.abs().sum() > 0 and integrator.key.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["gate", "confidence", "attention"])
+def test_inputs_whose_slots_were_all_dropped_stay_finite_in_every_mode(mode):
+    torch.manual_seed(0)
+    model = MoRModel(4, 2, num_experts=4, k=1, train_steps=2, mode=mode, capacity_factor=0.5)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    loss, _, diagnostics = model.loss(x, y)
+    assert (~diagnostics.mask.any(-1)).any()  # the capacity really dropped some inputs
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    out, d = model.eval()(x, return_diagnostics=True)
+    assert torch.isfinite(out).all() and (d.weights[~d.mask.any(-1)] == 0).all()
 
 
 def test_conflict_is_zero_for_identical_experts_and_large_for_disagreeing_ones():

@@ -58,7 +58,8 @@ class Integrator(nn.Module):
         keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
         scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
         scores = scores + torch.log(weights.clamp_min(1e-9))
-        return softmax(scores.masked_fill(~mask, float("-inf")))
+        # finite fill, then the mask: an input whose slots were all dropped (capacity) gets 0 weights, not NaN
+        return softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min)) * mask
 
     def forward(self, answers: Tensor, weights: Tensor, mask: Tensor, confidence: Tensor | None = None,
                 query: Tensor | None = None, with_conflict: bool = False) -> Integrated:
