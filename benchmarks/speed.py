@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mor.data import StreamTask, get_task
 from mor.nn import Halting
 from mor.nn.models import count_parameters
-from mor.train.build import build_model, loss_weights
+from mor.train.build import build_model, halting_rule, loss_weights
 from mor.train.config import RunConfig, main_job, parse
 from mor.train.evaluate import rule_name, score
 from mor.train.run import LABELS
@@ -171,7 +171,7 @@ def latency(models: dict[str, nn.Module], x: Tensor, plan: Plan, device: str) ->
 
 def halting_rules(cfg: RunConfig, plan: Plan) -> dict[str, Halting]:
     """The main job's own halting rule with budget M (adaptive), and a fixed depth of M."""
-    own = cfg.model.halting
+    own = halting_rule(cfg.model)
     fixed = Halting(max_steps=plan.max_steps or own.max_steps)
     adaptive = replace(fixed, threshold=own.threshold, stable_steps=own.stable_steps, combine=own.combine)
     return {"adaptive": adaptive, "fixed": fixed}

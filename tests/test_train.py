@@ -291,6 +291,23 @@ def test_token_models_train_on_chars_validate_in_bits_per_char_and_evaluate(tmp_
     assert all(r["bits_per_char"] < before["bits_per_char"] for r in rows)
 
 
+@pytest.mark.parametrize("name,value", [("score", "sigmoid"), ("noise_std", 1.0), ("mode", "attention"),
+                                        ("cell", "transformer"), ("progressive", 0.5)])
+def test_token_models_refuse_settings_they_would_ignore(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=rf"^model\.{name}: token models \(task 'chars'\) always use"):
+        Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, name: value}))
+
+
+@pytest.mark.parametrize("data", [CHARS, FAST["data"]], ids=["tokens", "sequences"])
+def test_without_a_halting_budget_reflection_stops_at_its_training_depth(tmp_path, data):
+    from mor.nn import ReflectionExpert
+
+    model = {key: value for key, value in TINY_LM.items() if key != "halting"} | {"train_steps": 5}
+    trainer = Trainer(parse({"model": model, "data": data, "checkpoint": {"dir": str(tmp_path)}}))
+    assert trainer.config.model.halting.max_steps is None  # saved with the run as "the training depth"
+    assert {m.halting.max_steps for m in trainer.model.modules() if isinstance(m, ReflectionExpert)} == {5}
+
+
 def test_token_tasks_refuse_a_reflection_model_and_heads_that_do_not_divide_dim(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.kind: 'reflection' has no token model") as err:
         Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "kind": "reflection"}))

@@ -18,7 +18,7 @@ from mor.errors import ConfigError
 class HaltingConfig(Strict):
     """Inference halting of every expert: see `mor.nn.Halting`."""
 
-    max_steps: int = Field(16, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="always stop here; default: the model's train_steps")
     threshold: float | None = Field(None, gt=0, le=1)
     stable_steps: int | None = Field(None, ge=1)
     combine: Literal["any", "all"] = "any"
