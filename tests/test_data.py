@@ -309,6 +309,18 @@ def test_table_errors(table, tmp_path):
     raises("breast_cancer", get_task("breast_cancer").split, "holdout")
 
 
+def test_many_distinct_integers_ask_for_the_kind_and_few_are_classes(table):
+    from mor.data.tabular import TabularTask
+
+    rng = np.random.default_rng(0)
+    prices = table.assign(price=(100_000 + 20_000 * rng.normal(size=60)).round().astype(int))
+    message = raises("data.kind", TabularTask, prices, "price")
+    assert "holds 60 distinct integers" in message and "set kind: regression or kind: classification" in message
+    assert TabularTask(prices, "price", kind="regression").out_dim == 1
+    grades = table.assign(grade=np.tile([1, 2, 3], 20))
+    assert TabularTask(grades, "grade").kind == "classification"
+
+
 def test_chars_errors(tmp_path):
     raises("data.root", Chars, tmp_path / "nowhere")
     raises("data.patterns", Chars, tmp_path)

@@ -69,9 +69,17 @@ class TabularTask(DatasetTask):
         return self._data[name]
 
 
+MANY_CLASSES = 50  # a numeric target with more distinct integers than this may be a quantity: the user says which
+
+
 def _infer_kind(labels: pd.Series, target: str) -> Kind:
-    """Classification for binary or multiclass targets (labels, strings, few integers), regression for real values."""
+    """Classification for binary or multiclass targets (labels, strings, a few integers), regression for real
+    values; many distinct integers (a count, a price) are ambiguous, so the user is asked to say."""
     found = type_of_target(labels.to_numpy())
+    distinct = labels.nunique()
+    check(found != "multiclass" or not pd.api.types.is_numeric_dtype(labels) or distinct <= MANY_CLASSES,
+          f"data.kind: column {target!r} holds {distinct} distinct integers, as a quantity or as many class labels; "
+          f"set kind: regression or kind: classification")
     if found in ("binary", "multiclass"):
         return "classification"
     check(found == "continuous", f"data.kind: cannot tell the task from column {target!r} ({found} values); "
