@@ -180,3 +180,11 @@ def test_each_expert_keeps_its_own_halting_rule_unless_overridden():
     assert d.steps[d.indices == 0].eq(2).all() and d.steps[d.indices == 1].eq(5).all()
     _, d = model(torch.randn(16, 4), halting=Halting(max_steps=3), return_diagnostics=True)
     assert d.steps.eq(3).all()
+
+
+@pytest.mark.parametrize("kwargs,message", [({"threshold": -0.1}, "ConflictPolicy.threshold"),
+                                            ({"threshold": 0.1, "factor": 0.5}, "ConflictPolicy.factor: must be > 1"),
+                                            ({"threshold": 0.1, "confidence": 1.5}, "ConflictPolicy.confidence")])
+def test_a_conflict_policy_that_would_not_spend_more_is_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ConflictPolicy(**kwargs)

@@ -45,6 +45,9 @@ BAD = [
     ("train:\n  steps: 10\n  upcycle: 10\n", "train.upcycle: must be < train.steps (10), got 10"),
     ("- just\n- a list\n", "expected a YAML mapping"),
     ("train: [unclosed\n", "not valid YAML at line"),
+    ("eval:\n  max_steps: []\n", "eval.max_steps: List should have at least 1 item"),
+    ("eval:\n  max_steps: [0]\n", "eval.max_steps.0: must be >= 1"),
+    ("eval:\n  thresholds: [1.5]\n", "eval.thresholds.0: must be <= 1"),
 ]
 
 

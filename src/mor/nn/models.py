@@ -42,6 +42,12 @@ class ConflictPolicy:
     factor: float = 2.0
     confidence: float | None = None
 
+    def __post_init__(self):
+        check(self.threshold >= 0, f"ConflictPolicy.threshold: conflict is >= 0, got {self.threshold}")
+        check(self.factor > 1, f"ConflictPolicy.factor: must be > 1 to spend more steps, got {self.factor}")
+        check(self.confidence is None or 0 < self.confidence <= 1,
+              f"ConflictPolicy.confidence: must be in (0, 1] or None, got {self.confidence}")
+
     def escalate(self, rule: Halting) -> Halting:
         stricter = rule.threshold if self.confidence is None else self.confidence
         return replace(rule, max_steps=int(rule.max_steps * self.factor), threshold=stricter)

@@ -6,13 +6,15 @@ e.g. `train.lr: must be > 0, got -1`.
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError
+
+Positive = Annotated[int, Field(ge=1)]
 
 
 class HaltingConfig(Strict):
@@ -118,10 +120,10 @@ class EvalConfig(Strict):
     """What `mor eval` and the end-of-training report measure."""
 
     examples: int = Field(1024, ge=1)
-    sizes: list[int] = Field(default_factory=list, description="instance sizes to evaluate; [] = training's")
-    max_steps: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    thresholds: list[float] = Field(default_factory=lambda: [0.9, 0.99])
-    stable_steps: list[int] = Field(default_factory=lambda: [4])
+    sizes: list[Positive] = Field(default_factory=list, description="instance sizes to evaluate; [] = training's")
+    max_steps: list[Positive] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], min_length=1)
+    thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.9, 0.99])
+    stable_steps: list[Positive] = Field(default_factory=lambda: [4])
     seed: int = 12345
 
 
