@@ -149,6 +149,11 @@ def test_bad_model_arguments_and_inputs():
     model = MoRModel(2, 2, dim=8)
     with pytest.raises(ShapeError, match=r"expected \(N, 2\) vectors"):
         model(torch.randn(3, 4))
+    with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+        model.loss(torch.randn(0, 2), torch.zeros(0, dtype=torch.long))
+    from mor.nn.transformer import TokenModel
+    with pytest.raises(ShapeError, match=r"with B >= 1 and 1 <= T <= 8, got \(0, 4\)"):
+        TokenModel(5, dim=8, depth=1, heads=2, max_len=8)(torch.zeros(0, 4, dtype=torch.long))
     model.eval()
     with pytest.raises(ConfigError, match=r"call model\.train"):
         model.loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))

@@ -132,9 +132,9 @@ class MoRModel(nn.Module):
 
     def _run(self, x: Tensor, rule: Halting | None, unroll: tuple[int, int | None] = (0, None)
              ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
-        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or x.shape[0] == 0:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
-                             f"sequences, got {tuple(x.shape)}")
+                             f"sequences with N >= 1, got {tuple(x.shape)}")
         query = x if x.dim() == 2 else x.mean(1)
         routing = self.router(query)
         dispatch = Dispatch.of(routing)

@@ -76,8 +76,8 @@ class TokenModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and the FFN layers' auxiliary losses summed over blocks."""
-        if tokens.dim() != 2 or tokens.shape[1] > self.max_len:
-            raise ShapeError(f"TokenModel: expected token ids (B, T) with T <= {self.max_len}, "
+        if tokens.dim() != 2 or tokens.shape[1] > self.max_len or 0 in tokens.shape:
+            raise ShapeError(f"TokenModel: expected token ids (B, T) with B >= 1 and 1 <= T <= {self.max_len}, "
                              f"got {tuple(tokens.shape)}")
         x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         found = []
