@@ -20,7 +20,8 @@ from test_serve_support import KEY, serve, train_tiny, write_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]
-SCHEMA = schemathesis.openapi.from_dict(create_app(ServeSettings(allow_anonymous=True)).openapi())
+ANONYMOUS = ServeSettings(allow_anonymous=True, rate_limit={"requests_per_s": 1, "burst": 1})
+SCHEMA = schemathesis.openapi.from_dict(create_app(ANONYMOUS).openapi())
 OPERATIONS = {op.ok().label: op.ok() for op in SCHEMA.get_all_operations()}
 TAKE_INPUT = [label for label in sorted(OPERATIONS) if label.startswith("POST") or "{" in label]
 CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + \

@@ -1,7 +1,8 @@
 """Error responses in the OpenAI format (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
 
 Validation errors become 400 naming the field and the reason; a bug becomes a 500 that says only that it is
-one (the traceback goes to the server log); absolute file paths are cut from every message a client sees.
+one (the traceback goes to the server log); absolute file paths and URLs (such as an upstream model server's) are
+cut from every message a client sees.
 """
 
 import re
@@ -16,6 +17,7 @@ from mor.config import error_line
 from mor.serve.schemas import ErrorBody
 
 PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-]+/)+([\w.\-]+)")
+URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[\w:.%]+\])?[^\s'\"<>()\[\]{}]*(?<![.,;:!?])")
 SERVICE_PATHS = ("/v1/", "/static/")
 UNION_MEMBERS = {"int", "float", "str", "bool"}
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -33,8 +35,9 @@ class ApiError(Exception):
 
 
 def public(message: str) -> str:
-    """`message` with absolute paths cut to their last part, so clients never see the server's file layout (the
-    service's own URL paths, such as /v1/models, stay)."""
+    """`message` with URLs replaced by `<url>` and absolute paths cut to their last part, so clients never see
+    internal hosts or the server's file layout (the service's own URL paths, such as /v1/models, stay)."""
+    message = URL.sub("<url>", message)
     return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
 
 
@@ -104,7 +107,8 @@ def _short(value: Any) -> Any:
 
 DESCRIPTIONS = {400: "Invalid request: the message names the field and the reason", 401: "Missing or invalid API key",
                 404: "Unknown model", 413: "Request body over the size limit", 429: "Rate limit exceeded",
-                502: "Every expert failed to answer", 503: "Model not loaded (see /readyz)"}
+                502: "Every expert failed to answer",
+                503: "Not available now: a model not loaded (see /readyz) or every expert in cooldown; see Retry-After"}
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from mor.serve.asgi import HttpMiddleware
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STEP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others share the label "other"
 
 
 class Metrics:
@@ -50,7 +51,8 @@ class Metrics:
 
 
 class RequestMetrics(HttpMiddleware):
-    """ASGI middleware: counts and times every HTTP request by its route template (unmatched paths share one label)."""
+    """ASGI middleware: counts and times every HTTP request by its route template (unmatched paths share one label,
+    and so do non-standard methods)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         super().__init__(app)
@@ -71,7 +73,13 @@ class RequestMetrics(HttpMiddleware):
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             m = self.metrics
-            m.requests.labels(endpoint, scope["method"], str(status)).inc()
+            m.requests.labels(endpoint, method_label(scope["method"]), str(status)).inc()
             m.latency.labels(endpoint).observe(time.perf_counter() - start)
             if status >= 400:
                 m.errors.labels(endpoint, str(status)).inc()
+
+
+def method_label(method: str) -> str:
+    """The request's method as a metric label: a standard method, else "other", so that clients inventing methods
+    cannot grow the label set (and /metrics) without bound."""
+    return method if method in METHODS else "other"

@@ -33,6 +33,10 @@ class ServedModel:
         except MorError as err:
             log.error("model %s: %s", spec.name, err)
             self.reason = public(f"models[{index}].checkpoint: {err}")
+        except Exception as err:  # e.g. a config.yaml that is not YAML: unready too, the traceback goes to the log
+            log.exception("model %s: cannot load %s", spec.name, spec.checkpoint)
+            self.reason = public(f"models[{index}].checkpoint: cannot load it ({_first_line(err)}); "
+                                 f"check the checkpoint's files or train it again")
         batching = spec.batching or batching
         size = batching.max_batch if batching.enabled else 1
         self.batcher: MicroBatcher[np.ndarray, tuple[Prediction, int]] = MicroBatcher(
@@ -101,6 +105,12 @@ class ServedModel:
                 for expert in prediction.details.get("experts", []):
                     self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
         return results
+
+
+def _first_line(err: Exception) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 def _output(prediction: Prediction, batch_size: int) -> PredictOutput:

@@ -24,6 +24,7 @@ from mor.system.request import Request as SystemRequest
 from mor.system.system import MoRSystem
 
 Result = TypeVar("Result")
+CANCEL_WAIT_S = 1.0  # how long shutdown waits for cancelled work to unwind (give back its load) before saving state
 
 
 class Service:
@@ -51,12 +52,23 @@ class Service:
             self.models[spec.name] = model
 
     async def stop(self) -> None:
-        """Let answers still being made finish, stop the batchers, then save state and close the experts."""
-        await asyncio.gather(*self.running, return_exceptions=True)
+        """Let answers still being made finish (up to `server.graceful_shutdown_s`, then they are cancelled, which
+        gives their load back), stop the batchers, then save state and close the experts."""
+        await self._settle(self.settings.server.graceful_shutdown_s)
         for model in self.models.values():
             await model.stop()
         if self.system is not None:
             await self.system.aclose()
+
+    async def _settle(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the running work, then cancel what is left and wait (briefly) until it ends."""
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=timeout_s)
+        late = set(self.running)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=CANCEL_WAIT_S)
 
     def chat_system(self, model: str) -> MoRSystem:
         """The routing system a chat request names, or 404 (or 400 for a predict model) saying what to name."""

@@ -55,7 +55,9 @@ class Server(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
-    graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish on shutdown")
+    graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish on shutdown; "
+                                                               "expert calls still running then get as long again, "
+                                                               "then are cancelled")
     forwarded_allow_ips: str | None = Field(None, description="balancer addresses whose X-Forwarded-For is trusted")
     access_log: bool = Field(True, description="uvicorn's line per request on stdout; off where a proxy logs them")
 
@@ -69,7 +71,8 @@ class ServeSettings(Strict):
     batching: Batching = Batching()
     threads: int | None = Field(None, ge=1, description="torch CPU threads for /v1/predict; none: torch's default")
     api_keys: list[ApiKey] = Field(default_factory=list)
-    allow_anonymous: bool = Field(False, description="serve callers without a key (rate-limited per address)")
+    allow_anonymous: bool = Field(False, description="serve callers without a key, rate-limited per address by "
+                                                     "rate_limit (which it requires)")
     rate_limit: RateLimit | None = None
     failed_auth_limit: RateLimit = Field(RateLimit(requests_per_s=1, burst=20),
                                          description="per client address: requests with a missing or wrong key; "
@@ -82,7 +85,10 @@ class ServeSettings(Strict):
     def _consistent(self) -> "ServeSettings":
         if not self.api_keys and not self.allow_anonymous:
             raise ValueError("api_keys: empty, so every request would be refused; add a key's hash "
-                             "(`mor serve hash-key`) or set allow_anonymous: true")
+                             "(`mor serve hash-key`) or set allow_anonymous: true with a rate_limit")
+        if self.allow_anonymous and self.rate_limit is None:
+            raise ValueError("allow_anonymous: true without a rate_limit would let every address send unlimited "
+                             "requests; set rate_limit (e.g. {requests_per_s: 5, burst: 20}) or allow_anonymous: false")
         for field, names in (("api_keys", [k.name for k in self.api_keys]),
                              ("models", [m.name for m in self.models] + [self.model_name] * (self.system is not None))):
             if len(set(names)) < len(names):

@@ -103,7 +103,7 @@ def resolve(path: Path) -> Path:
     if (path / name).is_file():
         try:
             return path / json.loads((path / name).read_text())["dir"]
-        except (json.JSONDecodeError, KeyError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError) as err:  # TypeError: JSON, but not {"dir": "step-…"}
             raise CheckpointError(f"{path / name}: unreadable pointer file ({err}); point at a step-* "
                                   f"folder instead") from None
     raise CheckpointError(f"{path}: no checkpoint here; give a run folder (with {LATEST}), RUN/best, "

@@ -1,0 +1,233 @@
+"""mor serve where things go wrong: every expert in cooldown, unreadable checkpoints, a slow shutdown, internal URLs
+in error messages, anonymous callers without a rate limit and invented HTTP methods (in-process through httpx's
+ASGI transport with the app's lifespan, or on a real uvicorn server where shutdown itself is tested)."""
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import save_file
+
+from mor.errors import CheckpointError, ConfigError
+from mor.serve import create_app, load_settings
+from mor.serve.errors import public
+from mor.serve.metrics import METHODS
+from mor.serve.service import Service
+from mor.system.store import StateStore
+from mor.train.checkpoint import CONFIG, LATEST, STATE, WEIGHTS, resolve
+from test_serve_support import KEY, serve, write_settings
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ASK = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+def broken(question: str) -> str:
+    """An expert that always fails."""
+    raise RuntimeError("broken on purpose")
+
+
+def echo(question: str) -> tuple[str, float]:
+    """An expert that answers at once."""
+    return f"echo: {question}", 0.9
+
+
+async def stuck(question: str) -> tuple[str, float]:
+    """An expert far slower than the shutdown budget of the tests."""
+    await asyncio.sleep(5)
+    return "too late", 0.9
+
+
+def system_file(folder: Path, experts: list[dict], **sections: Any) -> Path:
+    """A mor.system YAML in `folder` with just `experts` and `sections`."""
+    path = folder / "system.yaml"
+    path.write_text(yaml.safe_dump({"experts": experts, **sections}, sort_keys=False))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def started(path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+    """The app of serve config `path`, started (lifespan) and reached in-process, with the test key."""
+    app = create_app(load_settings(path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mor", headers=AUTH, timeout=30) as client:
+            yield client, app.state.service
+
+
+def run(path: Path, body: Callable[[httpx.AsyncClient, Service], Coroutine[Any, Any, Any]]) -> Any:
+    """`body(client, service)` against a started app of serve config `path`."""
+    async def main() -> Any:
+        async with started(path) as (client, service):
+            return await body(client, service)
+    return asyncio.run(main())
+
+
+def one_line_error(response: httpx.Response) -> dict:
+    """The error body, checked to be one line without a traceback, a temporary path or a URL."""
+    assert "Traceback" not in response.text and "/tmp/" not in response.text and "://" not in response.text
+    error = response.json()["error"]
+    assert "\n" not in error["message"], error
+    return error
+
+
+# ---- finding 5: /v1/route while every expert is in cooldown ----
+
+def test_route_answers_503_with_retry_after_while_every_expert_is_in_cooldown(tmp_path):
+    system = system_file(tmp_path, [{"name": "b", "kind": "callable", "function": "test_serve_robustness:broken"}],
+                         breaker={"failures_to_open": 1, "cooldown_s": 60})
+
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[httpx.Response, httpx.Response, dict]:
+        chat = await client.post("/v1/chat/completions", json={"model": "mor", **ASK})
+        route = await client.post("/v1/route", json=ASK)
+        return chat, route, (await client.get("/openapi.json")).json()
+
+    chat, route, schema = run(write_settings(tmp_path, system=str(system)), body)
+    assert chat.status_code == 502
+    error = one_line_error(route)
+    assert route.status_code == 503 and error["code"] == "no_expert_available", route.text
+    assert error["type"] == "unavailable_error" and "every expert is in cooldown" in error["message"]
+    assert 50 <= int(route.headers["retry-after"]) <= 60
+    assert "503" in schema["paths"]["/v1/route"]["post"]["responses"]
+
+
+# ---- finding 8: checkpoints that cannot be read leave their model unready ----
+
+def fake_checkpoint(folder: Path, config: str) -> Path:
+    """A step folder with loadable weights and state beside `config` as its config.yaml."""
+    folder.mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, folder / WEIGHTS)
+    torch.save({}, folder / STATE)
+    (folder / CONFIG).write_text(config)
+    return folder
+
+
+def test_unreadable_checkpoints_leave_their_models_unready_instead_of_stopping_start_up(tmp_path, caplog):
+    bad_yaml = fake_checkpoint(tmp_path / "bad-yaml", "model: [unclosed\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LATEST).write_text("[]")
+    models = [{"name": "bad-yaml", "checkpoint": str(bad_yaml)}, {"name": "bad-pointer", "checkpoint": "run"}]
+
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[httpx.Response, httpx.Response]:
+        predict = await client.post("/v1/predict", json={"model": "bad-yaml", "inputs": [[1.0]]})
+        return await client.get("/readyz"), predict
+
+    with caplog.at_level(logging.ERROR, logger="mor.serve"):
+        ready, predict = run(write_settings(tmp_path, system=None, models=models), body)
+    checks = ready.json()["checks"]
+    assert ready.status_code == 503 and "Traceback" not in ready.text and str(tmp_path) not in ready.text
+    assert "cannot load it (ParserError: while parsing a flow sequence)" in checks["model:bad-yaml"]
+    assert "unreadable pointer file" in checks["model:bad-pointer"]
+    assert predict.status_code == 503 and one_line_error(predict)["code"] == "model_unavailable"
+    assert any(r.exc_info and "bad-yaml" in r.getMessage() for r in caplog.records)  # the traceback is logged
+
+
+@pytest.mark.parametrize("pointer", ["[]", '"step-1"', '{"dir": 5}', '{"dir": null}'])
+def test_a_pointer_file_that_is_json_but_not_a_pointer_is_a_checkpoint_error(tmp_path, pointer):
+    (tmp_path / LATEST).write_text(pointer)
+    with pytest.raises(CheckpointError, match="unreadable pointer file"):
+        resolve(tmp_path)
+
+
+# ---- finding 10: shutdown is bounded by server.graceful_shutdown_s ----
+
+def test_shutdown_cancels_work_left_after_the_graceful_period_and_still_saves_state(tmp_path):
+    system = system_file(tmp_path, [{"name": "stuck", "kind": "callable", "function": "test_serve_robustness:stuck"}],
+                         state={"path": str(tmp_path / "state.db")})
+    server = serve(write_settings(tmp_path, system=str(system), server={"graceful_shutdown_s": 0.3}))
+    with server:
+        stats = server.service.system.stats["stuck"]
+        for stream in (False, True):
+            threading.Thread(target=_ask, args=(server.root, stream), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while stats.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stats.in_flight == 2
+        began = time.monotonic()
+        server.server.should_exit = True  # what SIGTERM does
+        server.thread.join(timeout=10)
+        took = time.monotonic() - began
+    assert took < 3, f"shutdown took {took:.1f} s: uvicorn's 1 s, then 0.3 s, not the expert's 5 s"
+    assert stats.in_flight == 0  # the cancelled calls gave their load back
+    store = StateStore(tmp_path / "state.db")
+    assert store.load()["stuck"].calls == 2
+    store.close()
+
+
+def _ask(root: str, stream: bool) -> None:
+    """A chat request that the server's shutdown cuts off (its outcome does not matter)."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(root + "/v1/chat/completions", headers=AUTH, timeout=30,
+                   json={"model": "mor", "stream": stream, **ASK})
+
+
+# ---- finding 11: URLs never reach clients ----
+
+@pytest.mark.parametrize("message,shown", [
+    ("POST http://10.0.0.7:8000/v1/chat/completions failed", "POST <url> failed"),
+    ("open /etc/mor/key.yaml failed; GET https://gpu.corp:8443/health: 503", "open …/key.yaml failed; GET <url>: 503"),
+    ("upstream at (http://[fd00::7]:9000/v1).", "upstream at (<url>)."),
+    ("see /v1/models for the names", "see /v1/models for the names"),
+])
+def test_public_messages_hide_urls_and_paths(message, shown):
+    assert public(message) == shown
+
+
+def test_an_upstream_url_is_not_shown_in_a_failed_experts_error(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    experts = [{"name": "llm", "kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "retries": 0,
+                "hints": {"keywords": ["hello"]}},
+               {"name": "echo", "kind": "callable", "function": "test_serve_robustness:echo"}]
+    path = write_settings(tmp_path, system=str(system_file(tmp_path, experts)))
+
+    async def body(client: httpx.AsyncClient, service: Service) -> httpx.Response:
+        return await client.post("/v1/chat/completions", json={"model": "mor", **ASK})
+
+    reply = run(path, body)
+    (failed,) = [a for a in reply.json()["mor"]["answers"] if a["expert"] == "llm"]
+    assert reply.status_code == 200 and "POST <url> failed" in failed["error"], failed
+    assert str(port) not in reply.text and "127.0.0.1" not in reply.text
+
+
+# ---- finding 12: anonymous callers need a rate limit ----
+
+def test_anonymous_callers_without_a_rate_limit_are_refused_by_the_config(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_settings(tmp_path, system=None, allow_anonymous=True))
+    message = str(caught.value)
+    assert "allow_anonymous: true without a rate_limit" in message and "set rate_limit" in message
+    assert "\n" not in message
+    path = write_settings(tmp_path, system=None, allow_anonymous=True, rate_limit={"requests_per_s": 0.01, "burst": 3})
+
+    async def body(client: httpx.AsyncClient, service: Service) -> list[int]:
+        return [(await client.get("/v1/models", headers={"Authorization": ""})).status_code for _ in range(5)]
+
+    assert run(path, body) == [200, 200, 200, 429, 429]
+
+
+# ---- finding 14: invented HTTP methods share one metric label ----
+
+def test_invented_http_methods_share_the_metric_label_other(tmp_path):
+    async def body(client: httpx.AsyncClient, service: Service) -> str:
+        for i in range(30):
+            await client.request(f"X{i}", "/v1/models", headers={"Authorization": ""})
+        await client.get("/v1/models")
+        return (await client.get("/metrics")).text
+
+    text = run(write_settings(tmp_path, system=None), body)
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "mor_requests_total"]
+    assert {s.labels["method"] for s in samples} <= METHODS | {"other"}
+    assert sum(s.value for s in samples if s.labels["method"] == "other") == 30
+    assert sum(s.value for s in samples if s.labels["method"] == "GET") >= 1
