@@ -15,8 +15,11 @@ DEFAULT_ROUTER = Path("runs/router")
 
 
 @app.command()
-def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …, \"label\": …} per line."),
-          out: Path = typer.Option(DEFAULT_ROUTER, help="Folder for the trained router."),
+def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …, \"label\": …} per line; a tenth "
+                                                "is held out to calibrate, so every label needs 2 or more examples "
+                                                "and all together 10 × (labels − 1) + 1 or more."),
+          out: Path = typer.Option(DEFAULT_ROUTER, help="Folder for the trained router; replaced whole once the new "
+                                                        "one is written, so an interrupted run keeps the old one."),
           encoder: str | None = typer.Option(None, help="auto (default), tfidf, minilm or minilm+tfidf."),
           layers: int | None = typer.Option(None, help="MiniLM layers kept (fewer: faster routing)."),
           tune_layers: int | None = typer.Option(None, help="Top MiniLM layers to fine-tune (0: frozen)."),

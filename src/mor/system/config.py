@@ -4,7 +4,7 @@ Errors name the field, e.g. `configs/route.yaml: router.top_k: must be >= 1, got
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -21,18 +21,18 @@ from mor.system.system import Combine, MoRSystem, Reflection
 class WeightsConfig(Strict):
     """See `RouterWeights`; the defaults are its own."""
 
-    head: float = Field(RouterWeights.head, ge=0)
-    hints: float = Field(RouterWeights.hints, ge=0)
-    tools: float = Field(RouterWeights.tools, ge=0)
-    feedback: float = Field(RouterWeights.feedback, ge=0)
-    load: float = Field(RouterWeights.load, ge=0)
+    head: float = Field(RouterWeights.head, ge=0, allow_inf_nan=False)
+    hints: float = Field(RouterWeights.hints, ge=0, allow_inf_nan=False)
+    tools: float = Field(RouterWeights.tools, ge=0, allow_inf_nan=False)
+    feedback: float = Field(RouterWeights.feedback, ge=0, allow_inf_nan=False)
+    load: float = Field(RouterWeights.load, ge=0, allow_inf_nan=False)
 
 
 class RouterConfig(Strict):
     path: Path | None = Field(None, description="folder written by `mor route train`; none: no trained head")
     weights: WeightsConfig = WeightsConfig()
     top_k: int = Field(Selection.top_k, ge=1)
-    threshold: float | None = None
+    threshold: float | None = Field(None, allow_inf_nan=False)
     min_confidence: float = Field(Selection.min_confidence, ge=0, le=1)
     default: str | None = None
 
@@ -40,8 +40,9 @@ class RouterConfig(Strict):
 class IntegrationConfig(Strict):
     mode: str = Combine.mode
     synthesizer: str | None = None
-    coefficients: dict[str, float] = Field(default_factory=dict)
-    intercept: float = 0.0
+    coefficients: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="stacking: each expert's weight, by expert name")
+    intercept: float = Field(0.0, allow_inf_nan=False)
 
 
 class ReflectionConfig(Strict):
@@ -56,6 +57,9 @@ class BreakerConfig(Strict):
 
 class StateConfig(Strict):
     path: Path | None = Field(None, description="SQLite file for statistics and feedback; none: in memory only")
+    save_every_s: float | None = Field(60.0, gt=0, allow_inf_nan=False,
+                                       description="also save statistics this often, not only on shutdown and "
+                                                   "feedback; none: only then")
 
 
 class SystemConfig(Strict):
@@ -93,7 +97,8 @@ def build_system(config: SystemConfig, source: str = "config", head: LabelHead |
         router = SystemRouter([e.info for e in experts], head, RouterWeights(**r.weights.model_dump()),
                               Selection(r.top_k, r.threshold, r.min_confidence, r.default))
         _check_capabilities(router)
-        store = StateStore(config.state.path) if config.state.path else None
+        _check_coefficients(config.integration, list(router.experts))
+        store = StateStore(config.state.path, config.state.save_every_s) if config.state.path else None
         return MoRSystem(experts, router, Combine(**config.integration.model_dump()),
                          Reflection(**config.reflection.model_dump()), Breaker(**config.breaker.model_dump()), store)
     except ConfigError as err:
@@ -112,3 +117,10 @@ def _check_capabilities(router: SystemRouter) -> None:
         unknown = [c for c in info.capabilities if c not in router.head.labels and c != "tool"]
         check(not unknown, f"experts.{info.name}.capabilities: {unknown} are not router labels "
                            f"({', '.join(router.head.labels)}); use those names")
+
+
+def _check_coefficients(integration: IntegrationConfig, experts: list[str]) -> None:
+    """Each stacking coefficient must name an expert: a misspelt one would silently weigh its expert 0."""
+    for name in integration.coefficients:
+        check(name in experts, f"integration.coefficients.{name}: no expert of that name; experts are: "
+                               f"{', '.join(experts)}")

@@ -8,15 +8,39 @@ import copy
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
-from mor.errors import ConfigError, check
+from mor.errors import ConfigError, MorError, check
+
+
+def unusable(path: Path, what: str) -> str:
+    """The one-line message for a router file that is missing, malformed or at odds with the others."""
+    return " ".join(f"router {path.parent}: {path.name} {what}; retrain the router with "
+                    f"`mor route train --data FILE.jsonl --out {path.parent}`".split())
+
+
+def read_json(path: Path) -> Any:
+    """A router folder's JSON file, or a one-line MorError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MorError(unusable(path, f"cannot be read ({e})")) from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A router folder's safetensors file, or a one-line MorError naming it."""
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise MorError(unusable(path, f"cannot be read ({e})")) from None
 
 
 def minilm_path() -> Path | None:
@@ -32,6 +56,7 @@ class TfidfEncoder:
     """Word 1–2-gram and character 2–5-gram TF-IDF, L2-normalised: the no-model encoder."""
 
     kind = "tfidf"
+    files = ("tfidf.json", "tfidf.safetensors")
 
     def __init__(self) -> None:
         self.parts = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32),
@@ -59,12 +84,26 @@ class TfidfEncoder:
 
     @classmethod
     def load(cls, folder: Path) -> "TfidfEncoder":
+        """A saved encoder; files that are missing, malformed or disagree with each other are a one-line MorError."""
         encoder = cls()
-        vocab, idf = json.loads((folder / "tfidf.json").read_text()), load_file(folder / "tfidf.safetensors")
+        vocab, idf = read_json(folder / "tfidf.json"), read_tensors(folder / "tfidf.safetensors")
+        check(isinstance(vocab, list) and len(vocab) == len(encoder.parts),
+              unusable(folder / "tfidf.json", f"is not a list of {len(encoder.parts)} vocabularies"), MorError)
         for i, part in enumerate(encoder.parts):
-            part.vocabulary_ = vocab[i]
-            part.idf_ = idf[f"idf{i}"].numpy()
+            check(_matches(vocab[i], idf.get(f"idf{i}")),
+                  unusable(folder / "tfidf.safetensors", f"does not match tfidf.json (vocabulary {i})"), MorError)
+            part.vocabulary_, part.idf_ = vocab[i], idf[f"idf{i}"].numpy()
         return encoder
+
+
+def _matches(vocabulary: Any, idf: torch.Tensor | None) -> bool:
+    """Whether a saved vocabulary maps its terms onto exactly the positions of its saved IDF weights."""
+    if not isinstance(vocabulary, dict) or idf is None or idf.ndim != 1:
+        return False
+    positions = list(vocabulary.values())
+    if len(positions) != len(idf) or not all(type(i) is int for i in positions):
+        return False
+    return set(positions) == set(range(len(idf)))
 
 
 def native_bf16() -> bool:
@@ -88,6 +127,7 @@ class MiniLMEncoder(nn.Module):
     """
 
     kind = "minilm"
+    files = ("minilm",)
 
     def __init__(self, path: Path | None = None, max_tokens: int = 128, layers: int | None = None,
                  precision: str = "fp32") -> None:

@@ -3,25 +3,43 @@
 Features are TF-IDF n-grams and, when the offline MiniLM package is installed, MiniLM sentence embeddings
 whose top layers are fine-tuned on the labels. A multinomial logistic regression reads both; its temperature
 is fitted on a held-out tenth of the training data (unseen by fine-tuning) so the probabilities
-are calibrated, then the regression is refitted on all of it. Everything saves to a folder as JSON +
-safetensors (no pickles).
+are calibrated, then the regression is refitted on all of it. That tenth must hold every label, so training needs
+at least two examples of each label and about ten per label in all (10 × (labels − 1) + 1); less is refused with
+an error saying how many. Everything saves to a folder as JSON + safetensors (no pickles), written whole into a
+temporary folder and renamed into place, so an interrupted save leaves the previous router; loading checks that
+the files belong together.
 """
 
 import json
+import math
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from mor.durable import sync
 from mor.errors import ConfigError, MorError, check
-from mor.system.encoders import MiniLMEncoder, TfidfEncoder, inference_dtype, minilm_path
+from mor.system.encoders import (
+    MiniLMEncoder,
+    TfidfEncoder,
+    inference_dtype,
+    minilm_path,
+    read_json,
+    read_tensors,
+    unusable,
+)
 from mor.system.tuning import fine_tune
+
+HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
+ROUTER_FILES = frozenset({"head.json", "head.safetensors", *TfidfEncoder.files, *MiniLMEncoder.files})
 
 
 @dataclass
@@ -68,7 +86,9 @@ class LabelHead:
         names = sorted(set(labels))
         check(len(names) >= 2, f"router training data: needs at least two labels, found {names}")
         y = np.array([names.index(label) for label in labels])
-        fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=0.1, stratify=y, random_state=config.seed)
+        _check_split(names, y)
+        fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y,
+                                            random_state=config.seed)
         encoders = {}
         for part in config.parts():
             if part == "tfidf":
@@ -94,7 +114,24 @@ class LabelHead:
         return z / z.sum(axis=1, keepdims=True)
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the router to `folder` whole or not at all: into a temporary folder beside it, then renamed."""
+        folder = Path(folder).resolve()
+        _check_replaceable(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._write(tmp)
+            for path in [*tmp.rglob("*"), tmp]:
+                sync(path)
+            _replace(tmp, folder)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise MorError(f"router {folder}: cannot save it ({e}); the router there, if any, is unchanged; free "
+                           "space or choose another --out") from None
+
+    def _write(self, folder: Path) -> None:
+        """Every file of the router into an empty `folder`."""
         for encoder in self.encoders.values():
             encoder.save(folder)
         save_file({"weight": torch.from_numpy(self.weight), "bias": torch.from_numpy(self.bias)},
@@ -105,18 +142,96 @@ class LabelHead:
 
     @classmethod
     def load(cls, folder: Path) -> "LabelHead":
-        try:
-            meta = json.loads((folder / "head.json").read_text())
-            tensors = load_file(folder / "head.safetensors")
-        except (OSError, ValueError) as e:
-            raise MorError(f"router {folder}: not a trained router folder ({e}); train one with "
-                           f"`mor route train --data FILE.jsonl --out {folder}`") from e
-        config = HeadConfig(**meta["config"])
-        loaders = {"tfidf": TfidfEncoder.load,
-                   "minilm": lambda f: MiniLMEncoder.load(f, config.max_tokens, config.precision)}
+        """A saved router; a missing, malformed or mismatched file is a one-line MorError naming it."""
+        check((folder / "head.json").is_file(), f"router {folder}: not a trained router folder (no head.json); "
+                                                f"train one with `mor route train --data FILE.jsonl --out {folder}`",
+              MorError)
+        meta = _read_meta(folder / "head.json")
+        config = meta["config"]
+        loaders = {"tfidf": TfidfEncoder.load, "minilm": lambda f: _load_minilm(f, config)}
         encoders = {part: loaders[part](folder) for part in meta["encoders"]}
-        return cls(meta["labels"], config, encoders, tensors["weight"].numpy(), tensors["bias"].numpy(),
-                   meta["temperature"])
+        weight, bias = _read_linear(folder / "head.safetensors", len(meta["labels"]),
+                                    sum(e.dim for e in encoders.values()))
+        return cls(meta["labels"], config, encoders, weight, bias, meta["temperature"])
+
+
+def _check_split(names: list[str], y: np.ndarray) -> None:
+    """Refuse data too small for a stratified held-out tenth: it needs two examples of each label, and the tenth
+    must have room for one of each."""
+    counts = np.bincount(y, minlength=len(names))
+    rarest, need = int(counts.argmin()), 10 * (len(names) - 1) + 1
+    check(counts[rarest] >= 2, f"router training data: label {names[rarest]!r} has only {counts[rarest]} example; "
+                               "every label needs at least 2 (one is held out to calibrate); add examples")
+    check(math.ceil(HELD_OUT * len(y)) >= len(names),
+          f"router training data: {len(y)} examples are too few for {len(names)} labels; the tenth held out to "
+          f"calibrate needs one of each, so at least {need} are needed; add examples")
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to save over a folder that holds more than a router: saving replaces the whole folder."""
+    if not folder.exists():
+        return
+    check(folder.is_dir(), f"router {folder}: exists and is not a folder; choose another --out", MorError)
+    others = sorted(p.name for p in folder.iterdir() if p.name not in ROUTER_FILES)
+    check(not others, f"router {folder}: holds files that are not a router's ({', '.join(others[:3])}); saving "
+                      "replaces the whole folder, so choose a new or empty one for --out", MorError)
+
+
+def _replace(new: Path, folder: Path) -> None:
+    """Rename `new` to `folder`; an existing `folder` is moved aside first and deleted once `new` is in place."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    moved = folder.exists()
+    if moved:
+        os.replace(folder, old)
+    try:
+        os.replace(new, folder)
+    except OSError:
+        if moved:
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    sync(folder.parent)
+
+
+def _read_meta(path: Path) -> dict:
+    """head.json, checked: distinct string labels, a valid config, a positive temperature, known encoders."""
+    meta = read_json(path)
+    types = {"labels": list, "config": dict, "temperature": (int, float), "encoders": list}
+    check(isinstance(meta, dict) and all(isinstance(meta.get(k), t) for k, t in types.items()),
+          unusable(path, f"needs {', '.join(types)} of the right types"), MorError)
+    labels, parts = meta["labels"], meta["encoders"]
+    check(all(isinstance(label, str) for label in labels) and len(set(labels)) == len(labels) >= 2,
+          unusable(path, f"needs two or more distinct string labels, has {labels}"), MorError)
+    check(bool(parts) and all(part in ("tfidf", "minilm") for part in parts),
+          unusable(path, f"names encoders {parts}; known ones are tfidf and minilm"), MorError)
+    check(math.isfinite(meta["temperature"]) and meta["temperature"] > 0,
+          unusable(path, f"needs a positive temperature, has {meta['temperature']}"), MorError)
+    try:
+        meta["config"] = HeadConfig(**meta["config"])
+    except (TypeError, ConfigError) as e:
+        raise MorError(unusable(path, f"has an invalid config ({e})")) from None
+    return meta
+
+
+def _load_minilm(folder: Path, config: HeadConfig) -> MiniLMEncoder:
+    """The saved fine-tuned MiniLM, or a one-line MorError naming its folder."""
+    try:
+        return MiniLMEncoder.load(folder, config.max_tokens, config.precision)
+    except (OSError, ValueError) as e:
+        raise MorError(unusable(folder / "minilm", f"cannot be loaded ({e})")) from None
+
+
+def _read_linear(path: Path, labels: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """head.safetensors' (labels, width) weight and (labels,) bias, checked against head.json and the encoders."""
+    tensors = read_tensors(path)
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    check(weight is not None and bias is not None, unusable(path, "lacks the weight or the bias"), MorError)
+    check(tuple(weight.shape) == (labels, width) and tuple(bias.shape) == (labels,),
+          unusable(path, f"holds a {tuple(weight.shape)} weight and a {tuple(bias.shape)} bias where head.json and "
+                         f"the encoders need ({labels}, {width}) and ({labels},): the files are from different "
+                         "training runs"), MorError)
+    return weight.numpy(), bias.numpy()
 
 
 def _regression(config: HeadConfig) -> LogisticRegression:

@@ -6,6 +6,7 @@ a `tools` array, its success rate from feedback, and minus its current load. Top
 selected; below `min_confidence` the default expert answers. The head and the hints read the last user message.
 """
 
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ class Selection:
     def __post_init__(self) -> None:
         check(self.top_k >= 1, f"router.top_k must be ≥ 1, got {self.top_k}")
         check(0 <= self.min_confidence <= 1, f"router.min_confidence must be in [0, 1], got {self.min_confidence}")
+        check(self.threshold is None or math.isfinite(self.threshold),
+              f"router.threshold must be a finite number, got {self.threshold}; set a number or leave it unset")
 
 
 class SystemRouter:

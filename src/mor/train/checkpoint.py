@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mor.durable import sync
 from mor.errors import CheckpointError
 
 WEIGHTS, STATE, CONFIG = "model.safetensors", "state.pt", "config.yaml"
@@ -43,15 +44,6 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def _sync(path: Path) -> None:
-    """Flush a file or a folder's entries to disk (a rename is durable only once its folder is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *, keep_last: int,
          best: float | None = None) -> Path:
     """Write checkpoint `step` (and mark it best when `best` is a new best score); prune old ones."""
@@ -64,7 +56,7 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
     torch.save({**state, "step": step}, tmp / STATE)
     (tmp / CONFIG).write_text(config)
     for path in (tmp / WEIGHTS, tmp / STATE, tmp / CONFIG, tmp):
-        _sync(path)
+        sync(path)
     if final.exists():  # the same step saved again after a resume: swap it out whole
         old = run_dir / f".old-step-{step:08d}"
         os.replace(final, old)
@@ -72,7 +64,7 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    _sync(run_dir)
+    sync(run_dir)
     _write_json(run_dir / LATEST, {"step": step, "dir": final.name})
     if best is not None:
         _write_json(run_dir / BEST, {"step": step, "dir": final.name, "score": best})
