@@ -1,5 +1,9 @@
 """`MoRSystem`: route a request to experts, call them with timeouts and fallbacks, reflect, integrate.
 
+Each expert call holds one of the expert's `max_concurrency` slots, and the expert's `deadline_s` (every attempt
+of a retrying adapter) bounds the wait for a slot and for the answer (for a stream, its first delta). A timeout
+cannot stop a worker thread, so a call's slot stays taken until the threads it started have ended.
+
 Reflection across models is escalation: while the integrated answer's confidence is below the reflection
 threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times. When
 nothing needs the whole answer first (one expert selected, no reflection rounds, `weighted` integration), `stream`
@@ -9,13 +13,14 @@ passes the expert's deltas on as they are made.
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from mor.errors import check
 from mor.system import integration
 from mor.system.decision import Decision
 from mor.system.experts.base import Expert
+from mor.system.experts.threads import Threads, recording
 from mor.system.reply import Reply, StreamBroken
 from mor.system.request import Answer, Cost, Delta, Request
 from mor.system.router import SystemRouter
@@ -211,6 +216,16 @@ class MoRSystem:
             self._limits[name] = asyncio.Semaphore(self.experts[name].info.max_concurrency)
         return self._limits[name]
 
+    @asynccontextmanager
+    async def _slot(self, name: str, threads: Threads) -> AsyncIterator[None]:
+        """One of the expert's concurrency slots, held until the call ends and every thread it started has too."""
+        limit = self._limit(name)
+        await limit.acquire()
+        try:
+            yield
+        finally:
+            threads.when_done(limit.release)
+
     async def _call(self, name: str, request: Request, reserved: set[str] | None = None) -> Answer:
         """One expert's whole answer; a failure becomes an Answer with `error` (see `_pieces`)."""
         async with aclosing(self._pieces(name, request, reserved, stream=False)) as pieces:
@@ -218,35 +233,38 @@ class MoRSystem:
 
     async def _pieces(self, name: str, request: Request, reserved: set[str] | None,
                       stream: bool) -> AsyncIterator[Delta | Answer]:
-        """One expert call under its concurrency limit: its deltas (with `stream`), then its Answer.
+        """One expert call in one of its slots: its deltas (with `stream`), then its Answer.
 
-        The expert's timeout bounds the wait for the first piece (the whole answer when not streaming). A failure
-        becomes an Answer with `error`, or StreamBroken once deltas were passed on. A name in `reserved` was already
-        counted in the expert's load when the request was routed; the call takes that reservation over. A call
-        cancelled or closed early gives its load back without counting as a failure.
+        The expert's deadline bounds the wait for a slot and the first piece (the whole answer when not streaming);
+        the slot is freed once the call and the threads it started have ended. A failure becomes an Answer with
+        `error`, or StreamBroken once deltas were passed on. A name in `reserved` was already counted in the
+        expert's load when the request was routed; the call takes that reservation over. A call cancelled or closed
+        early gives its load back without counting as a failure.
         """
         expert, stats = self.experts[name], self.stats[name]
         if reserved is not None and name in reserved:
             reserved.discard(name)
         else:
             stats.started()
-        start, sent = time.perf_counter(), 0
+        start, sent, threads = time.perf_counter(), 0, Threads()
         try:
-            async with self._limit(name):
-                try:
-                    async with aclosing(expert.stream(request) if stream else _whole(expert, request)) as pieces:
-                        async with asyncio.timeout(expert.info.timeout_s):
-                            piece = await anext(pieces)
-                        while isinstance(piece, Delta):
-                            sent += 1
-                            yield piece
-                            piece = await anext(pieces)
-                    answer = piece
-                except TimeoutError:
-                    answer = Answer(expert=name, error=f"timed out after {expert.info.timeout_s:g} s",
-                                    confidence=0.0)
-                except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
-                    answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
+            async with AsyncExitStack() as held:
+                async with asyncio.timeout(expert.deadline_s):
+                    await held.enter_async_context(self._slot(name, threads))
+                    pieces = await held.enter_async_context(
+                        aclosing(expert.stream(request) if stream else _whole(expert, request)))
+                    with recording(threads):
+                        piece = await anext(pieces)
+                while isinstance(piece, Delta):
+                    sent += 1
+                    yield piece
+                    with recording(threads):
+                        piece = await anext(pieces)
+            answer = piece
+        except TimeoutError:
+            answer = Answer(expert=name, error=f"timed out after {expert.deadline_s:g} s", confidence=0.0)
+        except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
+            answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
         except BaseException:
             stats.in_flight -= 1
             raise

@@ -1,14 +1,19 @@
 """The `Expert` contract: a name, what it is good at, what it costs, and `async answer(request) -> Answer` (or
-`stream(request)`, its deltas as they are made and then the Answer)."""
+`stream(request)`, its deltas as they are made and then the Answer), within `deadline_s`; blocking work runs on the
+expert's own threads (`in_thread`)."""
 
 import abc
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from mor.errors import ConfigError, check
+from mor.system.experts.threads import Workers
 from mor.system.request import Answer, Cost, Delta, Request
+
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -61,12 +66,27 @@ class ExpertInfo:
 class Expert(abc.ABC):
     """Base of every adapter: subclasses implement `_answer`; `answer` adds timing and turns failures into errors."""
 
+    _workers: Workers | None = None
+
     def __init__(self, info: ExpertInfo) -> None:
         self.info = info
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def deadline_s(self) -> float:
+        """The longest a whole call may take, every attempt included: the system's bound on it. One attempt here;
+        an adapter that retries extends it."""
+        return self.info.timeout_s
+
+    async def in_thread(self, fn: Callable[..., Result], *args: Any) -> Result:
+        """`fn(*args)` on this expert's own threads, at most `max_concurrency` at once, so that blocking work a
+        timeout left running can neither exceed the limit nor starve other experts (see `threads`)."""
+        if self._workers is None:
+            self._workers = Workers(self.name, self.info.max_concurrency)
+        return await self._workers.run(fn, *args)
 
     async def answer(self, request: Request) -> Answer:
         """Answer `request`; latency is measured here so every adapter reports it the same way."""
@@ -87,5 +107,8 @@ class Expert(abc.ABC):
     async def _answer(self, request: Request) -> Answer:
         """The adapter's own call; raise on failure (the system records it and falls back)."""
 
-    async def aclose(self) -> None:  # noqa: B027 - an optional hook: a no-op unless the adapter holds resources
-        """Release connections or models; adapters that hold none need not override it."""
+    async def aclose(self) -> None:
+        """Release the worker threads; adapters that hold connections or models extend it."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None

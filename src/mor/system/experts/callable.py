@@ -1,6 +1,5 @@
 """An expert that is a plain Python function: the quickest way to put a rule, a lookup or a script in a mixture."""
 
-import asyncio
 import inspect
 import numbers
 from collections.abc import Callable
@@ -16,9 +15,10 @@ DEFAULT_CONFIDENCE = 0.5
 
 
 class CallableExpert(Expert):
-    """Wraps `fn`, sync (run in a worker thread) or async. It gets the request's question text, or the `Request`
-    itself when its first parameter is annotated `Request`. It returns a string (→ text), a number (→ value),
-    an `Answer`, or a `(string or number, confidence)` pair; bare strings and numbers get `default_confidence`.
+    """Wraps `fn`, sync (run on the expert's worker threads) or async. It gets the request's question text, or the
+    `Request` itself when its first parameter is annotated `Request`. It returns a string (→ text), a number
+    (→ value), an `Answer`, or a `(string or number, confidence)` pair; bare strings and numbers get
+    `default_confidence`.
     """
 
     def __init__(self, info: ExpertInfo, fn: Callable[..., Any], *,
@@ -33,7 +33,7 @@ class CallableExpert(Expert):
         if inspect.iscoroutinefunction(self.fn):
             result = await self.fn(argument)
         else:
-            result = await asyncio.to_thread(self.fn, argument)
+            result = await self.in_thread(self.fn, argument)
             if inspect.isawaitable(result):  # an object whose __call__ is async
                 result = await result
         return self._to_answer(result)

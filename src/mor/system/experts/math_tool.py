@@ -7,8 +7,9 @@ to the function, a number agrees with an independent high-precision recomputatio
 answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
 checked; 0 when the check failed. A question it cannot read raises an ExpertError.
 
-SymPy runs in a worker thread under `time_limit_s`. A thread cannot be stopped, so the reader's limits on length,
-exponents and sizes are what keep a timed-out computation from running on for long in the background.
+SymPy runs on one of the expert's worker threads under `time_limit_s`. A thread cannot be stopped: a timed-out
+computation keeps its thread and its concurrency slot until it ends, so the reader's limits on length, exponents and
+sizes are what keep it from running on for long in the background.
 """
 
 import asyncio
@@ -54,7 +55,7 @@ class MathExpert(Expert):
     async def _answer(self, request: Request) -> Answer:
         try:
             async with asyncio.timeout(self.time_limit_s):
-                problem, result = await asyncio.to_thread(self.work, request.question)
+                problem, result = await self.in_thread(self.work, request.question)
         except TimeoutError:
             raise self.reader.fail(f"SymPy took longer than {self.time_limit_s:g} s") from None
         return Answer(expert=self.name, text=result.text, value=result.value, confidence=result.confidence,

@@ -2,9 +2,11 @@
 
 Each attempt has a hard deadline; timeouts, connection errors, 429 and 5xx are retried with exponential backoff
 (a Retry-After header is honoured up to one attempt's timeout); other 4xx fail at once, since sending the same
-request again cannot help. A streamed call (`stream`) is an attempt up to its first delta, retried the same way;
-after that the server may take up to the timeout between chunks, and a failure ends the stream. The API key is read
-from the environment variable the config names, never from the config itself.
+request again cannot help. The whole call's bound, `deadline_s`, covers every attempt and every wait between them,
+so a system that bounds the call by it leaves room for the retries. A streamed call (`stream`) is an attempt up to
+its first delta, retried the same way; after that the server may take up to the timeout between chunks, and a
+failure ends the stream. The API key is read from the environment variable the config names, never from the config
+itself.
 """
 
 import asyncio
@@ -45,7 +47,7 @@ class OpenAIChatExpert(Expert):
     the n-th after `backoff_s`·2ⁿ⁻¹ seconds. Prices are money per 1000 tokens. With `logprobs` the server is asked
     for token log-probabilities and confidence is their geometric-mean probability; without them (or when the
     server sends none) it is `default_confidence`. Pass `client` to share one httpx.AsyncClient among experts
-    (it is then not closed by `aclose`).
+    (it is then not closed by `aclose`); an own client is made in each event loop that uses the expert.
     """
 
     def __init__(self, info: ExpertInfo, base_url: str, model: str, *, api_key_env: str | None = None,
@@ -73,6 +75,14 @@ class OpenAIChatExpert(Expert):
                              f"export the API key in it")
             self._headers["Authorization"] = f"Bearer {key}"
         self._client, self._owns_client = client, client is None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def deadline_s(self) -> float:
+        """Every attempt's timeout plus the longest wait before each retry: its backoff, or a Retry-After of up to
+        one attempt's timeout."""
+        waits = sum(max(self.backoff_s * 2 ** n, self.timeout_s) for n in range(self.retries))
+        return self.timeout_s * (self.retries + 1) + waits
 
     def body(self, request: Request, stream: bool = False) -> dict[str, Any]:
         """The JSON body of the chat-completions call for `request` (OpenAI schema); `stream` asks for server-sent
@@ -191,15 +201,20 @@ class OpenAIChatExpert(Expert):
                               f"OpenAI-compatible endpoint?") from None
 
     def _http(self) -> httpx.AsyncClient:
-        """The client, created on first use (inside the running event loop) and reused for every call."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s)
+        """The client. An own one is created on first use in each event loop, since its pooled connections belong
+        to the loop that opened them; one left from an earlier loop is dropped, as it cannot be closed from here."""
+        loop = asyncio.get_running_loop()
+        if self._owns_client and self._loop is not loop:
+            self._client, self._loop = httpx.AsyncClient(timeout=self.timeout_s), loop
         return self._client
 
     async def aclose(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        """Close the own client (when made in this event loop; one from an earlier loop is dropped)."""
+        if self._owns_client:
+            client, loop, self._client, self._loop = self._client, self._loop, None, None
+            if client is not None and loop is asyncio.get_running_loop():
+                await client.aclose()
+        await super().aclose()
 
 
 def _retry_after(response: httpx.Response) -> float:

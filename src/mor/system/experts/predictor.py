@@ -4,7 +4,6 @@ Both read the features from the request as a JSON array (e.g. `[0.5, -1.2, 3]`; 
 rows) unless given a function that makes features from the question.
 """
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ class SklearnExpert(Expert):
         shape, text = (self.n_features,), request.question
         x = (check_features(self.feature_fn(text), shape, self.name) if self.feature_fn
              else parse_features(text, shape, self.name))[None]
-        value, confidence, details = await asyncio.to_thread(self._predict, x)
+        value, confidence, details = await self.in_thread(self._predict, x)
         return Answer(expert=self.name, value=value, confidence=confidence, details=details)
 
     def _predict(self, x: np.ndarray) -> tuple[Any, float, dict[str, Any]]:
@@ -182,6 +181,6 @@ class MorModelExpert(Expert):
 
     async def _answer(self, request: Request) -> Answer:
         x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name))[None]
-        (prediction,) = await asyncio.to_thread(self.trained.predict, x)
+        (prediction,) = await self.in_thread(self.trained.predict, x)
         return Answer(expert=self.name, value=prediction.value, confidence=prediction.confidence,
                       steps=prediction.steps, details=prediction.details)

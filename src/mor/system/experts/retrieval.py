@@ -7,7 +7,6 @@ runner-up, (s₁ − s₂) / s₁. A unique passage holding every such term scor
 passage scores 0.
 """
 
-import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ class RetrievalExpert(Expert):
         return bm25s.tokenize(texts, stopwords=self.stopwords, return_ids=False, show_progress=False)
 
     async def _answer(self, request: Request) -> Answer:
-        return await asyncio.to_thread(self._search, request.question)
+        return await self.in_thread(self._search, request.question)
 
     def _search(self, question: str) -> Answer:
         terms = [t for t in self._tokens([question])[0] if t in self.index.vocab_dict]

@@ -1,6 +1,5 @@
 """An expert that is a local Hugging Face causal language model, loaded from a folder and run off the event loop."""
 
-import asyncio
 from pathlib import Path
 
 import torch
@@ -52,7 +51,7 @@ class TransformersExpert(Expert):
         if self.context is not None and ids.shape[1] + self.max_new_tokens > self.context:
             raise ExpertError(f"expert {self.name}: prompt of {ids.shape[1]} tokens plus max_new_tokens "
                               f"{self.max_new_tokens} exceeds the model's context of {self.context}; shorten it")
-        new, logprobs = await asyncio.to_thread(self._generate, ids)
+        new, logprobs = await self.in_thread(self._generate, ids)
         return Answer(expert=self.name, text=self.tokenizer.decode(new, skip_special_tokens=True),
                       confidence=from_logprobs(logprobs, 0.0),
                       cost=Cost(tokens_in=ids.shape[1], tokens_out=len(new)))
