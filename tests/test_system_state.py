@@ -246,6 +246,13 @@ def test_a_stacking_coefficient_naming_no_expert_is_refused(tmp_path):
     content = {**base(), "integration": {"mode": "stacking", "coefficients": {"a": 0.5, "modle_b": 0.5}}}
     one_line_error(ConfigError, write_yaml(tmp_path / "system.yaml", content),
                    within="integration.coefficients.modle_b: no expert of that name; experts are: a, b")
+    from mor.system.router import SystemRouter
+    from mor.system.system import Combine, MoRSystem
+
+    experts = [expert("a"), expert("b")]
+    with pytest.raises(ConfigError, match=r"^integration\.coefficients\.modle_b: no expert of that name"):
+        MoRSystem(experts, SystemRouter([e.info for e in experts]),
+                  Combine("stacking", coefficients={"a": 0.5, "modle_b": 0.5}))
 
 
 @pytest.mark.parametrize(("section", "values", "field"), [

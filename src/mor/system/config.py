@@ -97,7 +97,6 @@ def build_system(config: SystemConfig, source: str = "config", head: LabelHead |
         router = SystemRouter([e.info for e in experts], head, RouterWeights(**r.weights.model_dump()),
                               Selection(r.top_k, r.threshold, r.min_confidence, r.default))
         _check_capabilities(router)
-        _check_coefficients(config.integration, list(router.experts))
         store = StateStore(config.state.path, config.state.save_every_s) if config.state.path else None
         return MoRSystem(experts, router, Combine(**config.integration.model_dump()),
                          Reflection(**config.reflection.model_dump()), Breaker(**config.breaker.model_dump()), store)
@@ -118,9 +117,3 @@ def _check_capabilities(router: SystemRouter) -> None:
         check(not unknown, f"experts.{info.name}.capabilities: {unknown} are not router labels "
                            f"({', '.join(router.head.labels)}); use those names")
 
-
-def _check_coefficients(integration: IntegrationConfig, experts: list[str]) -> None:
-    """Each stacking coefficient must name an expert: a misspelt one would silently weigh its expert 0."""
-    for name in integration.coefficients:
-        check(name in experts, f"integration.coefficients.{name}: no expert of that name; experts are: "
-                               f"{', '.join(experts)}")

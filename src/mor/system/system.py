@@ -73,6 +73,9 @@ class MoRSystem:
                                  ("integration.synthesizer", self.combine.synthesizer)):
             check(name is None or name in self.experts, f"{field_name}: {name!r} is not an expert; "
                                                         f"experts are: {', '.join(self.experts)}")
+        for name in self.combine.coefficients:  # a misspelt name would silently weigh its expert 0
+            check(name in self.experts, f"integration.coefficients.{name}: no expert of that name; experts are: "
+                                        f"{', '.join(self.experts)}")
 
     def _attach(self, expert: Expert) -> None:
         if expert.name not in self.router.experts:
