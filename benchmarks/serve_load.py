@@ -6,10 +6,12 @@ The models have untrained weights and halting fixed at 24 steps, so every input 
 - `vectors`: MoR over 4 features (regimes), 4 MLP reflection experts, top-2, width 32;
 - `sequences`: the main job's architecture (2 conv reflection experts, top-1, width 32) on 32-bit strings.
 A second process runs `clients` concurrent clients, each posting one input per request back to back over its own
-keep-alive connection; after a warm-up it counts for `seconds` per served model. The clients speak plain HTTP/1.1
+keep-alive connection; it counts for `seconds` per served model, in `BLOCKS` blocks each after a warm-up, the served
+models taking turns, so that a shared machine's drift falls on all of them alike. The clients speak plain HTTP/1.1
 over asyncio streams rather than through httpx, so that on a 2-core machine the load generator costs far less CPU
 than the server it measures. Reported per served model: requests, failures, throughput, p50/p99 latency and the
-mean inputs per forward pass (from the server's /metrics); per model, the batched/unbatched throughput ratio.
+mean inputs per forward pass (from the server's /metrics); per model, the batched/unbatched throughput ratio, the
+median of its per-block ratios.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import asyncio
 import json
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ import numpy as np
 
 KEY = "sk-bench"
 BITS = 32
+BLOCKS = 3  # blocks per served model; the models take turns between them
 DEPTH = {"train_steps": 24, "halting": {"max_steps": 24}}
 MODELS = {"vectors": ({"kind": "mor", "num_experts": 4, "k": 2, "dim": 32, "cell": "mlp", **DEPTH},
                       {"task": "regimes"}),
@@ -142,15 +146,27 @@ async def load(root: str, model: str, clients: int, seconds: float, warmup: floa
         writer.close()
 
     await asyncio.gather(*(client(i) for i in range(clients)))
-    ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "failed": failures, "errors": sorted(errors)[:5],
-            "throughput_rps": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+    return {"latencies": latencies, "failed": failures, "errors": errors}
+
+
+def summary(blocks: list[dict], seconds: float) -> dict:
+    """One served model's blocks together: requests, failures, requests/s (overall and per block), p50 and p99."""
+    ms = np.array([t for block in blocks for t in block["latencies"]]) * 1000
+    return {"requests": len(ms), "failed": sum(b["failed"] for b in blocks),
+            "errors": sorted(set().union(*(b["errors"] for b in blocks)))[:5], "throughput_rps": len(ms) / seconds,
+            "block_rps": [len(b["latencies"]) / (seconds / len(blocks)) for b in blocks],
+            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None}
 
 
 async def load_each(root: str, models: list[str], clients: int, seconds: float, warmup: float) -> dict[str, dict]:
-    """`load` of each served model in turn."""
-    return {model: await load(root, model, clients, seconds, warmup) for model in models}
+    """`load` of every served model in `BLOCKS` blocks of `seconds` / `BLOCKS`, the models taking turns in a
+    rotating order, so that drift of a shared machine falls on every model alike and per-block ratios pair up."""
+    blocks: dict[str, list[dict]] = {model: [] for model in models}
+    for turn in range(BLOCKS):
+        for model in models[turn % len(models):] + models[:turn % len(models)]:
+            blocks[model].append(await load(root, model, clients, seconds / BLOCKS, warmup))
+    return {model: summary(found, seconds) for model, found in blocks.items()}
 
 
 def client_process(root: str, models: list[str], clients: int, seconds: float, warmup: float) -> dict[str, dict]:
@@ -158,7 +174,7 @@ def client_process(root: str, models: list[str], clients: int, seconds: float, w
     command = [sys.executable, "-m", "benchmarks.serve_load", "--client", root, "--models", ",".join(models),
                "--clients", str(clients), "--seconds", str(seconds), "--warmup", str(warmup)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          timeout=len(models) * (seconds + warmup) + 120)
+                          timeout=len(models) * (seconds + BLOCKS * warmup) + 120)
     if done.returncode != 0:
         raise RuntimeError(f"load client failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -200,8 +216,9 @@ def run(quick: bool = False, out_dir: str = "bench-results", clients: int = 64, 
         finally:
             server.terminate()
             server.wait(timeout=30)
-    ratios = {name: served[f"{name}-batched"]["throughput_rps"] / max(served[f"{name}-unbatched"]["throughput_rps"],
-                                                                       1e-9) for name in MODELS}
+    ratios = {name: statistics.median(on / max(off, 1e-9) for on, off in zip(
+        served[f"{name}-batched"]["block_rps"], served[f"{name}-unbatched"]["block_rps"], strict=True))
+        for name in MODELS}
     # the server and the clients have exited and been reaped by now, so their CPU time counts as this run's own
     results = {"machine": machine([1]), "other_cores": other.cores(), "clients": clients, "seconds": seconds,
                "warmup_s": warmup, "models": {name: spec for name, (spec, _) in MODELS.items()}, "served": served,
@@ -220,12 +237,14 @@ def markdown(results: dict) -> str:
         "## Serving: /v1/predict under load (`mor bench serve`)",
         md_machine(results["machine"], results["other_cores"]),
         f"{results['clients']} concurrent clients in a second process, {results['seconds']:g} s per served model "
-        f"after {results['warmup_s']:g} s of warm-up, one input per request; one `mor serve` process (1 worker, "
+        f"in {BLOCKS} blocks, the models taking turns, each block after {results['warmup_s']:g} s of warm-up, one "
+        "input per request; one `mor serve` process (1 worker, "
         "1 torch thread, access log off). Models: `vectors` = MoR over 4 features, 4 MLP experts, top-2, width 32; "
         "`sequences` = the main job's architecture on 32-bit strings; both untrained, halting fixed at 24 steps.",
         md_table(["served model", "requests", "failed", "requests/s", "p50 latency", "p99 latency",
                   "inputs per forward pass"], rows),
-        f"Requests per second with micro-batching ÷ the same server with batching off: {ratios}. "
+        f"Requests per second with micro-batching ÷ the same server with batching off, median of the per-block "
+        f"ratios: {ratios}. "
         f"Failed requests: {results['failed']}."])
 
 
