@@ -4,6 +4,7 @@ Measured in one run, against the issue's reference (TF-IDF + logistic regression
 - dev accuracy, macro-F1 and per-request routing latency (p50/p99, one CPU thread) of the default router;
 - the same dev requests in chat form (after a generic system prompt; as the third turn of a conversation);
 - routing latency with 50 experts against 5 (same requests, interleaved);
+- routing latency with MiniLM in its routing precision (bf16 where the CPU has it) against fp32 (interleaved);
 - per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
 """
 
@@ -85,6 +86,31 @@ def scaling(head: LabelHead, requests: list, rounds: int) -> dict:
             "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
 
 
+def precision(head: LabelHead, requests: list, rounds: int) -> dict | None:
+    """Seconds per routing decision with MiniLM in its routing precision and in fp32, interleaved; their paired
+    ratio. None when the encoder routes in fp32 anyway (no MiniLM, or a CPU without bf16 hardware)."""
+    minilm = head.encoders.get("minilm")
+    if minilm is None or minilm.dtype == torch.float32:
+        return None
+    router, own = _label_router(head), minilm.dtype
+
+    def timed(dtype: torch.dtype):
+        def route_all() -> None:
+            minilm.dtype = dtype
+            for request in requests:
+                router.route(request)
+        return route_all
+
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        try:
+            times = interleaved({"own": timed(own), "fp32": timed(torch.float32)}, rounds=rounds, warmup=1)
+        finally:
+            minilm.dtype = own
+    return {"dtype": str(own).removeprefix("torch."), "ratio": paired_ratio(times["own"], times["fp32"]),
+            "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
+
+
 def load_spread(requests: int = 64, experts: int = 4) -> dict:
     """Per-expert call counts when `requests` concurrent asks meet `experts` equally capable experts."""
     async def work(question: str) -> str:
@@ -118,6 +144,9 @@ def markdown(r: dict) -> str:
         f"Routing latency, one request at a time on one thread: {s['experts'][1]} experts take "
         f"{s['ratio']['median']:.2f}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f}) the time of "
         f"{s['experts'][0]} ({s['ms_per_request']['large']:.2f} vs {s['ms_per_request']['small']:.2f} ms).",
+        *([f"Routing in {p['dtype']} against fp32, interleaved: {p['ratio']['median']:.2f}× the time "
+           f"({p['ratio']['min']:.2f}–{p['ratio']['max']:.2f}; {p['ms_per_request']['own']:.2f} vs "
+           f"{p['ms_per_request']['fp32']:.2f} ms per request)."] if (p := r.get("precision")) else []),
         f"Load over 4 equal experts, 64 concurrent requests: calls {load['calls']}, coefficient of variation "
         f"{load['cv']:.1%}.",
         md_machine(r["machine"], r["other_load_cores"]) + f" Wall time {r['wall_s']:.0f} s."])
@@ -134,6 +163,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED
     dev, _ = read_labeled(data / "dev.jsonl")
     results = {"machine": machine([1]), "quick": quick, "quality": q,
                "scaling": scaling(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
+               "precision": precision(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
                "load": load_spread(), "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
     write(out_dir, "route", results, markdown(results))
     return results
