@@ -1,6 +1,7 @@
 """mor serve where things go wrong: every expert in cooldown, unreadable checkpoints, a slow shutdown, internal URLs
-in error messages, anonymous callers without a rate limit and invented HTTP methods (in-process through httpx's
-ASGI transport with the app's lifespan, or on a real uvicorn server where shutdown itself is tested)."""
+in error messages, anonymous callers without a rate limit, invented HTTP methods and cross-origin browsers
+(in-process through httpx's ASGI transport with the app's lifespan, or on a real uvicorn server where shutdown itself
+is tested)."""
 
 import asyncio
 import contextlib
@@ -231,3 +232,38 @@ def test_invented_http_methods_share_the_metric_label_other(tmp_path):
     assert {s.labels["method"] for s in samples} <= METHODS | {"other"}
     assert sum(s.value for s in samples if s.labels["method"] == "other") == 30
     assert sum(s.value for s in samples if s.labels["method"] == "GET") >= 1
+
+
+# ---- CORS is off unless configured (issue 6, security) ----
+
+def cors_replies(path: Path, origin: str) -> tuple[httpx.Response, httpx.Response]:
+    """A cross-origin GET of /v1/models and the browser's preflight of a chat POST, both from `origin`."""
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[httpx.Response, httpx.Response]:
+        get = await client.get("/v1/models", headers={"Origin": origin})
+        preflight = await client.options("/v1/chat/completions", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        return get, preflight
+
+    return run(path, body)
+
+
+def test_cors_is_off_unless_configured(tmp_path):
+    get, preflight = cors_replies(write_settings(tmp_path, system=None), "https://example.com")
+    assert get.status_code == 200 and preflight.status_code != 200  # no CORS handler answers the preflight
+    for reply in (get, preflight):
+        assert not any(h.startswith("access-control-") for h in reply.headers), reply.headers
+
+
+def test_cors_allows_only_the_configured_origins(tmp_path):
+    path = write_settings(tmp_path, system=None, cors_origins=["https://example.com"])
+    get, preflight = cors_replies(path, "https://example.com")
+    assert get.status_code == 200 and get.headers["access-control-allow-origin"] == "https://example.com"
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "https://example.com"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    get, preflight = cors_replies(path, "https://evil.example")
+    assert get.status_code == 200 and preflight.status_code == 400  # Starlette: "Disallowed CORS origin"
+    for reply in (get, preflight):
+        assert "access-control-allow-origin" not in reply.headers, reply.headers

@@ -135,9 +135,19 @@ def test_mor_model_expert_matches_the_model_and_reports_its_reflection(tmp_path)
 
 
 def test_mor_model_expert_answers_sequences_per_position(tmp_path):
-    save_run(tmp_path / "run", {"task": "prefix_sum"}, cell="conv")
-    answer = ask(MorModelExpert(ExpertInfo("seq"), tmp_path / "run"), "[[1, 1], [0, 1], [1, 1]]")
-    assert len(answer.value) == 3 and set(answer.value) <= {0, 1} and 0 <= answer.confidence <= 1
+    model = save_run(tmp_path / "run", {"task": "prefix_sum"}, cell="conv")
+    rows = [[bit, 1] for bit in (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0)]
+    answer = ask(MorModelExpert(ExpertInfo("seq"), tmp_path / "run"), json.dumps(rows))
+    with torch.no_grad():
+        output, diagnostics = model(torch.tensor([rows], dtype=torch.float32), return_diagnostics=True)
+    expected = output.argmax(-1)[0].tolist()
+    # the model's own answers differ when reversed or shifted, so a read-out in the wrong order shows
+    assert expected != expected[::-1] and expected != expected[1:] + expected[:1] and len(set(expected)) == 2
+    assert answer.value == expected
+    weights = diagnostics.weights * diagnostics.mask
+    assert answer.confidence == pytest.approx(float((weights * diagnostics.confidence).sum() / weights.sum()))
+    assert answer.steps == int(diagnostics.steps.max()) >= 1
+    assert answer.details["probability"] == pytest.approx(float(output.softmax(-1).max(-1).values.mean()))
 
 
 def test_mor_model_expert_refuses_a_missing_checkpoint(tmp_path):

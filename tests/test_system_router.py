@@ -2,18 +2,24 @@
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
 
+import mor.system.head as head_module
 from mor.errors import ConfigError, MorError
 from mor.system.encoders import MiniLMEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
-from mor.system.head import HeadConfig, LabelHead
+from mor.system.head import HELD_OUT, HeadConfig, LabelHead
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
 from routing_data import SHARED, generated, write_jsonl
@@ -52,8 +58,42 @@ def test_loading_a_folder_that_is_not_a_router_is_a_clear_error(tmp_path):
         LabelHead.load(tmp_path)
 
 
-def test_temperature_is_fitted_on_held_out_data_not_left_at_one(tfidf_head):
+def nll_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the mean negative log-likelihood of `y` under softmax(`logits` / t)."""
+    def nll(t: float) -> float:
+        z = logits / t
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+
+
+def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head, monkeypatch):
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    y = np.array([tfidf_head.labels.index(label) for label in labels])
+    # the stratified held-out tenth, and a regression fitted on the other nine tenths only, recomputed here
+    fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y, random_state=0)
+    features = sparse.csr_matrix(tfidf_head.encoders["tfidf"].encode(texts))
+    regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_idx], y[fit_idx])
+
+    def temperature_on(idx: np.ndarray) -> float:
+        return nll_temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
+
+    held_out, on_training_rows = temperature_on(cal_idx), temperature_on(fit_idx)
+    assert abs(held_out - on_training_rows) > 1e-3  # so the comparison below tells the two apart
+    assert tfidf_head.temperature == pytest.approx(held_out, rel=1e-4)
     assert tfidf_head.temperature != 1.0 and 0.05 <= tfidf_head.temperature <= 20
+
+    seen = []  # and what the fit hands to the temperature: the held-out tenth's logits and labels, nothing more
+
+    def recording(logits: np.ndarray, labels: np.ndarray) -> float:
+        seen.append(labels.copy())
+        return nll_temperature(logits, labels)
+
+    monkeypatch.setattr(head_module, "_temperature", recording)
+    small = generated(10, seed=2)  # 60 rows: a quick fit, whose held-out tenth is one row of each label
+    LabelHead.fit([r["text"] for r in small], [r["label"] for r in small], HeadConfig(encoder="tfidf"))
+    (calibrated,) = seen
+    assert len(calibrated) == math.ceil(HELD_OUT * len(small)) == 6 and sorted(calibrated.tolist()) == list(range(6))
 
 
 @needs_minilm
