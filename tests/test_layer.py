@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -105,12 +107,113 @@ def test_dense_swiglu_matches_its_formula():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_bf16_layer_runs_and_matches_fp32():
+def test_cuda_autocast_on_fp32_weights_runs_and_matches_fp32():
+    """Autocast over an fp32 layer: its inputs stay fp32, so this is the fused path, not torch's grouped kernel
+    (see the bf16 tests below for that)."""
     layer = MoRLayer(Router(64, 8, k=2), MoRLayer.swiglu(64, 128, 8).experts).cuda()
     x = torch.randn(512, 64, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y = layer(x)
     torch.testing.assert_close(y.float(), layer(x), atol=0.1, rtol=0.1)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """‖got − want‖ / ‖want‖, in float64: bf16 rounds each element to about 3 significant digits (2⁻⁹
+    relative), so elementwise tolerances fail on values near zero, while a wrong group, offset or weight
+    layout is off by about 100 %."""
+    want = want.double()
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def grouped_kernel_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """Records the shape of the left operand of every call of torch's grouped-matmul kernel."""
+    kernel, calls = torch.nn.functional.grouped_mm, []
+
+    def spy(a, b, **kwargs):
+        calls.append(tuple(a.shape))
+        return kernel(a, b, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", spy)
+    return calls
+
+
+def fixed_route_reference(layer: MoRLayer, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Top-k softmax routing with renormalised weights, experts `indices` (N, k) chosen beforehand (rounding
+    in bf16 may swap nearly tied experts), each expert run on its rows alone: (N, d)."""
+    probs = torch.softmax(layer.router.proj(x), -1)
+    top = probs.gather(1, indices)
+    weights = top / top.sum(-1, keepdim=True)
+    out = x.new_zeros(x.shape)
+    for e in range(layer.experts.num_experts):
+        rows, slots = (indices == e).nonzero(as_tuple=True)
+        out = out.index_add(0, rows, weights[rows, slots, None] * layer.experts.expert(e, x[rows]))
+    return out
+
+
+def check_bf16_layer_takes_the_grouped_kernel(device: str, monkeypatch) -> None:
+    from mor.nn.grouped import grouped_kernel
+
+    calls = grouped_kernel_calls(monkeypatch)
+    layer = MoRLayer.swiglu(64, 128, 8, k=2)
+    x = torch.randn(512, 64)
+    x[:, 0] = 1.0
+    with torch.no_grad():
+        layer.router.proj.weight[[2, 6], 0] = -30.0  # experts 2 and 6 get no tokens: empty groups
+    layer = layer.to(device, torch.bfloat16)
+    reference = copy.deepcopy(layer).double()  # the same (bf16) weights, computed in float64
+    xb = x.to(device, torch.bfloat16).requires_grad_()
+    x64 = xb.detach().double().requires_grad_()
+    g = torch.randn(512, 64).to(device, torch.bfloat16)
+    assert grouped_kernel(xb)
+    y = layer(xb)
+    assert y.dtype == torch.bfloat16 and calls == [(1024, 64), (1024, 64), (1024, 128)]  # gate, up, down
+    y.backward(g)
+    with torch.no_grad():
+        indices = layer.router(xb).indices
+    counts = torch.bincount(indices.flatten(), minlength=8)
+    assert counts[2] == counts[6] == 0 and (counts[[0, 1, 3, 4, 5, 7]] > 0).all()
+    want = fixed_route_reference(reference, x64, indices)
+    want.backward(g.double())
+    errors = {"output": relative_error(y, want), "input gradient": relative_error(xb.grad, x64.grad)}
+    for name, got in layer.named_parameters():
+        assert got.grad is not None and got.grad.dtype == torch.bfloat16, name
+        errors[name] = relative_error(got.grad, reference.get_parameter(name).grad)
+    assert max(errors.values()) < 2e-2, errors  # bf16 rounding gives about 0.005; a wrong product about 1
+    for w in (layer.experts.w_gate, layer.experts.w_up, layer.experts.w_out):
+        assert (w.grad[[2, 6]] == 0).all()  # experts with no rows get zero gradient
+
+
+def check_bf16_grouped_mm_matches_per_group_matmul(device: str) -> None:
+    from mor.nn.grouped import grouped_kernel, grouped_mm
+
+    sizes = [0, 24, 0, 40, 8, 0]  # empty groups first, in the middle and last
+    xb = torch.randn(72, 64).to(device, torch.bfloat16).requires_grad_()
+    wb = torch.randn(6, 64, 32).to(device, torch.bfloat16).requires_grad_()
+    x64, w64 = (t.detach().double().requires_grad_() for t in (xb, wb))
+    g = torch.randn(72, 32).to(device, torch.bfloat16)
+    assert grouped_kernel(xb)
+    out = grouped_mm(xb, wb, sizes)
+    out.backward(g)
+    starts = [0, 0, 24, 24, 64, 72]
+    want = torch.cat([x64[s:s + n] @ w64[e] for e, (s, n) in enumerate(zip(starts, sizes, strict=True))])
+    want.backward(g.double())
+    assert out.dtype == torch.bfloat16 and out.shape == (72, 32)
+    assert xb.grad is not None and wb.grad is not None
+    errors = [relative_error(out, want), relative_error(xb.grad, x64.grad), relative_error(wb.grad, w64.grad)]
+    assert max(errors) < 1e-2, errors  # bf16 rounding gives about 0.002
+    assert (wb.grad[[0, 2, 5]] == 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_layer_takes_torchs_grouped_kernel_and_matches_float64_forward_and_gradients(monkeypatch):
+    check_bf16_layer_takes_the_grouped_kernel("cuda", monkeypatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_grouped_mm_matches_per_group_matmul_with_empty_groups_forward_and_gradients(monkeypatch):
+    calls = grouped_kernel_calls(monkeypatch)
+    check_bf16_grouped_mm_matches_per_group_matmul("cuda")
+    assert calls == [(72, 64)]
 
 
 def test_grouped_mm_matches_per_group_matmul_with_empty_groups_and_passes_gradcheck():
@@ -138,3 +241,19 @@ def test_a_bank_trained_on_its_last_step_answers_in_training_what_fixed_depth_in
     assert "halting_kl" not in trained.aux
     expected = ReflectionExperts(experts).train()(x, [5, 7])
     assert not torch.allclose(expected.answer, inferred.answer) and "halting_kl" in expected.aux
+
+
+def test_the_cuda_bf16_branch_runs_torchs_grouped_kernel_on_cpu_too(monkeypatch):
+    """The CUDA-only branch's own code (offsets, weight layout, gradients through torch's kernel) checked on every
+    machine: torch's grouped_mm also runs on CPU, so the device check is lifted. The CUDA kernel itself is checked
+    by the two tests above, on a GPU."""
+    import mor.nn.grouped
+    import mor.nn.layer
+
+    def on_any_device(x: torch.Tensor) -> bool:
+        return x.dtype == torch.bfloat16
+
+    monkeypatch.setattr(mor.nn.grouped, "grouped_kernel", on_any_device)
+    monkeypatch.setattr(mor.nn.layer, "grouped_kernel", on_any_device)
+    check_bf16_layer_takes_the_grouped_kernel("cpu", monkeypatch)
+    check_bf16_grouped_mm_matches_per_group_matmul("cpu")

@@ -88,6 +88,37 @@ def test_a_top_1_router_learns_from_the_route_term_which_expert_answers_better()
     assert (d.indices[:, 0] == y // 2).float().mean() > 0.95
 
 
+def half_guessable(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D points: for x₀ > 0 the class is x₁ > 0 (learnable); for x₀ ≤ 0 it is a coin flip (wrong half the time)."""
+    x = torch.randn(n, 2, generator=generator)
+    coin = torch.randint(0, 2, (n,), generator=generator)
+    return x, torch.where(x[:, 0] > 0, (x[:, 1] > 0).long(), coin)
+
+
+def test_the_critic_learns_to_predict_whether_the_answer_is_right():
+    torch.manual_seed(0)
+    model = reflection_baseline(2, 2, dim=16, train_steps=3, halting=Halting(max_steps=3))
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):  # the default loss weights: the critic is one term among the others
+        loss, _, _ = model.loss(*half_guessable(128, gen))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y = half_guessable(2000, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        out, d = model(x, return_diagnostics=True)
+    right, confidence = out.argmax(-1) == y, d.confidence[:, 0]
+    accuracy = right.float().mean().item()
+    assert 0.7 < accuracy < 0.8, accuracy  # about all of the guessable half, half of the other: both kinds occur
+    auc = (confidence[right][:, None] > confidence[~right][None]).float().mean().item()
+    gap = (confidence[right].mean() - confidence[~right].mean()).item()
+    assert auc > 0.75 and gap > 0.15, (auc, gap)  # the critic tells right answers from wrong ones
+    assert abs(confidence.mean().item() - accuracy) < 0.1, (confidence.mean().item(), accuracy)  # calibrated
+
+
 def test_regression_and_eval_diagnostics():
     model = MoRModel(5, 2, task="regression", num_experts=4, k=2, dim=16, train_steps=3)
     x, y = torch.randn(30, 5), torch.randn(30, 2)
@@ -95,7 +126,16 @@ def test_regression_and_eval_diagnostics():
     assert torch.isfinite(total)
     model.eval()
     out, d = model(x, halting=Halting(max_steps=7), return_diagnostics=True)
-    assert out.shape == (30, 2) and d.compute.eq(14).all() and (d.conflict >= 0).all()
+    assert out.shape == (30, 2) and d.compute.eq(14).all()
+    with torch.no_grad():  # by hand: each selected expert's answer alone, then their weighted mean and variance
+        alone = torch.stack([expert(x, Halting(max_steps=7)).answer for expert in model.experts])
+    picked = alone[d.indices, torch.arange(30)[:, None]]  # (30, k, 2)
+    w = d.weights / d.weights.sum(-1, keepdim=True)
+    mean = (w[..., None] * picked).sum(1)
+    torch.testing.assert_close(out, mean, rtol=1e-5, atol=1e-5)
+    variance = (w[..., None] * (picked - mean[:, None]).square()).sum(1).mean(-1)
+    torch.testing.assert_close(d.conflict, variance, rtol=1e-4, atol=1e-6)
+    assert (d.conflict > 1e-4).all()  # distinct untrained experts disagree on every input
 
 
 def test_conflict_policy_spends_more_steps_only_on_high_conflict_inputs():

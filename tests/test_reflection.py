@@ -77,12 +77,26 @@ def test_each_input_equals_running_it_alone_to_its_halting_step():
 
 
 def test_stable_answer_halting_and_max_steps_beyond_training_depth():
-    expert = spread_expert()
+    expert = spread_expert()  # trained depth 4
     x = torch.randn(32, 4)
+    answers, _, _ = expert.trajectory(x, list(range(1, 41)))
+    same = (answers[1:].argmax(-1) == answers[:-1].argmax(-1)).tolist()
+    expected = []
+    for i in range(32):  # by hand: the first step whose answer is the same as at the 3 steps before it
+        run, stop = 0, 40
+        for t in range(2, 41):
+            run = run + 1 if same[t - 2][i] else 0
+            if run >= 3:
+                stop = t
+                break
+        expected.append(stop)
     r = expert(x, Halting(max_steps=40, stable_steps=3))
-    assert r.steps.max() <= 40 and r.steps.min() >= 4  # 3 unchanged steps need at least 4 answers
+    assert r.steps.tolist() == expected
+    assert r.steps.max() < 40 and r.steps.min() >= 4 and r.steps.max() > 4  # some settle past the trained depth
+    torch.testing.assert_close(r.answer, answers[r.steps - 1, torch.arange(32)], rtol=1e-5, atol=1e-5)
     longer = expert(x, Halting(max_steps=40))
-    assert (longer.steps == 40).all()  # 10× the training depth of 4
+    assert (longer.steps == 40).all()  # 10× the training depth of 4, and really run that far
+    torch.testing.assert_close(longer.answer, answers[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_combined_halting_waits_until_the_critic_is_sure_and_the_answer_has_settled():

@@ -221,8 +221,20 @@ def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
     x0, _ = trainer.batch_at(0, 0)
     again, _ = trainer.batch_at(0, 0)
     assert torch.equal(x0, again) and x0.shape == (32, 13)
+    split_x, split_y = trainer.task.split("train")
+    size = split_x.shape[0]
+    assert torch.unique(split_x, dim=0).shape[0] == size  # distinct rows, so a row tells where it came from
+    batches = [trainer.batch_at(step, 0) for step in range(2 * size // 32 + 1)]  # two epochs and a bit
+    xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    epochs = [(xs[e * size:(e + 1) * size], ys[e * size:(e + 1) * size]) for e in range(2)]
+    for x, y in epochs:  # each epoch is the whole training split once, labels kept with their rows, shuffled
+        order = (x[:, None] == split_x[None]).all(-1).float().argmax(-1)
+        assert torch.equal(split_x[order], x) and torch.equal(split_y[order], y)
+        assert sorted(order.tolist()) == list(range(size))
+        assert order.tolist() != list(range(size))
+    assert not torch.equal(epochs[0][0], epochs[1][0])  # and each epoch in a new order
     trainer.fit()
-    assert 0 <= trainer.validate()["accuracy"] <= 1
+    assert trainer.validate()["accuracy"] > 0.5  # three classes: it learned from those batches
 
 
 def test_validation_runs_at_eval_size(tmp_path):
@@ -359,9 +371,19 @@ def test_main_job_is_packaged_and_matches_the_example_config():
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
-    trainer = Trainer(config(tmp_path, train={"precision": "bf16", "steps": 3}))
-    logged = trainer._train_step()
-    assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        trainer = Trainer(config(tmp_path / precision, train={"precision": precision, "steps": 3}))
+        computed = set()  # the dtype every linear layer's output had in the training step
+        for module in trainer.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda module, args, output, seen=computed: seen.add(output.dtype))
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        logged = trainer._train_step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
+        assert computed == {dtype}, precision  # bf16: the forward really ran in bf16, on fp32 weights
+        after = list(trainer.model.parameters())
+        assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in after)
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
             Trainer(config(tmp_path / "fp16", train={"precision": "fp16"}))
