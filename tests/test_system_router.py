@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import sparse
-from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
@@ -19,7 +18,7 @@ from mor.errors import ConfigError, MorError
 from mor.system.encoders import MiniLMEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
-from mor.system.head import HELD_OUT, HeadConfig, LabelHead
+from mor.system.head import HELD_OUT, HeadConfig, LabelHead, _temperature
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
 from routing_data import SHARED, generated, write_jsonl
@@ -58,15 +57,6 @@ def test_loading_a_folder_that_is_not_a_router_is_a_clear_error(tmp_path):
         LabelHead.load(tmp_path)
 
 
-def nll_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the mean negative log-likelihood of `y` under softmax(`logits` / t)."""
-    def nll(t: float) -> float:
-        z = logits / t
-        z = z - z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
-
-
 def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head, monkeypatch):
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     y = np.array([tfidf_head.labels.index(label) for label in labels])
@@ -76,7 +66,7 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head
     regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_idx], y[fit_idx])
 
     def temperature_on(idx: np.ndarray) -> float:
-        return nll_temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
+        return _temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
 
     held_out, on_training_rows = temperature_on(cal_idx), temperature_on(fit_idx)
     assert abs(held_out - on_training_rows) > 1e-3  # so the comparison below tells the two apart
@@ -87,7 +77,7 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head
 
     def recording(logits: np.ndarray, labels: np.ndarray) -> float:
         seen.append(labels.copy())
-        return nll_temperature(logits, labels)
+        return _temperature(logits, labels)
 
     monkeypatch.setattr(head_module, "_temperature", recording)
     small = generated(10, seed=2)  # 60 rows: a quick fit, whose held-out tenth is one row of each label
