@@ -13,6 +13,12 @@ class ShapeError(MorError, ValueError):
     """A tensor passed to a mor module has the wrong shape or dtype for that module."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def check(condition: bool, message: str, error: type[MorError] = ConfigError) -> None:
     """Raise `error(message)` unless `condition` holds; keeps argument validation to one line each."""
     if not condition:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mor.data.base import Kind
-from mor.errors import ConfigError, check
+from mor.errors import ConfigError, check, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,8 +30,7 @@ def read_table(path: str | Path, file_format: str = "csv") -> "pd.DataFrame":
     except pd.errors.EmptyDataError:
         raise ConfigError(f"data.path: '{path}' is empty; give a file with a header row and data rows") from None
     except (ValueError, OSError) as error:
-        first = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise ConfigError(f"data.path: cannot read '{path}' as {file_format}: {first}") from None
+        raise ConfigError(f"data.path: cannot read '{path}' as {file_format}: {first_line(error)}") from None
     check(len(frame) > 0, f"data.path: '{path}' has no data rows; give a file with at least a few rows")
     return frame
 

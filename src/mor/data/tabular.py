@@ -14,7 +14,7 @@ from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
 from sklearn.utils.multiclass import type_of_target
 
 from mor.data.base import SPLITS, Batch, DatasetTask, Kind
-from mor.errors import ConfigError, check
+from mor.errors import ConfigError, check, first_line
 
 
 class TabularTask(DatasetTask):
@@ -103,8 +103,8 @@ def _split(n: int, stratify: pd.Series | None, seed: int, val_fraction: float, t
                                       stratify=keep)
     except ValueError as error:
         fix = "; set stratify: false or use more rows" if stratify is not None else "; use more rows"
-        reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"data.val_fraction: cannot split {n} rows into train/val/test: {reason}{fix}") from None
+        raise ConfigError(f"data.val_fraction: cannot split {n} rows into train/val/test: {first_line(error)}{fix}"
+                          ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

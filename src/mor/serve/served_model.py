@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mor.errors import MorError
+from mor.errors import MorError, first_line
 from mor.serve.batching import MicroBatcher
 from mor.serve.errors import ApiError, public
 from mor.serve.metrics import Metrics
@@ -35,7 +35,8 @@ class ServedModel:
             self.reason = public(f"models[{index}].checkpoint: {err}")
         except Exception as err:  # e.g. a config.yaml that is not YAML: unready too, the traceback goes to the log
             log.exception("model %s: cannot load %s", spec.name, spec.checkpoint)
-            self.reason = public(f"models[{index}].checkpoint: cannot load it ({_first_line(err)}); "
+            reason = f"{type(err).__name__}: {first_line(err)[:160]}"
+            self.reason = public(f"models[{index}].checkpoint: cannot load it ({reason}); "
                                  f"check the checkpoint's files or train it again")
         batching = spec.batching or batching
         size = batching.max_batch if batching.enabled else 1
@@ -105,12 +106,6 @@ class ServedModel:
                 for expert in prediction.details.get("experts", []):
                     self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
         return results
-
-
-def _first_line(err: Exception) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 def _output(prediction: Prediction, batch_size: int) -> PredictOutput:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mor.durable import sync
-from mor.errors import CheckpointError
+from mor.errors import CheckpointError, first_line
 
 WEIGHTS, STATE, CONFIG = "model.safetensors", "state.pt", "config.yaml"
 LATEST, BEST = "latest.json", "best.json"
@@ -116,9 +116,8 @@ def load(path: Path) -> Loaded:
     try:
         state = torch.load(folder / STATE, weights_only=True, map_location="cpu")  # the optimizer moves it back
     except Exception as err:  # torch raises several types for a damaged or unsafe file
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{folder / STATE}: corrupt, truncated or unsafe training state ({reason}); "
-                              f"resume from an earlier step-* folder") from None
+        raise CheckpointError(f"{folder / STATE}: corrupt, truncated or unsafe training state "
+                              f"({first_line(err)[:160]}); resume from an earlier step-* folder") from None
     return Loaded(folder, weights, state, (folder / CONFIG).read_text())
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mor.errors import ConfigError, check
+from mor.errors import ConfigError, check, first_line
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
 from mor.system.experts.errors import ExpertError
@@ -30,9 +30,8 @@ class TransformersExpert(Expert):
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
         except Exception as err:  # transformers raises OSError, ValueError, KeyError… for a folder that is no model
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"expert {info.name}: {path} is not a Hugging Face causal LM ({first}); point path "
-                              f"at a folder written by save_pretrained") from None
+            raise ConfigError(f"expert {info.name}: {path} is not a Hugging Face causal LM ({first_line(err)}); "
+                              f"point path at a folder written by save_pretrained") from None
         self.max_new_tokens, self.device = max_new_tokens, device
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
