@@ -98,6 +98,14 @@ def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
 
 
 @needs_minilm
+def test_routing_logits_equal_the_regression_on_all_features_side_by_side(rows):
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    head = LabelHead.fit(texts, labels, HeadConfig(encoder="minilm+tfidf", tune_layers=0, max_tokens=32))
+    whole = np.asarray(head_module._features(head.encoders, texts[:8]) @ head.weight.T) + head.bias
+    assert list(head.encoders) == ["minilm", "tfidf"] and np.allclose(head.logits(texts[:8]), whole, atol=1e-5)
+
+
+@needs_minilm
 def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_training(tmp_path):
     texts = ["Write a haiku about rain", "what is 3 + 4", "def f(x): return x + 1  # fix the bug"]
     fp32, bf16 = (MiniLMEncoder(layers=2, max_tokens=32, precision=p) for p in ("fp32", "bf16"))

@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
 from mor.errors import ConfigError, MorError, check
+from mor.system.packed import packed
 
 
 def unusable(path: Path, what: str) -> str:
@@ -123,7 +124,7 @@ class MiniLMEncoder(nn.Module):
     """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests.
 
     `layers` keeps only the first transformer layers: encoding time is about proportional to them. `precision`
-    is the one `encode` (routing) runs in; training always runs in fp32, and bf16 routing uses a copy of the weights.
+    is the one `encode` (routing) runs in; training always runs in fp32, and routing uses a packed copy of the weights.
     """
 
     kind = "minilm"
@@ -148,7 +149,7 @@ class MiniLMEncoder(nn.Module):
             self.model.encoder.layer = self.model.encoder.layer[:layers]
             self.model.config.num_hidden_layers = layers
         self.max_tokens, self.dtype = max_tokens, inference_dtype(precision)
-        self._routing: list[nn.Module] = []  # the bf16 copy encode() runs, made on load or first use (unregistered)
+        self._routing: list[nn.Module] = []  # the packed copy encode() runs, made on load or first use (unregistered)
 
     @property
     def dim(self) -> int:
@@ -175,11 +176,9 @@ class MiniLMEncoder(nn.Module):
         return super().train(mode)
 
     def routing_model(self) -> nn.Module:
-        """The model `encode` runs: the weights themselves in fp32, else a copy in the inference dtype."""
-        if self.dtype == torch.float32:
-            return self.model.eval()
+        """The model `encode` runs: a copy of the weights in the inference dtype, its linear layers packed."""
         if not self._routing:
-            self._routing.append(copy.deepcopy(self.model).to(self.dtype).eval())
+            self._routing.append(packed(copy.deepcopy(self.model).to(self.dtype).eval()))
         return self._routing[0]
 
     @staticmethod

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ class LabelHead:
                  bias: np.ndarray, temperature: float) -> None:
         self.labels, self.config, self.encoders = labels, config, encoders
         self.weight, self.bias, self.temperature = weight, bias, temperature
+        self._blocks = _blocks(weight, [e.dim for e in encoders.values()])
 
     @classmethod
     def fit(cls, texts: list[str], labels: list[str], config: HeadConfig | None = None) -> "LabelHead":
@@ -105,7 +107,9 @@ class LabelHead:
         return cls(names, config, encoders, *_linear(_regression(config).fit(features, y)), temperature)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(_features(self.encoders, texts) @ self.weight.T) + self.bias
+        """(n, labels) uncalibrated logits: each encoder's features times its own block of the weights."""
+        check(bool(texts), "router: no texts to encode")
+        return sum(e.encode(texts) @ w for e, w in zip(self.encoders.values(), self._blocks, strict=True)) + self.bias
 
     def proba(self, texts: list[str]) -> np.ndarray:
         """(n, labels) calibrated probabilities."""
@@ -246,10 +250,15 @@ def _linear(model: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(weight, dtype=np.float32), np.ascontiguousarray(bias, dtype=np.float32)
 
 
+def _blocks(weight: np.ndarray, dims: list[int]) -> list[np.ndarray]:
+    """Each encoder's (dim, labels) slice of the weights, transposed and contiguous: a sparse row times it costs its
+    non-zeros, where the whole (labels, dim) transpose would be copied on every request."""
+    edges = np.cumsum([0, *dims])
+    return [np.ascontiguousarray(weight[:, a:b].T) for a, b in pairwise(edges)]
+
+
 def _features(encoders: dict, texts: list[str]) -> sparse.csr_matrix:
-    """All encoders' features side by side (each part has unit norm per text)."""
-    if not texts:
-        raise ConfigError("router: no texts to encode")
+    """All encoders' features side by side (each part has unit norm per text), for training."""
     return sparse.hstack([sparse.csr_matrix(e.encode(texts)) for e in encoders.values()], format="csr")
 
 
