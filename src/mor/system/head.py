@@ -37,6 +37,7 @@ from mor.system.encoders import (
     read_tensors,
     unusable,
 )
+from mor.system.options import without_options
 from mor.system.tuning import fine_tune
 
 HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
@@ -55,6 +56,7 @@ class HeadConfig:
     max_tokens: int = 128
     precision: str = "auto"  # MiniLM routing: bf16 where the CPU computes it natively (a third faster), else fp32
     c: float = 10.0
+    strip_options: bool = True  # read a multiple-choice request without its answer options (see mor.system.options)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,6 +91,7 @@ class LabelHead:
         check(len(names) >= 2, f"router training data: needs at least two labels, found {names}")
         y = np.array([names.index(label) for label in labels])
         _check_split(names, y)
+        texts = _read(texts, config)
         fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y,
                                             random_state=config.seed)
         encoders = {}
@@ -109,6 +112,7 @@ class LabelHead:
     def logits(self, texts: list[str]) -> np.ndarray:
         """(n, labels) uncalibrated logits: each encoder's features times its own block of the weights."""
         check(bool(texts), "router: no texts to encode")
+        texts = _read(texts, self.config)
         return sum(e.encode(texts) @ w for e, w in zip(self.encoders.values(), self._blocks, strict=True)) + self.bias
 
     def proba(self, texts: list[str]) -> np.ndarray:
@@ -157,6 +161,11 @@ class LabelHead:
         weight, bias = _read_linear(folder / "head.safetensors", len(meta["labels"]),
                                     sum(e.dim for e in encoders.values()))
         return cls(meta["labels"], config, encoders, weight, bias, meta["temperature"])
+
+
+def _read(texts: list[str], config: HeadConfig) -> list[str]:
+    """The texts as the head reads them: without multiple-choice options, unless the config keeps them."""
+    return [without_options(t) for t in texts] if config.strip_options else list(texts)
 
 
 def _check_split(names: list[str], y: np.ndarray) -> None:
@@ -212,7 +221,7 @@ def _read_meta(path: Path) -> dict:
     check(math.isfinite(meta["temperature"]) and meta["temperature"] > 0,
           unusable(path, f"needs a positive temperature, has {meta['temperature']}"), MorError)
     try:
-        meta["config"] = HeadConfig(**meta["config"])
+        meta["config"] = HeadConfig(**{"strip_options": False, **meta["config"]})  # saved before it existed: kept
     except (TypeError, ConfigError) as e:
         raise MorError(unusable(path, f"has an invalid config ({e})")) from None
     return meta
