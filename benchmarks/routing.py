@@ -4,7 +4,8 @@ Measured in one run, against the issue's reference (TF-IDF + logistic regression
 - dev accuracy, macro-F1 and per-request routing latency (p50/p99, one CPU thread) of the default router;
 - the same dev requests in chat form (after a generic system prompt; as the third turn of a conversation);
 - routing latency with 50 experts against 5 (same requests, interleaved);
-- routing latency with MiniLM in its routing precision (bf16 where the CPU has it) against fp32 (interleaved);
+- routing latency with MiniLM in its routing precision (bf16 where the CPU has it) and in fp32, each with packed
+  and with plain linear weights (interleaved);
 - per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import OtherLoad, interleaved, machine, md_machine, md_table, paired_ratio, write
+from benchmarks.common import OtherLoad, fmt_ratio, interleaved, machine, md_machine, md_table, paired_ratio, write
 from mor.errors import MorError
 from mor.system.dataset import read_labeled
 from mor.system.evaluation import evaluate
@@ -86,28 +87,36 @@ def scaling(head: LabelHead, requests: list, rounds: int) -> dict:
             "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
 
 
-def precision(head: LabelHead, requests: list, rounds: int) -> dict | None:
-    """Seconds per routing decision with MiniLM in its routing precision and in fp32, interleaved; their paired
-    ratio. None when the encoder routes in fp32 anyway (no MiniLM, or a CPU without bf16 hardware)."""
+def encoder_variants(head: LabelHead, requests: list, rounds: int) -> dict | None:
+    """Seconds per routing decision with MiniLM's routing copy in its own precision and in fp32, each with its
+    linear weights packed once and as plain `nn.Linear` (reordered on every call), interleaved; paired ratios.
+    None without MiniLM."""
     minilm = head.encoders.get("minilm")
-    if minilm is None or minilm.dtype == torch.float32:
+    if minilm is None:
         return None
     router, own = _label_router(head), minilm.dtype
+    variants = {(dtype, pack) for dtype in (own, torch.float32) for pack in (True, False)}
 
-    def timed(dtype: torch.dtype):
+    def timed(dtype: torch.dtype, pack: bool):
         def route_all() -> None:
-            minilm.dtype = dtype
+            minilm.dtype, minilm.pack = dtype, pack
             for request in requests:
                 router.route(request)
         return route_all
 
+    names = {v: f"{str(v[0]).removeprefix('torch.')} {'packed' if v[1] else 'nn.Linear'}" for v in variants}
     with torch.inference_mode():
         torch.set_num_threads(1)
         try:
-            times = interleaved({"own": timed(own), "fp32": timed(torch.float32)}, rounds=rounds, warmup=1)
+            times = interleaved({names[v]: timed(*v) for v in sorted(variants, key=str)}, rounds=rounds, warmup=1)
         finally:
-            minilm.dtype = own
-    return {"dtype": str(own).removeprefix("torch."), "ratio": paired_ratio(times["own"], times["fp32"]),
+            minilm.dtype, minilm.pack = own, True
+    own_name, fp32 = names[own, True], names[torch.float32, True]
+    ratios = {f"{names[d, True]} / {names[d, False]}": paired_ratio(times[names[d, True]], times[names[d, False]])
+              for d in {own, torch.float32}}
+    if own != torch.float32:
+        ratios[f"{own_name} / {fp32}"] = paired_ratio(times[own_name], times[fp32])
+    return {"routing": own_name, "ratios": ratios,
             "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
 
 
@@ -144,9 +153,10 @@ def markdown(r: dict) -> str:
         f"Routing latency, one request at a time on one thread: {s['experts'][1]} experts take "
         f"{s['ratio']['median']:.2f}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f}) the time of "
         f"{s['experts'][0]} ({s['ms_per_request']['large']:.2f} vs {s['ms_per_request']['small']:.2f} ms).",
-        *([f"Routing in {p['dtype']} against fp32, interleaved: {p['ratio']['median']:.2f}× the time "
-           f"({p['ratio']['min']:.2f}–{p['ratio']['max']:.2f}; {p['ms_per_request']['own']:.2f} vs "
-           f"{p['ms_per_request']['fp32']:.2f} ms per request)."] if (p := r.get("precision")) else []),
+        *([f"MiniLM routing copies (the default routes with {e['routing']}), interleaved, ms per request: "
+           + ", ".join(f"{k} {v:.2f}" for k, v in e["ms_per_request"].items()) + "; time ratios: "
+           + ", ".join(f"{k} {fmt_ratio(v)}" for k, v in e["ratios"].items()) + "."]
+          if (e := r.get("encoder")) else []),
         f"Load over 4 equal experts, 64 concurrent requests: calls {load['calls']}, coefficient of variation "
         f"{load['cv']:.1%}.",
         md_machine(r["machine"], r["other_load_cores"]) + f" Wall time {r['wall_s']:.0f} s."])
@@ -163,7 +173,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED
     dev, _ = read_labeled(data / "dev.jsonl")
     results = {"machine": machine([1]), "quick": quick, "quality": q,
                "scaling": scaling(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
-               "precision": precision(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
+               "encoder": encoder_variants(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
                "load": load_spread(), "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
     write(out_dir, "route", results, markdown(results))
     return results

@@ -20,5 +20,7 @@ def test_routing_benchmark_quick_run_writes_its_tables(tmp_path):
     assert all(routers[row]["accuracy"] == routers["mor default"]["accuracy"] for row in chat)
     assert all(0 <= r["accuracy"] <= 1 and r["latency_ms"]["p50"] > 0 for r in routers.values())
     assert saved["scaling"]["experts"] == [5, 50] and sum(saved["load"]["calls"].values()) == 64
-    assert (saved["precision"] is not None) == bool(fp32_row)  # bf16 against fp32 timed where the CPU routes in bf16
+    encoder = saved["encoder"]
+    assert (encoder is not None) == (minilm_path() is not None)
+    assert encoder is None or len(encoder["ms_per_request"]) == (4 if fp32_row else 2)  # packed and plain, per dtype
     assert "coefficient of variation" in (tmp_path / "route.md").read_text()

@@ -114,7 +114,8 @@ def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_traini
     assert next(bf16.model.parameters()).dtype == torch.float32  # the trained weights stay fp32
     bf16.save(tmp_path)
     loaded = MiniLMEncoder.load(tmp_path, max_tokens=32, precision="bf16")
-    assert next(loaded._routing[0].parameters()).dtype == torch.bfloat16  # copied on load, not on first request
+    copy = loaded._routing[torch.bfloat16, True]  # copied on load, not on first request
+    assert next(copy.parameters()).dtype == torch.bfloat16
     assert np.allclose(loaded.encode(texts), b, atol=1e-6)
     bf16.train()
     with torch.no_grad():

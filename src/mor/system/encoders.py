@@ -148,8 +148,8 @@ class MiniLMEncoder(nn.Module):
             check(1 <= layers <= self.layers, f"router.layers: {layers} is outside 1–{self.layers}")
             self.model.encoder.layer = self.model.encoder.layer[:layers]
             self.model.config.num_hidden_layers = layers
-        self.max_tokens, self.dtype = max_tokens, inference_dtype(precision)
-        self._routing: list[nn.Module] = []  # the packed copy encode() runs, made on load or first use (unregistered)
+        self.max_tokens, self.dtype, self.pack = max_tokens, inference_dtype(precision), True
+        self._routing: dict[tuple, nn.Module] = {}  # the copies encode() runs, by (dtype, pack); not registered
 
     @property
     def dim(self) -> int:
@@ -176,10 +176,12 @@ class MiniLMEncoder(nn.Module):
         return super().train(mode)
 
     def routing_model(self) -> nn.Module:
-        """The model `encode` runs: a copy of the weights in the inference dtype, its linear layers packed."""
-        if not self._routing:
-            self._routing.append(packed(copy.deepcopy(self.model).to(self.dtype).eval()))
-        return self._routing[0]
+        """The model `encode` runs: a copy of the weights in `dtype`, its linear layers packed if `pack`."""
+        key = (self.dtype, self.pack)
+        if key not in self._routing:
+            model = copy.deepcopy(self.model).to(self.dtype).eval()
+            self._routing[key] = packed(model) if self.pack else model
+        return self._routing[key]
 
     @staticmethod
     def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
