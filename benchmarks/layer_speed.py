@@ -286,7 +286,7 @@ def run(quick: bool = False, threads: list[int] | None = None, out_dir: str = "b
     threads = threads or ([1] if quick else [1, 2])
     notes = [] if MixtralSparseMoeBlock is not None else ["transformers is not installed: Mixtral skipped."]
     try:
-        configs, rounds = CONFIGS[:1] if quick else CONFIGS, rounds or (15 if quick else 60)
+        configs, rounds = CONFIGS[:1] if quick else CONFIGS, rounds or (15 if quick else 40)  # 60 took 19 min
         layers = run_layers(configs, threads, rounds, notes)
         memory = run_memory(configs)
         halting = run_halting(quick, threads=threads[0])
