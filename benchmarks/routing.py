@@ -113,7 +113,7 @@ def encoder_variants(head: LabelHead, requests: list, rounds: int) -> dict | Non
             minilm.dtype, minilm.pack = own, True
     own_name, fp32 = names[own, True], names[torch.float32, True]
     ratios = {f"{names[d, True]} / {names[d, False]}": paired_ratio(times[names[d, True]], times[names[d, False]])
-              for d in {own, torch.float32}}
+              for d in dict.fromkeys((own, torch.float32))}
     if own != torch.float32:
         ratios[f"{own_name} / {fp32}"] = paired_ratio(times[own_name], times[fp32])
     return {"routing": own_name, "ratios": ratios,
