@@ -1,6 +1,6 @@
 """`mor serve` as its own process: with --workers 2, two uvicorn processes behind one port answer every request,
-/metrics adds up both (Prometheus multiprocess mode), and SIGTERM stops them cleanly; the access log obeys
-`server.access_log`."""
+/metrics adds up both (Prometheus multiprocess mode), a caller's rate limit holds for both together, and SIGTERM
+stops them cleanly; the access log obeys `server.access_log`."""
 
 import asyncio
 import os
@@ -50,6 +50,26 @@ def test_two_workers_behind_one_port_serve_and_count_together(tmp_path):
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
     assert server.returncode == 0 and "Traceback" not in err, err[-3000:]
+
+
+def test_two_workers_hold_a_callers_rate_limit_together(tmp_path):
+    prometheus = tmp_path / "prometheus"
+    prometheus.mkdir()
+    config = quick_config(tmp_path, rate_limit={"requests_per_s": 0.001, "burst": 6})
+    server, root = start(config, "--workers", "2", stdout=subprocess.DEVNULL,
+                         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prometheus)})
+    try:
+        codes = []
+        while len(recorded(prometheus)) < 2 and len(codes) < 200:  # a new connection each time: both workers answer
+            codes.append(httpx.get(root + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code)
+        assert len(recorded(prometheus)) == 2
+        codes += [httpx.get(root + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code
+                  for _ in range(10)]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert codes.count(200) == 6 and set(codes) == {200, 429}, codes
 
 
 @pytest.mark.parametrize("access_log", [True, False])

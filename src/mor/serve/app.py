@@ -3,6 +3,7 @@
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware import Middleware
@@ -17,11 +18,13 @@ from mor.serve.service import Service
 from mor.serve.settings import ServeSettings, load_settings
 
 CONFIG_ENV = "MOR_SERVE_CONFIG"
+LIMITS_ENV = "MOR_RATE_LIMITS"  # a SQLite file whose rate-limit buckets the workers share (`mor serve` sets it)
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
-    """An app serving `settings`; the system and models load when it starts (lifespan) and close when it stops."""
-    service = Service(settings)
+def create_app(settings: ServeSettings, shared_limits: Path | None = None) -> FastAPI:
+    """An app serving `settings`; the system and models load when it starts (lifespan) and close when it stops.
+    With `shared_limits`, rate limits are kept in that SQLite file, shared with every app that names it."""
+    service = Service(settings, shared_limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,8 +52,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """The app for the serve config named by $MOR_SERVE_CONFIG (what `mor serve` sets for its workers)."""
-    return create_app(load_settings(os.environ.get(CONFIG_ENV, "configs/serve.yaml")))
+    """The app for the serve config named by $MOR_SERVE_CONFIG (what `mor serve` sets for its workers), sharing
+    rate limits through the file $MOR_RATE_LIMITS names, when set."""
+    limits = os.environ.get(LIMITS_ENV)
+    return create_app(load_settings(os.environ.get(CONFIG_ENV, "configs/serve.yaml")), Path(limits) if limits else None)
 
 
 def _openapi(app: FastAPI) -> dict:

@@ -30,7 +30,8 @@ def run_server(config: Path, host: str | None = None, port: int | None = None, w
     """Validate the configs (one-line errors), then hand the app factory to uvicorn."""
     import uvicorn
 
-    from mor.serve.app import CONFIG_ENV
+    from mor.serve.app import CONFIG_ENV, LIMITS_ENV
+    from mor.serve.limits import SharedRateLimiter
     from mor.serve.settings import load_settings
     from mor.system.config import load_config
 
@@ -41,8 +42,14 @@ def run_server(config: Path, host: str | None = None, port: int | None = None, w
     host, port, workers = host or server.host, server.port if port is None else port, workers or server.workers
     os.environ[CONFIG_ENV] = str(config.resolve())
     with ExitStack() as stack:
-        if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # /metrics adds up every worker
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="mor-"))
+        if workers > 1:  # /metrics adds up every worker, and rate limits hold for all of them together
+            shared = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mor-")))
+            if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+                (shared / "prometheus").mkdir()
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared / "prometheus")
+            os.environ.setdefault(LIMITS_ENV, str(shared / "rate-limits.sqlite"))
+        if os.environ.get(LIMITS_ENV):  # a file that cannot be used: one line here, not a traceback per worker
+            SharedRateLimiter(os.environ[LIMITS_ENV], None).close()
         console.print(f"mor serve: http://{host}:{port}/ ({workers} worker{'s' * (workers > 1)}), API docs at /docs",
                       highlight=False)
         trusted = server.forwarded_allow_ips

@@ -4,6 +4,7 @@ with the app (FastAPI lifespan); endpoints reach it through the `ServiceDep` dep
 import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import torch
@@ -12,7 +13,7 @@ from fastapi import Depends, Request
 from mor.errors import MorError
 from mor.serve.auth import Keyring
 from mor.serve.errors import ApiError, public
-from mor.serve.limits import RateLimiter
+from mor.serve.limits import RateLimiter, SharedRateLimiter
 from mor.serve.metrics import Metrics
 from mor.serve.schemas import Readiness
 from mor.serve.served_model import ServedModel
@@ -30,10 +31,11 @@ CANCEL_WAIT_S = 1.0  # how long shutdown waits for cancelled work to unwind (giv
 class Service:
     """The state behind the endpoints; `start` loads the system and models, `stop` lets running work finish."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, shared_limits: Path | None = None) -> None:
         self.settings = settings
         self.keyring = Keyring(settings.api_keys, settings.allow_anonymous, settings.failed_auth_limit)
-        self.limiter = RateLimiter(settings.rate_limit)
+        self.limiter = (RateLimiter(settings.rate_limit) if shared_limits is None else
+                        SharedRateLimiter(shared_limits, settings.rate_limit))
         self.metrics = Metrics()
         self.system: MoRSystem | None = None
         self.models: dict[str, ServedModel] = {}
@@ -59,6 +61,7 @@ class Service:
             await model.stop()
         if self.system is not None:
             await self.system.aclose()
+        self.limiter.close()
 
     async def _settle(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for the running work, then cancel what is left and wait (briefly) until it ends."""
