@@ -3,12 +3,14 @@
 It checks every request body against the official `openai` package's request schema (422 when it does not
 match), answers from `ANSWERS` or by echoing, reports usage and (when asked) logprobs, validates its own reply
 against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "400",
-"garbage" (a 200 that is not a completion) and "sleep:SECONDS" (then answer).
+"garbage" (a 200 that is not a completion), "html" (a 200 that is not JSON) and "sleep:SECONDS" (then answer).
+The bodies of "500", "429", "400" and "html" carry `LEAK`, a stand-in for an upstream's internal details.
 
 With `"stream": true` it sends the same reply as server-sent `ChatCompletionChunk`s (validated too): the role, one
 chunk per word, the tool call in two fragments, the finish reason, the usage when `stream_options` asks for it, then
 `data: [DONE]`. Stream faults: "drip:SECONDS" (wait that long before each chunk after the role), "cut:N" (drop the
-connection after N chunks after the role) and "stall:N" (send nothing more after N chunks after the role).
+connection after N chunks after the role), "stall:N" (send nothing more after N chunks after the role) and "junk:N"
+(after N chunks after the role, an event that is not JSON and carries `LEAK`, and the end of the stream).
 """
 
 import asyncio
@@ -23,7 +25,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.completion_create_params import (
     CompletionCreateParamsNonStreaming,
@@ -33,6 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 
 ANSWERS = {"What is the capital of France?": "Paris"}
 TOKEN_LOGPROB = -0.25  # every answer token's log-probability, so tests know the confidence to expect
+LEAK = "Traceback at db-7.internal, tenant acme"  # in failure bodies: must reach the log, never a client
 SCHEMAS = {stream: TypeAdapter(params) for stream, params in ((False, CompletionCreateParamsNonStreaming),
                                                              (True, CompletionCreateParamsStreaming))}
 REQUEST_KEYS = {key for params in (CompletionCreateParamsNonStreaming, CompletionCreateParamsStreaming)
@@ -123,9 +126,12 @@ async def events(parts: list[dict[str, Any]], fault: str) -> AsyncIterator[str]:
     for sent, part in enumerate(parts):
         if sent and kind == "drip":
             await asyncio.sleep(float(value))
-        if kind in ("cut", "stall") and sent == int(value) + 1:
+        if kind in ("cut", "stall", "junk") and sent == int(value) + 1:
             if kind == "cut":
                 raise Cut(f"dropped after {value} chunk(s)")
+            if kind == "junk":
+                yield f"data: <html>{LEAK}</html>\n\n"
+                return
             await asyncio.sleep(3600)
         yield f"data: {json.dumps(part)}\n\n"
     yield "data: [DONE]\n\n"
@@ -143,10 +149,12 @@ def create_app(state: State) -> FastAPI:
         if fault.startswith("sleep:"):
             await asyncio.sleep(float(fault.removeprefix("sleep:")))
         if fault in ("500", "429", "400"):
-            return JSONResponse({"error": {"message": f"injected {fault}"}}, status_code=int(fault),
+            return JSONResponse({"error": {"message": f"injected {fault}: {LEAK}"}}, status_code=int(fault),
                                 headers={"retry-after": "0"} if fault == "429" else None)
         if fault == "garbage":
             return JSONResponse({"hello": "world"})
+        if fault == "html":
+            return HTMLResponse(f"<html><pre>{LEAK}</pre></html>")
         if error := schema_error(body):
             return JSONResponse({"error": {"message": error}}, status_code=422)
         if body.get("stream"):

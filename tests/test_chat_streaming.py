@@ -4,6 +4,7 @@ a later one ends the stream with an error event; statistics, cost and the `mor` 
 need the whole answer first stream it post-hoc."""
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import openai
 import pytest
 import yaml
 
-from fake_llm_server import TOKEN_LOGPROB, State
+from fake_llm_server import LEAK, TOKEN_LOGPROB, State
 from mor.serve.chat import pieces
 from test_serve import metric
 from test_serve_support import KEY, serve, write_settings
@@ -124,6 +125,18 @@ def test_an_upstream_failing_before_its_first_delta_is_replaced(server, upstream
     assert mor["fallback"] and "after 2 attempt(s)" in next(a["error"] for a in mor["answers"] if a["expert"] == "llm")
     assert [b.get("stream") for b in upstream.bodies] == [True, True, None]  # two streamed attempts, then backup
     assert server.service.system.stats["llm"].errors == errors + 1
+
+
+@pytest.mark.parametrize("faults,stream", [(("500", "500"), True), (("junk:0",), True), (("html",), False)],
+                         ids=["streamed HTTP 500", "non-JSON event", "whole non-JSON reply"])
+def test_what_a_failing_upstream_sent_reaches_the_log_not_the_client(server, upstream, caplog, faults, stream):
+    upstream.reset(*faults)  # the failure bodies carry LEAK; `backup` answers instead
+    body = {"model": "mor", "stream": stream, "messages": [{"role": "user", "content": CAPITAL}]}
+    with caplog.at_level(logging.WARNING, logger="mor.system"):
+        reply = httpx.post(server.url + "/chat/completions", json=body, timeout=30,
+                           headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 200 and LEAK not in reply.text and LEAK in caplog.text
+    assert '"Paris"' in reply.text and "its reply is in the server log" in reply.text
 
 
 @pytest.mark.parametrize("fault,reason", [("cut:2", "RemoteProtocolError"), ("stall:2", "nothing came for 1.5 s")])

@@ -1,18 +1,22 @@
 """OpenAIChatExpert against a real OpenAI-compatible server on loopback: answers, usage, faults and retries."""
 
 import asyncio
+import logging
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
-from fake_llm_server import TOKEN_LOGPROB, State
+from fake_llm_server import LEAK, TOKEN_LOGPROB, State
 from mor.errors import ConfigError
 from mor.system import ExpertInfo, Request
 from mor.system.experts.errors import ExpertError
 from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert
+
+CAPITAL = "What is the capital of France?"  # the fake server answers "Paris"
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ def expert(url: str, **options) -> OpenAIChatExpert:
     return OpenAIChatExpert(ExpertInfo("llm"), url, "tiny-model", **options)
 
 
-def ask(llm: OpenAIChatExpert, question: str = "What is the capital of France?", **request) -> object:
+def ask(llm: OpenAIChatExpert, question: str = CAPITAL, **request) -> object:
     """Answer one request and close the client; never waits more than 10 s."""
     async def go():
         try:
@@ -36,9 +40,19 @@ def ask(llm: OpenAIChatExpert, question: str = "What is the capital of France?",
     return asyncio.run(asyncio.wait_for(go(), timeout=10))
 
 
-def fails(llm: OpenAIChatExpert) -> str:
+def streamed(llm: OpenAIChatExpert) -> list:
+    """Every delta and the answer of one streamed request, then close the client; never waits more than 10 s."""
+    async def go():
+        try:
+            return [piece async for piece in llm.stream(Request.of(CAPITAL))]
+        finally:
+            await llm.aclose()
+    return asyncio.run(asyncio.wait_for(go(), timeout=10))
+
+
+def fails(llm: OpenAIChatExpert, call: Callable[[OpenAIChatExpert], object] = ask) -> str:
     with pytest.raises(ExpertError) as caught:
-        ask(llm)
+        call(llm)
     message = str(caught.value)
     assert "\n" not in message and message.startswith("expert llm: ")
     return message
@@ -95,7 +109,21 @@ def test_500s_are_retried_then_fail_with_one_line(llm_server, state):
 def test_other_4xx_fail_at_once(llm_server, state):
     state.reset("400")
     message = fails(expert(llm_server.url, retries=3))
-    assert len(state.bodies) == 1 and "HTTP 400" in message and "injected 400" in message
+    assert len(state.bodies) == 1 and "HTTP 400" in message and "fix the request" in message
+
+
+@pytest.mark.parametrize("faults,call,failure", [
+    (("500",) * 3, ask, "after 3 attempt(s): HTTP 500"), (("400",), ask, "failed: HTTP 400"),
+    (("html",), ask, "replied with non-JSON"), (("junk:0",), streamed, "sent an event that is not JSON"),
+], ids=["HTTP 500", "HTTP 400", "non-JSON reply", "non-JSON event"])
+def test_what_a_failing_upstream_sent_is_logged_not_put_in_the_error(llm_server, state, caplog, faults, call, failure):
+    state.reset(*faults)
+    with caplog.at_level(logging.WARNING, logger="mor.system"):
+        message = fails(expert(llm_server.url, retries=2), call)
+    assert LEAK not in message and f"{failure} (its reply is in the server log)" in message
+    logged = [r.getMessage() for r in caplog.records if r.name == "mor.system" and r.levelno == logging.WARNING]
+    what = failure.split(": ")[-1]  # the status or the kind of failure, without the attempts
+    assert len(logged) == len(faults) and all(m.startswith("expert llm: ") and what in m and LEAK in m for m in logged)
 
 
 def test_timeouts_are_retried_and_never_hang(llm_server, state):

@@ -23,7 +23,7 @@ from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
 from mor.system.experts.errors import ExpertError
 from mor.system.experts.openai_stream import StreamedCompletion
-from mor.system.experts.openai_wire import Completion, parse, snippet
+from mor.system.experts.openai_wire import Completion, parse, snippet, withheld
 from mor.system.request import Answer, Cost, Delta, Request
 
 # Confidence when the server returns no logprobs: a middling prior that says "unjudged", below what a
@@ -184,21 +184,24 @@ class OpenAIChatExpert(Expert):
 
     def _check(self, response: httpx.Response) -> None:
         """Raise for a failed response: `_Retryable` for 429 and 5xx, ExpertError for other 4xx (sending the same
-        request again cannot help)."""
+        request again cannot help). The reply's body is logged, never put in the error."""
         if response.is_success:
             return
-        reason = f"HTTP {response.status_code}: {snippet(response.text)}"
+        status = f"HTTP {response.status_code}"
+        reason = f"{status} ({withheld(self._where, status, response.text)})"
         if response.status_code != 429 and response.status_code < 500:
             raise ExpertError(f"expert {self.name}: POST {self.url} failed: {reason}; fix the request, "
                               f"model name or API key")
         raise _Retryable(reason, min(_retry_after(response), self.timeout_s))
 
     def _json(self, response: httpx.Response) -> Any:
+        """The reply's JSON; what a reply that is not JSON holds goes to the log, not into the error."""
         try:
             return response.json()
         except ValueError:
-            raise ExpertError(f"{self._where} replied with non-JSON ({snippet(response.text)}); is it an "
-                              f"OpenAI-compatible endpoint?") from None
+            failure = "replied with non-JSON"
+            raise ExpertError(f"{self._where} {failure} ({withheld(self._where, failure, response.text)}); is it "
+                              f"an OpenAI-compatible endpoint?") from None
 
     def _http(self) -> httpx.AsyncClient:
         """The client. An own one is created on first use in each event loop, since its pooled connections belong

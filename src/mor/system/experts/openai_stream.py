@@ -16,7 +16,7 @@ from mor.system.experts.openai_wire import (
     ToolCallDelta,
     Usage,
     parse,
-    snippet,
+    withheld,
 )
 from mor.system.request import Delta
 
@@ -41,7 +41,8 @@ class StreamedCompletion:
             try:
                 event = json.loads(data)
             except ValueError:
-                raise ExpertError(f"{self.where} sent an event that is not JSON ({snippet(data)}); is it "
+                failure = "sent an event that is not JSON"
+                raise ExpertError(f"{self.where} {failure} ({withheld(self.where, failure, data)}); is it "
                                   f"OpenAI-compatible?") from None
             if delta := self._fold(parse(Chunk, event, self.where)):
                 self.deltas += 1

@@ -3,11 +3,15 @@
 Other fields are ignored, so the replies of any OpenAI-compatible server validate.
 """
 
+import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from mor.system.experts.errors import ExpertError
+
+log = logging.getLogger("mor.system")
+WITHHELD = "its reply is in the server log"
 
 
 class TokenLogprob(BaseModel):
@@ -90,6 +94,13 @@ def parse(kind: type[Part], data: Any, where: str) -> Part:
 
 
 def snippet(text: str, limit: int = 200) -> str:
-    """`text` on one line, cut to `limit` characters, for error messages."""
+    """`text` on one line, cut to `limit` characters, for error messages and the log."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[:limit] + "…"
+
+
+def withheld(where: str, what: str, text: str) -> str:
+    """Log `text`, what an upstream sent with failure `what`, and return the note that stands for it in error
+    messages: its body may hold tracebacks, internal hosts or other tenants' details, so only operators see it."""
+    log.warning("%s: %s; it sent: %s", where, what, snippet(text, 500))
+    return WITHHELD
