@@ -4,8 +4,8 @@ Measured in one run, against the issue's reference (TF-IDF + logistic regression
 - dev accuracy, macro-F1 and per-request routing latency (p50/p99, one CPU thread) of the default router;
 - the same dev requests in chat form (after a generic system prompt; as the third turn of a conversation);
 - routing latency with 50 experts against 5 (same requests, interleaved);
-- routing latency with MiniLM in its routing precision (bf16 where the CPU has it) and in fp32, each with packed
-  and with plain linear weights (interleaved);
+- routing latency with MiniLM's routing copy as shipped (its routing precision, bf16 where the CPU has it; packed
+  weights; the compact forward) against fp32, plain linear weights and transformers' own forward (interleaved);
 - per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
 """
 
@@ -88,35 +88,38 @@ def scaling(head: LabelHead, requests: list, rounds: int) -> dict:
 
 
 def encoder_variants(head: LabelHead, requests: list, rounds: int) -> dict | None:
-    """Seconds per routing decision with MiniLM's routing copy in its own precision and in fp32, each with its
-    linear weights packed once and as plain `nn.Linear` (reordered on every call), interleaved; paired ratios.
-    None without MiniLM."""
+    """Seconds per routing decision with MiniLM's routing copy as shipped (own precision, packed weights, compact
+    forward) and with one of those changed at a time: fp32, plain `nn.Linear` (reordered on every call),
+    transformers' own forward; interleaved, with paired ratios against the shipped copy. None without MiniLM."""
     minilm = head.encoders.get("minilm")
     if minilm is None:
         return None
     router, own = _label_router(head), minilm.dtype
-    variants = {(dtype, pack) for dtype in (own, torch.float32) for pack in (True, False)}
+    name = str(own).removeprefix("torch.")
+    settings = {f"{name} packed compact": (own, True, True), f"{name} nn.Linear compact": (own, False, True),
+                f"{name} packed transformers": (own, True, False)}
+    if own != torch.float32:
+        settings.update({"fp32 packed compact": (torch.float32, True, True),
+                         "fp32 nn.Linear compact": (torch.float32, False, True)})
 
-    def timed(dtype: torch.dtype, pack: bool):
+    def timed(dtype: torch.dtype, pack: bool, compact: bool):
         def route_all() -> None:
-            minilm.dtype, minilm.pack = dtype, pack
+            minilm.dtype, minilm.pack, minilm.compact = dtype, pack, compact
             for request in requests:
                 router.route(request)
         return route_all
 
-    names = {v: f"{str(v[0]).removeprefix('torch.')} {'packed' if v[1] else 'nn.Linear'}" for v in variants}
     with torch.inference_mode():
         torch.set_num_threads(1)
         try:
-            times = interleaved({names[v]: timed(*v) for v in sorted(variants, key=str)}, rounds=rounds, warmup=1)
+            times = interleaved({k: timed(*v) for k, v in settings.items()}, rounds=rounds, warmup=1)
         finally:
-            minilm.dtype, minilm.pack = own, True
-    own_name, fp32 = names[own, True], names[torch.float32, True]
-    ratios = {f"{names[d, True]} / {names[d, False]}": paired_ratio(times[names[d, True]], times[names[d, False]])
-              for d in dict.fromkeys((own, torch.float32))}
+            minilm.dtype, minilm.pack, minilm.compact = own, True, True
+    shipped, *others = settings
+    pairs = [(shipped, other) for other in others if other != "fp32 nn.Linear compact"]
     if own != torch.float32:
-        ratios[f"{own_name} / {fp32}"] = paired_ratio(times[own_name], times[fp32])
-    return {"routing": own_name, "ratios": ratios,
+        pairs.append(("fp32 packed compact", "fp32 nn.Linear compact"))
+    return {"routing": shipped, "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs},
             "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
 
 

@@ -22,5 +22,7 @@ def test_routing_benchmark_quick_run_writes_its_tables(tmp_path):
     assert saved["scaling"]["experts"] == [5, 50] and sum(saved["load"]["calls"].values()) == 64
     encoder = saved["encoder"]
     assert (encoder is not None) == (minilm_path() is not None)
-    assert encoder is None or len(encoder["ms_per_request"]) == (4 if fp32_row else 2)  # packed and plain, per dtype
+    if encoder is not None:  # as shipped; with plain weights; with transformers' forward; fp32 packed and plain
+        assert len(encoder["ms_per_request"]) == (5 if fp32_row else 3)
+        assert len(encoder["ratios"]) == (4 if fp32_row else 2)
     assert "coefficient of variation" in (tmp_path / "route.md").read_text()

@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 
 import mor.system.head as head_module
 from mor.errors import ConfigError, MorError
-from mor.system.encoders import MiniLMEncoder, minilm_path
+from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
 from mor.system.head import HELD_OUT, HeadConfig, LabelHead, _temperature
@@ -105,6 +105,13 @@ def test_routing_logits_equal_the_regression_on_all_features_side_by_side(rows):
     assert list(head.encoders) == ["minilm", "tfidf"] and np.allclose(head.logits(texts[:8]), whole, atol=1e-5)
 
 
+def test_tfidf_projects_its_features_as_the_stacked_matrix_would(rows):
+    texts = [r["text"] for r in rows]
+    encoder = TfidfEncoder().fit(texts)
+    weight = np.random.default_rng(0).standard_normal((encoder.dim, 6)).astype(np.float32)
+    assert np.allclose(encoder.project(texts[:8], weight), encoder.encode(texts[:8]) @ weight, atol=1e-5)
+
+
 @needs_minilm
 def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_training(tmp_path):
     texts = ["Write a haiku about rain", "what is 3 + 4", "def f(x): return x + 1  # fix the bug"]
@@ -114,7 +121,7 @@ def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_traini
     assert next(bf16.model.parameters()).dtype == torch.float32  # the trained weights stay fp32
     bf16.save(tmp_path)
     loaded = MiniLMEncoder.load(tmp_path, max_tokens=32, precision="bf16")
-    copy = loaded._routing[torch.bfloat16, True]  # copied on load, not on first request
+    copy = loaded._routing[torch.bfloat16, True, True]  # copied on load, not on first request
     assert next(copy.parameters()).dtype == torch.bfloat16
     assert np.allclose(loaded.encode(texts), b, atol=1e-6)
     bf16.train()

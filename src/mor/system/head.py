@@ -113,7 +113,7 @@ class LabelHead:
         """(n, labels) uncalibrated logits: each encoder's features times its own block of the weights."""
         check(bool(texts), "router: no texts to encode")
         texts = _read(texts, self.config)
-        return sum(e.encode(texts) @ w for e, w in zip(self.encoders.values(), self._blocks, strict=True)) + self.bias
+        return sum(e.project(texts, w) for e, w in zip(self.encoders.values(), self._blocks, strict=True)) + self.bias
 
     def proba(self, texts: list[str]) -> np.ndarray:
         """(n, labels) calibrated probabilities."""
