@@ -1,10 +1,10 @@
 """Inference copies of linear layers whose weights oneDNN reorders once, at load, instead of on every call.
 
 A routed request multiplies a few dozen token rows by every weight of the encoder, so `nn.Linear`'s per-call weight
-reordering costs a large share of the product itself: in `mor bench route` packing cut fp32 MiniLM routing to 0.71×
-the time (bf16: 0.99× on a CPU without AMX). The packed op is torch's own oneDNN linear (what torch.compile's CPU
-freezing emits); where this torch build lacks it, or it disagrees with `nn.Linear` on a probe, the model is left
-as it is.
+reordering costs a large share of the product itself: in `mor bench route` packing cut fp32 MiniLM routing to
+0.68–0.71× the time (bf16: 0.94–0.99× on a CPU without AMX). The packed op is torch's own oneDNN linear (what
+torch.compile's CPU freezing emits); where this torch build lacks it, or it disagrees with `nn.Linear` on a probe,
+the model is left as it is.
 """
 
 import torch
