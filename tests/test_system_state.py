@@ -1,11 +1,12 @@
 """State that must survive a crash, a restart or a second process: expert statistics in SQLite, the trained router
 folder, the data a router can be trained on, and the config values that would silently change routing."""
 
+import asyncio
 import json
 import math
 import shutil
 import sqlite3
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,35 @@ def test_a_restarted_system_blends_new_calls_into_the_saved_latency(tmp_path):
     restarted.store.close()
 
 
-def test_statistics_are_saved_periodically_not_only_on_a_clean_shutdown(tmp_path):
-    config = write_yaml(tmp_path / "system.yaml", {**base(), "state": {"path": "state.db", "save_every_s": 0.05}})
+def test_statistics_are_saved_periodically_on_the_event_loop_not_only_on_a_clean_shutdown(tmp_path):
+    config = write_yaml(tmp_path / "system.yaml", {**base(), "state": {"path": "state.db", "save_every_s": 0.3}})
+    threads = threading.active_count()
     system = load_system(config)
-    ask(system, "q")
-    ask(system, "q")
-    deadline = time.monotonic() + 5
-    while sum(row[0] for row in saved(tmp_path / "state.db").values()) < 2:  # no aclose(): as after a crash
-        assert time.monotonic() < deadline, "the statistics were not saved before shutdown"
-        time.sleep(0.02)
+    assert threading.active_count() == threads  # no saver thread: saves run where the statistics change
+
+    async def serve() -> list[int]:  # one long-lived loop, as under `mor serve`
+        calls = []
+        for _ in range(2):
+            await system.ask("q")
+            calls.append(sum(row[0] for row in saved(tmp_path / "state.db").values()))
+        await asyncio.sleep(0.8)
+        return [*calls, sum(row[0] for row in saved(tmp_path / "state.db").values())]  # no aclose(): as after a crash
+
+    counts = run(serve())
+    assert counts[0] == 0 and counts[-1] == 2, counts  # saved save_every_s after the first call, with the second
+    system.store.close()
+
+
+def test_a_save_due_on_a_loop_that_closed_is_set_up_again_on_the_next_loop(tmp_path):
+    system = make_system(expert("a"), store=StateStore(tmp_path / "state.db", save_every_s=0.05))
+    ask(system, "q")  # on a loop of its own, closed before the save was due (as `mor route ask` does)
+
+    async def later() -> dict:
+        await system.ask("q")
+        await asyncio.sleep(0.5)
+        return saved(tmp_path / "state.db")
+
+    assert run(later())["a"][0] == 2
     system.store.close()
 
 

@@ -58,8 +58,8 @@ class BreakerConfig(Strict):
 class StateConfig(Strict):
     path: Path | None = Field(None, description="SQLite file for statistics and feedback; none: in memory only")
     save_every_s: float | None = Field(60.0, gt=0, allow_inf_nan=False,
-                                       description="also save statistics this often, not only on shutdown and "
-                                                   "feedback; none: only then")
+                                       description="also save statistics this long after a call changes them, "
+                                                   "not only on shutdown and feedback; none: only then")
 
 
 class SystemConfig(Strict):

@@ -4,10 +4,11 @@ Several processes may share one file (`mor serve --workers N`, a `mor route ask`
 this process counted since its previous save (`calls = calls + ?`) instead of writing its own totals, so no process
 overwrites another's counts. The latency EWMA is an estimate, not a count: the last process that measured a call
 writes its own, and its sample count is saved so that a restarted process blends new calls into it. With
-`save_every_s`, a background thread also saves the statistics `load` returned that often, so a crash loses at most
-that much.
+`save_every_s`, statistics that `changed` are also saved that long after, on the event loop that changes them (so
+a save never reads them half-updated), and a crash loses at most that much.
 """
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -57,10 +58,10 @@ class StateStore:
     """
 
     def __init__(self, path: str | Path, save_every_s: float | None = None) -> None:
-        self.path = Path(path)
+        self.path, self.save_every_s = Path(path), save_every_s
         self._lock = threading.RLock()
         self._saved: dict[str, tuple] = {}
-        self._watched: dict[str, ExpertStats] | None = None
+        self._later: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
         try:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,12 +72,6 @@ class StateStore:
         except (sqlite3.Error, OSError) as e:
             raise MorError(f"state file {path}: cannot open it as SQLite ({e}); point state.path to a writable "
                            "file or remove the damaged one") from e
-        self._stop = threading.Event()
-        self._saver: threading.Thread | None = None
-        if save_every_s is not None:
-            self._saver = threading.Thread(target=self._save_every, args=(save_every_s,), daemon=True,
-                                           name=f"mor-state-{self.path.name}")
-            self._saver.start()
 
     def _columns(self) -> set[str]:
         return {row[1] for row in self._db.execute("PRAGMA table_info(expert_stats)")}
@@ -96,9 +91,8 @@ class StateStore:
             rows = self._db.execute("SELECT name, calls, successes, failures, errors, latency_samples, latency_ewma_s"
                                     " FROM expert_stats").fetchall()
             self._saved = {name: tuple(values) for name, *values in rows}
-            self._watched = {name: ExpertStats(calls=c, successes=s, failures=f, errors=e, latency_samples=n,
-                                               latency_ewma_s=lat) for name, c, s, f, e, n, lat in rows}
-            return self._watched
+            return {name: ExpertStats(calls=c, successes=s, failures=f, errors=e, latency_samples=n,
+                                      latency_ewma_s=lat) for name, c, s, f, e, n, lat in rows}
 
     def save(self, stats: dict[str, ExpertStats]) -> None:
         """Add every expert's increments since the previous save in one transaction (all of them or none)."""
@@ -112,15 +106,21 @@ class StateStore:
                                             for name, values in changed.items()])
             self._saved.update(changed)
 
-    def _save_every(self, seconds: float) -> None:
-        """The background saver: save what `load` returned every `seconds` until `close`; a failure waits a turn."""
-        while not self._stop.wait(seconds):
-            if self._watched is None:
-                continue
-            try:
-                self.save(self._watched)
-            except (MorError, sqlite3.Error) as e:
-                log.warning("state file %s: periodic save failed (%s); trying again in %g s", self.path, e, seconds)
+    def changed(self, stats: dict[str, ExpertStats]) -> None:
+        """Note, from the running event loop, that `stats` moved: they are saved `save_every_s` later on that loop,
+        unless a save is already due (one whose loop has closed is not: it never ran)."""
+        if self.save_every_s is None or (self._later is not None and not self._later[0].is_closed()):
+            return
+        loop = asyncio.get_running_loop()
+        self._later = (loop, loop.call_later(self.save_every_s, self._save_later, stats))
+
+    def _save_later(self, stats: dict[str, ExpertStats]) -> None:
+        """The save `changed` set up; a failure is logged, and its increments wait for the next save."""
+        self._later = None
+        try:
+            self.save(stats)
+        except (MorError, sqlite3.Error) as e:
+            log.warning("state file %s: periodic save failed (%s); trying again after the next call", self.path, e)
 
     def record_feedback(self, expert: str, success: bool, request: str | None) -> None:
         with self._transaction():
@@ -137,10 +137,10 @@ class StateStore:
         return _Transaction(self._db, self._lock, self.path)
 
     def close(self) -> None:
-        """Stop the background saver (without a last save: `MoRSystem.aclose` saves) and close the file."""
-        self._stop.set()
-        if self._saver is not None:
-            self._saver.join()
+        """Drop a save still due (without a last save: `MoRSystem.aclose` saves) and close the file."""
+        if self._later is not None:
+            self._later[1].cancel()
+            self._later = None
         self._db.close()
 
 

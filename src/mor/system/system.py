@@ -273,6 +273,8 @@ class MoRSystem:
             raise
         latency = time.perf_counter() - start
         stats.finished(latency, answer.error, self.breaker)
+        if self.store:
+            self.store.changed(self.stats)
         if not answer.ok:
             if sent:
                 raise StreamBroken(f"the answer broke off after {sent} delta(s): {answer.error}")
