@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 
 from mor.errors import CheckpointError, ConfigError
-from mor.serve import create_app, load_settings
+from mor.serve import create_app, load_settings, served_model
 from mor.serve.errors import public
 from mor.serve.metrics import METHODS
 from mor.serve.service import Service
@@ -127,10 +127,30 @@ def test_unreadable_checkpoints_leave_their_models_unready_instead_of_stopping_s
         ready, predict = run(write_settings(tmp_path, system=None, models=models), body)
     checks = ready.json()["checks"]
     assert ready.status_code == 503 and "Traceback" not in ready.text and str(tmp_path) not in ready.text
-    assert "cannot load it (ParserError: while parsing a flow sequence)" in checks["model:bad-yaml"]
+    assert "config.yaml: not valid YAML at line 2, column 1" in checks["model:bad-yaml"]
+    assert "the checkpoint is damaged: use another step-* folder or train again" in checks["model:bad-yaml"]
     assert "unreadable pointer file" in checks["model:bad-pointer"]
     assert predict.status_code == 503 and one_line_error(predict)["code"] == "model_unavailable"
-    assert any(r.exc_info and "bad-yaml" in r.getMessage() for r in caplog.records)  # the traceback is logged
+    assert any("bad-yaml" in r.getMessage() and "not valid YAML" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unforeseen_failure_while_loading_leaves_the_model_unready_and_logs_its_traceback(tmp_path, caplog,
+                                                                                          monkeypatch):
+    def broken(checkpoint, where):
+        raise RuntimeError(f"a bug while loading {tmp_path}/secret")
+
+    monkeypatch.setattr(served_model, "TrainedModel", broken)
+    models = [{"name": "buggy", "checkpoint": str(tmp_path)}]
+
+    async def body(client: httpx.AsyncClient, service: Service) -> httpx.Response:
+        return await client.get("/readyz")
+
+    with caplog.at_level(logging.ERROR, logger="mor.serve"):
+        ready = run(write_settings(tmp_path, system=None, models=models), body)
+    reason = ready.json()["checks"]["model:buggy"]
+    assert ready.status_code == 503 and "cannot load it (RuntimeError: a bug while loading" in reason
+    assert str(tmp_path) not in reason and "Traceback" not in ready.text
+    assert any(r.exc_info and "buggy" in r.getMessage() for r in caplog.records)  # the traceback is logged
 
 
 @pytest.mark.parametrize("pointer", ["[]", '"step-1"', '{"dir": 5}', '{"dir": null}'])

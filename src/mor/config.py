@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mor.errors import ConfigError
+from mor.errors import ConfigError, MorError
 
 Model = TypeVar("Model", bound=BaseModel)
 BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -54,9 +54,14 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass the path of a YAML file (see configs/)")
+    return parse_yaml(path.read_text(), str(path))
+
+
+def parse_yaml(text: str, source: str, error: type[MorError] = ConfigError, fix: str = "") -> Any:
+    """YAML text's content, or a one-line `error` naming `source` and where the text is broken (then `fix`)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; {getattr(err, 'problem', err)}") from None
+        raise error(f"{source}: not valid YAML{where}; {getattr(err, 'problem', err)}{fix}") from None

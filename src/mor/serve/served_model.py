@@ -33,7 +33,7 @@ class ServedModel:
         except MorError as err:
             log.error("model %s: %s", spec.name, err)
             self.reason = public(f"models[{index}].checkpoint: {err}")
-        except Exception as err:  # e.g. a config.yaml that is not YAML: unready too, the traceback goes to the log
+        except Exception as err:  # unforeseen (bad files raise MorError): unready too, the traceback goes to the log
             log.exception("model %s: cannot load %s", spec.name, spec.checkpoint)
             reason = f"{type(err).__name__}: {first_line(err)[:160]}"
             self.reason = public(f"models[{index}].checkpoint: cannot load it ({reason}); "

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mor.config import Strict, read_yaml, validate
-from mor.errors import ConfigError
+from mor.config import Strict, parse_yaml, read_yaml, validate
+from mor.errors import CheckpointError, ConfigError
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -166,6 +166,13 @@ def parse(raw: Any, source: str = "config") -> RunConfig:
 def load(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
     return parse(read_yaml(path), str(path))
+
+
+def saved(text: str, source: Path) -> RunConfig:
+    """The config saved with a checkpoint (`source`, its file): text that is not YAML means a damaged checkpoint."""
+    raw = parse_yaml(text, str(source), CheckpointError, "; the checkpoint is damaged: use another step-* folder "
+                                                         "or train again")
+    return parse(raw, str(source))
 
 
 def main_job() -> RunConfig:

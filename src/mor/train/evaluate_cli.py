@@ -3,13 +3,12 @@
 import json
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from mor.data import get_task
 from mor.train import checkpoint
 from mor.train.build import build_model
-from mor.train.config import parse
+from mor.train.config import saved
 from mor.train.evaluate import evaluate
 from mor.train.report import summary, write_report
 
@@ -21,7 +20,7 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report."""
     console = console or Console()
     loaded = checkpoint.load(path)
-    config = parse(yaml.safe_load(loaded.config), str(loaded.path / checkpoint.CONFIG))
+    config = saved(loaded.config, loaded.path / checkpoint.CONFIG)
     task = get_task(config.data.task, **config.data.options)
     model = build_model(config.model, task)
     checkpoint.restore(model, loaded.weights, loaded.path)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
@@ -25,7 +24,7 @@ from mor.system.experts.errors import ExpertError
 from mor.system.request import Answer, Request
 from mor.train.build import build_model
 from mor.train.checkpoint import CONFIG, load, restore
-from mor.train.config import parse
+from mor.train.config import saved
 
 # Confidence of a regressor's value: it gives no probability, so the expert declares a middling one.
 DEFAULT_CONFIDENCE = 0.5
@@ -121,7 +120,7 @@ class TrainedModel:
     def __init__(self, checkpoint: str | Path, where: str, default_confidence: float = DEFAULT_CONFIDENCE) -> None:
         check(0 <= default_confidence <= 1, f"{where}: default_confidence must be in [0, 1]")
         loaded = load(Path(checkpoint))
-        config = parse(yaml.safe_load(loaded.config), str(loaded.path / CONFIG))
+        config = saved(loaded.config, loaded.path / CONFIG)
         task = get_task(config.data.task, **config.data.options)
         check(not task.tokens, f"{where}: {loaded.path} is a token model ({config.data.task}); "
                                f"only models over numeric features can answer here")
