@@ -102,6 +102,28 @@ def test_route_answers_503_with_retry_after_while_every_expert_is_in_cooldown(tm
     assert "503" in schema["paths"]["/v1/route"]["post"]["responses"]
 
 
+# ---- a legacy `functions` array counts as carrying tools ----
+
+def test_a_legacy_functions_array_routes_like_tools(tmp_path):
+    system = system_file(tmp_path, [{"name": "chat", "kind": "callable", "function": "builtins:str.upper",
+                                     "hints": {"keywords": ["weather"]}},
+                                    {"name": "agent", "kind": "callable", "function": "builtins:str.lower",
+                                     "capabilities": ["tool"]}], router={"default": "chat"})
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    functions = [{"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+    async def body(client: httpx.AsyncClient, service: Service) -> list[httpx.Response]:
+        return [await client.post("/v1/route", json={"messages": messages}),
+                await client.post("/v1/route", json={"messages": messages, "functions": functions}),
+                await client.post("/v1/chat/completions", json={"model": "mor", "messages": messages,
+                                                                "functions": functions})]
+
+    plain, legacy, chat = run(write_settings(tmp_path, system=str(system)), body)
+    assert plain.json()["selected"] == ["chat"]
+    assert legacy.json()["selected"] == ["agent"] and "request carries tools" in legacy.json()["explanation"]
+    assert chat.json()["choices"][0]["message"]["content"] == "weather in oslo?"
+
+
 # ---- finding 8: checkpoints that cannot be read leave their model unready ----
 
 def fake_checkpoint(folder: Path, config: str) -> Path:

@@ -232,6 +232,21 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path):
         read_labeled(path)
 
 
+def test_a_legacy_functions_array_reads_as_function_tools(tmp_path):
+    function = {"name": "weather", "parameters": {"type": "object", "properties": {}}}
+    path = write_lines(tmp_path / "data.jsonl", [
+        {"text": "weather in Oslo?", "label": "tool", "functions": [function]},
+        {"messages": [{"role": "user", "content": "and in Bergen?"}], "label": "tool", "functions": [function],
+         "tools": [{"type": "function", "function": {"name": "search"}}]},
+    ])
+    requests, _ = read_labeled(path)
+    assert requests[0].tools == ({"type": "function", "function": function},)
+    assert [t["function"]["name"] for t in requests[1].tools] == ["search", "weather"]
+    bad = write_lines(tmp_path / "bad.jsonl", [{"text": "weather?", "label": "tool", "functions": ["weather"]}])
+    with pytest.raises(MorError, match=rf"^{bad}:1: request.functions\[0\]: expected an OpenAI function object"):
+        read_labeled(bad)
+
+
 def test_tools_that_are_not_a_list_of_objects_are_named(tmp_path):
     path = write_lines(tmp_path / "data.jsonl", [{"text": "add 2 and 3", "label": "tool", "tools": "calc"}])
     with pytest.raises(MorError, match=f"^{path}:1: "):

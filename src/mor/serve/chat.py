@@ -26,14 +26,13 @@ from mor.serve.schemas import (
     Choice,
     ChunkChoice,
     Delta,
-    Message,
-    Tool,
+    RouteRequest,
     Usage,
 )
 from mor.serve.service import Service, ServiceDep
 from mor.serve.views import extension
 from mor.system.reply import Reply
-from mor.system.request import Request
+from mor.system.request import Request, as_tools
 from mor.system.system import MoRSystem
 
 router = APIRouter(tags=["chat"])
@@ -46,11 +45,12 @@ STREAM = {"description": "The completion, or with `stream: true` its chunks as s
           "content": {"text/event-stream": {"schema": EVENT}}}
 
 
-def to_request(messages: list[Message], tools: list[Tool] | None) -> Request:
-    """The system's request, or a 400 saying what is wrong with the messages."""
+def to_request(body: ChatRequest | RouteRequest) -> Request:
+    """The system's request (a legacy `functions` array read as tools), or a 400 saying what is wrong with it."""
     try:
-        return Request(messages=tuple(m.as_dict() for m in messages),
-                       tools=tuple(t.model_dump(exclude_none=True) for t in tools or ()))
+        return Request(messages=tuple(m.as_dict() for m in body.messages),
+                       tools=as_tools([t.model_dump(exclude_none=True) for t in body.tools or ()],
+                                      [f.model_dump(exclude_none=True) for f in body.functions or ()]))
     except MorError as err:
         raise ApiError(400, str(err), param="messages") from None
 
@@ -61,7 +61,7 @@ async def chat_completions(body: ChatRequest, caller: Caller,
                            service: ServiceDep) -> ChatCompletion | StreamingResponse:
     """Answer the conversation with the routed, reflected experts; `mor` in the reply says how."""
     system = service.chat_system(body.model)
-    request = to_request(body.messages, body.tools)
+    request = to_request(body)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage

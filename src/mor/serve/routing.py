@@ -23,7 +23,7 @@ async def route(body: RouteRequest, caller: Caller, service: ServiceDep) -> Rout
     if service.system is None:
         raise ApiError(404, "routing: no system is configured; set `system` in the serve config", code="no_system")
     try:
-        decision = service.system.route(to_request(body.messages, body.tools))
+        decision = service.system.route(to_request(body))
     except MorError as err:
         raise _unavailable(service.system, err) from None
     return RouteResponse(selected=decision.selected, fallback=decision.fallback, reason=decision.reason,

@@ -59,6 +59,8 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1, description="the service's chat model (GET /v1/models)")
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
+    functions: list[FunctionSpec] | None = Field(None, description="OpenAI's deprecated function calling; "
+                                                                  "read as function tools")
     tool_choice: str | dict[str, Any] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -196,6 +198,8 @@ class RouteRequest(BaseModel):
         {"messages": [{"role": "user", "content": "what does the reflection halting rule do"}]}]})
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
+    functions: list[FunctionSpec] | None = Field(None, description="OpenAI's deprecated function calling; "
+                                                                  "read as function tools")
 
 
 class RouteResponse(BaseModel):

@@ -1,10 +1,11 @@
-"""Labeled requests from JSONL: one object per line with `text` (or OpenAI `messages`), `label`, optional `tools`."""
+"""Labeled requests from JSONL: one object per line with `text` (or OpenAI `messages`), `label`, optional `tools`
+(or the legacy `functions`)."""
 
 import json
 from pathlib import Path
 
 from mor.errors import ConfigError, MorError
-from mor.system.request import Request
+from mor.system.request import Request, as_tools
 
 
 def read_labeled(path: str | Path) -> tuple[list[Request], list[str]]:
@@ -29,10 +30,11 @@ def read_labeled(path: str | Path) -> tuple[list[Request], list[str]]:
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
                 raise MorError(f"{where}: expected an object with a string 'label', got {line.strip()[:80]!r}")
             try:
+                tools = as_tools(row.get("tools"), row.get("functions"))
                 if "messages" in row:
-                    requests.append(Request(tuple(row["messages"]), tuple(row.get("tools") or ())))
+                    requests.append(Request(tuple(row["messages"]), tools))
                 else:
-                    requests.append(Request.of(row.get("text"), row.get("tools")))
+                    requests.append(Request.of(row.get("text"), list(tools)))
             except (ConfigError, TypeError) as err:
                 raise MorError(f"{where}: {err}") from None
             labels.append(row["label"])

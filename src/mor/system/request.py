@@ -1,6 +1,7 @@
 """What a system is asked and what an expert gives back: `Request`, `Answer` (whole, or `Delta` by `Delta` as it is
 made) and its `Cost`."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -48,6 +49,16 @@ class Request:
         texts = [(m.get("role"), _content_text(m.get("content"))) for m in self.messages]
         said = [text for _, text in texts if text.strip()]
         return ([text for role, text in texts if role == "user" and text.strip()] or said)[-1]
+
+
+def as_tools(tools: Iterable[Any] | None, functions: Iterable[Any] | None = None) -> tuple[dict[str, Any], ...]:
+    """The tools a request offers: its `tools` array, then each entry of a legacy `functions` array (OpenAI's
+    function calling before tools) as a function tool, so that either one counts as carrying tools."""
+    legacy = list(functions or ())
+    for i, function in enumerate(legacy):
+        check(isinstance(function, dict), f"request.functions[{i}]: expected an OpenAI function object "
+                                          f"({{'name': …, 'parameters': …}}), got {function!r:.80}")
+    return (*(tools or ()), *({"type": "function", "function": function} for function in legacy))
 
 
 def _content_text(content: Any) -> str:
