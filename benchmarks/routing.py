@@ -6,13 +6,18 @@ Measured in one run, against the issue's reference (TF-IDF + logistic regression
 - routing latency with 50 experts against 5 (same requests, interleaved);
 - routing latency with MiniLM's routing copy as shipped (its routing precision, bf16 where the CPU has it; packed
   weights; the compact forward) against fp32, plain linear weights and transformers' own forward (interleaved);
-- per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation).
+- per-expert load over 4 equally capable experts under 64 concurrent requests (coefficient of variation);
+- start-up: a fresh process loading the saved router and routing one request, against the same process also
+  loading the saved MiniLM with transformers, as routers loaded before they skipped it (interleaved).
 """
 
 import argparse
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +37,16 @@ from mor.system.system import MoRSystem
 SYSTEM_PROMPT = {"role": "system", "content": "You are a helpful assistant. Answer accurately and concisely."}
 EARLIER_TURNS = ({"role": "user", "content": "Hi! I have a question for you."},
                  {"role": "assistant", "content": "Sure, go ahead and ask."})
+STARTUP = """
+import sys
+from pathlib import Path
+from mor.system.head import LabelHead
+folder = Path(sys.argv[1])
+LabelHead.load(folder).proba(["What is the capital of France?"])
+if sys.argv[2] == "transformers":
+    from transformers import AutoModel
+    AutoModel.from_pretrained(str(folder / "minilm"), local_files_only=True)
+"""
 SHARED = Path(os.environ.get("MOR_ROUTING_DATA", Path(__file__).resolve().parents[2] / "shared/data/routing"))
 
 
@@ -123,6 +138,25 @@ def encoder_variants(head: LabelHead, requests: list, rounds: int) -> dict | Non
             "ms_per_request": {k: 1000 * statistics.median(v) / len(requests) for k, v in times.items()}}
 
 
+def startup(head: LabelHead, rounds: int) -> dict | None:
+    """Seconds of a fresh Python process that loads the saved router and routes one request, against the same
+    process also loading the saved MiniLM with transformers' `AutoModel` (the import and load that every start paid
+    while the routing copy was made from transformers' model); interleaved, paired. None without MiniLM."""
+    if "minilm" not in head.encoders:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "router"
+        head.save(folder)
+
+        def start(mode: str):
+            return lambda: subprocess.run([sys.executable, "-c", STARTUP, str(folder), mode], check=True,
+                                          capture_output=True)
+        times = interleaved({"router": start("router"), "router + transformers": start("transformers")},
+                            rounds=rounds, warmup=1)
+    return {"s": {k: statistics.median(v) for k, v in times.items()},
+            "ratio": paired_ratio(times["router"], times["router + transformers"])}
+
+
 def load_spread(requests: int = 64, experts: int = 4) -> dict:
     """Per-expert call counts when `requests` concurrent asks meet `experts` equally capable experts."""
     async def work(question: str) -> str:
@@ -162,6 +196,9 @@ def markdown(r: dict) -> str:
           if (e := r.get("encoder")) else []),
         f"Load over 4 equal experts, 64 concurrent requests: calls {load['calls']}, coefficient of variation "
         f"{load['cv']:.1%}.",
+        *([f"Start-up, a fresh process loading the saved router and routing one request: {u['s']['router']:.2f} s "
+           f"median; with transformers' MiniLM loaded as well {u['s']['router + transformers']:.2f} s; time ratio "
+           f"{fmt_ratio(u['ratio'])}."] if (u := r.get("startup")) else []),
         md_machine(r["machine"], r["other_load_cores"]) + f" Wall time {r['wall_s']:.0f} s."])
 
 
@@ -177,7 +214,8 @@ def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED
     results = {"machine": machine([1]), "quick": quick, "quality": q,
                "scaling": scaling(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
                "encoder": encoder_variants(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
-               "load": load_spread(), "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
+               "load": load_spread(), "startup": startup(head, rounds=1 if quick else 5),
+               "other_load_cores": load.cores(), "wall_s": time.perf_counter() - start}
     write(out_dir, "route", results, markdown(results))
     return results
 

@@ -5,7 +5,8 @@ import json
 import pytest
 from benchmarks import routing
 
-from mor.system.encoders import minilm_path, native_bf16
+from mor.system.encoders import minilm_path
+from mor.system.minilm import native_bf16
 from routing_data import SHARED
 
 
@@ -25,4 +26,8 @@ def test_routing_benchmark_quick_run_writes_its_tables(tmp_path):
     if encoder is not None:  # as shipped; with plain weights; with transformers' forward; fp32 packed and plain
         assert len(encoder["ms_per_request"]) == (5 if fp32_row else 3)
         assert len(encoder["ratios"]) == (4 if fp32_row else 2)
+    startup = saved["startup"]
+    assert (startup is not None) == (minilm_path() is not None)
+    if startup is not None:
+        assert set(startup["s"]) == {"router", "router + transformers"} and startup["ratio"]["median"] > 0
     assert "coefficient of variation" in (tmp_path / "route.md").read_text()

@@ -1,7 +1,6 @@
 """The compact BERT forward that routing runs: transformers' token states from the same weights, padded or not,
-packed or not, and transformers' own forward kept for models it does not fit."""
-
-import copy
+packed or not, built from a live model or from weights by name, and transformers' own forward kept for models it
+does not fit."""
 
 import numpy as np
 import pytest
@@ -34,7 +33,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_compact_forward_gives_transformers_token_states(pack):
     bert = _bert()
     ids, mask = _inputs()
-    compact = CompactBert(copy.deepcopy(bert))
+    compact = CompactBert.from_model(bert)
     compact = packed(compact) if pack else compact
     packs = pack and torch.backends.mkldnn.is_available()
     assert any(isinstance(m, PackedLinear) for m in compact.modules()) == packs
@@ -48,9 +47,28 @@ def test_compact_forward_gives_transformers_token_states(pack):
 
 
 def test_compact_forward_fits_only_the_berts_it_computes():
-    assert CompactBert.fits(_bert())
-    assert not CompactBert.fits(_bert(hidden_act="relu"))
-    assert not CompactBert.fits(_bert(position_embedding_type="relative_key"))
+    assert CompactBert.fits(_bert().config.to_dict())
+    assert not CompactBert.fits(_bert(hidden_act="relu").config.to_dict())
+    assert not CompactBert.fits(_bert(position_embedding_type="relative_key").config.to_dict())
+    assert not CompactBert.fits({"model_type": "bert", "hidden_act": "gelu", "is_decoder": True})
+
+
+def test_weights_by_name_build_the_same_model_and_a_missing_or_misshapen_one_is_named():
+    bert = _bert()
+    config, weights = bert.config.to_dict(), bert.state_dict()
+    ids, mask = _inputs()
+    prefixed = CompactBert.from_weights(config, {f"bert.{k}": v for k, v in weights.items()})  # as a task model saves
+    with torch.inference_mode():
+        assert torch.equal(prefixed(ids, mask), CompactBert.from_model(bert)(ids, mask))
+    words = bert.embeddings.word_embeddings.weight.clone()
+    with torch.no_grad():
+        prefixed.words.weight.add_(1)
+    assert torch.equal(bert.embeddings.word_embeddings.weight, words)  # a copy: routing never writes the trained model
+    missing = {k: v for k, v in weights.items() if k != "encoder.layer.2.output.dense.bias"}
+    with pytest.raises(ValueError, match=r"lack 'encoder.layer.2.output.dense.bias'"):
+        CompactBert.from_weights(config, missing)
+    with pytest.raises(ValueError, match=r"size mismatch for blocks.0.up.weight"):
+        CompactBert.from_weights({**config, "intermediate_size": 64}, weights)
 
 
 @needs_minilm
@@ -61,10 +79,10 @@ def test_minilm_routing_matches_transformers_forward_and_falls_back_where_it_mus
     encoder.compact = False
     library = encoder.encode(texts)
     assert np.allclose(compact, library, atol=1e-5)
-    assert isinstance(encoder._routing[torch.float32, True, True], CompactBert)
-    assert not isinstance(encoder._routing[torch.float32, True, False], CompactBert)
+    assert isinstance(encoder._routing[torch.float32, True, True].model, CompactBert)
+    assert not isinstance(encoder._routing[torch.float32, True, False].model, CompactBert)
     encoder.compact = True
     encoder.model.config.hidden_act = "gelu_new"  # a model the compact forward does not compute: the library's runs
     encoder.train()
     encoder.eval()
-    assert not isinstance(encoder.routing_model(), CompactBert)
+    assert not isinstance(encoder.routing().model, CompactBert)

@@ -19,6 +19,7 @@ from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
 from mor.system.head import HELD_OUT, HeadConfig, LabelHead, _temperature
+from mor.system.minilm import MiniLMRouting
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
 from routing_data import SHARED, generated, write_jsonl
@@ -120,9 +121,8 @@ def test_bf16_routing_agrees_with_fp32_and_copies_the_weights_again_after_traini
     assert b.dtype == np.float32 and (a * b).sum(axis=1).min() > 0.99  # cosines of unit vectors
     assert next(bf16.model.parameters()).dtype == torch.float32  # the trained weights stay fp32
     bf16.save(tmp_path)
-    loaded = MiniLMEncoder.load(tmp_path, max_tokens=32, precision="bf16")
-    copy = loaded._routing[torch.bfloat16, True, True]  # copied on load, not on first request
-    assert next(copy.parameters()).dtype == torch.bfloat16
+    loaded = MiniLMRouting.load(tmp_path, max_tokens=32, precision="bf16")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
     assert np.allclose(loaded.encode(texts), b, atol=1e-6)
     bf16.train()
     with torch.no_grad():

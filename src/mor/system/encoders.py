@@ -12,37 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
 from mor.errors import ConfigError, MorError, check
 from mor.system.bert import CompactBert
+from mor.system.minilm import MiniLMRouting, States, batcher, inference_dtype, pool, tokens
 from mor.system.packed import packed
-
-
-def unusable(path: Path, what: str) -> str:
-    """The one-line message for a router file that is missing, malformed or at odds with the others."""
-    return " ".join(f"router {path.parent}: {path.name} {what}; retrain the router with "
-                    f"`mor route train --data FILE.jsonl --out {path.parent}`".split())
-
-
-def read_json(path: Path) -> Any:
-    """A router folder's JSON file, or a one-line MorError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise MorError(unusable(path, f"cannot be read ({e})")) from None
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A router folder's safetensors file, or a one-line MorError naming it."""
-    try:
-        return load_file(path)
-    except (OSError, SafetensorError) as e:
-        raise MorError(unusable(path, f"cannot be read ({e})")) from None
+from mor.system.router_files import read_json, read_tensors, unusable
 
 
 def minilm_path() -> Path | None:
@@ -117,36 +96,12 @@ def _matches(vocabulary: Any, idf: torch.Tensor | None) -> bool:
     return set(positions) == set(range(len(idf)))
 
 
-class _States(nn.Module):
-    """A transformers model called like `CompactBert`: token states from ids and mask."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 faster than fp32."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(probe is not None and probe())
-
-
-def inference_dtype(precision: str) -> torch.dtype:
-    """The dtype `encode` runs in: `auto` is bf16 where the CPU computes it natively, else fp32."""
-    check(precision in {"auto", "fp32", "bf16"}, f"router.precision: {precision!r} is not one of auto, fp32, bf16")
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
-    return torch.bfloat16 if bf16 else torch.float32
-
-
 class MiniLMEncoder(nn.Module):
     """all-MiniLM-L6-v2 (mean-pooled, normalised); trainable, so the router can fine-tune it on labeled requests.
 
     `layers` keeps only the first transformer layers: encoding time is about proportional to them. `precision`
-    is the one `encode` (routing) runs in; training always runs in fp32, and routing runs a copy of the weights,
-    packed, in a compact forward (`mor.system.bert`).
+    is the one `encode` (routing) runs in; training always runs in fp32, and routing runs a copy of the weights
+    (`mor.system.minilm`), the one a saved router loads.
     """
 
     kind = "minilm"
@@ -170,8 +125,9 @@ class MiniLMEncoder(nn.Module):
             check(1 <= layers <= self.layers, f"router.layers: {layers} is outside 1–{self.layers}")
             self.model.encoder.layer = self.model.encoder.layer[:layers]
             self.model.config.num_hidden_layers = layers
-        self.max_tokens, self.dtype, self.pack, self.compact = max_tokens, inference_dtype(precision), True, True
-        self._routing: dict[tuple, nn.Module] = {}  # the copies encode() runs, by (dtype, pack, compact)
+        self.word_pieces = batcher(self.tokenizer.backend_tokenizer, self.tokenizer.pad_token, max_tokens)
+        self.dtype, self.pack, self.compact = inference_dtype(precision), True, True
+        self._routing: dict[tuple, MiniLMRouting] = {}  # the copies encode() runs, by (dtype, pack, compact)
 
     @property
     def dim(self) -> int:
@@ -182,33 +138,30 @@ class MiniLMEncoder(nn.Module):
         return len(self.model.encoder.layer)
 
     def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        return tokens(self.word_pieces, texts)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """(n, dim) mean-pooled, L2-normalised embeddings, differentiable."""
         batch = self.tokens(texts)
-        return self.pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+        return pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
     def train(self, mode: bool = True) -> "MiniLMEncoder":
         if mode:
             self._routing.clear()  # the weights may change: the next encode() copies them again
         return super().train(mode)
 
-    def routing_model(self) -> nn.Module:
-        """The model `encode` runs, `(input_ids, attention_mask) -> token states`: a copy of the weights in `dtype`,
-        in the compact forward if `compact` (and the model fits it), its linear layers packed if `pack`."""
+    def routing(self) -> MiniLMRouting:
+        """What `encode` runs: a copy of the weights in `dtype`, in the compact forward if `compact` (and the model
+        fits it), its linear layers packed if `pack`."""
         key = (self.dtype, self.pack, self.compact)
         if key not in self._routing:
-            model = copy.deepcopy(self.model).to(self.dtype).eval()
-            model = CompactBert(model) if self.compact and CompactBert.fits(model) else _States(model)
-            self._routing[key] = packed(model) if self.pack else model
+            if self.compact and CompactBert.fits(self.model.config.to_dict()):
+                model = CompactBert.from_model(self.model, self.dtype)
+            else:
+                model = States(copy.deepcopy(self.model).to(self.dtype).eval())
+            self._routing[key] = MiniLMRouting(self.word_pieces, packed(model) if self.pack else model, self.dim,
+                                               self.dtype)
         return self._routing[key]
-
-    @staticmethod
-    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over real tokens, then unit norm: the sentence-transformers recipe of this model."""
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        return nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
     def hidden(self, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
         """Token states after the first `layer` transformer layers (what fine-tuning the rest starts from)."""
@@ -220,29 +173,17 @@ class MiniLMEncoder(nn.Module):
         for block in self.model.encoder.layer[layer:]:
             hidden = block(hidden, attention_mask=additive)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return self.pool(hidden, mask)
+        return pool(hidden, mask)
 
-    @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(n, dim) float32 embeddings for routing, computed in the inference precision."""
-        model, parts = self.routing_model(), []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokens(texts[start:start + batch_size])
-            mask = batch["attention_mask"]
-            parts.append(self.pool(model(batch["input_ids"], mask).float(), mask))
-        return torch.cat(parts).numpy()
+        return self.routing().encode(texts, batch_size)
 
     def project(self, texts: list[str], weight: np.ndarray) -> np.ndarray:
         """`encode(texts) @ weight`: the features times a block of a linear head's weights."""
-        return self.encode(texts) @ weight
+        return self.routing().project(texts, weight)
 
     def save(self, folder: Path) -> None:
+        """A transformers model folder (`from_pretrained` reads it), which `MiniLMRouting.load` reads without it."""
         self.model.save_pretrained(folder / "minilm")
         self.tokenizer.save_pretrained(folder / "minilm")
-
-    @classmethod
-    def load(cls, folder: Path, max_tokens: int = 128, precision: str = "fp32") -> "MiniLMEncoder":
-        """A saved encoder, with its routing copy made now so the first request does not pay for it."""
-        encoder = cls(folder / "minilm", max_tokens, precision=precision)
-        encoder.routing_model()
-        return encoder

@@ -28,16 +28,10 @@ from sklearn.model_selection import train_test_split
 
 from mor.durable import sync
 from mor.errors import ConfigError, MorError, check
-from mor.system.encoders import (
-    MiniLMEncoder,
-    TfidfEncoder,
-    inference_dtype,
-    minilm_path,
-    read_json,
-    read_tensors,
-    unusable,
-)
+from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
+from mor.system.minilm import MiniLMRouting, inference_dtype
 from mor.system.options import without_options
+from mor.system.router_files import read_json, read_tensors, unusable
 from mor.system.tuning import fine_tune
 
 HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
@@ -156,7 +150,8 @@ class LabelHead:
               MorError)
         meta = _read_meta(folder / "head.json")
         config = meta["config"]
-        loaders = {"tfidf": TfidfEncoder.load, "minilm": lambda f: _load_minilm(f, config)}
+        loaders = {"tfidf": TfidfEncoder.load,
+                   "minilm": lambda f: MiniLMRouting.load(f, config.max_tokens, config.precision)}
         encoders = {part: loaders[part](folder) for part in meta["encoders"]}
         weight, bias = _read_linear(folder / "head.safetensors", len(meta["labels"]),
                                     sum(e.dim for e in encoders.values()))
@@ -225,14 +220,6 @@ def _read_meta(path: Path) -> dict:
     except (TypeError, ConfigError) as e:
         raise MorError(unusable(path, f"has an invalid config ({e})")) from None
     return meta
-
-
-def _load_minilm(folder: Path, config: HeadConfig) -> MiniLMEncoder:
-    """The saved fine-tuned MiniLM, or a one-line MorError naming its folder."""
-    try:
-        return MiniLMEncoder.load(folder, config.max_tokens, config.precision)
-    except (OSError, ValueError) as e:
-        raise MorError(unusable(folder / "minilm", f"cannot be loaded ({e})")) from None
 
 
 def _read_linear(path: Path, labels: int, width: int) -> tuple[np.ndarray, np.ndarray]:
