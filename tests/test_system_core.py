@@ -585,6 +585,36 @@ def test_ensemble_reply_cost_includes_the_synthesis_call():
     assert reply.cost.money == pytest.approx(0.7)
 
 
+def test_removing_an_expert_while_a_request_is_in_flight_moves_its_fallback_on():
+    async def slow_fail(question: str):
+        await asyncio.sleep(0.2)
+        raise RuntimeError("down")
+
+    system = make_system(expert("a", slow_fail, keywords=["x"]), expert("b", replying("b's answer")),
+                         expert("c", replying("c's answer")))
+
+    async def remove_b_meanwhile():
+        task = asyncio.create_task(system.ask("x"))
+        await asyncio.sleep(0.05)
+        system.remove("b")  # a's fallbacks were ranked b, c when the request was routed
+        return await task
+
+    reply = run(remove_b_meanwhile())
+    assert reply.answer.expert == "c" and reply.answer.text == "c's answer"
+    assert system.stats["b"].in_flight == 0 and system.stats["b"].calls == 0
+
+
+def test_ensemble_scores_the_synthesizers_fused_answer_apart_from_its_direct_one():
+    async def llm(request: Request):
+        return ("FUSED: Paris", 0.95) if "Several experts answered" in request.question else ("Lyon", 0.1)
+
+    system = make_system(expert("llm", llm, keywords=["capital"]), expert("a", replying("Paris", 0.9),
+                                                                         keywords=["capital"]),
+                         top_k=2, mode="ensemble", synthesizer="llm")
+    reply = ask(system, "capital of France")
+    assert (reply.answer.expert, reply.answer.text) == ("llm", "FUSED: Paris")
+
+
 def test_ensemble_with_one_usable_answer_skips_the_synthesizer():
     prompts: list[str] = []
 

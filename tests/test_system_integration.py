@@ -8,6 +8,7 @@ from mor.errors import ConfigError, MorError
 from mor.system import Answer, Cost, Request
 from mor.system.integration import (
     chained_request,
+    ensemble,
     fit_stacking,
     normalise,
     stacking,
@@ -124,6 +125,17 @@ def test_stacking_applies_coefficients_and_intercept():
     assert combined.value == pytest.approx(3.0)
 
 
+def test_stacking_uses_its_coefficients_only_when_the_experts_they_were_fitted_on_answered():
+    """A fitted formula with a term missing is not a prediction: a failed expert's term would count as 0."""
+    coefficients = {"a": 0.5, "b": 0.5}
+    full = stacking([number("a", 10.0), number("b", 20.0)], coefficients)
+    assert full.value == pytest.approx(15.0) and full.details["combined_by"] == "coefficients"
+    one_failed = stacking([number("a", 10.0, 0.9), failed("b")], coefficients)
+    assert one_failed.value == pytest.approx(10.0) and one_failed.details["combined_by"] == "confidence-weighted mean"
+    stand_in = stacking([number("a", 10.0, 0.5), failed("b"), number("c", 30.0, 0.5)], coefficients)
+    assert stand_in.value == pytest.approx(20.0)
+
+
 def test_stacking_skips_failed_answers_and_refuses_non_numbers():
     assert stacking([number("a", 4.0, 1.0), failed("b")]).value == pytest.approx(4.0)
     with pytest.raises(MorError, match="expert b answered 'seven', not a finite number"):
@@ -182,3 +194,20 @@ def test_chained_request_appends_the_previous_answer_and_keeps_tools():
     assert chained.messages[2]["role"] == "user"
     assert chained.messages[2]["content"].startswith("A previous expert (planner) answered:\nstep 1, step 2")
     assert chained.tools == tools and len(chained.messages) == 3
+
+
+# ---- ensemble ----
+
+def test_ensemble_scores_the_fused_answer_apart_from_the_synthesizers_own():
+    """The synthesizer answered directly (unsure) and fused (sure): its direct answer must not stand in for the
+    fused one, as it did when both were scored under the expert's name."""
+    fused = text("llm", "FUSED: Paris", 0.95)
+    combined = ensemble(fused, [text("llm", "Lyon", 0.1), text("a", "Paris", 0.9)])
+    assert (combined.expert, combined.text) == ("llm", "FUSED: Paris")
+    assert combined.details["scores"] == pytest.approx({"llm (synthesis)": 1.9, "llm": 0.1, "a": 0.9})
+    assert [alt["answer"] for alt in combined.details["alternatives"]] == ["Lyon", "Paris"]
+
+
+def test_ensemble_keeps_a_far_surer_direct_answer():
+    combined = ensemble(text("judge", "maybe", 0.2), [text("a", "42", 0.9), text("b", "41", 0.3)])
+    assert (combined.expert, combined.text, combined.confidence) == ("a", "42", 0.9)

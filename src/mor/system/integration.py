@@ -37,6 +37,17 @@ def weighted(answers: list[Answer], weights: dict[str, float] | None = None) -> 
     return _merged(best, answers, best.confidence, mode="weighted", scores=score)
 
 
+def ensemble(fused: Answer, answers: list[Answer], weight: float = 2.0) -> Answer:
+    """The synthesis expert's fused answer, its confidence counted `weight` times against each direct answer's, so a
+    direct answer wins only when it is far surer; scored apart even when the synthesizer also answered directly."""
+    ok = _usable(answers)
+    direct = max(ok, key=lambda a: a.confidence)
+    best = fused if fused.ok and weight * fused.confidence >= direct.confidence else direct
+    scores = {f"{fused.expert} (synthesis)": weight * fused.confidence if fused.ok else 0.0,
+              **{a.expert: a.confidence for a in ok}}
+    return _merged(best, [fused, *answers], best.confidence, mode="ensemble", scores=scores)
+
+
 def normalise(text: str) -> str:
     """Answer text reduced to what votes compare: case, accents, punctuation and spacing removed; numbers canonical."""
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().strip()
@@ -63,19 +74,23 @@ def voting(answers: list[Answer]) -> Answer:
 
 
 def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None, intercept: float = 0.0) -> Answer:
-    """Numeric answers combined linearly: learned coefficients when given, else confidence-weighted mean."""
+    """Numeric answers combined linearly: the learned coefficients when exactly the experts they were fitted on
+    answered, else (none given, one of them failed, or another expert answered in its place) the
+    confidence-weighted mean of the answers there are: a fitted formula with a term missing is not a prediction."""
     ok = _usable(answers)
     for a in ok:
         check(isinstance(a.value, int | float) and math.isfinite(a.value),
               f"integration.stacking: expert {a.expert} answered {a.content[:40]!r}, not a finite number; "
               "stacking combines numeric predictors only", MorError)
-    if coefficients:
-        value = intercept + sum(coefficients.get(a.expert, 0.0) * a.value for a in ok)
+    fitted = bool(coefficients) and sorted(a.expert for a in ok) == sorted(coefficients)
+    if fitted:
+        value = intercept + sum(coefficients[a.expert] * a.value for a in ok)
     else:
         weights = [a.confidence for a in ok] if sum(a.confidence for a in ok) > 0 else [1.0] * len(ok)
         value = sum(w * a.value for w, a in zip(weights, ok, strict=True)) / sum(weights)
     confidence = sum(a.confidence for a in ok) / len(ok)
-    combined = _merged(max(ok, key=lambda a: a.confidence), answers, confidence, mode="stacking")
+    combined = _merged(max(ok, key=lambda a: a.confidence), answers, confidence, mode="stacking",
+                       combined_by="coefficients" if fitted else "confidence-weighted mean")
     combined.value, combined.text = value, None
     return combined
 

@@ -207,7 +207,7 @@ class MoRSystem:
             fused = await self._call(self.combine.synthesizer, integration.synthesis_request(request, answers))
             syntheses.append(fused)
             if fused.ok:
-                return integration.weighted([fused, *answers], {fused.expert: 2.0})
+                return integration.ensemble(fused, answers)
         return integration.weighted(answers)
 
     def _limit(self, name: str) -> asyncio.Semaphore:
@@ -244,6 +244,9 @@ class MoRSystem:
         expert's load when the request was routed; the call takes that reservation over. A call cancelled or closed
         early gives its load back without counting as a failure.
         """
+        if name not in self.experts:  # removed since the request was routed: the next expert is asked instead
+            yield Answer(expert=name, error="removed while the request was in flight", confidence=0.0)
+            return
         expert, stats = self.experts[name], self.stats[name]
         if reserved is not None and name in reserved:
             reserved.discard(name)
