@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 
 import mor.system.head as head_module
 from mor.errors import ConfigError, MorError
+from mor.system.config import load_system
 from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
@@ -179,6 +180,46 @@ def test_below_min_confidence_the_default_expert_answers(tfidf_head):
     router = _label_router(tfidf_head, min_confidence=0.999, default="code-expert")
     decision = router.route(Request.of("lighthouse"))
     assert decision.fallback and decision.selected == ["code-expert"] and "min_confidence" in decision.reason
+
+
+def test_a_request_carrying_tools_is_not_sent_to_the_default_by_min_confidence(tfidf_head):
+    """Experts as in configs/route.yaml: the head is sure the question is math, the tools make the tool-capable
+    expert win; comparing min_confidence with that expert's own (math-free) probability sent it to the default."""
+    experts = [ExpertInfo(name="llm", capabilities=["code", "creative", "reasoning", "tool"]),
+               ExpertInfo(name="sympy", capabilities=["math"]), ExpertInfo(name="docs", capabilities=["knowledge"])]
+    router = SystemRouter(experts, tfidf_head, selection=Selection(min_confidence=0.3, default="docs"))
+    tool = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}
+    question = "What is 7 times 6?"
+    assert router.route(Request.of(question)).selected == ["sympy"]
+    decision = router.route(Request.of(question, [tool]))
+    assert decision.selected == ["llm"] and not decision.fallback
+
+
+def test_evaluation_counts_a_choice_right_when_the_chosen_expert_serves_the_label(tfidf_head):
+    held_out = generated(8, seed=2)
+    requests, labels = [Request.of(r["text"]) for r in held_out], [r["label"] for r in held_out]
+    experts = [ExpertInfo(name="llm", capabilities=["code", "creative", "reasoning", "tool"]),
+               ExpertInfo(name="sympy", capabilities=["math"]), ExpertInfo(name="docs", capabilities=["knowledge"])]
+    by_label = evaluate(_label_router(tfidf_head), requests, labels)
+    shared = evaluate(SystemRouter(experts, tfidf_head), requests, labels)
+    assert shared["accuracy"] >= by_label["accuracy"] > 0.9  # serving more labels cannot make a choice wrong
+    assert shared["recall"]["creative"] == 1.0 and set(shared["labels"]) == set(tfidf_head.labels)
+
+
+def test_min_confidence_without_a_default_is_refused_once_a_head_is_configured(tfidf_head, tmp_path):
+    config = tmp_path / "system.yaml"
+    config.write_text("experts:\n  - {name: sympy, kind: math, capabilities: [math]}\nrouter: {min_confidence: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"router.min_confidence: 0.5 needs router.default") as caught:
+        load_system(config, head=tfidf_head)
+    assert "\n" not in str(caught.value)
+
+
+def test_fine_tuning_settings_that_cannot_train_are_refused_and_fewer_layers_tune_them_all():
+    assert HeadConfig(layers=2).tune_layers == 2 and HeadConfig().tune_layers == 3
+    with pytest.raises(ConfigError, match=r"router.tune_epochs: 0 epochs cannot fine-tune"):
+        HeadConfig(tune_epochs=0)
+    with pytest.raises(ConfigError, match=r"the texts give TF-IDF nothing to read \(empty vocabulary"):
+        LabelHead.fit(["?", "!"] * 40, ["a", "b"] * 40, HeadConfig(encoder="tfidf"))
 
 
 def test_evaluation_scores_routing_and_reports_latency(tfidf_head):

@@ -94,6 +94,9 @@ def build_system(config: SystemConfig, source: str = "config", head: LabelHead |
             check(r.path.is_dir(), f"router.path: {r.path} is not a folder; train a router first with "
                                    f"`mor route train --data FILE.jsonl --out {r.path}`")
             head = LabelHead.load(r.path)
+        check(head is None or not r.min_confidence or r.default is not None,
+              f"router.min_confidence: {r.min_confidence} needs router.default, the expert that answers when the "
+              "head is less sure; set router.default or remove min_confidence")
         router = SystemRouter([e.info for e in experts], head, RouterWeights(**r.weights.model_dump()),
                               Selection(r.top_k, r.threshold, r.min_confidence, r.default))
         _check_capabilities(router)

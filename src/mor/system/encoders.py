@@ -45,8 +45,12 @@ class TfidfEncoder:
                                       dtype=np.float32)]
 
     def fit(self, texts: list[str]) -> "TfidfEncoder":
-        for part in self.parts:
-            part.fit(texts)
+        try:
+            for part in self.parts:
+                part.fit(texts)
+        except ValueError as e:  # no n-gram occurs in the texts (or often enough): scikit-learn says which
+            raise ConfigError(f"router training data: the texts give TF-IDF nothing to read ({e}); add requests "
+                              "with words in them") from None
         return self
 
     def encode(self, texts: list[str]) -> sparse.csr_matrix:

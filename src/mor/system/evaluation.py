@@ -13,11 +13,13 @@ from mor.system.request import Request
 from mor.system.router import SystemRouter
 
 
-def routed_label(router: SystemRouter, request: Request) -> tuple[str, float]:
-    """The label the router's first choice serves (its first capability) and the router's confidence in it."""
+def routed_label(router: SystemRouter, request: Request, truth: str) -> tuple[str, float]:
+    """The label the router's first choice counts as, and the router's confidence in that choice: `truth` when the
+    chosen expert serves it (an expert may serve several labels), else the served label the head finds likeliest."""
     decision = router.route(request)
-    chosen = router.experts[decision.selected[0]]
-    return (chosen.capabilities[0] if chosen.capabilities else chosen.name), decision.confidence
+    served = router.experts[decision.selected[0]].capabilities or [decision.selected[0]]
+    label = truth if truth in served else max(served, key=lambda c: decision.labels.get(c, 0.0))
+    return label, decision.confidence
 
 
 def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -35,9 +37,9 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
         for request in requests[:5]:  # warm-up: first calls allocate
             router.route(request)
         predicted, confidence, latency = [], [], []
-        for request in requests:
+        for request, truth in zip(requests, labels, strict=True):
             start = time.perf_counter()
-            label, sure = routed_label(router, request)
+            label, sure = routed_label(router, request, truth)
             latency.append(time.perf_counter() - start)
             predicted.append(label)
             confidence.append(sure)

@@ -44,7 +44,7 @@ class HeadConfig:
 
     encoder: str = "auto"  # auto: minilm+tfidf when the MiniLM package is installed, else tfidf
     layers: int = 4  # MiniLM layers kept: 4 of 6 route about as well and a third faster
-    tune_layers: int = 3
+    tune_layers: int | None = None  # the top 3, or every layer kept when fewer
     tune_epochs: int = 3
     tune_lr: float = 2e-4
     max_tokens: int = 128
@@ -57,8 +57,11 @@ class HeadConfig:
         check(self.encoder in {"auto", "tfidf", "minilm", "minilm+tfidf"},
               f"router.encoder: {self.encoder!r} is not one of auto, tfidf, minilm, minilm+tfidf")
         check(1 <= self.layers <= 6, f"router.layers: {self.layers} is outside 1–6")
+        self.tune_layers = min(3, self.layers) if self.tune_layers is None else self.tune_layers
         check(0 <= self.tune_layers <= self.layers,
               f"router.tune_layers: {self.tune_layers} is outside 0–{self.layers} (router.layers)")
+        check(self.tune_epochs >= 1 or not self.tune_layers,
+              f"router.tune_epochs: {self.tune_epochs} epochs cannot fine-tune; give 1 or more, or tune_layers 0")
         inference_dtype(self.precision)
         check(self.c > 0, f"router.c: the inverse regularisation strength must be > 0, got {self.c}")
 

@@ -108,8 +108,9 @@ class SystemRouter:
             chosen = [s for s in ready if s.total >= sel.threshold] or ready[:1]
         else:
             chosen = ready[:sel.top_k]
-        if labels and chosen[0].probability < sel.min_confidence and sel.default:
-            return self._fallback(scores, labels, f"best head probability {chosen[0].probability:.2f} is below "
+        best = max(labels.values(), default=1.0)  # the head's confidence in what the request is
+        if best < sel.min_confidence and not chosen[0].tools and sel.default:  # carrying tools is a strong signal
+            return self._fallback(scores, labels, f"best head probability {best:.2f} is below "
                                                   f"min_confidence {sel.min_confidence}")
         return Decision([s.name for s in chosen], scores, labels)
 
