@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import sympy
 import torch
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -196,11 +197,17 @@ def test_math_refuses_what_it_cannot_read(math_expert):
 
 
 @pytest.mark.parametrize("question", ["2^(10^10)", "2^2^2^100", "(10^1000)^1000", "x^1000000 = 1",
-                                      "expand (x+1)^1000", "exp(exp(exp(10)))"])
+                                      "expand (x+1)^1000", "exp(exp(exp(10)))", "expand (a+b+c+d+f)^30",
+                                      "(a+b+c)^20 * (a+b)^10"])
 def test_math_rejects_huge_powers_quickly(math_expert, question):
     start = time.perf_counter()
     fails(math_expert, question, "limit")
     assert time.perf_counter() - start < 1.0
+
+
+def test_math_expands_what_stays_within_its_term_limit(math_expert):
+    answer = ask(math_expert, "expand (a+b+c)^4")  # 15 terms, well under max_terms
+    assert answer.ok and len(sympy.Add.make_args(sympy.sympify(answer.text))) == 15
 
 
 def test_math_runs_under_a_time_limit():
@@ -246,6 +253,13 @@ def test_retrieval_confidence_falls_with_ambiguity_and_is_zero_without_a_match(d
     assert unique.confidence > shared.confidence
     nothing = ask(expert, "quantum chromodynamics")
     assert nothing.confidence == 0.0 and nothing.details["sources"] == []
+
+
+def test_retrieval_refuses_an_unknown_stopword_list_in_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("Jupiter is the largest planet.")
+    with pytest.raises(ConfigError, match=r"expert docs: stopwords 'german2': german2 not recognized") as caught:
+        RetrievalExpert(ExpertInfo("docs"), tmp_path, stopwords="german2")
+    assert "\n" not in str(caught.value)
 
 
 def test_retrieval_refuses_a_missing_or_empty_folder(tmp_path):

@@ -3,9 +3,10 @@
 The question is cut into an operation ("solve", "simplify", "derivative of", …), the expressions or equations
 and an optional variable or interval. Only digits, letters, operators, brackets, '=' and ',' are accepted, every
 word must be a known function or a short variable name, and powers are bounded before anything is evaluated:
-a numeric exponent above `max_exponent` (`max_degree` on a base with variables), or a power whose size (digits of
-a number, degree of a polynomial) would pass `max_size`, is refused, so "2^2^2^100" fails at once instead of
-filling memory.
+a numeric exponent above `max_exponent` (`max_degree` on a base with variables), a power whose size (digits of
+a number, degree of a polynomial) would pass `max_size`, or an expression whose expansion would have more than
+`max_terms` terms, is refused, so "2^2^2^100" and "expand (a+b+c+d+f)^30" fail at once instead of filling memory
+or holding a thread for minutes.
 """
 
 import math
@@ -61,8 +62,9 @@ class Problem:
 class Reader:
     """Parses questions for one expert, with its limits; `read(question) -> Problem` or a one-line ExpertError."""
 
-    def __init__(self, expert: str, max_chars: int, max_exponent: int, max_degree: int, max_size: int) -> None:
-        self.expert, self.max_chars, self.max_size = expert, max_chars, max_size
+    def __init__(self, expert: str, max_chars: int, max_exponent: int, max_degree: int, max_size: int,
+                 max_terms: int = 1000) -> None:
+        self.expert, self.max_chars, self.max_size, self.max_terms = expert, max_chars, max_size, max_terms
         self.max_exponent, self.max_degree = max_exponent, max_degree
 
     def fail(self, why: str) -> ExpertError:
@@ -145,9 +147,15 @@ class Reader:
             raise self.fail(f"cannot read {text[:60]!r} as math ({type(err).__name__})") from None
 
     def bound(self, expr: sympy.Expr) -> None:
-        """Refuse powers too large to compute, innermost first, using only float estimates of sizes."""
+        """Refuse powers too large to compute, innermost first, using only float estimates of sizes and of the
+        number of terms an expansion would have."""
         size: dict[sympy.Basic, float] = {}
+        terms: dict[sympy.Basic, float] = {}
         for node in sympy.postorder_traversal(expr):
+            terms[node] = _terms(node, terms)
+            if terms[node] > self.max_terms:
+                raise self.fail(f"{str(node)[:60]} would expand to about {terms[node]:.3g} terms, more than the "
+                                f"limit of {self.max_terms}")
             if isinstance(node, sympy.Rational):
                 size[node] = math.log10(max(abs(node.p), abs(node.q), 1))
             elif isinstance(node, sympy.Float):
@@ -166,3 +174,17 @@ class Reader:
             if size[node] > self.max_size:
                 raise self.fail(f"{node} is too large to compute (about {size[node]:.3g} digits or degree, limit "
                                 f"{self.max_size})")
+
+
+def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:
+    """An upper estimate of the terms `node` expands to, from its arguments' (`terms`): sums add, products multiply,
+    a t-term base with variables to a whole power n gives C(n + t − 1, t − 1) (float: it may be astronomical)."""
+    args = [terms.get(a, 1.0) for a in node.args]
+    if isinstance(node, sympy.Add):
+        return sum(args)
+    if isinstance(node, sympy.Mul):
+        return math.prod(args)
+    if isinstance(node, sympy.Pow) and node.args[0].free_symbols and node.args[1].is_Integer and node.args[1] > 0:
+        n, t = int(node.args[1]), args[0]
+        return math.exp(math.lgamma(n + t) - math.lgamma(n + 1) - math.lgamma(t))
+    return max(args, default=1.0)

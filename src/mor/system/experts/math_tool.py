@@ -45,12 +45,14 @@ class MathExpert(Expert):
     'integrate x^2' and 'integrate x^2 from 0 to 1'; see `mor.system.experts.math_parse` for the limits."""
 
     def __init__(self, info: ExpertInfo, *, time_limit_s: float = 5.0, max_chars: int = 500,
-                 max_exponent: int = 1000, max_degree: int = 200, max_size: int = 10_000) -> None:
+                 max_exponent: int = 1000, max_degree: int = 200, max_size: int = 10_000,
+                 max_terms: int = 1000) -> None:
         super().__init__(info)
-        check(time_limit_s > 0 and min(max_chars, max_exponent, max_degree, max_size) >= 1,
-              f"expert {info.name}: time_limit_s must be > 0 and max_chars, max_exponent, max_degree, max_size ≥ 1")
+        check(time_limit_s > 0 and min(max_chars, max_exponent, max_degree, max_size, max_terms) >= 1,
+              f"expert {info.name}: time_limit_s must be > 0 and max_chars, max_exponent, max_degree, max_size, "
+              "max_terms ≥ 1")
         self.time_limit_s = time_limit_s
-        self.reader = Reader(info.name, max_chars, max_exponent, max_degree, max_size)
+        self.reader = Reader(info.name, max_chars, max_exponent, max_degree, max_size, max_terms)
 
     async def _answer(self, request: Request) -> Answer:
         try:

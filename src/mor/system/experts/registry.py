@@ -125,6 +125,7 @@ class MathSpec(ExpertSpec):
     max_exponent: int | None = Field(None, ge=1)
     max_degree: int | None = Field(None, ge=1)
     max_size: int | None = Field(None, ge=1)
+    max_terms: int | None = Field(None, ge=1)
 
 
 class RetrievalSpec(ExpertSpec):

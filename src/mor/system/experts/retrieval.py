@@ -14,7 +14,7 @@ from typing import Any
 
 import bm25s
 
-from mor.errors import check
+from mor.errors import ConfigError, check
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.request import Answer, Request
 
@@ -51,8 +51,12 @@ class RetrievalExpert(Expert):
         self.passages = read_passages(folder)
         check(bool(self.passages), f"expert {info.name}: no text in .txt or .md files under {folder}; add documents")
         self.top_k, self.stopwords = min(top_k, len(self.passages)), stopwords
+        try:
+            tokens = self._tokens([p.text for p in self.passages])
+        except ValueError as e:  # bm25s names the stopword lists it knows
+            raise ConfigError(f"expert {info.name}: stopwords {stopwords!r}: {e}") from None
         self.index = bm25s.BM25()
-        self.index.index(self._tokens([p.text for p in self.passages]), show_progress=False)
+        self.index.index(tokens, show_progress=False)
 
     def _tokens(self, texts: list[str]) -> list[list[str]]:
         return bm25s.tokenize(texts, stopwords=self.stopwords, return_ids=False, show_progress=False)
