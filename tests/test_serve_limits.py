@@ -42,6 +42,18 @@ def test_shared_buckets_decide_like_buckets_in_memory(tmp_path):
     assert 0.2 < sum(a > 0 for a, _ in waits) / len(waits) < 0.8  # both outcomes are exercised
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["in memory", "shared"])
+def test_wait_answers_what_take_would_without_spending(tmp_path, shared):
+    clock = Clock()
+    limiter = SharedRateLimiter(tmp_path / "limits.sqlite", LIMIT, clock) if shared else RateLimiter(LIMIT, clock)
+    assert [limiter.wait("a") for _ in range(5)] == [0] * 5
+    assert [limiter.take("a") for _ in range(3)] == [0, 0, 0]  # the whole burst: the waits spent nothing
+    assert limiter.wait("a") == pytest.approx(0.5) and limiter.take("a") == pytest.approx(0.5)
+    clock.now += 0.5
+    assert limiter.wait("a") == limiter.wait("a") == 0 and limiter.take("a") == 0 and limiter.wait("a") > 0
+    assert limiter.wait("b") == 0 and RateLimiter(None, clock).wait("a") == 0  # another bucket; no limit at all
+
+
 def test_limiters_on_one_file_share_each_callers_bucket(tmp_path):
     clock = Clock()
     first, second = (SharedRateLimiter(tmp_path / "limits.sqlite", LIMIT, clock) for _ in range(2))
@@ -95,7 +107,8 @@ def test_a_failing_file_logs_and_still_limits_in_this_process(tmp_path, caplog):
     shared._db.close()
     with caplog.at_level(logging.WARNING, logger="mor.serve"):
         waits = [shared.take("a") for _ in range(4)]
-    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+        looked = shared.wait("a")
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0 and looked == pytest.approx(waits[3])
     assert "counting in this process" in caplog.text
 
 

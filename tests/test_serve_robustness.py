@@ -226,6 +226,31 @@ def test_public_messages_hide_urls_and_paths(message, shown):
     assert public(message) == shown
 
 
+def test_public_takes_linear_time_on_a_long_run_of_scheme_characters():
+    text = "a." * 500_000  # 1 MB: a URL match tried from each of its characters took minutes
+    began = time.perf_counter()
+    assert public(f"model: {text!r} does not exist") == f"model: {text!r} does not exist"
+    assert time.perf_counter() - began < 1
+
+
+LONG = "a." * 20_000  # a name of 40 kB (httpx sends URLs up to 64 kB)
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/v1/chat/completions", {"model": LONG, **ASK}),
+    ("POST", "/v1/predict", {"model": LONG, "inputs": [[1]]}),
+    ("GET", "/v1/models/" + LONG, None),
+    ("GET", "/static/" + LONG, None),
+], ids=["chat", "predict", "models", "static"])
+def test_an_over_long_name_is_cut_short_in_the_error(tmp_path, method, path, body):
+    async def call(client: httpx.AsyncClient, service: Service) -> httpx.Response:
+        return await client.request(method, path, json=body)
+
+    response = run(write_settings(tmp_path), call)
+    message = one_line_error(response)["message"]
+    assert response.status_code == 404 and "'a.a.a." in message and "…" in message and len(message) < 200, message
+
+
 def test_an_upstream_url_is_not_shown_in_a_failed_experts_error(tmp_path):
     with socket.socket() as closed:  # a port nothing listens on once the socket is closed
         closed.bind(("127.0.0.1", 0))

@@ -1,9 +1,12 @@
 """API keys: callers send `Authorization: Bearer KEY`; the service keeps only SHA-256 hashes and compares them in
 constant time. `authorize` is the FastAPI dependency every /v1 endpoint takes; it also applies the rate limits: the
-caller's, and per address one for requests without a valid key, so guessing keys is slow."""
+caller's, and per address one for requests without a valid key, so guessing keys is slow. An address past that one
+gets 429 for every request, the right key included, until its bucket refills: were the key still checked, a 200
+among the 429s would tell the right guess at full speed."""
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -40,6 +43,7 @@ async def authorize(request: Request,
     keyring: Keyring = request.app.state.service.keyring
     limiter: RateLimiter = request.app.state.service.limiter
     address = request.client.host if request.client else "unknown"
+    _failures(limiter.wait, keyring, address)  # before any key is checked: see the module's docstring
     if credentials is None:
         if not keyring.allow_anonymous:
             _refuse(limiter, keyring, address, "missing API key; send the header 'Authorization: Bearer YOUR_KEY'",
@@ -51,20 +55,25 @@ async def authorize(request: Request,
             _refuse(limiter, keyring, address, "invalid API key; check the key you send in 'Authorization: Bearer …'",
                     "invalid_api_key")
         caller, limit = key.name, key.rate_limit
-    _spend(limiter, caller, limit, f"rate limit exceeded for {caller}")
+    _limit(limiter.take(caller, limit), f"rate limit exceeded for {caller}")
     return caller
 
 
 def _refuse(limiter: RateLimiter, keyring: Keyring, address: str, message: str, code: str) -> None:
-    """401, or 429 once `address` has sent more requests without a valid key than the failure limit allows."""
-    _spend(limiter, f"unauthenticated@{address}", keyring.failure_limit,
-           f"too many requests without a valid API key from {address}")
+    """401, counted against `address`'s failure limit (429 once that is spent)."""
+    _failures(limiter.take, keyring, address)
     raise ApiError(401, message, code=code, headers=CHALLENGE)
 
 
-def _spend(limiter: RateLimiter, bucket: str, limit: RateLimit | None, reason: str) -> None:
-    """Take a token from `bucket`; 429 with Retry-After when it is empty."""
-    wait = limiter.take(bucket, limit)
+def _failures(use: Callable[[str, RateLimit | None], float], keyring: Keyring, address: str) -> None:
+    """429 when `address` has sent more requests without a valid key than the failure limit allows; `use` is the
+    limiter's `wait` (only look) or `take` (count this request as one of them)."""
+    _limit(use(f"unauthenticated@{address}", keyring.failure_limit),
+           f"too many requests without a valid API key from {address}")
+
+
+def _limit(wait: float, reason: str) -> None:
+    """429 with Retry-After when a bucket is `wait` seconds from its next token."""
     if wait > 0:
         raise ApiError(429, f"{reason}; retry after {wait:.2f} s",
                        code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))})

@@ -2,7 +2,8 @@
 
 The first waiting item opens a batch; the batch closes when it holds `max_batch` items or `max_wait_s` has
 passed, then runs in a worker thread while the next one fills. One batch runs at a time, so `max_batch=1`
-is the same service without batching.
+is the same service without batching. A part of a batch can fail alone: the batch function puts an exception in
+place of the results of the items it could not do, and only their callers get it.
 """
 
 import asyncio
@@ -14,9 +15,11 @@ Item, Result = TypeVar("Item"), TypeVar("Result")
 
 
 class MicroBatcher(Generic[Item, Result]):
-    """`await submit(item)` → `run(batch)[i]` for the batch the item joined; `run` must return one result per item."""
+    """`await submit(item)` → `run(batch)[i]` for the batch the item joined; `run` must return one result per item,
+    or an exception that this item's caller gets (an exception `run` raises goes to every caller in the batch)."""
 
-    def __init__(self, run: Callable[[list[Item]], Sequence[Result]], max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, run: Callable[[list[Item]], Sequence[Result | Exception]], max_batch: int,
+                 max_wait_s: float) -> None:
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
         self.waiting: deque[tuple[Item, asyncio.Future]] = deque()
         self.arrived: asyncio.Event | None = None
@@ -67,13 +70,15 @@ class MicroBatcher(Generic[Item, Result]):
         return True
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        """Run `batch` and hand each caller still waiting its result or error; the worker goes on either way."""
         try:
             results = await asyncio.to_thread(self.run, [item for item, _ in batch])
-        except Exception as err:  # the batch's callers get the error; the worker goes on with the next batch
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(err)
-            return
+        except Exception as err:  # the whole batch failed: each of its callers gets the error
+            results = [err] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():  # the caller gave up
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
                 future.set_result(result)

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from mor.serve.auth import Caller
-from mor.serve.errors import ApiError, documented
+from mor.serve.errors import ApiError, documented, shown
 from mor.serve.schemas import ModelCard, ModelList
 from mor.serve.service import Service, ServiceDep
 
@@ -30,4 +30,5 @@ async def get_model(model: str, caller: Caller, service: ServiceDep) -> ModelCar
     for card in cards(service):
         if card.id == model:
             return card
-    raise ApiError(404, f"model: {model!r} does not exist; see GET /v1/models", param="model", code="model_not_found")
+    raise ApiError(404, f"model: {shown(model)} does not exist; see GET /v1/models", param="model",
+                   code="model_not_found")

@@ -6,7 +6,7 @@ last chunk with the finish reason and the `mor` extension, the usage chunk when 
 failure sends an error event before `data: [DONE]` instead.
 """
 
-import json
+import logging
 import re
 import time
 import uuid
@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from mor.errors import MorError
 from mor.serve.auth import Caller
-from mor.serve.errors import ApiError, documented, public
+from mor.serve.errors import ApiError, documented, error_body, internal_error
 from mor.serve.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -35,6 +35,7 @@ from mor.system.reply import Reply
 from mor.system.request import Request, as_tools
 from mor.system.system import MoRSystem
 
+log = logging.getLogger("mor.serve")
 router = APIRouter(tags=["chat"])
 CHUNK_CHARS = 24  # about this many characters per streamed chunk
 # A streamed reply, as server-sent events: each `data` is a ChatCompletionChunk's JSON, the last one `[DONE]`.
@@ -65,8 +66,9 @@ async def chat_completions(body: ChatRequest, caller: Caller,
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_stream(service, system, request, body.model, completion_id, created, usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        chunks = _stream(service, system, request, body.model, completion_id, created, usage)
+        return StreamingResponse(_ended(chunks, completion_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
     reply = await service.ask(system, request)
     calls = _tool_calls(reply)
     message = AssistantMessage(content=reply.answer.content or (None if calls else ""), tool_calls=calls)
@@ -77,23 +79,19 @@ async def chat_completions(body: ChatRequest, caller: Caller,
 
 async def _stream(service: Service, system: MoRSystem, request: Request, model: str, completion_id: str,
                   created: int, usage: bool) -> AsyncIterator[str]:
+    """The reply as server-sent events, all but the closing `data: [DONE]` (`_ended` adds it, or an error and it)."""
     def event(choices: list[ChunkChoice], **extra) -> str:
         chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
         return f"data: {chunk.model_dump_json()}\n\n"
 
     yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
     passed = False
-    try:
-        async for part in service.stream(system, request):
-            if isinstance(part, Reply):
-                reply = part
-            else:
-                passed = True
-                yield event([ChunkChoice(delta=Delta(content=part.text or None, tool_calls=part.tool_calls or None))])
-    except ApiError as err:
-        yield f"data: {json.dumps({'error': {'message': public(err.message), 'type': 'upstream_error'}})}\n\n"
-        yield "data: [DONE]\n\n"
-        return
+    async for part in service.stream(system, request):
+        if isinstance(part, Reply):
+            reply = part
+        else:
+            passed = True
+            yield event([ChunkChoice(delta=Delta(content=part.text or None, tool_calls=part.tool_calls or None))])
     calls = _tool_calls(reply)
     if not passed:
         for piece in pieces(reply.answer.content):
@@ -103,6 +101,19 @@ async def _stream(service: Service, system: MoRSystem, request: Request, model: 
     yield event([ChunkChoice(delta=Delta(), finish_reason="tool_calls" if calls else "stop")], mor=extension(reply))
     if usage:
         yield event([], usage=_usage(reply))
+
+
+async def _ended(chunks: AsyncIterator[str], completion_id: str) -> AsyncIterator[str]:
+    """`chunks`, then `data: [DONE]`; a failure on the way (its 200 already sent) ends them with an error event, the
+    body a whole reply would have got: an ApiError's own, else a 500's, with the traceback in the server log."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ApiError as err:
+        yield f"data: {error_body(err).model_dump_json()}\n\n"
+    except Exception:
+        log.exception("chat completion %s: the stream failed", completion_id)
+        yield f"data: {error_body(internal_error()).model_dump_json()}\n\n"
     yield "data: [DONE]\n\n"
 
 

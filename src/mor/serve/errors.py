@@ -17,7 +17,9 @@ from mor.config import error_line
 from mor.serve.schemas import ErrorBody
 
 PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-]+/)+([\w.\-]+)")
-URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[\w:.%]+\])?[^\s'\"<>()\[\]{}]*(?<![.,;:!?])")
+# A scheme starts only where a run of scheme characters starts: matching could otherwise start at each character of a
+# long run such as "a.a.a.…" and scan to its end every time, quadratic time on text a caller chose.
+URL = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[\w:.%]+\])?[^\s'\"<>()\[\]{}]*(?<![.,;:!?])")
 SERVICE_PATHS = ("/v1/", "/static/")
 UNION_MEMBERS = {"int", "float", "str", "bool"}
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -41,10 +43,20 @@ def public(message: str) -> str:
     return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
 
 
+def error_body(err: ApiError) -> ErrorBody:
+    """What a client sees of `err`: its message made public, the type its status has, its field and code."""
+    return ErrorBody.of(public(err.message), TYPES.get(err.status, "error"), err.param, err.code)
+
+
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorBody.of(public(message), TYPES.get(status, "error"), param, code)
+    body = error_body(ApiError(status, message, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def internal_error() -> ApiError:
+    """The 500 a bug becomes: it says only that there was one (the traceback goes to the server log)."""
+    return ApiError(500, "internal error; it has been logged, try again or tell the operator", code="internal_error")
 
 
 def field_name(loc: tuple[Any, ...]) -> str:
@@ -77,7 +89,7 @@ def install(app: FastAPI) -> None:
             line = f"{field}: empty; send at least {need}" if first["ctx"]["actual_length"] == 0 else \
                 f"{field}: {first['ctx']['actual_length']} items, fewer than the {need} needed"
         else:
-            line = error_line({**first, "loc": (field,), "input": _short(first.get("input"))})
+            line = error_line({**first, "loc": (field,), "input": shown(first.get("input"))})
         return error_response(400, line + more, param=field, code="invalid_value")
 
     @app.exception_handler(HTTPException)
@@ -87,9 +99,8 @@ def install(app: FastAPI) -> None:
                               headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
-    async def bug(_: Request, err: Exception) -> JSONResponse:  # Starlette logs the traceback after this
-        return error_response(500, "internal error; it has been logged, try again or tell the operator",
-                              code="internal_error")
+    async def bug(request: Request, err: Exception) -> JSONResponse:  # Starlette logs the traceback after this
+        return await api_error(request, internal_error())
 
 
 class _Shown(str):
@@ -99,8 +110,9 @@ class _Shown(str):
         return str(self)
 
 
-def _short(value: Any) -> Any:
-    """A bad input as shown in an error: cut after 60 characters, so messages stay one short line."""
+def shown(value: Any) -> str:
+    """A caller's value as an error quotes it: its repr, cut after 60 characters, so messages stay one short line
+    (and `public` never works through a long text a caller chose)."""
     text = repr(value)
     return _Shown(text if len(text) <= 60 else f"{text[:57]}…")
 

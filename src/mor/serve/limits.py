@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,8 +43,20 @@ class RateLimiter:
 
     def take(self, caller: str, limit: RateLimit | None = None) -> float:
         """Spend one token of `caller`'s bucket: 0 when allowed, else the seconds until a token is back."""
+        return self._with(caller, limit, self._take)
+
+    def wait(self, caller: str, limit: RateLimit | None = None) -> float:
+        """What `take` would answer now, spending nothing: 0 when `caller`'s bucket holds a token, else the seconds
+        until it does."""
+        return self._with(caller, limit, self._wait)
+
+    def _with(self, caller: str, limit: RateLimit | None, use: Callable[[str, RateLimit], float]) -> float:
+        """`use(caller, limit)` under the limit that applies (`limit`, else the default); 0 when none does."""
         limit = limit or self.default
-        return 0.0 if limit is None else self._take(caller, limit)
+        return 0.0 if limit is None else use(caller, limit)
+
+    def _wait(self, caller: str, limit: RateLimit) -> float:
+        return spend(self.buckets.get(caller), self.clock(), limit)[1]
 
     def _take(self, caller: str, limit: RateLimit) -> float:
         now = self.clock()
@@ -58,7 +71,8 @@ class RateLimiter:
 
 
 class SharedRateLimiter(RateLimiter):
-    """The buckets in a SQLite file that several processes on one machine share; each take is one transaction.
+    """The buckets in a SQLite file that several processes on one machine share; each take is one transaction, each
+    wait one read.
 
     The clock must be the same in every process: `time.monotonic` is the system-wide CLOCK_MONOTONIC on Linux and
     macOS. Should the file fail (full disk, a lock held too long), the request is counted in this process's own
@@ -79,18 +93,29 @@ class SharedRateLimiter(RateLimiter):
                            f"MOR_RATE_LIMITS to a writable file, or unset it") from None
 
     def _take(self, caller: str, limit: RateLimit) -> float:
+        return self._shared(caller, limit, self._take_shared, super()._take)
+
+    def _wait(self, caller: str, limit: RateLimit) -> float:
+        return self._shared(caller, limit, self._wait_shared, super()._wait)
+
+    def _shared(self, caller: str, limit: RateLimit, shared: Callable[[str, RateLimit], float],
+                here: Callable[[str, RateLimit], float]) -> float:
+        """`shared(caller, limit)` on the file; should the file fail, `here` on this process's buckets, warned."""
         try:
-            return self._take_shared(caller, limit)
+            return shared(caller, limit)
         except sqlite3.Error as err:
             log.warning("rate limits: the shared file %s failed (%s); counting in this process", self.path, err)
-            return super()._take(caller, limit)
+            return here(caller, limit)
+
+    def _wait_shared(self, caller: str, limit: RateLimit) -> float:
+        bucket = self._bucket(caller)
+        return spend(bucket, self.clock(), limit)[1]  # the clock read after the row: never earlier than its time
 
     def _take_shared(self, caller: str, limit: RateLimit) -> float:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             now = self.clock()  # read holding the lock: the time saved by a process before is never later than now
-            bucket = self._db.execute("SELECT tokens, last FROM buckets WHERE caller = ?", (caller,)).fetchone()
-            tokens, wait = spend(bucket, now, limit)
+            tokens, wait = spend(self._bucket(caller), now, limit)
             full_at = now + (limit.burst - tokens) / limit.requests_per_s
             self._db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)", (caller, tokens, now, full_at))
             self._takes += 1
@@ -101,6 +126,10 @@ class SharedRateLimiter(RateLimiter):
             self._db.rollback()
             raise
         return wait
+
+    def _bucket(self, caller: str) -> tuple[float, float] | None:
+        """`caller`'s saved bucket (tokens, time of its last request), or None when it has none (it is full)."""
+        return self._db.execute("SELECT tokens, last FROM buckets WHERE caller = ?", (caller,)).fetchone()
 
     def close(self) -> None:
         self._db.close()

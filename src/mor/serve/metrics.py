@@ -14,6 +14,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 STEP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others share the label "other"
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before any response started
 
 
 class Metrics:
@@ -52,14 +53,21 @@ class Metrics:
 
 class RequestMetrics(HttpMiddleware):
     """ASGI middleware: counts and times every HTTP request by its route template (unmatched paths share one label,
-    and so do non-standard methods)."""
+    and so do non-standard methods). A request that ends without a response counts as 500, or as 499 when the
+    client left first, so that clients hanging up are not taken for failures of the service."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         super().__init__(app)
         self.metrics = metrics
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start, status = time.perf_counter(), 500
+        start, status, left = time.perf_counter(), None, False
+
+        async def receiving() -> Message:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return message
 
         async def sending(message: Message) -> None:
             nonlocal status
@@ -68,15 +76,20 @@ class RequestMetrics(HttpMiddleware):
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receiving, sending)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            m = self.metrics
-            m.requests.labels(endpoint, method_label(scope["method"]), str(status)).inc()
-            m.latency.labels(endpoint).observe(time.perf_counter() - start)
-            if status >= 400:
-                m.errors.labels(endpoint, str(status)).inc()
+            if status is None:
+                status = CLIENT_CLOSED if left else 500
+            self._record(scope, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count a finished request under its route template, method and status, and time it."""
+        endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+        m = self.metrics
+        m.requests.labels(endpoint, method_label(scope["method"]), str(status)).inc()
+        m.latency.labels(endpoint).observe(seconds)
+        if status >= 400:
+            m.errors.labels(endpoint, str(status)).inc()
 
 
 def method_label(method: str) -> str:

@@ -5,7 +5,7 @@ from importlib.resources import files
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from mor.serve.errors import ApiError
+from mor.serve.errors import ApiError, shown
 
 router = APIRouter(include_in_schema=False)
 STATIC = files("mor.serve") / "static"
@@ -24,5 +24,5 @@ async def page() -> HTMLResponse:
 async def asset(name: str) -> Response:
     kinds = {"app.js": "text/javascript", "style.css": "text/css"}
     if name not in kinds:
-        raise ApiError(404, f"no static file {name!r}", code="not_found")
+        raise ApiError(404, f"no static file {shown(name)}", code="not_found")
     return Response((STATIC / name).read_text(), media_type=kinds[name], headers=HEADERS)

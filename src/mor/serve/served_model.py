@@ -91,21 +91,31 @@ class ServedModel:
                            param=field)
         return single
 
-    def _forward(self, arrays: list[np.ndarray]) -> list[tuple[Prediction, int]]:
-        """Predictions for a batch of checked inputs: one forward pass per input shape (sequence length)."""
-        results: list[tuple[Prediction, int] | None] = [None] * len(arrays)
+    def _forward(self, arrays: list[np.ndarray]) -> list[tuple[Prediction, int] | Exception]:
+        """Predictions for a batch of checked inputs: one forward pass per input shape (sequence length); a pass
+        that fails (say, out of memory on long sequences) fails its own inputs only, as the error in their place."""
+        results: list[tuple[Prediction, int] | Exception | None] = [None] * len(arrays)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, array in enumerate(arrays):
             groups.setdefault(array.shape, []).append(i)
         for members in groups.values():
-            predictions = self.trained.predict(torch.from_numpy(np.stack([arrays[i] for i in members])))
-            self.metrics.batch_size.labels(self.spec.name).observe(len(members))
-            for i, prediction in zip(members, predictions, strict=True):
-                results[i] = (prediction, len(members))
-                self.metrics.reflection_steps.labels(self.spec.name).observe(prediction.steps)
-                for expert in prediction.details.get("experts", []):
-                    self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
+            try:
+                outcomes = self._group([arrays[i] for i in members])
+            except Exception as err:
+                outcomes = [err] * len(members)
+            for i, outcome in zip(members, outcomes, strict=True):
+                results[i] = outcome
         return results
+
+    def _group(self, arrays: list[np.ndarray]) -> list[tuple[Prediction, int]]:
+        """Predictions for inputs of one shape, from one forward pass, recorded in the metrics."""
+        predictions = self.trained.predict(torch.from_numpy(np.stack(arrays)))
+        self.metrics.batch_size.labels(self.spec.name).observe(len(arrays))
+        for prediction in predictions:
+            self.metrics.reflection_steps.labels(self.spec.name).observe(prediction.steps)
+            for expert in prediction.details.get("experts", []):
+                self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
+        return [(prediction, len(arrays)) for prediction in predictions]
 
 
 def _output(prediction: Prediction, batch_size: int) -> PredictOutput:

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from mor.errors import MorError
 from mor.serve.auth import Keyring
-from mor.serve.errors import ApiError, public
+from mor.serve.errors import ApiError, public, shown
 from mor.serve.limits import RateLimiter, SharedRateLimiter
 from mor.serve.metrics import Metrics
 from mor.serve.schemas import Readiness
@@ -81,13 +81,13 @@ class Service:
             raise ApiError(400, f"model: {model!r} is a prediction model; send it feature inputs at /v1/predict",
                            param="model", code="wrong_endpoint")
         chat = f"the chat model is {self.settings.model_name!r}" if self.system else "no chat model is configured"
-        raise ApiError(404, f"model: {model!r} does not exist; {chat} (see GET /v1/models)", param="model",
+        raise ApiError(404, f"model: {shown(model)} does not exist; {chat} (see GET /v1/models)", param="model",
                        code="model_not_found")
 
     def served_model(self, name: str) -> ServedModel:
         """The prediction model called `name`, or 404 listing the ones there are."""
         if name not in self.models:
-            raise ApiError(404, f"model: {name!r} is not a prediction model here; available: "
+            raise ApiError(404, f"model: {shown(name)} is not a prediction model here; available: "
                                 f"{', '.join(self.models) or 'none'}", param="model", code="model_not_found")
         return self.models[name]
 
