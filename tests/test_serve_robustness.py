@@ -5,6 +5,7 @@ is tested)."""
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -100,6 +101,56 @@ def test_route_answers_503_with_retry_after_while_every_expert_is_in_cooldown(tm
     assert error["type"] == "unavailable_error" and "every expert is in cooldown" in error["message"]
     assert 50 <= int(route.headers["retry-after"]) <= 60
     assert "503" in schema["paths"]["/v1/route"]["post"]["responses"]
+
+
+# ---- a caller that leaves mid-stream: the experts it started are still counted ----
+
+async def slow(question: str) -> tuple[str, float]:
+    """An expert that takes a moment, so a streaming caller can leave before it answers."""
+    await asyncio.sleep(0.3)
+    return "slow answer", 0.9
+
+
+async def leaving_stream(app: Any, leave_after_s: float) -> None:
+    """POST a streamed chat completion straight to the ASGI app and disconnect after `leave_after_s`."""
+    body = json.dumps({"model": "mor", "stream": True, **ASK}).encode()
+    gone, sent = asyncio.Event(), False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("mor", 80)}
+    call = asyncio.create_task(app(scope, receive, send))
+    await asyncio.sleep(leave_after_s)
+    gone.set()
+    await call
+
+
+def test_an_expert_call_a_streaming_caller_left_is_still_counted_in_the_metrics(tmp_path):
+    system = system_file(tmp_path, [{"name": "slow", "kind": "callable", "function": "test_serve_robustness:slow"}])
+
+    async def main() -> tuple[int, str]:
+        app = create_app(load_settings(write_settings(tmp_path, system=str(system))))
+        async with app.router.lifespan_context(app):
+            await leaving_stream(app, leave_after_s=0.05)
+            await asyncio.sleep(0.6)  # the shielded call finishes after its caller left
+            service = app.state.service
+            return service.system.stats["slow"].calls, service.metrics.render().decode()
+
+    calls, metrics = asyncio.run(main())
+    assert calls == 1
+    assert 'mor_expert_activations_total{expert="slow",outcome="ok"} 1.0' in metrics, metrics
 
 
 # ---- a legacy `functions` array counts as carrying tools ----

@@ -3,7 +3,7 @@ with the app (FastAPI lifespan); endpoints reach it through the `ServiceDep` dep
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -95,9 +95,13 @@ class Service:
         """The system's reply, recorded in the metrics. The work is shielded: a caller that leaves does not cut
         an expert call short (the system's load counts and statistics stay right, and shutdown waits for it)."""
         try:
-            reply = await asyncio.shield(self._run(system.ask(request)))
+            return await asyncio.shield(self._run(self._recorded(system.ask(request))))
         except MorError as err:
             raise _failed(err) from None
+
+    async def _recorded(self, work: Awaitable[Reply]) -> Reply:
+        """`work`'s reply, recorded in the metrics as part of the work (so also when its caller has left)."""
+        reply = await work
         self._record(reply)
         return reply
 
@@ -109,6 +113,8 @@ class Service:
         async def pump() -> None:
             try:
                 async for piece in system.stream(request):
+                    if isinstance(piece, Reply):
+                        self._record(piece)  # here, not in the reader: a caller that left still ran the experts
                     pieces.put_nowait(piece)
             except BaseException as err:  # handed to the reader, which would otherwise wait for a reply forever
                 pieces.put_nowait(err)
@@ -122,7 +128,6 @@ class Service:
             if isinstance(piece, BaseException):
                 raise piece
             yield piece
-        self._record(piece)
         yield piece
 
     def _run(self, work: Coroutine[Any, Any, Result]) -> asyncio.Task[Result]:
