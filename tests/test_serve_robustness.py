@@ -153,6 +153,21 @@ def test_an_expert_call_a_streaming_caller_left_is_still_counted_in_the_metrics(
     assert 'mor_expert_activations_total{expert="slow",outcome="ok"} 1.0' in metrics, metrics
 
 
+def test_expert_calls_are_counted_when_every_expert_failed(tmp_path):
+    experts = [{"name": n, "kind": "callable", "function": "test_serve_robustness:broken"} for n in ("a", "b")]
+    system = system_file(tmp_path, experts, router={"top_k": 2})
+
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[list[int], str]:
+        codes = [(await client.post("/v1/chat/completions", json={"model": "mor", **ASK, **extra})).status_code
+                 for extra in ({}, {"stream": True})]
+        return codes, service.metrics.render().decode()
+
+    codes, metrics = run(write_settings(tmp_path, system=str(system)), body)
+    assert codes == [502, 200]  # a stream has sent its 200 before the experts fail; its error is an event
+    for name in ("a", "b"):
+        assert f'mor_expert_activations_total{{expert="{name}",outcome="error"}} 2.0' in metrics, metrics
+
+
 # ---- a legacy `functions` array counts as carrying tools ----
 
 def test_a_legacy_functions_array_routes_like_tools(tmp_path):

@@ -19,8 +19,9 @@ from mor.serve.schemas import Readiness
 from mor.serve.served_model import ServedModel
 from mor.serve.settings import ServeSettings
 from mor.system.config import load_system
+from mor.system.integration import ExpertsFailed
 from mor.system.reply import Reply, StreamBroken
-from mor.system.request import Delta
+from mor.system.request import Answer, Delta
 from mor.system.request import Request as SystemRequest
 from mor.system.system import MoRSystem
 
@@ -100,8 +101,13 @@ class Service:
             raise _failed(err) from None
 
     async def _recorded(self, work: Awaitable[Reply]) -> Reply:
-        """`work`'s reply, recorded in the metrics as part of the work (so also when its caller has left)."""
-        reply = await work
+        """`work`'s reply, recorded in the metrics as part of the work (so also when its caller has left); when
+        every expert failed, their failed calls are."""
+        try:
+            reply = await work
+        except ExpertsFailed as err:
+            self._record_calls(err.answers)
+            raise
         self._record(reply)
         return reply
 
@@ -117,6 +123,8 @@ class Service:
                         self._record(piece)  # here, not in the reader: a caller that left still ran the experts
                     pieces.put_nowait(piece)
             except BaseException as err:  # handed to the reader, which would otherwise wait for a reply forever
+                if isinstance(err, ExpertsFailed):
+                    self._record_calls(err.answers)
                 pieces.put_nowait(err)
                 if not isinstance(err, Exception):
                     raise
@@ -142,10 +150,14 @@ class Service:
         m = self.metrics
         for name in reply.decision.selected:
             m.selected.labels(name).inc()
-        for answer in reply.answers:
-            m.expert_calls.labels(answer.expert, "ok" if answer.ok else "error").inc()
+        self._record_calls(reply.answers)
         m.reflection_steps.labels(self.settings.model_name).observe(reply.answer.steps)
         m.reflection_rounds.observe(reply.rounds)
+
+    def _record_calls(self, answers: list[Answer]) -> None:
+        """Count each expert call by its outcome."""
+        for answer in answers:
+            self.metrics.expert_calls.labels(answer.expert, "ok" if answer.ok else "error").inc()
 
     def readiness(self) -> Readiness:
         """Each part's state: "ok", or why it cannot serve."""

@@ -17,11 +17,19 @@ Mode = Literal["weighted", "voting", "sequential", "ensemble", "stacking"]
 MODES: tuple[str, ...] = ("weighted", "voting", "sequential", "ensemble", "stacking")
 
 
+class ExpertsFailed(MorError):
+    """No answer to integrate: every expert asked failed; `answers` are their failed answers (for the metrics)."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        super().__init__("integration: every selected expert failed: "
+                         + "; ".join(f"{a.expert}: {a.error}" for a in answers))
+        self.answers = answers
+
+
 def _usable(answers: list[Answer]) -> list[Answer]:
     ok = [a for a in answers if a.ok]
     if not ok:
-        raise MorError("integration: every selected expert failed: "
-                       + "; ".join(f"{a.expert}: {a.error}" for a in answers))
+        raise ExpertsFailed(answers)
     return ok
 
 
