@@ -48,6 +48,7 @@ BAD = [
     ("eval:\n  max_steps: []\n", "eval.max_steps: List should have at least 1 item"),
     ("eval:\n  max_steps: [0]\n", "eval.max_steps.0: must be >= 1"),
     ("eval:\n  thresholds: [1.5]\n", "eval.thresholds.0: must be <= 1"),
+    ("compare: [moe, dense, moe]\n", "compare: moe listed more than once"),
 ]
 
 
@@ -198,10 +199,12 @@ def test_throughput_counts_training_steps_not_evaluations(tmp_path, monkeypatch)
     assert min(rates) > 128
 
 
-def test_a_batch_too_small_to_share_among_processes_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [2, 6])
+def test_a_batch_that_does_not_split_evenly_among_processes_is_refused(tmp_path, monkeypatch, batch_size):
+    """Unequal shards weigh examples unequally once DDP averages the processes' mean losses."""
     monkeypatch.setattr("mor.train.trainer._distributed", lambda: (0, 4))
-    with pytest.raises(ConfigError, match=r"data\.batch_size: 2 cannot be shared among 4 processes"):
-        Trainer(config(tmp_path, data={**FAST["data"], "batch_size": 2}))
+    with pytest.raises(ConfigError, match=rf"data\.batch_size: {batch_size} cannot be shared evenly among 4 proc"):
+        Trainer(config(tmp_path, data={**FAST["data"], "batch_size": batch_size}))
 
 
 def test_metrics_hold_every_loss_term_and_eval_lines(tmp_path):
@@ -395,3 +398,23 @@ def test_early_stopping_ends_the_run_after_evaluations_without_gain(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4, 6] and trainer.step == 6
     assert checkpoint.resolve(tmp_path).name == "step-00000006"  # the stopping point is checkpointed
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    resumed = Trainer(config(tmp_path, train={"lr": 1e-12, "eval_every": 2, "early_stop": 2, "warmup": 0}))
+    resumed.fit(resume=True)  # e.g. after a crash in a later baseline: the stopped run stays stopped
+    assert resumed.step == 6 and all(torch.equal(v, weights[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_validation_never_draws_the_reported_test_examples(tmp_path, monkeypatch):
+    """The examples that choose the best checkpoint must not be the ones the report scores."""
+    from mor.train.evaluate import _dataset
+
+    trainer = Trainer(config(tmp_path))
+    seen = []
+    real = type(trainer.task).eval_set
+    monkeypatch.setattr(type(trainer.task), "eval_set", lambda task, *a, **k: seen.append(real(task, *a, **k))
+                        or seen[-1])
+    trainer.validate()
+    test_x, _ = _dataset(trainer.task, trainer.config.eval, trainer.eval_size)
+    validation_x = seen[0][0]
+    assert validation_x.shape[1:] == test_x.shape[1:]  # the same size: the top of the training range
+    assert not torch.equal(validation_x, test_x[:len(validation_x)])  # same seed: the test set's first 512

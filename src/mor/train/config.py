@@ -145,6 +145,14 @@ class RunConfig(Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     compare: list[Literal["moe", "reflection", "dense"]] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _distinct_baselines(self) -> "RunConfig":
+        repeated = sorted({kind for kind in self.compare if self.compare.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"compare: {', '.join(repeated)} listed more than once; each baseline trains into its own "
+                             "folder, so name each one once")
+        return self
+
 
 def parse(raw: Any, source: str = "config") -> RunConfig:
     """Validate a mapping (e.g. parsed YAML) into a RunConfig, or raise ConfigError with one line."""

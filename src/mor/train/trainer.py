@@ -51,8 +51,9 @@ class Trainer:
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         self.console = console or Console()
         self.rank, self.world = _distributed()
-        check(config.data.batch_size >= self.world, f"data.batch_size: {config.data.batch_size} cannot be shared "
-              f"among {self.world} processes (each needs at least one example); raise it to >= {self.world}")
+        check(config.data.batch_size % self.world == 0, f"data.batch_size: {config.data.batch_size} cannot be "
+              f"shared evenly among {self.world} processes (unequal shards would weigh examples unequally in the "
+              f"averaged gradient); make it a multiple of {self.world}")
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.device = torch.device(f"cuda:{self.rank % torch.cuda.device_count()}"
@@ -123,7 +124,8 @@ class Trainer:
         training_s, examples = 0.0, 0  # the throughput counts training steps, not evaluations or checkpoints
         with self._progress() as progress:
             task_bar = progress.add_task(self.kind, total=tc.steps, completed=self.step, info="")
-            while self.step < tc.steps:
+            stop = bool(tc.early_stop and self.stale >= tc.early_stop)  # a resumed run that had stopped stays so
+            while self.step < tc.steps and not stop:
                 started = time.perf_counter()
                 logged = self._train_step()
                 training_s += time.perf_counter() - started
@@ -145,8 +147,6 @@ class Trainer:
                 if improved or stop or self.step % cc.every == 0 or self.step == tc.steps:
                     self.save(best=improved)
                 progress.update(task_bar, completed=self.step, info=self._status(logged, last_eval))
-                if stop:
-                    break
         metrics.close()
         return last_eval
 
@@ -185,14 +185,17 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Held-out score at the largest training size under the model's own halting rule; for token tasks,
-        bits per character and next-token accuracy (score = -bits per character)."""
+        bits per character and next-token accuracy (score = -bits per character). Its examples are drawn with a
+        seed of their own (`eval.seed` + 1), so the examples that choose the best checkpoint are never the reported
+        test examples."""
         self.model.eval()
+        seed = self.config.eval.seed + 1
         if self.task.tokens:
-            x, y = self.task.eval_set(512, seed=self.config.eval.seed)
+            x, y = self.task.eval_set(512, seed=seed)
             scores = token_score(self.model(x.to(self.device))[0], y.to(self.device))
             return {**scores, "score": -scores["bits_per_char"]}
         if isinstance(self.task, StreamTask):
-            x, y = self.task.eval_set(512, self.eval_size, seed=self.config.eval.seed)
+            x, y = self.task.eval_set(512, self.eval_size, seed=seed)
         else:
             x, y = self.task.split("val")
         x, y = x.to(self.device), y.to(self.device)
