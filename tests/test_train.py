@@ -106,6 +106,19 @@ def test_resume_after_interrupt_gives_bit_identical_weights(tmp_path, stop_at, u
     assert drop_rate == [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in run_lines]
 
 
+def test_resuming_with_a_changed_config_is_refused_naming_the_setting(tmp_path):
+    Trainer(config(tmp_path, train={"steps": 8})).fit()
+    before = digest(tmp_path)
+    changed = config(tmp_path, data={**FAST["data"], "task": "sequence_parity"}, train={"steps": 16, "lr": 0.5})
+    with pytest.raises(CheckpointError, match=r"cannot resume with a changed config: data.task was 'prefix_sum', "
+                                              r"the config says 'sequence_parity'") as caught:
+        Trainer(changed).fit(resume=True)
+    assert "\n" not in str(caught.value) and digest(tmp_path) == before
+    longer = Trainer(config(tmp_path, train={"steps": 16, "eval_every": 4}))  # how long and how often may change
+    longer.fit(resume=True)
+    assert longer.step == 16
+
+
 def test_checkpoints_keep_last_k_and_best_and_refuse_to_clobber_a_run(tmp_path):
     cfg = config(tmp_path)
     Trainer(cfg).fit()
@@ -145,7 +158,7 @@ def test_state_file_that_is_not_plain_tensors_is_refused(tmp_path):
 def test_checkpoint_of_another_model_gives_a_clear_mismatch_error(tmp_path):
     Trainer(config(tmp_path, train={"steps": 5})).fit()
     other = Trainer(config(tmp_path, model={"dim": 12}))
-    with pytest.raises(CheckpointError, match="does not match the configured model"):
+    with pytest.raises(CheckpointError, match=r"changed config: model\.dim was 8, the config says 12"):
         other.fit(resume=True)
 
 

@@ -24,7 +24,7 @@ from mor.errors import CheckpointError, check
 from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
-from mor.train.config import RunConfig, dump
+from mor.train.config import RunConfig, dump, saved
 from mor.train.evaluate import score, token_score
 from mor.train.schedule import scheduler
 
@@ -231,6 +231,9 @@ class Trainer:
             self.console.print(f"{self.run_dir}: no checkpoint yet, starting from step 0")
             return
         loaded = checkpoint.load(self.run_dir)
+        change = config_change(saved(loaded.config, loaded.path / checkpoint.CONFIG), self.config)
+        check(change is None, f"{self.run_dir}: cannot resume with a changed config: {change}; resume with the "
+                              "config the run was trained with, or set checkpoint.dir to a new folder", CheckpointError)
         checkpoint.restore(self.model, loaded.weights, loaded.path)
         state = loaded.state
         self.optimizer.load_state_dict(state["optimizer"])
@@ -290,6 +293,30 @@ def _set_rng_state(state: dict[str, object] | Tensor) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# What a resumed run may change: how long it trains and how often it logs, evaluates and checkpoints, what the report
+# measures, the baselines it is compared with, and its threads. Anything else would train a different model on.
+RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.early_stop", "train.threads", "checkpoint.",
+             "eval.", "compare")
+
+
+def config_change(before: RunConfig, now: RunConfig) -> str | None:
+    """The first setting (in sorted order) that differs between a checkpoint's config and this run's, other than
+    those a resumed run may change; None when there is none."""
+    old, new = _flat(before.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
+    for key in sorted(old.keys() | new.keys()):
+        if not key.startswith(RESUMABLE) and old.get(key) != new.get(key):
+            return f"{key} was {old.get(key)!r}, the config says {new.get(key)!r}"
+    return None
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested mapping as dotted keys: {'train': {'lr': 1}} → {'train.lr': 1}."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _distributed() -> tuple[int, int]:
