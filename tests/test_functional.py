@@ -1,9 +1,10 @@
-"""mor.nn.functional: the fast softmax paths equal torch's softmax and log_softmax, values and gradients."""
+"""mor.nn.functional: the fast softmax paths equal torch's softmax and log_softmax, values and gradients; the
+guard epsilon is the literal floor except where that rounds to 0."""
 
 import pytest
 import torch
 
-from mor.nn.functional import SHORT, log_softmax, softmax
+from mor.nn.functional import SHORT, eps, log_softmax, softmax
 
 
 @pytest.mark.parametrize("shape", [(7, 2), (3, 5, 2), (4, 3, 6, 9), (5, SHORT), (2, 40), (6,)])
@@ -24,3 +25,10 @@ def test_masked_scores_keep_their_zeros():
     scores = torch.tensor([[0.3, float("-inf"), 1.2], [float("-inf"), 2.0, float("-inf")]])
     probs = softmax(scores)
     assert probs[0, 1] == 0 and probs[1].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_the_guard_epsilon_is_the_literal_floor_unless_it_rounds_to_zero_in_float16():
+    assert eps(torch.float32) == eps(torch.bfloat16) == eps(torch.float64) == 1e-9
+    assert eps(torch.float32, 1e-12) == 1e-12
+    assert torch.tensor([1e-9], dtype=torch.bfloat16).item() > 0
+    assert torch.zeros(1, dtype=torch.float16).clamp_min(eps(torch.float16)).item() == torch.finfo(torch.float16).tiny

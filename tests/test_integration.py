@@ -5,6 +5,7 @@ import torch
 
 from mor.errors import ConfigError
 from mor.nn import Integrator, MoRModel, conflict
+from mor.nn.functional import softmax
 
 
 def test_gate_mode_is_the_router_weighted_sum():
@@ -72,3 +73,13 @@ def test_attention_without_sizes_is_refused():
         Integrator("attention")
     with pytest.raises(ConfigError, match="mode must be"):
         Integrator("mean")
+
+
+def test_a_float16_class_mixture_of_confident_experts_has_a_finite_log():
+    answers = torch.tensor([[[20.0, 0.0], [18.0, 0.0]]])  # class 1 has probability ~1e-8 under both experts
+    weights, mask = torch.tensor([[0.5, 0.5]]), torch.ones(1, 2, dtype=torch.bool)
+    integrator = Integrator("gate", classes=True)
+    half = integrator(answers.half(), weights.half(), mask).output
+    assert torch.isfinite(half).all()
+    mixed = (weights[..., None] * softmax(answers)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
+    assert torch.equal(integrator(answers, weights, mask).output, torch.log(mixed.clamp_min(1e-9)))  # float32 as before

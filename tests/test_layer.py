@@ -4,7 +4,19 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from mor.nn import Halting, MLPCell, MoRLayer, ReflectionExpert, ReflectionExperts, Router, SwiGLU, reflection_layer
+from mor.errors import ConfigError
+from mor.nn import (
+    Halting,
+    Integrator,
+    MLPCell,
+    MoRLayer,
+    ReflectionExpert,
+    ReflectionExperts,
+    Router,
+    SwiGLU,
+    SwiGLUExperts,
+    reflection_layer,
+)
 
 
 def naive_forward(layer: MoRLayer, x: torch.Tensor) -> torch.Tensor:
@@ -257,3 +269,21 @@ def test_the_cuda_bf16_branch_runs_torchs_grouped_kernel_on_cpu_too(monkeypatch)
     monkeypatch.setattr(mor.nn.layer, "grouped_kernel", on_any_device)
     check_bf16_layer_takes_the_grouped_kernel("cpu", monkeypatch)
     check_bf16_grouped_mm_matches_per_group_matmul("cpu")
+
+
+def test_gate_mode_refuses_class_answers_it_would_mix_as_values():
+    with pytest.raises(ConfigError, match=r"Integrator\(classes=True\).*use mode 'confidence' or classes=False"):
+        MoRLayer(Router(6, 4, k=2), SwiGLUExperts(4, 6, 12), Integrator("gate", classes=True))
+    layer = MoRLayer(Router(6, 4, k=2), SwiGLUExperts(4, 6, 12), Integrator("confidence", classes=True))
+    torch.testing.assert_close(layer(torch.randn(5, 6)).logsumexp(-1), torch.zeros(5))  # log-probs of a mixture
+
+
+@pytest.mark.parametrize("mode", ["gate", "confidence"])
+@pytest.mark.parametrize("train", [True, False])
+def test_a_reflection_layer_takes_zero_tokens(mode, train):
+    experts = ReflectionExperts(ReflectionExpert(MLPCell(8), 8, 8, dim=8, classes=False) for _ in range(3))
+    layer = reflection_layer(experts, 8, k=2, mode=mode).train(train)
+    assert layer(torch.randn(2, 0, 8)).shape == (2, 0, 8)
+    out = experts(torch.randn(0, 8), [0, 0, 0])
+    assert out.answer.shape == (0, 8) and out.confidence.shape == out.steps.shape == (0,)
+    assert out.aux.get("halting_kl", torch.zeros(())).eq(0).all()

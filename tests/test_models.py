@@ -233,3 +233,42 @@ def test_each_expert_keeps_its_own_halting_rule_unless_overridden():
 def test_a_conflict_policy_that_would_not_spend_more_is_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ConflictPolicy(**kwargs)
+
+
+def test_a_conflict_policy_escalates_each_experts_own_halting_rule():
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=2, k=2, dim=16, train_steps=2).eval()
+    model.experts[0].halting, model.experts[1].halting = Halting(max_steps=2), Halting(max_steps=8)
+    x = torch.randn(50, 4)
+    _, base = model(x, return_diagnostics=True)
+    model.conflict_policy = ConflictPolicy(threshold=base.conflict.median().item(), factor=2)
+    _, escalated = model(x, return_diagnostics=True)
+    hard = base.conflict > model.conflict_policy.threshold
+    more, experts = escalated.steps[hard] - base.steps[hard], base.indices[hard]
+    assert hard.any() and more[experts == 0].eq(4).all() and more[experts == 1].eq(16).all()
+
+
+def test_a_float16_model_with_a_capacity_factor_answers_finite_values():
+    torch.manual_seed(0)
+    x = torch.randn(16, 4).half()
+    model = MoRModel(4, 3, num_experts=4, k=2, dim=16, train_steps=2, capacity_factor=0.5).eval().half()
+    out, d = model(x, return_diagnostics=True)
+    assert (~d.mask.any(-1)).any() and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["gate", "confidence", "attention"])
+def test_float32_loss_gradients_and_outputs_are_bit_identical_with_the_literal_guards(monkeypatch, mode):
+    """The float16-safe guard epsilon leaves float32 numerics exactly as they were with a literal 1e-9."""
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = MoRModel(4, 3, num_experts=4, k=2, dim=16, train_steps=3, mode=mode, capacity_factor=0.5)
+        x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        total, parts, _ = model.loss(x, y)
+        grads = torch.autograd.grad(total, list(model.parameters()), allow_unused=True, materialize_grads=True)
+        return [total, *parts.values(), *grads, model.eval()(x)]
+
+    guarded = run()
+    for module in ("mor.nn.router", "mor.nn.integration", "mor.nn.losses", "mor.nn.models"):
+        monkeypatch.setattr(f"{module}.eps", lambda dtype, floor=1e-9: floor)
+    literal = run()
+    assert all(torch.equal(a, b) for a, b in zip(guarded, literal, strict=True))

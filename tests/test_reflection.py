@@ -4,7 +4,7 @@ from torch import nn
 
 from mor.errors import ConfigError, ShapeError
 from mor.nn import ConvCell, Halting, MLPCell, MoRModel, ReflectionExpert, TransformerCell
-from mor.nn.losses import geometric_prior, halting_distribution, ponder_loss
+from mor.nn.losses import geometric_prior, halting_distribution, halting_kl, ponder_loss
 
 
 class CountingCell(nn.Module):
@@ -195,3 +195,13 @@ def test_a_trajectory_gives_every_halting_rule_what_the_adaptive_run_gives():
         torch.testing.assert_close(output, want, rtol=1e-4, atol=1e-5)
         assert torch.equal(steps, diagnostics.steps)
         assert diagnostics.steps[diagnostics.mask].float().std() > 1  # the rule stopped inputs at different steps
+
+
+def test_halting_kl_stays_finite_in_float16_where_a_step_has_probability_zero():
+    logits = torch.tensor([[9.0], [0.0], [0.0]])
+    p = halting_distribution(logits.half())
+    assert (p == 0).any() and torch.isfinite(halting_kl(p)).all()
+    p32 = halting_distribution(logits)
+    torch.testing.assert_close(halting_kl(p).float(), halting_kl(p32), atol=1e-2, rtol=0)
+    literal = (p32 * (torch.log(p32.clamp_min(1e-9)) - torch.log(geometric_prior(3, 0.2)[:, None]))).sum(0)
+    assert torch.equal(halting_kl(p32), literal)  # float32 as before

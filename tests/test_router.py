@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -98,3 +100,23 @@ def test_bad_arguments_raise_one_line_errors():
         Router(8, 4, threshold=0.1, min_experts=3, max_experts=2)
     with pytest.raises(ShapeError, match=r"expected inputs of shape \(N, 8\)"):
         Router(8, 4)(torch.randn(3, 7))
+
+
+def test_float16_inputs_whose_slots_were_all_dropped_get_zero_weights_not_nan():
+    torch.manual_seed(0)
+    router = Router(4, 4, k=2, capacity_factor=0.5)
+    x = torch.randn(16, 4)
+    r = copy.deepcopy(router).half()(x.half())
+    dropped = ~r.mask.any(-1)
+    assert dropped.any() and torch.isfinite(r.weights).all() and (r.weights[dropped] == 0).all()
+    r32 = router(x)  # float32 keeps the literal guard, bit for bit
+    top = r32.probs.topk(2, dim=-1).values * r32.mask
+    assert torch.equal(r32.weights, top / top.sum(-1, keepdim=True).clamp_min(1e-9))
+
+
+@pytest.mark.parametrize("kwargs", [{"max_experts": 1}, {"min_experts": 2}, {"min_experts": 1, "max_experts": 4}])
+def test_top_k_refuses_min_and_max_experts_it_would_ignore(kwargs):
+    with pytest.raises(ConfigError, match="apply to threshold routing only") as info:
+        Router(8, 4, k=3, **kwargs)
+    assert "\n" not in str(info.value)
+    assert Router(8, 4, threshold=0.1, **kwargs).threshold == 0.1  # with a threshold they apply

@@ -84,12 +84,22 @@ class ReflectionExperts(nn.ModuleList):
 
     def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
         runs = [expert(xs) for expert, xs in zip(self, x.split(sizes), strict=True) if xs.shape[0] > 0]
+        if not runs:
+            return self._empty(x)
         last = self.training and not self.expected
         answer = torch.cat([r.answers[-1] if last else r.answer for r in runs])
         out = ExpertOutput(answer=answer, confidence=torch.cat([r.confidence for r in runs]),
                            steps=torch.cat([r.steps for r in runs]))
         if self.training and self.expected:
             out.aux["halting_kl"] = torch.cat([halting_kl(r.halting_distribution) for r in runs]).mean()
+        return out
+
+    def _empty(self, x: Tensor) -> ExpertOutput:
+        """The output for no rows (zero tokens): empty answers of the experts' width, as SwiGLUExperts gives."""
+        none = x.new_zeros(0)
+        out = ExpertOutput(answer=x.new_zeros(*x.shape[:-1], self[0].out_dim), confidence=none, steps=none.long())
+        if self.training and self.expected:
+            out.aux["halting_kl"] = x.new_zeros(())
         return out
 
     def expert(self, e: int, x: Tensor) -> Tensor:

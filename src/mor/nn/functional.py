@@ -1,11 +1,15 @@
-"""Softmax over a short last dimension (a few classes or experts), fast on CPU.
+"""Softmax over a short last dimension (a few classes or experts), fast on CPU; and the epsilon of guards.
 
 PyTorch's CPU kernel runs a scalar loop per row when the last dimension is short; over the transposed view the
 same softmax is vectorised across rows. For 2 to 10 classes that is 5-8x faster forward and about 5x forward
 plus backward (49,152 rows, 1 thread); from 16 on the plain kernel wins. Reflection feeds a 2-class answer back
 at every step, so the main job spends real time here. Elsewhere (CUDA, long dims) these are torch's own.
+
+`eps` is what divisions and logs are clamped to: a literal 1e-9 rounds to 0 in float16 (giving inf and NaN), so
+there it is float16's smallest normal number; in float32 and bfloat16 it is the literal, numerics unchanged.
 """
 
+import torch
 from torch import Tensor
 
 SHORT = 16  # last dimensions below this take the transposed path on CPU
@@ -23,3 +27,8 @@ def softmax(x: Tensor) -> Tensor:
 def log_softmax(x: Tensor) -> Tensor:
     """`x.log_softmax(-1)`."""
     return x.transpose(-1, -2).log_softmax(-2).transpose(-1, -2) if _transposed(x) else x.log_softmax(-1)
+
+
+def eps(dtype: torch.dtype, floor: float = 1e-9) -> float:
+    """The guard `floor` of a division or log, raised to `dtype`'s smallest normal number so it is not 0 there."""
+    return max(floor, torch.finfo(dtype).tiny)

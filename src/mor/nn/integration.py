@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import check
-from mor.nn.functional import softmax
+from mor.nn.functional import eps, softmax
 from mor.nn.losses import entropy
 
 Mode = Literal["gate", "confidence", "attention"]
@@ -54,10 +54,10 @@ class Integrator(nn.Module):
             return weights * mask
         if self.mode == "confidence":
             w = weights * confidence * mask
-            return w / w.sum(-1, keepdim=True).clamp_min(1e-9)
+            return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype))
         keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
         scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
-        scores = scores + torch.log(weights.clamp_min(1e-9))
+        scores = scores + torch.log(weights.clamp_min(eps(weights.dtype)))
         # finite fill, then the mask: an input whose slots were all dropped (capacity) gets 0 weights, not NaN
         return softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min)) * mask
 
@@ -67,8 +67,8 @@ class Integrator(nn.Module):
         wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
         if self.classes:
             probs = softmax(answers)
-            mixed = (wb * probs).sum(1) / wb.sum(1).clamp_min(1e-9)
-            output = torch.log(mixed.clamp_min(1e-9))
+            mixed = (wb * probs).sum(1) / wb.sum(1).clamp_min(eps(wb.dtype))
+            output = torch.log(mixed.clamp_min(eps(mixed.dtype)))
         else:
             output = (wb * answers).sum(1)
         return Integrated(output=output, weights=w,
@@ -85,7 +85,7 @@ def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
     `answers` (N, m, ..., D), `weights` (N, m) summing to 1 over used slots; the result is averaged
     over positions, (N,).
     """
-    w = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
+    w = weights / weights.sum(-1, keepdim=True).clamp_min(eps(weights.dtype))
     wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
     if classes:
         probs = softmax(answers.float())

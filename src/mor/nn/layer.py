@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from mor.errors import ShapeError
+from mor.errors import ShapeError, check
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.dispatch import Dispatch
 from mor.nn.experts import ExpertOutput, ReflectionExperts, SwiGLUExperts
@@ -30,6 +30,9 @@ class MoRLayer(nn.Module):
         super().__init__()
         self.router, self.experts = router, experts
         self.integrator = integrator or Integrator("gate")
+        check(self.integrator.mode != "gate" or not self.integrator.classes,
+              "MoRLayer: Integrator(classes=True) is not supported in mode 'gate', which mixes answers as values; "
+              "use mode 'confidence' or classes=False")
 
     @classmethod
     def swiglu(cls, dim: int, hidden: int, num_experts: int, k: int = 2, **router_kwargs) -> "MoRLayer":

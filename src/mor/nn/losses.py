@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mor.nn.functional import log_softmax, softmax
+from mor.nn.functional import eps, log_softmax, softmax
 
 
 def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ def ponder_loss(step_losses: Tensor, halt_logits: Tensor, weights: Tensor | None
     """
     p = halting_distribution(halt_logits)
     weights = torch.ones_like(p[0]) if weights is None else weights
-    total = weights.sum().clamp_min(1e-9)
+    total = weights.sum().clamp_min(eps(weights.dtype))
     expected = ((p * step_losses).sum(0) * weights).sum() / total
     return expected, (halting_kl(p, prior_halt_prob) * weights).sum() / total
 
@@ -57,7 +57,7 @@ def ponder_loss(step_losses: Tensor, halt_logits: Tensor, weights: Tensor | None
 def halting_kl(p: Tensor, prior_halt_prob: float = 0.2) -> Tensor:
     """KL(p ‖ geometric prior) of each input's (T, N) halting distribution, (N,): keeps halting from collapsing."""
     prior = geometric_prior(p.shape[0], prior_halt_prob, p.device)[:, None]
-    return (p * (torch.log(p.clamp_min(1e-9)) - torch.log(prior))).sum(0)
+    return (p * (torch.log(p.clamp_min(eps(p.dtype))) - torch.log(prior))).sum(0)
 
 
 def critic_loss(critic_logits: Tensor, correct: Tensor) -> Tensor:
@@ -86,7 +86,7 @@ def route_loss(log_prob: Tensor, loss: Tensor) -> Tensor:
 
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy in nats along `dim`, treating 0·log 0 as 0."""
-    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
+    return -(probs * torch.log(probs.clamp_min(eps(probs.dtype, 1e-12)))).sum(dim)
 
 
 NATS_PER_BIT = math.log(2)

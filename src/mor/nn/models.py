@@ -16,6 +16,7 @@ from mor.errors import ShapeError, check
 from mor.nn.cells import ConvCell, MLPCell, TransformerCell
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.dispatch import Dispatch
+from mor.nn.functional import eps
 from mor.nn.integration import Integrator, Mode
 from mor.nn.losses import (
     LossWeights,
@@ -108,7 +109,7 @@ class MoRModel(nn.Module):
         """
         output, diagnostics, _ = self._run(x, halting)
         if not self.training and self.conflict_policy is not None:
-            output, diagnostics = self._escalate(x, output, diagnostics, halting or self.halting)
+            output, diagnostics = self._escalate(x, output, diagnostics, halting)
         return (output, diagnostics) if return_diagnostics else output
 
     @torch.no_grad()
@@ -130,8 +131,9 @@ class MoRModel(nn.Module):
                 for p in params:
                     p.grad = total.clone()
 
-    def _run(self, x: Tensor, rule: Halting | None, unroll: tuple[int, int | None] = (0, None)
+    def _run(self, x: Tensor, rule: Halting | list[Halting] | None, unroll: tuple[int, int | None] = (0, None)
              ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
+        """One routed, reflected and integrated pass; `rule` is every expert's halting rule, or one per expert."""
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or x.shape[0] == 0:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
                              f"sequences with N >= 1, got {tuple(x.shape)}")
@@ -139,8 +141,9 @@ class MoRModel(nn.Module):
         routing = self.router(query)
         dispatch = Dispatch.of(routing)
         parts = dispatch.gather(x).split(dispatch.sizes)
-        reflection = _concat([expert(part, rule, *unroll) for expert, part in zip(self.experts, parts, strict=True)
-                              if part.shape[0] > 0])
+        rules = rule if isinstance(rule, list) else [rule] * len(self.experts)
+        reflection = _concat([expert(part, own, *unroll) for expert, part, own
+                              in zip(self.experts, parts, rules, strict=True) if part.shape[0] > 0])
         confidence = dispatch.scatter(reflection.confidence)
         integrated = self.integrator(dispatch.scatter(reflection.answer), routing.weights, routing.mask,
                                      confidence, query, with_conflict=True)
@@ -173,12 +176,14 @@ class MoRModel(nn.Module):
 
     @torch.no_grad()
     def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,
-                  rule: Halting) -> tuple[Tensor, Diagnostics]:
-        """Re-run the high-conflict inputs with the policy's larger budget and keep those answers."""
+                  rule: Halting | None) -> tuple[Tensor, Diagnostics]:
+        """Re-run the high-conflict inputs with the policy's larger budget and keep those answers; each expert
+        escalates its own halting rule unless `rule` overrides them all."""
         hard = diagnostics.conflict > self.conflict_policy.threshold
         if not hard.any():
             return output, diagnostics
-        again, more, _ = self._run(x[hard], self.conflict_policy.escalate(rule))
+        rules = [self.conflict_policy.escalate(rule or expert.halting) for expert in self.experts]
+        again, more, _ = self._run(x[hard], rules)
         output = output.clone()
         output[hard] = again
         for name in ("weights", "indices", "mask", "confidence", "conflict"):
@@ -200,7 +205,7 @@ class MoRModel(nn.Module):
         pair_loss = (halting_distribution(reflection.halt_logits) * per_step).sum(0)
         chosen = routing.probs.gather(1, routing.indices).reshape(-1)[dispatch.slots]
         parts = {"task": task_loss(output, y, self.classes, log_probs=True).mean(), "ponder": expected,
-                 "halting_kl": kl, "route": route_loss(torch.log(chosen.clamp_min(1e-9)), pair_loss),
+                 "halting_kl": kl, "route": route_loss(torch.log(chosen.clamp_min(eps(chosen.dtype))), pair_loss),
                  "critic": critic_loss(reflection.critic_logits, self._correct(reflection.answers, target)),
                  "consistency": consistency_loss(reflection.answers, self.classes), **diagnostics.aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import ShapeError, check
-from mor.nn.functional import softmax
+from mor.nn.functional import eps, softmax
 from mor.nn.losses import entropy, load_balance_loss, router_z_loss
 
 
@@ -57,6 +57,9 @@ class Router(nn.Module):
         super().__init__()
         check(num_experts >= 1, f"Router: num_experts must be >= 1, got {num_experts}")
         check(score in ("softmax", "sigmoid"), f"Router: score must be 'softmax' or 'sigmoid', got {score!r}")
+        check(threshold is not None or (min_experts == 1 and max_experts is None),
+              f"Router: min_experts ({min_experts}) and max_experts ({max_experts}) apply to threshold routing "
+              "only; set threshold, or drop them and use k for top-k")
         max_experts = num_experts if max_experts is None else max_experts
         if threshold is None:
             check(1 <= k <= num_experts, f"Router: k must be in [1, num_experts={num_experts}], got {k}")
@@ -92,7 +95,7 @@ class Router(nn.Module):
             mask = mask & self._within_capacity(indices, mask)
         weights = top * mask
         if self.normalize and self.slots > 1:
-            weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(eps(weights.dtype))
         routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
         counts = routing.counts
         dist = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True)
