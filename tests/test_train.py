@@ -52,6 +52,28 @@ BAD = [
 ]
 
 
+BAD_OPTIONS = [
+    ({"task": "chars", "root": 5}, "data.root: task 'chars' takes str | pathlib.Path | None, got 5"),
+    ({"task": "chars", "patterns": 5}, "data.patterns: task 'chars' takes str | Sequence[str], got 5"),
+    ({"task": "csv", "path": "t.csv", "target": ["label"]}, "data.target: task 'csv' takes str, got ['label']"),
+    ({"task": "regimes", "dim": 4.5}, "data.dim: task 'regimes' takes int, got 4.5"),
+]
+
+
+@pytest.mark.parametrize("data,message", BAD_OPTIONS)
+def test_a_task_option_of_the_wrong_type_is_a_one_line_error(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse({"data": data})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_config_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# café\ntrain: {steps: 5}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: cannot read it as UTF-8 text .*save the config as UTF-8"):
+        load(path)
+
+
 @pytest.mark.parametrize("text,message", BAD)
 def test_malformed_configs_give_one_line_errors_naming_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

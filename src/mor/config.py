@@ -54,7 +54,11 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass the path of a YAML file (see configs/)")
-    return parse_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it as UTF-8 text ({err}); save the config as UTF-8") from None
+    return parse_yaml(text, str(path))
 
 
 def parse_yaml(text: str, source: str, error: type[MorError] = ConfigError, fix: str = "") -> Any:

@@ -3,6 +3,9 @@
 import inspect
 from collections.abc import Callable
 from functools import partial
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from mor.data.addition import Addition
 from mor.data.base import Task
@@ -13,7 +16,7 @@ from mor.data.mix import Mix
 from mor.data.parity import Parity, SequenceParity
 from mor.data.prefix_sum import PrefixSum
 from mor.data.regimes import Regimes
-from mor.errors import check
+from mor.errors import ConfigError, check
 
 TASKS: dict[str, Callable[..., Task]] = {
     "prefix_sum": PrefixSum, "addition": Addition, "parity": Parity, "sequence_parity": SequenceParity,
@@ -39,3 +42,16 @@ def check_options(name: str, options: dict) -> None:
     for key, parameter in parameters.items():
         check(parameter.default is not inspect.Parameter.empty or key in options,
               f"data.{key}: task {name!r} needs option {key!r}; set data.{key}")
+        if key in options:
+            _check_type(name, key, parameter, options[key])
+
+
+def _check_type(name: str, key: str, parameter: inspect.Parameter, value: Any) -> None:
+    """Refuse an option value the task's signature does not take: the task would fail on it with a traceback."""
+    if parameter.annotation is inspect.Parameter.empty:
+        return
+    try:
+        TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
+    except ValidationError:
+        expected = inspect.formatannotation(parameter.annotation).replace("collections.abc.", "")
+        raise ConfigError(f"data.{key}: task {name!r} takes {expected}, got {value!r}") from None
