@@ -286,12 +286,22 @@ def test_validation_runs_at_eval_size(tmp_path):
 
 
 @pytest.mark.parametrize("data,size,message", [
-    ({"task": "wine"}, 8, "train.eval_size: task 'wine' has no instance sizes to choose from; remove eval_size"),
+    ({"task": "wine"}, 8, "train.eval_size: task 'wine' has no instance sizes to choose from; remove train.eval_size"),
     ({"task": "parity", "dim": 16}, 17, "train.eval_size: task 'parity' takes sizes 1–16, got 17"),
 ])
 def test_an_eval_size_the_task_cannot_make_is_a_clear_error(tmp_path, data, size, message):
     with pytest.raises(ConfigError, match=f"^{message}$"):
         Trainer(config(tmp_path, data=data, model={"cell": "mlp"}, train={"eval_size": size}))
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"task": "regimes"}, "eval.sizes: task 'regimes' has no instance sizes to choose from; remove eval.sizes"),
+    ({"task": "parity", "dim": 16}, "eval.sizes: task 'parity' takes sizes 1–16, got 32"),
+])
+def test_report_sizes_the_task_cannot_make_are_refused_before_training(tmp_path, data, message):
+    """Checked when the trainer is built: before, the error came once every model had trained, and no report."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        Trainer(config(tmp_path, data=data, model={"cell": "mlp"}, eval={"sizes": [8, 32]}))
 
 
 def expert_states(trainer: Trainer) -> list[dict]:

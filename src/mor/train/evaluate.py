@@ -150,6 +150,14 @@ def model_kind(model: nn.Module) -> str:
     return "moe" if model.train_steps == 1 else "reflection" if len(model.experts) == 1 else "mor"
 
 
+def check_size(task: Task, size: int, field: str) -> None:
+    """Refuse an instance size `task` cannot generate (or a size for a task without one), naming `field`."""
+    sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
+    check(sized, f"{field}: task {task.name!r} has no instance sizes to choose from; remove {field}")
+    check(task.min_size <= size and (task.max_size is None or size <= task.max_size),
+          f"{field}: task {task.name!r} takes sizes {task.min_size}–{task.max_size or '∞'}, got {size}")
+
+
 def eval_sizes(task: Task, cfg: EvalConfig, train_sizes: tuple[int, int] | None) -> list[Size]:
     """`cfg.sizes`, else the top of the training range and 2× and 4× it within `task.max_size`; [None] for
     tasks without a size knob (and for finite datasets, whose test split has no size)."""

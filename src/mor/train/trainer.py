@@ -25,7 +25,7 @@ from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump, saved
-from mor.train.evaluate import score, token_score
+from mor.train.evaluate import check_size, score, token_score
 from mor.train.schedule import scheduler
 
 
@@ -68,6 +68,8 @@ class Trainer:
         if self.upcycling:
             self.model.upcycle()
         self.eval_size = self._eval_size(config.train.eval_size)
+        for size in config.eval.sizes:  # checked now, not once every model has trained
+            check_size(self.task, size, "eval.sizes")
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
             self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
@@ -208,12 +210,10 @@ class Trainer:
     def _eval_size(self, size: int | None) -> int | None:
         """The instance size `validate` uses: `size` once checked against the task, else the largest trained."""
         task = self.task
-        sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
         if size is None:
+            sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
             return task.sizes[1] if sized else None
-        check(sized, f"train.eval_size: task {task.name!r} has no instance sizes to choose from; remove eval_size")
-        check(task.min_size <= size and (task.max_size is None or size <= task.max_size),
-              f"train.eval_size: task {task.name!r} takes sizes {task.min_size}–{task.max_size or '∞'}, got {size}")
+        check_size(task, size, "train.eval_size")
         return size
 
     # state ------------------------------------------------------------------------------------------------
