@@ -287,3 +287,13 @@ def test_a_reflection_layer_takes_zero_tokens(mode, train):
     out = experts(torch.randn(0, 8), [0, 0, 0])
     assert out.answer.shape == (0, 8) and out.confidence.shape == out.steps.shape == (0,)
     assert out.aux.get("halting_kl", torch.zeros(())).eq(0).all()
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_diagnostics_and_router_losses_of_zero_tokens_are_empty_and_finite(reflect):
+    layer = (reflection_layer(ReflectionExperts(ReflectionExpert(MLPCell(8), 8, 8, dim=8, classes=False)
+                                                for _ in range(3)), 8, k=2)
+             if reflect else MoRLayer.swiglu(8, 16, num_experts=3, k=2)).train()
+    y, d = layer(torch.randn(2, 0, 8), return_diagnostics=True)
+    assert y.shape == (2, 0, 8) and d.conflict.numel() == 0
+    assert all(torch.isfinite(v) for v in d.aux.values()), d.aux

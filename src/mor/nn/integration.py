@@ -94,4 +94,5 @@ def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
     else:
         mean = (wb * answers).sum(1, keepdim=True)
         per_position = (wb * (answers - mean).square()).sum(1).mean(-1)
-    return per_position.reshape(per_position.shape[0], -1).mean(-1).clamp_min(0)
+    per_input = per_position.flatten(1).mean(-1) if per_position.dim() > 1 else per_position  # flatten: N may be 0
+    return per_input.clamp_min(0)

@@ -15,6 +15,8 @@ def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
 
     `probs` (N, E) are router probabilities (rows summing to 1), `counts` (E,) the assignments per expert.
     """
+    if probs.shape[0] == 0:  # no inputs (zero tokens): nothing to balance, and a mean over none is NaN
+        return probs.sum()
     num_experts = probs.shape[-1]
     fraction = counts.to(probs.dtype) / counts.sum().clamp_min(1)
     return num_experts * (fraction * probs.mean(0)).sum()
@@ -22,6 +24,8 @@ def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
 
 def router_z_loss(logits: Tensor) -> Tensor:
     """ST-MoE z-loss: mean squared log-partition of the router logits; keeps logits small and stable."""
+    if logits.numel() == 0:  # no inputs: no logits to keep small, and a mean over none is NaN
+        return logits.float().sum()
     return torch.logsumexp(logits.float(), dim=-1).square().mean()
 
 
