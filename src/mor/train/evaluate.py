@@ -150,10 +150,14 @@ def model_kind(model: nn.Module) -> str:
     return "moe" if model.train_steps == 1 else "reflection" if len(model.experts) == 1 else "mor"
 
 
+def sized(task: Task) -> bool:
+    """Whether `task` generates instances of a chosen size (not a dataset, token windows or a fixed shape)."""
+    return isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
+
+
 def check_size(task: Task, size: int, field: str) -> None:
     """Refuse an instance size `task` cannot generate (or a size for a task without one), naming `field`."""
-    sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
-    check(sized, f"{field}: task {task.name!r} has no instance sizes to choose from; remove {field}")
+    check(sized(task), f"{field}: task {task.name!r} has no instance sizes to choose from; remove {field}")
     check(task.min_size <= size and (task.max_size is None or size <= task.max_size),
           f"{field}: task {task.name!r} takes sizes {task.min_size}–{task.max_size or '∞'}, got {size}")
 

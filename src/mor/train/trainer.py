@@ -25,7 +25,7 @@ from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump, saved
-from mor.train.evaluate import check_size, score, token_score
+from mor.train.evaluate import check_size, score, sized, token_score
 from mor.train.schedule import scheduler
 
 
@@ -211,8 +211,7 @@ class Trainer:
         """The instance size `validate` uses: `size` once checked against the task, else the largest trained."""
         task = self.task
         if size is None:
-            sized = isinstance(task, StreamTask) and bool(task.sizes) and not task.tokens
-            return task.sizes[1] if sized else None
+            return task.sizes[1] if sized(task) else None
         check_size(task, size, "train.eval_size")
         return size
 
