@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from rich.console import Console
 
 from mor.errors import CheckpointError, ConfigError
 from mor.train import checkpoint
 from mor.train.config import load, parse
+from mor.train.evaluate_cli import evaluate_checkpoint
 from mor.train.trainer import Trainer
 
 FAST = {"model": {"dim": 8, "train_steps": 3, "halting": {"max_steps": 3}},
@@ -302,6 +304,21 @@ def test_report_sizes_the_task_cannot_make_are_refused_before_training(tmp_path,
     """Checked when the trainer is built: before, the error came once every model had trained, and no report."""
     with pytest.raises(ConfigError, match=f"^{message}$"):
         Trainer(config(tmp_path, data=data, model={"cell": "mlp"}, eval={"sizes": [8, 32]}))
+
+
+def test_an_example_count_for_a_dataset_task_is_refused(tmp_path):
+    """A dataset task scores its whole test split; a count it would silently ignore is an error instead."""
+    with pytest.raises(ConfigError, match=r"^eval\.examples: task 'wine' is a finite dataset, scored on its whole "
+                                          r"test split \(\d+ examples\) whatever the count; remove eval\.examples$"):
+        Trainer(config(tmp_path, data={"task": "wine"}, model={"cell": "mlp"}, eval={"examples": 10}))
+    Trainer(config(tmp_path, data={"task": "wine"}, model={"cell": "mlp"}))  # the default count is not a choice
+
+
+def test_eval_refuses_an_example_count_for_a_dataset_checkpoint(tmp_path):
+    Trainer(config(tmp_path, data={"task": "wine"}, model={"cell": "mlp"})).fit()
+    with pytest.raises(ConfigError, match=r"^--examples: task 'wine' is a finite dataset"):
+        evaluate_checkpoint(tmp_path, examples=5)
+    assert evaluate_checkpoint(tmp_path, out=tmp_path / "eval", console=Console(quiet=True)).is_file()
 
 
 def expert_states(trainer: Trainer) -> list[dict]:

@@ -57,7 +57,8 @@ def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or 
           threshold: str | None = typer.Option(None, help="Critic thresholds, e.g. 0.9,0.99."),
           size: str | None = typer.Option(None, help="Instance sizes, e.g. 16,32,64."),
           stable: str | None = typer.Option(None, help="Answer-stability windows, e.g. 3,5."),
-          examples: int | None = typer.Option(None, min=1, help="Examples per measurement."),
+          examples: int | None = typer.Option(None, min=1,
+                                              help="Examples per measurement (generated tasks; datasets: all)."),
           out: Path | None = typer.Option(None, help="Folder for eval.json, eval.md and plots.")) -> None:
     """Evaluate a checkpoint at any reflection depth, halting threshold and instance size."""
     from mor.train.evaluate_cli import evaluate_checkpoint

@@ -119,7 +119,7 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     """What `mor eval` and the end-of-training report measure."""
 
-    examples: int = Field(1024, ge=1)
+    examples: int = Field(1024, ge=1, description="examples per measurement; dataset tasks score their test split")
     sizes: list[Positive] = Field(default_factory=list, description="instance sizes to evaluate; [] = training's")
     max_steps: list[Positive] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], min_length=1)
     thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.9, 0.99])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mor.data.base import DatasetTask, GroupedTask, StreamTask, Task
-from mor.errors import check
+from mor.errors import ConfigError, check
 from mor.nn.diagnostics import Diagnostics
 from mor.nn.losses import NATS_PER_BIT
 from mor.nn.models import DenseModel, MoRModel, count_parameters
@@ -160,6 +160,13 @@ def check_size(task: Task, size: int, field: str) -> None:
     check(sized(task), f"{field}: task {task.name!r} has no instance sizes to choose from; remove {field}")
     check(task.min_size <= size and (task.max_size is None or size <= task.max_size),
           f"{field}: task {task.name!r} takes sizes {task.min_size}–{task.max_size or '∞'}, got {size}")
+
+
+def check_examples(task: Task, field: str) -> None:
+    """Refuse an example count for a finite dataset, whose whole test split is always scored, naming `field`."""
+    if isinstance(task, DatasetTask):
+        raise ConfigError(f"{field}: task {task.name!r} is a finite dataset, scored on its whole test split "
+                          f"({len(task.split('test')[1])} examples) whatever the count; remove {field}")
 
 
 def eval_sizes(task: Task, cfg: EvalConfig, train_sizes: tuple[int, int] | None) -> list[Size]:

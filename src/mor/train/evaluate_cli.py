@@ -9,7 +9,7 @@ from mor.data import get_task
 from mor.train import checkpoint
 from mor.train.build import build_model
 from mor.train.config import saved
-from mor.train.evaluate import check_size, evaluate
+from mor.train.evaluate import check_examples, check_size, evaluate
 from mor.train.report import summary, write_report
 
 
@@ -29,6 +29,8 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     eval_cfg = config.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     for size in sizes or []:
         check_size(task, size, "--size")
+    if examples is not None:
+        check_examples(task, "--examples")
     console.print(f"Evaluating {loaded.path} ({config.model.kind} on {config.data.task}) …")
     results = {f"{config.model.kind} @ step {loaded.state['step']}": evaluate(model, task, eval_cfg,
                                                                              getattr(task, "sizes", None))}

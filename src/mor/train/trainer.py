@@ -25,7 +25,7 @@ from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump, saved
-from mor.train.evaluate import check_size, score, sized, token_score
+from mor.train.evaluate import check_examples, check_size, score, sized, token_score
 from mor.train.schedule import scheduler
 
 
@@ -70,6 +70,8 @@ class Trainer:
         self.eval_size = self._eval_size(config.train.eval_size)
         for size in config.eval.sizes:  # checked now, not once every model has trained
             check_size(self.task, size, "eval.sizes")
+        if "examples" in config.eval.model_fields_set:
+            check_examples(self.task, "eval.examples")
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
             self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
