@@ -162,6 +162,11 @@ def test_requests_without_a_valid_key_get_401(server):
 
 
 def test_a_body_over_the_limit_gets_413_by_length_or_while_streamed(server):
+    def counted() -> float:  # refused before routing, yet counted under the endpoint it was sent to
+        text = httpx.get(server.root + "/metrics").text
+        return metric(text, "mor_errors_total", endpoint="/v1/chat/completions", status="413")
+
+    before = counted()
     body = json.dumps({"model": "mor", "messages": [{"role": "user", "content": "x" * BODY_LIMIT}]})
     response = post(server, "/v1/chat/completions", body)
     assert response.status_code == 413 and f"over the limit of {BODY_LIMIT} bytes" in clean(response)["message"]
@@ -172,6 +177,9 @@ def test_a_body_over_the_limit_gets_413_by_length_or_while_streamed(server):
     response = httpx.post(server.root + "/v1/chat/completions", content=chunked(),
                           headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 413 and clean(response)["code"] == "body_too_large"
+    assert counted() == before + 2
+    assert post(server, "/v1/nowhere", body).status_code == 413
+    assert metric(httpx.get(server.root + "/metrics").text, "mor_errors_total", endpoint="unmatched", status="413") >= 1
 
 
 def test_a_caller_over_its_rate_gets_429_and_others_do_not(server):
@@ -336,7 +344,7 @@ def test_metrics_count_requests_errors_experts_depth_and_batches(server, client)
 def test_a_client_that_leaves_before_the_response_counts_as_499_not_500(server):
     def count(status: str) -> float:
         text = httpx.get(server.root + "/metrics").text
-        return metric(text, "mor_requests_total", endpoint="unmatched", method="POST", status=status)
+        return metric(text, "mor_requests_total", endpoint="/v1/predict", method="POST", status=status)
 
     before = {status: count(status) for status in ("499", "500")}
     port = int(server.root.rsplit(":", 1)[1])
@@ -348,7 +356,7 @@ def test_a_client_that_leaves_before_the_response_counts_as_499_not_500(server):
         time.sleep(0.05)
     assert count("499") == before["499"] + 1 and count("500") == before["500"]
     text = httpx.get(server.root + "/metrics").text
-    assert metric(text, "mor_errors_total", endpoint="unmatched", status="499") >= 1
+    assert metric(text, "mor_errors_total", endpoint="/v1/predict", status="499") >= 1
 
 
 def test_what_the_service_loaded_is_out_of_the_garbage_collectors_way(server):

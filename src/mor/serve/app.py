@@ -35,7 +35,9 @@ def create_app(settings: ServeSettings, shared_limits: Path | None = None) -> Fa
         finally:
             await service.stop()
 
-    middleware = [Middleware(RequestMetrics, metrics=service.metrics)]
+    modules = (chat, routing, predict, catalog, health, page)
+    paths = [route.path for module in modules for route in module.router.routes]
+    middleware = [Middleware(RequestMetrics, metrics=service.metrics, paths=paths)]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type"]))
@@ -45,7 +47,7 @@ def create_app(settings: ServeSettings, shared_limits: Path | None = None) -> Fa
                               "explanations, and micro-batched predictions from trained mor.nn models.")
     app.state.service = service
     errors.install(app)
-    for module in (chat, routing, predict, catalog, health, page):
+    for module in modules:
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)
     return app

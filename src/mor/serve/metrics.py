@@ -4,8 +4,10 @@ depth and batch sizes. Under several workers (`PROMETHEUS_MULTIPROC_DIR` set, as
 
 import os
 import time
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mor.serve.asgi import HttpMiddleware
@@ -52,13 +54,15 @@ class Metrics:
 
 
 class RequestMetrics(HttpMiddleware):
-    """ASGI middleware: counts and times every HTTP request by its route template (unmatched paths share one label,
-    and so do non-standard methods). A request that ends without a response counts as 500, or as 499 when the
-    client left first, so that clients hanging up are not taken for failures of the service."""
+    """ASGI middleware: counts and times every HTTP request by its route template, also when a middleware answered
+    before routing (413, or a client gone mid-body); unmatched paths share one label, and so do non-standard
+    methods. A request that ends without a response counts as 500, or as 499 when the client left first, so that
+    clients hanging up are not taken for failures of the service."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: Iterable[str] = ()) -> None:
         super().__init__(app)
         self.metrics = metrics
+        self.paths = [(compile_path(path)[0], path) for path in paths]  # the app's route templates
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start, status, left = time.perf_counter(), None, False
@@ -82,9 +86,15 @@ class RequestMetrics(HttpMiddleware):
                 status = CLIENT_CLOSED if left else 500
             self._record(scope, status, time.perf_counter() - start)
 
+    def _endpoint(self, scope: Scope) -> str:
+        """The template of the route that served the request, or of the one that would have when a middleware
+        answered first; "unmatched" for a path no route takes."""
+        route = getattr(scope.get("route"), "path", None)
+        return route or next((path for regex, path in self.paths if regex.match(scope["path"])), "unmatched")
+
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         """Count a finished request under its route template, method and status, and time it."""
-        endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+        endpoint = self._endpoint(scope)
         m = self.metrics
         m.requests.labels(endpoint, method_label(scope["method"]), str(status)).inc()
         m.latency.labels(endpoint).observe(seconds)
