@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mor.errors import ConfigError
-from mor.nn import Integrator, MoRModel, conflict
+from mor.nn import Integrator, MoRModel, conflict, moe_baseline
 from mor.nn.functional import softmax
 
 
@@ -13,6 +13,28 @@ def test_gate_mode_is_the_router_weighted_sum():
     weights, mask = torch.tensor([[0.75, 0.25]]), torch.ones(1, 2, dtype=torch.bool)
     out = Integrator("gate")(answers, weights, mask)
     torch.testing.assert_close(out.output, torch.tensor([[0.75, 0.5]]))
+
+
+def test_normalized_gate_mode_mixes_values_as_a_weighted_mean():
+    """A final prediction from one slot is the expert's answer, not p times it (Switch keeps p, for an FFN)."""
+    answers = torch.tensor([[[4.0], [0.0]], [[1.0], [3.0]]])
+    weights, mask = torch.tensor([[0.25, 0.0], [0.3, 0.1]]), torch.tensor([[True, False], [True, True]])
+    out = Integrator("gate", normalize=True)(answers, weights, mask)
+    torch.testing.assert_close(out.output, torch.tensor([[4.0], [1.5]]))  # 4 and (0.3·1 + 0.1·3) / 0.4
+    torch.testing.assert_close(out.weights, torch.tensor([[1.0, 0.0], [0.75, 0.25]]))
+    torch.testing.assert_close(Integrator("gate")(answers, weights, mask).output, torch.tensor([[1.0], [0.6]]))
+
+
+def test_a_top1_moe_regressor_predicts_its_experts_answer():
+    torch.manual_seed(0)
+    model = moe_baseline(3, 2, num_experts=4, k=1, task="regression").eval()
+    x = torch.randn(16, 3)
+    out, diagnostics = model(x, return_diagnostics=True)
+    assert (model.router(x).weights < 0.99).all()  # the router's own probabilities are well below 1
+    assert torch.equal(diagnostics.weights, torch.ones(16, 1))
+    chosen = diagnostics.indices[:, 0]
+    alone = torch.stack([model.experts[int(e)](x[i:i + 1]).answer[0] for i, e in enumerate(chosen)])
+    torch.testing.assert_close(out, alone)
 
 
 def test_confidence_mode_renormalises_gate_times_confidence():

@@ -32,17 +32,20 @@ class Integrated:
 class Integrator(nn.Module):
     """Combines (N, m, ..., D) expert answers with (N, m) weights; `classes` says answers are logits.
 
-    `query_dim` (the router's input width) and `dim` (the answer width) are needed by `attention` only.
+    `normalize` rescales gate weights to sum to 1 for value answers too, as a final prediction needs: with one
+    slot the raw router probability p would scale the answer to p·f(x). Off, they stay raw, as in an FFN
+    feeding a residual (Switch Transformer). `query_dim` (the router's input width) and `dim` (the answer width)
+    are needed by `attention` only.
     """
 
     def __init__(self, mode: Mode = "gate", *, classes: bool = False, query_dim: int | None = None,
-                 dim: int | None = None, attention_dim: int = 32):
+                 dim: int | None = None, attention_dim: int = 32, normalize: bool = False):
         super().__init__()
         check(mode in ("gate", "confidence", "attention"),
               f"Integrator: mode must be 'gate', 'confidence' or 'attention', got {mode!r}")
         check(mode != "attention" or (query_dim and dim),
               "Integrator: mode 'attention' needs query_dim (input width) and dim (answer width)")
-        self.mode, self.classes = mode, classes
+        self.mode, self.classes, self.normalize = mode, classes, normalize
         if mode == "attention":
             self.query = nn.Linear(query_dim, attention_dim, bias=False)
             self.key = nn.Linear(dim, attention_dim, bias=False)
@@ -51,7 +54,8 @@ class Integrator(nn.Module):
               query: Tensor | None = None, answers: Tensor | None = None) -> Tensor:
         """The integration weights (N, m) for this mode; unused slots get 0."""
         if self.mode == "gate":
-            return weights * mask
+            w = weights * mask
+            return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype)) if self.normalize and not self.classes else w
         if self.mode == "confidence":
             w = weights * confidence * mask
             return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype))

@@ -89,7 +89,7 @@ class MoRModel(nn.Module):
             ReflectionExpert(CELLS[cell](dim), in_dim, out_dim, dim=dim, train_steps=train_steps,
                              halting=halting or Halting(max_steps=train_steps), classes=self.classes)
             for _ in range(num_experts))
-        self.integrator = Integrator(mode, classes=self.classes, query_dim=in_dim, dim=out_dim)
+        self.integrator = Integrator(mode, classes=self.classes, query_dim=in_dim, dim=out_dim, normalize=True)
 
     @property
     def halting(self) -> Halting:
