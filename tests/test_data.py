@@ -294,6 +294,11 @@ def test_bad_sizes_and_options_elsewhere():
     raises("data.tasks", Mix, tasks=["prefix_sum", "foo"])
     raises("data.weights", Mix, weights=[1, 1])
     raises("data.regimes", Regimes, regimes=9)
+    raises("data.sizes", get_task, "addition", sizes=[1, 8], carry_chain=True)  # refused when built, not mid-run
+    raises("addition", get_task("addition", sizes=[2, 8], carry_chain=True).eval_set, 2, size=1)
+    for seed in (-1, 2.0, 2**40, True):
+        raises("data.seed", get_task, "regimes", seed=seed)
+        raises("data.seed", get_task, "wine", seed=seed)
 
 
 def test_table_errors(table, tmp_path):
@@ -307,6 +312,18 @@ def test_table_errors(table, tmp_path):
     raises("data.path", get_task, "parquet", path=str(tmp_path / "pets.csv"), target="label")
     raises("data.test_fraction", get_task, "wine", test_fraction=1.5)
     raises("breast_cancer", get_task("breast_cancer").split, "holdout")
+
+
+def test_tables_that_cannot_be_learned_as_given_are_refused(table):
+    from mor.data.tabular import TabularTask
+
+    infinite = table.assign(size=table["size"].where(table.index != 3, np.inf))
+    assert "column 'size' of table has 1 infinite values" in raises("data", TabularTask, infinite, "label")
+    target = table.assign(value=np.arange(60.0)).assign(value=lambda f: f["value"].where(f.index != 5, -np.inf))
+    raises("column 'value'", TabularTask, target, "value", kind="regression")
+    assert "not numeric" in raises("data.kind", TabularTask, table, "label", kind="regression")
+    assert "holds one value only" in raises("data.target", TabularTask, table.assign(label="cat"), "label")
+    raises("data.columns", TabularTask, table, "label", columns=["size", "size"])
 
 
 def test_many_distinct_integers_ask_for_the_kind_and_few_are_classes(table):
@@ -326,3 +343,5 @@ def test_chars_errors(tmp_path):
     raises("data.patterns", Chars, tmp_path)
     (tmp_path / "a.txt").write_text("abcdef")
     raises("chars", Chars(tmp_path).batch, 1, torch.Generator(), size=50)
+    (tmp_path / "b.txt").symlink_to(tmp_path / "gone.txt")  # matches the pattern, cannot be read
+    assert "b.txt" in raises("data.root", Chars, tmp_path)

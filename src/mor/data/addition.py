@@ -26,7 +26,8 @@ class Addition(BitSequenceTask):
 
     def __init__(self, sizes: Sequence[int] = (8, 32), carry_chain: bool = False):
         check(isinstance(carry_chain, bool), f"data.carry_chain: expected true or false, got {carry_chain!r}")
-        self.sizes, self.carry_chain = check_sizes(sizes), carry_chain
+        self.min_size = 2 if carry_chain else 1  # a carry chain starts in the first digit and runs past it
+        self.sizes, self.carry_chain = check_sizes(sizes, self.min_size), carry_chain
 
     def length(self, size: int) -> int:
         return size + 1

@@ -116,6 +116,13 @@ class DatasetTask(Task):
             yield from loader
 
 
+def check_seed(seed: int, field: str = "data.seed") -> int:
+    """Validate a random seed: an integer that numpy and torch both accept."""
+    check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+          f"{field}: expected an integer in [0, 2^32), got {seed!r}")
+    return seed
+
+
 def check_sizes(sizes: Sequence[int], min_size: int = 1, max_size: int | None = None,
                 field: str = "data.sizes") -> tuple[int, int]:
     """Validate a training size range [low, high] (a YAML list or a tuple) and return it as a tuple."""

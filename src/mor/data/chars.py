@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mor.data.base import Batch, StreamTask
-from mor.errors import check
+from mor.errors import ConfigError, check
 
 UNKNOWN = "\ufffd"  # id 0: characters not seen in the training text
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -94,7 +94,11 @@ def _read(root: Path, patterns: list[str], max_chars: int) -> str:
     for path in _files(root, patterns):
         if total >= max_chars:
             break
-        parts.append(path.read_text(encoding="utf-8", errors="replace")[:max_chars - total])
+        try:
+            parts.append(path.read_text(encoding="utf-8", errors="replace")[:max_chars - total])
+        except OSError as error:
+            raise ConfigError(f"data.root: cannot read '{path}' ({error.strerror}); fix or remove it, or narrow "
+                              f"data.patterns") from None
         total += len(parts[-1])
     return "".join(parts)
 

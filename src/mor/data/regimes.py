@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mor.data.base import GroupedTask, Kind
+from mor.data.base import GroupedTask, Kind, check_seed
 from mor.errors import check
 
 FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -44,7 +44,7 @@ class Regimes(GroupedTask):
         self.in_dim, self.kind, self.noise = dim, kind, float(noise)
         self.out_dim = 2 if kind == "classification" else 1
         self.groups = tuple(list(FUNCTIONS)[:regimes])
-        directions = torch.randn(regimes, dim, generator=torch.Generator().manual_seed(seed))
+        directions = torch.randn(regimes, dim, generator=torch.Generator().manual_seed(check_seed(seed)))
         self.directions = directions / directions.norm(dim=1, keepdim=True)
 
     def regime(self, x: Tensor) -> Tensor:

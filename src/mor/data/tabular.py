@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
 from sklearn.utils.multiclass import type_of_target
 
-from mor.data.base import SPLITS, Batch, DatasetTask, Kind
+from mor.data.base import SPLITS, Batch, DatasetTask, Kind, check_seed
 from mor.errors import ConfigError, check, first_line
 
 
@@ -40,13 +40,22 @@ class TabularTask(DatasetTask):
         missing = [c for c in features if c not in frame.columns or c == target]
         check(not missing and features,
               f"data.columns: {missing or 'none given'} are not feature columns of {name}; available: {available}")
+        check(len(set(features)) == len(features), f"data.columns: {features} names a column twice; list each once")
+        check_seed(seed)
         labels = frame[target]
         check(labels.notna().all(), f"data.target: column {target!r} has {labels.isna().sum()} missing values; "
                                     "drop or fill those rows first")
+        for column in (*features, target):
+            _check_finite(frame[column], column, name)
+        check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
+                                    f"({labels.iloc[0]!r}); there is nothing to learn — choose another target")
         self.kind = _infer_kind(labels, target) if kind is None else kind
         check(self.kind in ("classification", "regression"),
               f"data.kind: expected 'classification' or 'regression', got {self.kind!r}")
         classes = self.kind == "classification"
+        check(classes or pd.api.types.is_numeric_dtype(labels),
+              f"data.kind: column {target!r} of {name} is not numeric, so it cannot be a regression target; "
+              f"use kind: classification")
         self.rows = _split(len(frame), labels if classes and stratify else None, seed, val_fraction, test_fraction)
         x = frame[features]
         self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
@@ -67,6 +76,14 @@ class TabularTask(DatasetTask):
     def split(self, name: str) -> Batch:
         check(name in SPLITS, f"{self.name}: unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return self._data[name]
+
+
+def _check_finite(column: pd.Series, field: str, name: str) -> None:
+    """Refuse ±inf in a numeric column (NaN is a missing value, imputed in features)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        infinite = int(np.isinf(column.to_numpy(dtype=np.float64)).sum())
+        check(not infinite, f"data: column {field!r} of {name} has {infinite} infinite values; "
+                            "replace or drop those rows first")
 
 
 MANY_CLASSES = 50  # a numeric target with more distinct integers than this may be a quantity: the user says which
