@@ -49,8 +49,14 @@ def test_train_then_eval_write_reports(tmp_path):
     (("train", "missing.yaml"), "config file not found"),
     (("eval", "nowhere"), "no checkpoint here"),
     (("eval", ".", "--max-steps", "a,b"), "--max-steps: expected comma-separated int values"),
+    (("eval", ".", "--max-steps", "4,0"), "mor eval options: max_steps.1: must be >= 1, got 0"),  # before loading
+    (("eval", ".", "--threshold", "5"), "mor eval options: thresholds.0: must be <= 1.0, got 5.0"),
+    (("eval", ".", "--out", "afile"), "--out: 'afile' is a file; give a folder"),
+    (("train", "tiny.yaml", "--out", "afile"), "checkpoint.dir (--out): 'afile' is a file; give a folder"),
 ])
 def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "tiny.yaml").write_text(TINY)
     result = subprocess.run([sys.executable, "-c", "from mor.cli import run; run()", *args], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2

@@ -5,10 +5,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mor.config import validate
 from mor.data import get_task
+from mor.errors import check
 from mor.train import checkpoint
 from mor.train.build import build_model
-from mor.train.config import saved
+from mor.train.config import EvalConfig, saved
 from mor.train.evaluate import check_examples, check_size, evaluate
 from mor.train.report import summary, write_report
 
@@ -19,14 +21,16 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
                         console: Console | None = None) -> Path:
     """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report."""
     console = console or Console()
+    check(out is None or not Path(out).exists() or Path(out).is_dir(), f"--out: '{out}' is a file; give a folder")
+    given = {k: v for k, v in {"max_steps": max_steps, "thresholds": thresholds, "sizes": sizes,
+                               "stable_steps": stable_steps, "examples": examples}.items() if v is not None}
+    validate(EvalConfig, given, "mor eval options")  # before the checkpoint loads
     loaded = checkpoint.load(path)
     config = saved(loaded.config, loaded.path / checkpoint.CONFIG)
     task = get_task(config.data.task, **config.data.options)
     model = build_model(config.model, task)
     checkpoint.restore(model, loaded.weights, loaded.path)
-    overrides = {"max_steps": max_steps, "thresholds": thresholds, "sizes": sizes, "stable_steps": stable_steps,
-                 "examples": examples}
-    eval_cfg = config.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    eval_cfg = config.eval.model_copy(update=given)
     for size in sizes or []:
         check_size(task, size, "--size")
     if examples is not None:

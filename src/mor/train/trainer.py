@@ -49,6 +49,7 @@ class Trainer:
         self.config = config.model_copy(update={"model": config.model.model_copy(update={"kind": self.kind}),
                                                 "compare": []})  # what this run trains, saved with it
         self.run_dir = Path(run_dir or config.checkpoint.dir)
+        check(not self.run_dir.is_file(), f"checkpoint.dir (--out): '{self.run_dir}' is a file; give a folder")
         self.console = console or Console()
         self.rank, self.world = _distributed()
         check(config.data.batch_size % self.world == 0, f"data.batch_size: {config.data.batch_size} cannot be "
