@@ -310,6 +310,8 @@ def test_table_errors(table, tmp_path):
     assert "size, color, label" in message
     raises("data.columns", get_task, "csv", path=str(tmp_path / "pets.csv"), target="label", columns=["weight"])
     raises("data.path", get_task, "parquet", path=str(tmp_path / "pets.csv"), target="label")
+    (tmp_path / "latin.csv").write_bytes("name,label\ncafé,1\nthé,0\n".encode("latin-1"))
+    assert "save it as UTF-8" in raises("data.path", get_task, "csv", path=str(tmp_path / "latin.csv"), target="label")
     raises("data.test_fraction", get_task, "wine", test_fraction=1.5)
     raises("breast_cancer", get_task("breast_cancer").split, "holdout")
 
