@@ -53,6 +53,7 @@ LABELS = {"mor": "MoR FFN", "moe": "MoE FFN", "dense": "dense FFN"}
 MODEL = {"kind": "mor", "num_experts": 4, "k": 2, "dim": 64, "depth": 2, "heads": 4, "hidden": 128,
          "train_steps": 3, "halting": {"max_steps": 3}}
 CONTEXT, BATCH, LR, VAL_FRACTION = 64, 32, 3e-3, 0.025
+HELD_OUT = {"val_fraction": VAL_FRACTION, "test_fraction": 0}  # one held-out text: the curve scores the final model
 HIDDENS = range(8, 4097)  # FFN widths searched when matching a baseline's FLOPs per token to MoR's
 DEPTHS = (1, 2, 3, 4, 6)  # MoR's inference depths scored after training
 
@@ -72,7 +73,7 @@ def config(budget: Budget, threads: int) -> RunConfig:
     """The one training recipe of every FFN kind (MoR's sizes; baselines change only their FFN width)."""
     steps = budget.steps
     return parse({"model": MODEL, "data": {"task": "chars", "context": CONTEXT, "max_chars": budget.max_chars,
-                                           "val_fraction": VAL_FRACTION, "batch_size": BATCH},
+                                           **HELD_OUT, "batch_size": BATCH},
                   "train": {"steps": steps, "lr": LR, "warmup": min(50, steps // 10), "seed": SEED,
                             "threads": threads, "log_every": steps, "eval_every": max(steps // budget.points, 1)},
                   "checkpoint": {"every": steps, "keep_last": 1}}, "char-LM")
@@ -309,7 +310,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", threads: int = 1, s
     suite = SuiteRun("chars", quick, [threads])
     budget = (QUICK if quick else FULL)._replace(**({"steps": steps} if steps else {}))
     cfg = config(budget, threads)
-    task = Chars(max_chars=budget.max_chars, context=CONTEXT, val_fraction=VAL_FRACTION)
+    task = Chars(max_chars=budget.max_chars, context=CONTEXT, **HELD_OUT)
     with torch_threads(threads):
         hiddens = matched_hiddens(cfg, task, task.split("val")[0][:8])
         models = {kind: run_kind(cfg, task, kind, hiddens[kind]) for kind in KINDS}

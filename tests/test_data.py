@@ -23,6 +23,7 @@ from mor.data import (
     get_task,
 )
 from mor.data.addition import add_bits
+from mor.data.chars import UNKNOWN
 from mor.data.parity import plus_parity
 from mor.data.prefix_sum import prefix_parity
 from mor.errors import ConfigError
@@ -250,23 +251,30 @@ def test_chars_vocab_windows_and_shifted_targets(tmp_path):
     (tmp_path / "a.txt").write_text("hello world, " * 20)
     (tmp_path / "b.py").write_text("print('ok')\n" * 5 + "ZZZ")
     (tmp_path / "skip.md").write_text("never read")
-    task = Chars(tmp_path, patterns=["*.txt", "*.py"], context=16, val_fraction=0.1)
+    task = Chars(tmp_path, patterns=["*.txt", "*.py"], context=16, val_fraction=0.1, test_fraction=0.05)
     text = "hello world, " * 20 + "print('ok')\n" * 5 + "ZZZ"
-    cut = int(len(text) * 0.9)
+    cut, test_cut = int(len(text) * 0.85), int(len(text) * 0.95)
     assert task.vocab[1:] == sorted(set(text[:cut])) and "Z" not in task.vocab and task.in_dim == len(task.vocab)
-    assert task.decode(task.ids["train"]) == text[:cut] and task.ids["val"][-1].item() == 0  # unseen 'Z' → 0
+    assert task.decode(task.ids["train"]) == text[:cut] and task.ids["test"][-1].item() == 0  # unseen 'Z' → 0
+    assert task.decode(task.ids["val"]) == text[cut:test_cut]
+    assert "".join(task.decode(task.ids[s]) for s in ("train", "val", "test")).replace(UNKNOWN, "Z") == text
+    windows = lambda batch: [task.decode(torch.cat([x, y[-1:]])) for x, y in zip(*batch, strict=True)]  # noqa: E731
+    assert all(w in task.decode(task.ids["test"]) for w in windows(task.eval_set(4, size=8)))  # what reports score
+    assert all(w in task.decode(task.ids["val"]) for w in windows(task.val_set(4, size=8)))  # what picks checkpoints
     x, y = task.batch(8, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1])
     assert all(task.decode(torch.cat([x[i], y[i, -1:]])) in text[:cut] for i in range(8))
     vx, vy = task.split("val", size=4)
     assert torch.equal(vx.flatten()[1:], vy.flatten()[:-1]) and vx.shape[1] == 4
-    assert task.eval_set(2, size=20, seed=0)[0].shape == (2, 20)
+    assert task.eval_set(2, size=12, seed=0)[0].shape == (2, 12)
     assert torch.equal(task.eval_set(3, seed=1)[0], task.eval_set(3, seed=1)[0])
 
 
 def test_chars_default_corpus_is_the_standard_library():
     task = get_task("chars", max_chars=20_000, context=32)
-    assert len(task.ids["train"]) + len(task.ids["val"]) == 20_000 and "d" in task.vocab
+    assert [len(task.ids[s]) for s in ("train", "val", "test")] == [18_000, 1_000, 1_000] and "d" in task.vocab
+    without_test = get_task("chars", max_chars=20_000, context=32, test_fraction=0)
+    assert set(without_test.ids) == {"train", "val"} and len(without_test.ids["val"]) == 1_000
     assert task.batch(2, torch.Generator().manual_seed(0))[0].shape == (2, 32)
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from mor.errors import CheckpointError, ConfigError
 from mor.train import checkpoint
 from mor.train.config import load, parse
+from mor.train.evaluate import token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
 from mor.train.trainer import Trainer
 
@@ -345,6 +346,13 @@ def test_upcycling_trains_copies_of_one_expert_then_lets_them_part(tmp_path):
 CHARS = {"task": "chars", "context": 16, "max_chars": 20_000, "batch_size": 16}
 TINY_LM = {"dim": 16, "depth": 1, "heads": 2, "hidden": 16, "num_experts": 2, "k": 1, "train_steps": 2,
            "halting": {"max_steps": 2}}
+
+
+def test_chars_validation_picks_from_the_validation_text_and_never_the_test_text(tmp_path):
+    trainer = Trainer(config(tmp_path, data=CHARS, model=TINY_LM))
+    trainer.task.eval_set = None  # the reported test windows: validation must not touch them
+    seen = trainer.task.val_set(512, seed=trainer.config.eval.seed + 1)
+    assert trainer.validate()["bits_per_char"] == token_score(trainer.model(seen[0])[0], seen[1])["bits_per_char"]
 
 
 @pytest.mark.parametrize("kind", ["mor", "moe", "dense"])

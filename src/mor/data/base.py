@@ -55,6 +55,10 @@ class StreamTask(Task):
         """A fixed evaluation set, the same for the same (n, size, seed); use a seed other than training's."""
         return self.batch(n, torch.Generator().manual_seed(seed), size)
 
+    def val_set(self, n: int, size: int | None = None, seed: int = 0) -> Batch:
+        """A fixed validation set, for picking checkpoints; fresh instances, so `eval_set` with another seed."""
+        return self.eval_set(n, size, seed)
+
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(seed)
         while True:

@@ -8,6 +8,7 @@ import os
 import sysconfig
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatchcase
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -24,10 +25,12 @@ class Chars(StreamTask):
     """Next-character prediction over the text of the files under `root` matching `patterns`.
 
     Files are read in sorted path order (skipping hidden folders and installed packages) until `max_chars`
-    characters; the last `val_fraction` of those characters is the validation text. The vocabulary is built
-    from the training text; id 0 stands for characters it lacks; `ids` holds each split's ids. Batches are
-    random windows of `size` (default `context`) ids, (N, size), with targets shifted by one; `split(name)`
-    is the split cut into consecutive windows, for full-coverage evaluation.
+    characters, cut in order into training, validation (`val_fraction`) and test (`test_fraction`) text:
+    validation picks checkpoints, the test text is what `eval_set` reports on (with `test_fraction` 0 there is
+    none, and `eval_set` draws from the validation text). The vocabulary is built from the training text; id 0
+    stands for characters it lacks; `ids` holds each split's ids. Batches are random windows of `size` (default
+    `context`) ids, (N, size), with targets shifted by one; `split(name)` is the split cut into consecutive
+    windows, for full-coverage evaluation.
     """
 
     name = "chars"
@@ -36,24 +39,32 @@ class Chars(StreamTask):
     tokens = True
 
     def __init__(self, root: str | Path | None = None, patterns: str | Sequence[str] = ("*.py", "*.txt"),
-                 max_chars: int = 1_000_000, context: int = 128, val_fraction: float = 0.1):
+                 max_chars: int = 1_000_000, context: int = 128, val_fraction: float = 0.05,
+                 test_fraction: float = 0.05):
         check(isinstance(max_chars, int) and max_chars >= 2,
               f"data.max_chars: expected an integer >= 2, got {max_chars!r}")
         check(isinstance(context, int) and context >= 1, f"data.context: expected a positive integer, got {context!r}")
         check(isinstance(val_fraction, int | float) and 0 < val_fraction < 1,
               f"data.val_fraction: expected a fraction between 0 and 1, got {val_fraction!r}")
+        check(isinstance(test_fraction, int | float) and 0 <= test_fraction < 1 - val_fraction,
+              f"data.test_fraction: expected a fraction from 0 to below 1 - val_fraction, got {test_fraction!r}")
         root = Path(sysconfig.get_paths()["stdlib"] if root is None else root)
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
         check(root.is_dir(), f"data.root: no folder at '{root}'; give a folder of text files")
         text = _read(root, patterns, max_chars)
-        check(len(text) >= 2, f"data.patterns: no text in files matching {patterns} under '{root}'; "
-                              "check the folder and the glob patterns")
-        cut = min(max(int(len(text) * (1 - val_fraction)), 1), len(text) - 1)
-        self.vocab = [UNKNOWN, *sorted(set(text[:cut]) - {UNKNOWN})]
+        parts = 3 if test_fraction else 2
+        check(len(text) >= parts, f"data.patterns: no text in files matching {patterns} under '{root}'; "
+                                  "check the folder and the glob patterns")
+        cuts, n = [0], len(text)
+        for i, held in enumerate((val_fraction + test_fraction, test_fraction)[:parts - 1]):  # each part non-empty
+            cuts.append(min(max(int(n * (1 - held)), cuts[-1] + 1), n - parts + i + 1))
+        names = ("train", "val", "test")[:parts]
+        texts = {name: text[a:b] for name, (a, b) in zip(names, pairwise([*cuts, n]), strict=True)}
+        self.vocab = [UNKNOWN, *sorted(set(texts["train"]) - {UNKNOWN})]
         self._index = {char: i for i, char in enumerate(self.vocab)}
         self.in_dim = self.out_dim = len(self.vocab)
         self.sizes = (context, context)
-        self.ids = {"train": self.encode(text[:cut]), "val": self.encode(text[cut:])}
+        self.ids = {split: self.encode(part) for split, part in texts.items()}
 
     def encode(self, text: str) -> Tensor:
         """Character ids of `text`, (len(text),)."""
@@ -72,11 +83,16 @@ class Chars(StreamTask):
         return windows[:, :-1], windows[:, 1:]
 
     def eval_set(self, n: int, size: int | None = None, seed: int = 0) -> Batch:
+        """Random windows of the test text (else the validation text), the same for the same (n, size, seed)."""
+        split = "test" if "test" in self.ids else "val"
+        return self.batch(n, torch.Generator().manual_seed(seed), size, split=split)
+
+    def val_set(self, n: int, size: int | None = None, seed: int = 0) -> Batch:
         """Random windows of the validation text, the same for the same (n, size, seed)."""
         return self.batch(n, torch.Generator().manual_seed(seed), size, split="val")
 
     def split(self, name: str, size: int | None = None) -> Batch:
-        """Split `name` ('train' or 'val') cut into consecutive windows of `size` (default `context`)."""
+        """Split `name` ('train', 'val' or 'test') cut into consecutive windows of `size` (default `context`)."""
         ids, size = self._ids_of(name), self.sizes[0] if size is None else size
         check(isinstance(size, int) and size >= 1, f"chars: size must be a positive integer, got {size!r}")
         count = (len(ids) - 1) // size

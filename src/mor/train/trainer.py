@@ -196,11 +196,11 @@ class Trainer:
         self.model.eval()
         seed = self.config.eval.seed + 1
         if self.task.tokens:
-            x, y = self.task.eval_set(512, seed=seed)
+            x, y = self.task.val_set(512, seed=seed)
             scores = token_score(self.model(x.to(self.device))[0], y.to(self.device))
             return {**scores, "score": -scores["bits_per_char"]}
         if isinstance(self.task, StreamTask):
-            x, y = self.task.eval_set(512, self.eval_size, seed=seed)
+            x, y = self.task.val_set(512, self.eval_size, seed=seed)
         else:
             x, y = self.task.split("val")
         x, y = x.to(self.device), y.to(self.device)
