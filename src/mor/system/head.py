@@ -32,6 +32,7 @@ from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.minilm import MiniLMRouting, inference_dtype
 from mor.system.options import without_options
 from mor.system.router_files import read_json, read_tensors, unusable
+from mor.system.style import plain
 from mor.system.tuning import fine_tune
 
 HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
@@ -51,6 +52,7 @@ class HeadConfig:
     precision: str = "auto"  # MiniLM routing: bf16 where the CPU computes it natively (a third faster), else fp32
     c: float = 10.0
     strip_options: bool = True  # read a multiple-choice request without its answer options (see mor.system.options)
+    plain_copies: bool = False  # also train on a plain copy of each request (see mor.system.style)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +93,10 @@ class LabelHead:
         texts = _read(texts, config)
         fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y,
                                             random_state=config.seed)
+        copied = [i for i, t in enumerate(texts) if config.plain_copies and plain(t) != t]
+        copy_of = dict(zip(copied, range(len(texts), len(texts) + len(copied)), strict=True))
+        fit_idx = np.array([*fit_idx, *(copy_of[i] for i in fit_idx if i in copy_of)])  # copies stay on their side
+        texts, y = texts + [plain(texts[i]) for i in copied], np.concatenate([y, y[copied]])
         encoders = {}
         for part in config.parts():
             if part == "tfidf":
