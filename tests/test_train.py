@@ -60,6 +60,9 @@ BAD_OPTIONS = [
     ({"task": "chars", "patterns": 5}, "data.patterns: task 'chars' takes str | Sequence[str], got 5"),
     ({"task": "csv", "path": "t.csv", "target": ["label"]}, "data.target: task 'csv' takes str, got ['label']"),
     ({"task": "regimes", "dim": 4.5}, "data.dim: task 'regimes' takes int, got 4.5"),
+    ({"task": "parity", "dim": True}, "data.dim: task 'parity' takes int, got True"),  # YAML's true is not 1
+    ({"task": "mix", "weights": [True, False, False]},
+     "data.weights: task 'mix' takes Sequence[float] | None, got [True, False, False]"),
 ]
 
 

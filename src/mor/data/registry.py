@@ -51,7 +51,8 @@ def _check_type(name: str, key: str, parameter: inspect.Parameter, value: Any) -
     if parameter.annotation is inspect.Parameter.empty:
         return
     try:
-        TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
+        strict = ConfigDict(arbitrary_types_allowed=True, strict=True)  # strict: YAML's true is not the integer 1
+        TypeAdapter(parameter.annotation, config=strict).validate_python(value)
     except ValidationError:
         expected = inspect.formatannotation(parameter.annotation).replace("collections.abc.", "")
         raise ConfigError(f"data.{key}: task {name!r} takes {expected}, got {value!r}") from None
