@@ -14,19 +14,9 @@ from mor.errors import MorError
 from mor.serve import limits
 from mor.serve.limits import RateLimiter, SharedRateLimiter
 from mor.serve.settings import RateLimit
-from test_serve_support import ROOT
+from test_serve_support import ROOT, Clock
 
 LIMIT = RateLimit(requests_per_s=2.0, burst=3)
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_shared_buckets_decide_like_buckets_in_memory(tmp_path):

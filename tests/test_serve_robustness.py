@@ -28,7 +28,7 @@ from mor.serve.metrics import METHODS
 from mor.serve.service import Service
 from mor.system.store import StateStore
 from mor.train.checkpoint import CONFIG, LATEST, STATE, WEIGHTS, resolve
-from test_serve_support import KEY, serve, write_settings
+from test_serve_support import KEY, Clock, serve, write_settings
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ASK = {"messages": [{"role": "user", "content": "hello"}]}
@@ -349,6 +349,27 @@ def test_anonymous_callers_without_a_rate_limit_are_refused_by_the_config(tmp_pa
         return [(await client.get("/v1/models", headers={"Authorization": ""})).status_code for _ in range(5)]
 
     assert run(path, body) == [200, 200, 200, 429, 429]
+
+
+# ---- key guessing: one address's failures, counted on a clock the test holds ----
+
+def test_an_address_over_its_failure_limit_is_refused_even_with_the_right_key_until_a_token_is_back(tmp_path):
+    path = write_settings(tmp_path, system=None, failed_auth_limit={"requests_per_s": 0.5, "burst": 3})
+    guess = {"Authorization": "Bearer sk-guess"}
+
+    async def body(client: httpx.AsyncClient, service: Service) -> list[tuple[int, str]]:
+        clock = service.limiter.clock = Clock()
+        codes = []
+        for headers in [guess] * 4 + [AUTH] + ["later"] + [AUTH, guess, AUTH]:
+            if headers == "later":
+                clock.now += 2.0  # one token back at 0.5 per second
+                continue
+            response = await client.get("/v1/models", headers=headers)
+            codes.append((response.status_code, response.headers.get("retry-after", "")))
+        return codes
+
+    assert run(path, body) == [(401, ""), (401, ""), (401, ""), (429, "2"), (429, "2"), (200, ""), (401, ""),
+                               (429, "2")], "the right key among the 429s would tell a guess at full speed"
 
 
 # ---- finding 14: invented HTTP methods share one metric label ----

@@ -13,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-main"
 
 
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def train_tiny(folder: Path) -> Path:
     """A MoR model trained 8 steps on prefix sums (sequences of [bit, 1] rows), as `mor train` writes it."""
     from mor.train.config import parse
