@@ -297,3 +297,19 @@ def test_diagnostics_and_router_losses_of_zero_tokens_are_empty_and_finite(refle
     y, d = layer(torch.randn(2, 0, 8), return_diagnostics=True)
     assert y.shape == (2, 0, 8) and d.conflict.numel() == 0
     assert all(torch.isfinite(v) for v in d.aux.values()), d.aux
+    assert d.entropy == 0 and d.load.eq(0).all()
+
+
+@pytest.mark.parametrize("experts", ["swiglu", "reflection"])
+def test_a_top_1_gate_layer_with_normalize_answers_its_experts_answer(experts):
+    torch.manual_seed(0)
+    bank = SwiGLUExperts(4, 8, 16) if experts == "swiglu" else \
+        ReflectionExperts(ReflectionExpert(MLPCell(8), 8, 8, dim=8, classes=False) for _ in range(4))
+    x = torch.randn(6, 8)
+    raw = MoRLayer(Router(8, 4, k=1), bank, Integrator("gate")).eval()
+    normalized = MoRLayer(Router(8, 4, k=1), bank, Integrator("gate", normalize=True)).eval()
+    normalized.router.load_state_dict(raw.router.state_dict())
+    y, d = normalized(x, return_diagnostics=True)
+    p = raw.router(x).weights
+    torch.testing.assert_close(raw(x), y * p)  # the raw gate scales the answer by p; normalized, it is the answer
+    assert d.weights.eq(1).all()

@@ -199,6 +199,32 @@ def test_bad_model_arguments_and_inputs():
         model.loss(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("kind", ["mor", "dense"])
+@pytest.mark.parametrize("task,y,message", [
+    ("regression", torch.zeros(5), r"targets y of shape \(5,\) .* give values of shape \(5, 1\)"),
+    ("classification", torch.zeros(5, 1, dtype=torch.long), r"give integer class ids of shape \(5,\)"),
+    ("classification", torch.zeros(4, dtype=torch.long), r"shape \(4,\) and dtype torch.int64 do not fit"),
+    ("classification", torch.zeros(5), r"dtype torch.float32 do not fit"),
+])
+def test_targets_that_do_not_fit_the_inputs_are_refused_before_they_broadcast(kind, task, y, message):
+    out_dim = 1 if task == "regression" else 2
+    model = (MoRModel(3, out_dim, dim=8, task=task) if kind == "mor" else DenseModel(3, out_dim, dim=8, task=task))
+    with pytest.raises(ShapeError, match=message):
+        model.train().loss(torch.randn(5, 3), y)
+
+
+@pytest.mark.parametrize("cell", ["conv", "transformer"])
+def test_cells_over_positions_refuse_vectors_instead_of_mixing_the_batch(cell):
+    for model in (MoRModel(3, 2, dim=8, cell=cell), DenseModel(3, 2, dim=8, cell=cell)):
+        with pytest.raises(ShapeError, match=f"cell '{cell}' works over positions and needs sequences"):
+            model(torch.randn(4, 3))
+    sequences = torch.randn(4, 6, 3)
+    model = MoRModel(3, 2, dim=8, cell=cell, num_experts=2, k=1).eval()
+    together = model(sequences)
+    alone = torch.cat([model(row[None]) for row in sequences])
+    assert torch.allclose(together, alone, atol=1e-5)  # sequences never see each other
+
+
 @pytest.mark.parametrize("ffn", ["dense", "moe", "mor"])
 def test_token_model_learns_a_repeating_sequence(ffn):
     from mor.nn.transformer import TokenModel
@@ -246,6 +272,44 @@ def test_a_conflict_policy_escalates_each_experts_own_halting_rule():
     hard = base.conflict > model.conflict_policy.threshold
     more, experts = escalated.steps[hard] - base.steps[hard], base.indices[hard]
     assert hard.any() and more[experts == 0].eq(4).all() and more[experts == 1].eq(16).all()
+
+
+def test_escalated_inputs_keep_the_experts_the_batch_gave_them_under_a_capacity_limit():
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=4, k=2, dim=16, train_steps=2, capacity_factor=0.5).eval()
+    x = torch.randn(16, 4)
+    _, base = model(x, return_diagnostics=True)
+    model.conflict_policy = ConflictPolicy(threshold=base.conflict.median().item(), factor=2)
+    out, escalated = model(x, return_diagnostics=True)
+    hard = base.conflict > model.conflict_policy.threshold
+    assert hard.sum() >= 2 and escalated.mask.eq(base.mask).all() and escalated.indices.eq(base.indices).all()
+    model.conflict_policy = None
+    longer = model(x, halting=Halting(max_steps=4))  # the whole batch routed once, run to the escalated depth
+    assert torch.allclose(out[hard], longer[hard], atol=1e-6)
+
+
+@pytest.mark.parametrize("rule,policy,expected", [
+    (Halting(max_steps=4), ConflictPolicy(0.0, 2.0, confidence=0.9), Halting(max_steps=8)),
+    (Halting(max_steps=4, threshold=0.95), ConflictPolicy(0.0, 2.0, confidence=0.9), Halting(8, threshold=0.95)),
+    (Halting(max_steps=4, threshold=0.8), ConflictPolicy(0.0, 2.0, confidence=0.9), Halting(8, threshold=0.9)),
+    (Halting(max_steps=1), ConflictPolicy(0.0, 1.5), Halting(max_steps=2)),
+    (Halting(max_steps=3), ConflictPolicy(0.0, 1.2), Halting(max_steps=4)),
+])
+def test_escalation_never_stops_earlier_and_always_allows_more_steps(rule, policy, expected):
+    assert policy.escalate(rule) == expected
+
+
+def test_an_escalated_fixed_depth_rule_runs_every_hard_input_longer():
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=2, k=2, dim=16, train_steps=4).eval()
+    for expert in model.experts:
+        expert.judge.bias.data[1] = 3.0  # confident critics: a borrowed threshold of 0.9 would stop at step 1
+    x = torch.randn(32, 4)
+    _, base = model(x, return_diagnostics=True)
+    model.conflict_policy = ConflictPolicy(threshold=base.conflict.median().item(), factor=2, confidence=0.9)
+    _, escalated = model(x, return_diagnostics=True)
+    hard = base.conflict > model.conflict_policy.threshold
+    assert hard.any() and escalated.steps[hard].eq(4 + 8).all()
 
 
 def test_a_float16_model_with_a_capacity_factor_answers_finite_values():

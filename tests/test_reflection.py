@@ -156,6 +156,17 @@ def test_bad_input_shape_and_halting_rule():
         expert(torch.randn(3, 5))
     with pytest.raises(ConfigError, match="max_steps must be >= 1"):
         Halting(max_steps=0)
+    for train in (True, False):
+        with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+            expert.train(train)(torch.randn(0, 2))
+    with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+        expert.trajectory(torch.randn(0, 2), [1])
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        expert.train()(torch.randn(3, 2), steps=0)
+    with pytest.raises(ConfigError, match="kernel_size must be odd"):
+        ConvCell(8, kernel_size=4)
+    with pytest.raises(ShapeError, match=r"TransformerCell: works over positions and needs sequences \(n, L, H\)"):
+        TransformerCell(8)(torch.randn(3, 8))
 
 
 def test_progressive_warmup_steps_carry_state_but_no_gradient():

@@ -6,6 +6,8 @@ A cell returns an update, not a new state: `ReflectionExpert` adds it to the sta
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mor.errors import ShapeError, check
+
 
 class MLPCell(nn.Module):
     """Two-layer MLP for vector inputs (any shape ending in H)."""
@@ -25,10 +27,13 @@ class ConvCell(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()
+        check(kernel_size >= 1 and kernel_size % 2 == 1,
+              f"ConvCell: kernel_size must be odd so the output keeps the input's length, got {kernel_size}")
         self.conv1 = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
 
     def forward(self, h: Tensor) -> Tensor:
+        _check_sequences("ConvCell", h)
         h = h.transpose(1, 2)
         return self.conv2(F.relu(self.conv1(F.relu(h)))).transpose(1, 2)
 
@@ -44,8 +49,16 @@ class TransformerCell(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden or 2 * dim), nn.GELU(), nn.Linear(hidden or 2 * dim, dim))
 
     def forward(self, h: Tensor) -> Tensor:
+        _check_sequences("TransformerCell", h)  # a 2-D input would be one sequence of the whole batch
         a = self.norm1(h)
         a, _ = self.attn(a, a, a, need_weights=False, is_causal=self.causal,
                          attn_mask=nn.Transformer.generate_square_subsequent_mask(h.shape[1], device=h.device)
                          if self.causal else None)
         return a + self.mlp(self.norm2(h + a))
+
+
+def _check_sequences(name: str, h: Tensor) -> None:
+    """Cells over positions need (n, L, H): a batch of vectors would mix inputs (attention) or fail (conv)."""
+    if h.dim() != 3:
+        raise ShapeError(f"{name}: works over positions and needs sequences (n, L, H), got {tuple(h.shape)}; "
+                         f"use MLPCell for vectors")

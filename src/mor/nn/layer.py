@@ -14,7 +14,7 @@ from mor.nn.dispatch import Dispatch
 from mor.nn.experts import ExpertOutput, ReflectionExperts, SwiGLUExperts
 from mor.nn.grouped import grouped_kernel
 from mor.nn.integration import Integrator
-from mor.nn.router import Router, Routing
+from mor.nn.router import Router
 
 
 class MoRLayer(nn.Module):
@@ -46,9 +46,10 @@ class MoRLayer(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         routing = self.router(flat)
         dispatch = Dispatch.of(routing)
-        if self.integrator.mode == "gate":
-            y, out = self._gate(flat, routing, dispatch)
-            weights = routing.weights
+        if self.integrator.mode == "gate":  # raw router weights, as Switch feeds a residual, unless normalize
+            weights = self.integrator.weigh(routing.weights, routing.mask) if self.integrator.normalize \
+                else routing.weights
+            y, out = self._gate(flat, weights, dispatch)
             conflict = self.integrator.conflict(dispatch.scatter(out.answer.detach()), weights.detach()) \
                 if return_diagnostics else None
         else:
@@ -64,12 +65,12 @@ class MoRLayer(nn.Module):
                               conflict=conflict, load=routing.load, entropy=routing.entropy,
                               aux={**routing.aux, **out.aux})
 
-    def _gate(self, flat: Tensor, routing: Routing, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
+    def _gate(self, flat: Tensor, weights: Tensor, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
         """Classic MoE integration: one weighted scatter-add, no (N, m, D) slot tensor in the graph."""
         if hasattr(self.experts, "mixture") and not grouped_kernel(flat):  # CUDA bf16: torch's grouped kernel
-            return self.experts.mixture(flat, dispatch, routing.weights)
+            return self.experts.mixture(flat, dispatch, weights)
         out = self.experts(dispatch.gather(flat), dispatch.sizes)
-        return dispatch.combine(out.answer, routing.weights), out
+        return dispatch.combine(out.answer, weights), out
 
 
 def reflection_layer(experts: ReflectionExperts, dim: int, k: int = 2,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mor.errors import ShapeError
 from mor.nn.functional import eps, log_softmax, softmax
 
 
@@ -109,6 +110,16 @@ def task_loss(prediction: Tensor, target: Tensor, classes: bool, log_probs: bool
     else:
         per = (prediction - target).square().mean(-1)
     return per.reshape(per.shape[0], -1).mean(-1)
+
+
+def check_target(model: str, x: Tensor, y: Tensor, out_dim: int, classes: bool) -> None:
+    """Targets that fit the inputs, else a ShapeError: class ids (N, ...) of an integer type, or values
+    (N, ..., out_dim). A value target of (N,) for (N, 1) predictions would broadcast to (N, N) silently."""
+    expected = tuple(x.shape[:-1]) if classes else (*x.shape[:-1], out_dim)
+    if tuple(y.shape) != expected or (classes and (y.dtype.is_floating_point or y.dtype == torch.bool)):
+        what = "integer class ids" if classes else "values"
+        raise ShapeError(f"{model}.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit inputs "
+                         f"of shape {tuple(x.shape)}; give {what} of shape {expected}")
 
 
 @dataclass

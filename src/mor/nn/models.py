@@ -5,6 +5,7 @@ claim is measured against are the same class with the reflection or the routing 
 (`moe_baseline`, `reflection_baseline`), and `DenseModel`, a fixed stack of refine cells.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -20,6 +21,7 @@ from mor.nn.functional import eps
 from mor.nn.integration import Integrator, Mode
 from mor.nn.losses import (
     LossWeights,
+    check_target,
     consistency_loss,
     critic_loss,
     halting_distribution,
@@ -37,7 +39,8 @@ CELLS: dict[str, Callable[[int], nn.Module]] = {"mlp": MLPCell, "conv": ConvCell
 @dataclass(frozen=True)
 class ConflictPolicy:
     """Spend more reflection where experts disagree: inputs whose conflict exceeds `threshold` are run
-    again with `factor` × the steps and, if set, a stricter confidence threshold."""
+    again by the same experts with `factor` × the steps (at least one more) and, if set, their confidence
+    threshold raised to `confidence` (a rule without a threshold keeps none, so it never stops earlier)."""
 
     threshold: float
     factor: float = 2.0
@@ -50,8 +53,11 @@ class ConflictPolicy:
               f"ConflictPolicy.confidence: must be in (0, 1] or None, got {self.confidence}")
 
     def escalate(self, rule: Halting) -> Halting:
-        stricter = rule.threshold if self.confidence is None else self.confidence
-        return replace(rule, max_steps=int(rule.max_steps * self.factor), threshold=stricter)
+        """`rule` with the larger budget and a threshold no lower than its own."""
+        stricter = rule.threshold if self.confidence is None or rule.threshold is None else \
+            max(rule.threshold, self.confidence)
+        return replace(rule, max_steps=max(rule.max_steps + 1, math.ceil(rule.max_steps * self.factor)),
+                       threshold=stricter)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class MoRModel(nn.Module):
         check(cell in CELLS, f"MoRModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
         check(task in ("classification", "regression"),
               f"MoRModel: task must be 'classification' or 'regression', got {task!r}")
-        self.in_dim, self.out_dim, self.classes = in_dim, out_dim, task == "classification"
+        self.in_dim, self.out_dim, self.classes, self.cell = in_dim, out_dim, task == "classification", cell
         check(0.0 <= progressive <= 1.0, f"MoRModel: progressive must be in [0, 1], got {progressive}")
         self.conflict_policy, self.regression_tol, self.progressive = conflict_policy, regression_tol, progressive
         self.train_steps = train_steps
@@ -107,9 +113,9 @@ class MoRModel(nn.Module):
 
         `halting` overrides every expert's own rule (each expert keeps its own otherwise).
         """
-        output, diagnostics, _ = self._run(x, halting)
+        output, diagnostics, (_, _, routing) = self._run(x, halting)
         if not self.training and self.conflict_policy is not None:
-            output, diagnostics = self._escalate(x, output, diagnostics, halting)
+            output, diagnostics = self._escalate(x, output, diagnostics, halting, routing)
         return (output, diagnostics) if return_diagnostics else output
 
     @torch.no_grad()
@@ -131,14 +137,13 @@ class MoRModel(nn.Module):
                 for p in params:
                     p.grad = total.clone()
 
-    def _run(self, x: Tensor, rule: Halting | list[Halting] | None, unroll: tuple[int, int | None] = (0, None)
-             ) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
-        """One routed, reflected and integrated pass; `rule` is every expert's halting rule, or one per expert."""
-        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or x.shape[0] == 0:
-            raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
-                             f"sequences with N >= 1, got {tuple(x.shape)}")
+    def _run(self, x: Tensor, rule: Halting | list[Halting] | None, unroll: tuple[int, int | None] = (0, None),
+             routing: Routing | None = None) -> tuple[Tensor, Diagnostics, tuple[Reflection, Dispatch, Routing]]:
+        """One routed, reflected and integrated pass; `rule` is every expert's halting rule, or one per expert;
+        `routing`, when given, is the decision to follow instead of asking the router."""
+        self._check_input(x)
         query = x if x.dim() == 2 else x.mean(1)
-        routing = self.router(query)
+        routing = self.router(query) if routing is None else routing
         dispatch = Dispatch.of(routing)
         parts = dispatch.gather(x).split(dispatch.sizes)
         rules = rule if isinstance(rule, list) else [rule] * len(self.experts)
@@ -153,11 +158,18 @@ class MoRModel(nn.Module):
                                   aux=dict(routing.aux))
         return integrated.output, diagnostics, (reflection, dispatch, routing)
 
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or x.shape[0] == 0:
+            raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
+                             f"sequences with N >= 1, got {tuple(x.shape)}")
+        _check_cell_input("MoRModel", self.cell, x)
+
     @torch.no_grad()
     def trajectory(self, x: Tensor, depths: list[int], rules: Sequence[Halting] = ()) -> Trajectory:
         """Integrated answers with every expert run to each of `depths` steps, and the outputs under each of
         `rules`, routed once and reflected once to the deepest: accuracy against depth and every halting rule
         for the price of one run (inputs do not leave the batch, so a rule's compute is not saved here)."""
+        self._check_input(x)
         query = x if x.dim() == 2 else x.mean(1)
         routing = self.router(query)
         dispatch = Dispatch.of(routing)
@@ -175,15 +187,16 @@ class MoRModel(nn.Module):
                           steps=[dispatch.scatter(r.steps) for r in ruled], mask=routing.mask)
 
     @torch.no_grad()
-    def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics,
-                  rule: Halting | None) -> tuple[Tensor, Diagnostics]:
-        """Re-run the high-conflict inputs with the policy's larger budget and keep those answers; each expert
-        escalates its own halting rule unless `rule` overrides them all."""
+    def _escalate(self, x: Tensor, output: Tensor, diagnostics: Diagnostics, rule: Halting | None,
+                  routing: Routing) -> tuple[Tensor, Diagnostics]:
+        """Re-run the high-conflict inputs through the experts `routing` chose for them, with the policy's larger
+        budget, and keep those answers; each expert escalates its own halting rule unless `rule` overrides them.
+        Routing them again would change their experts wherever a capacity limit counts the batch."""
         hard = diagnostics.conflict > self.conflict_policy.threshold
         if not hard.any():
             return output, diagnostics
         rules = [self.conflict_policy.escalate(rule or expert.halting) for expert in self.experts]
-        again, more, _ = self._run(x[hard], rules)
+        again, more, _ = self._run(x[hard], rules, routing=routing.rows(hard))
         output = output.clone()
         output[hard] = again
         for name in ("weights", "indices", "mask", "confidence", "conflict"):
@@ -195,6 +208,8 @@ class MoRModel(nn.Module):
              ) -> tuple[Tensor, dict[str, Tensor], Diagnostics]:
         """Training loss (run in train mode) and its named terms, each unweighted, plus diagnostics."""
         w = weights or LossWeights()
+        self._check_input(x)
+        check_target("MoRModel", x, y, self.out_dim, self.classes)
         output, diagnostics, (reflection, dispatch, routing) = self._run(x, None, self._unroll())
         check(reflection.answers is not None, "MoRModel.loss: call model.train() first; eval mode halts "
                                               "adaptively and keeps no per-step answers to train on")
@@ -224,6 +239,13 @@ class MoRModel(nn.Module):
         if self.classes:
             return answers.argmax(-1) == target
         return ((answers - target).abs() <= self.regression_tol).all(-1)
+
+
+def _check_cell_input(model: str, cell: CellKind, x: Tensor) -> None:
+    """Conv and transformer cells work over positions: vectors would fail (conv) or attend across the batch."""
+    if cell != "mlp" and x.dim() != 3:
+        raise ShapeError(f"{model}: cell {cell!r} works over positions and needs sequences (N, L, in), got "
+                         f"{tuple(x.shape)}; use cell='mlp' for vectors")
 
 
 def _concat(runs: list[Reflection]) -> Reflection:
@@ -256,11 +278,15 @@ class DenseModel(nn.Module):
                  task: Literal["classification", "regression"] = "classification"):
         super().__init__()
         check(cell in CELLS, f"DenseModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
-        self.classes = task == "classification"
+        self.classes, self.cell = task == "classification", cell
         self.encode, self.head = nn.Linear(in_dim, dim), nn.Linear(dim, out_dim)
         self.cells = nn.ModuleList(CELLS[cell](dim) for _ in range(depth))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.encode.in_features:
+            raise ShapeError(f"DenseModel: expected (N, {self.encode.in_features}) vectors or "
+                             f"(N, L, {self.encode.in_features}) sequences, got {tuple(x.shape)}")
+        _check_cell_input("DenseModel", self.cell, x)
         z = xe = self.encode(x)
         for cell in self.cells:
             z = z + cell(z + xe)
@@ -269,6 +295,7 @@ class DenseModel(nn.Module):
     def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None
              ) -> tuple[Tensor, dict[str, Tensor], None]:
         """Task loss only; same signature as `MoRModel.loss` so one training loop serves both."""
+        check_target("DenseModel", x, y, self.head.out_features, self.classes)
         task = task_loss(self(x), y, self.classes).mean()
         return task, {"task": task.detach()}, None
 

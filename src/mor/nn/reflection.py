@@ -115,10 +115,11 @@ class ReflectionExpert(nn.Module):
         """Reflect on `x`: adaptive halting in eval mode; in training, `warmup` steps without gradient
         (progressive training: learn to improve from any intermediate state), then `steps` (default
         `train_steps`) recorded steps."""
-        if x.shape[-1] != self.in_dim or x.dim() < 2:
-            raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}), got {tuple(x.shape)}")
+        self._check_input(x)
+        check(steps is None or steps >= 1, f"ReflectionExpert: steps must be >= 1 (or None for train_steps), "
+                                           f"got {steps}")
         if self.training:
-            return self._unroll(x, steps or self.train_steps, warmup)
+            return self._unroll(x, self.train_steps if steps is None else steps, warmup)
         return self._reflect(x, halting or self.halting)
 
     def _unroll(self, x: Tensor, steps: int, warmup: int = 0) -> Reflection:
@@ -148,6 +149,7 @@ class ReflectionExpert(nn.Module):
         would answer, all from one run without inputs leaving the batch: a fixed-depth sweep and every halting
         rule for the price of the longest of them (the adaptive run's answers, up to rounding)."""
         check(bool(depths) and min(depths) >= 1, f"ReflectionExpert.trajectory: depths must be >= 1, got {depths}")
+        self._check_input(x)
         xe = self.encode(x)
         z, answer, wanted, answers, confidences = xe, None, set(depths), {}, {}
         watched = [_Watch(rule, x.shape[0]) for rule in rules]
@@ -166,6 +168,11 @@ class ReflectionExpert(nn.Module):
                 break
         return (torch.stack([answers[d] for d in depths]), torch.stack([confidences[d] for d in depths]),
                 [Reflection(answer=w.final, steps=w.steps, confidence=w.confidence) for w in watched])
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.in_dim or x.dim() < 2 or x.shape[0] == 0:
+            raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}) with N >= 1, "
+                             f"got {tuple(x.shape)}")
 
     @staticmethod
     def _confidence(critic_logits: Tensor) -> Tensor:

@@ -33,6 +33,12 @@ class Routing:
     load: Tensor | None = None  # (E,) fraction of inputs sent to each expert
     entropy: Tensor | None = None  # () mean routing entropy in nats
 
+    def rows(self, select: Tensor) -> "Routing":
+        """The same decision for the inputs `select` picks (a boolean mask or indices); the batch statistics
+        (load, entropy, aux losses) are left out, as they describe the whole batch."""
+        return Routing(weights=self.weights[select], indices=self.indices[select], mask=self.mask[select],
+                       probs=self.probs[select], logits=self.logits[select])
+
     @property
     def counts(self) -> Tensor:
         """Number of inputs each expert receives, (E,)."""
@@ -102,7 +108,7 @@ class Router(nn.Module):
         routing.aux = {"load_balance": load_balance_loss(dist, counts), "z_loss": router_z_loss(logits)}
         with torch.no_grad():
             routing.load = counts.float() / max(x.shape[0], 1)
-            routing.entropy = entropy(dist.float()).mean()
+            routing.entropy = entropy(dist.float()).mean() if x.shape[0] else dist.new_zeros(())
         return routing
 
     def _selection_mask(self, top: Tensor) -> Tensor:
