@@ -202,6 +202,39 @@ def test_a_state_file_written_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
     assert moments and all(t.device.type == "cpu" for t in moments)
 
 
+@pytest.mark.parametrize("pointer", ["best", "latest"])
+def test_an_interrupt_while_pointing_at_a_new_best_keeps_the_best_checkpoint(tmp_path, monkeypatch, pointer):
+    cfg = {"train": {"eval_every": 4, "lr": 0.01}}
+    reference = train_until(config(tmp_path / "ref", **cfg), None)
+    best = json.loads((tmp_path / "ref" / "best.json").read_text())
+    write = checkpoint._write_json
+
+    def interrupted(path: Path, value: dict) -> None:
+        if path.name == f"{pointer}.json" and value["step"] == best["step"]:
+            raise Interrupt
+        write(path, value)
+
+    monkeypatch.setattr(checkpoint, "_write_json", interrupted)
+    with pytest.raises(Interrupt):
+        train_until(config(tmp_path / "run", **cfg), None)
+    monkeypatch.setattr(checkpoint, "_write_json", write)
+    resumed = Trainer(config(tmp_path / "run", **cfg))
+    resumed.fit(resume=True)
+    assert json.loads((tmp_path / "run" / "best.json").read_text()) == best
+    assert (tmp_path / "run" / best["dir"]).is_dir() and resumed.step == reference.step
+
+
+def test_a_swap_folder_left_by_a_crash_does_not_block_the_next_save_of_that_step(tmp_path):
+    Trainer(config(tmp_path, train={"steps": 10})).fit()
+    (tmp_path / ".old-step-00000010" / "leftover").mkdir(parents=True)  # a crash while the swap was deleted
+    earlier = sorted(tmp_path.glob("step-*"))[0]  # and before latest.json moved on from an earlier step
+    (tmp_path / "latest.json").write_text(json.dumps({"step": int(earlier.name[5:]), "dir": earlier.name}))
+    resumed = Trainer(config(tmp_path, train={"steps": 10}))
+    resumed.fit(resume=True)
+    assert resumed.step == 10 and json.loads((tmp_path / "latest.json").read_text())["dir"] == "step-00000010"
+    assert not (tmp_path / ".old-step-00000010").exists()
+
+
 def test_a_metrics_line_cut_short_by_a_crash_does_not_block_resume(tmp_path):
     cfg = config(tmp_path, train={"steps": 5})
     Trainer(cfg).fit()

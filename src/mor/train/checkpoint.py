@@ -1,7 +1,8 @@
 """Checkpoints: weights in safetensors, optimiser/scheduler/RNG/step in a side file, the run's config beside them.
 
-Each checkpoint is written into a temporary folder, flushed to disk and renamed into place, and `latest.json` /
-`best.json` are replaced atomically after it, so neither a crash nor a power loss leaves a broken "latest".
+Each checkpoint is written into a temporary folder, flushed to disk and renamed into place, and `best.json` then
+`latest.json` are replaced atomically after it, so neither a crash nor a power loss leaves a broken "latest", and
+a crash between the two costs a few steps of retraining instead of the best checkpoint.
 Loading never unpickles arbitrary objects (safetensors for weights, `torch.load(weights_only=True)` for the rest)
 and maps everything to the CPU, so a checkpoint written on a GPU loads on a machine without one.
 """
@@ -59,15 +60,16 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
         sync(path)
     if final.exists():  # the same step saved again after a resume: swap it out whole
         old = run_dir / f".old-step-{step:08d}"
+        shutil.rmtree(old, ignore_errors=True)  # left by a crash during an earlier swap
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
     sync(run_dir)
-    _write_json(run_dir / LATEST, {"step": step, "dir": final.name})
-    if best is not None:
+    if best is not None:  # first: a resume from an older latest re-marks this step, an older best would stick
         _write_json(run_dir / BEST, {"step": step, "dir": final.name, "score": best})
+    _write_json(run_dir / LATEST, {"step": step, "dir": final.name})
     _prune(run_dir, keep_last)
     return final
 
