@@ -130,6 +130,16 @@ def test_report_states_shortfalls(tmp_path, evaluations):
     assert "does NOT beat dense" in console and 5 <= len(console.splitlines()) <= 25
 
 
+def test_an_own_rule_that_only_ties_a_baseline_is_not_called_a_win(evaluations):
+    mine, theirs = json.loads(json.dumps(evaluations["MoR"])), json.loads(json.dumps(evaluations["dense"]))
+    for rows, accuracy in ((mine["depth"], 0.9), (mine["halting"], 0.5), (theirs["depth"], 0.5)):
+        for r in rows:
+            r["accuracy"] = accuracy
+    text = summary({"MoR": mine, "dense": theirs})
+    assert "with its own halting rule (0.500 in" in text and "ties dense's best 0.500" in text
+    assert "beats every baseline at every size" not in text
+
+
 @pytest.fixture(scope="module")
 def chars():
     return get_task("chars", max_chars=20_000, context=16)

@@ -1,6 +1,7 @@
 """Training: config errors, exact resume, checkpoint safety, metrics."""
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from mor.errors import CheckpointError, ConfigError
 from mor.train import checkpoint
 from mor.train.config import load, parse
-from mor.train.evaluate import token_score
+from mor.train.evaluate import evaluate, token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
 from mor.train.trainer import Trainer
 
@@ -510,6 +511,25 @@ def test_early_stopping_ends_the_run_after_evaluations_without_gain(tmp_path):
     resumed = Trainer(config(tmp_path, train={"lr": 1e-12, "eval_every": 2, "early_stop": 2, "warmup": 0}))
     resumed.fit(resume=True)  # e.g. after a crash in a later baseline: the stopped run stays stopped
     assert resumed.step == 6 and all(torch.equal(v, weights[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_run_stopped_early_is_scored_with_its_best_checkpoint_and_says_so(tmp_path, monkeypatch):
+    from mor.train import run as runs
+
+    scored = []
+
+    def scoring(model, *args):
+        scored.append({k: v.clone() for k, v in model.state_dict().items()})
+        return evaluate(model, *args)
+
+    monkeypatch.setattr(runs, "evaluate", scoring)
+    cfg = config(tmp_path, train={"eval_every": 2, "early_stop": 1, "warmup": 0, "grad_accum": 2})
+    report = runs.run(cfg, console=Console(file=io.StringIO())).read_text()
+    best, stopped = json.loads((tmp_path / "best.json").read_text())["step"], checkpoint.load(tmp_path).state["step"]
+    assert best < stopped < 24
+    assert all(torch.equal(v, scored[0][k]) for k, v in checkpoint.load(tmp_path / "best").weights.items())
+    assert f"MoR stopped early at step {stopped} (1 evaluations without gain)" in report
+    assert f"scored with its best checkpoint, step {best}." in report and "steps of batch 16 × 2 accumulated" in report
 
 
 def test_validation_never_draws_the_reported_test_examples(tmp_path, monkeypatch):

@@ -105,9 +105,10 @@ def _shortfalls(evaluations: dict[str, dict]) -> list[str]:
                 verb = "ties" if mine["accuracy"] == theirs["accuracy"] else "does NOT beat"
                 out.append(f"{size_label(size)}: {main_name} {verb} {name}: best {_num(mine['accuracy'])} "
                            f"(depth {mine['max_steps']}) vs {against}")
-            if own and own["accuracy"] < theirs["accuracy"]:
+            if own and own["accuracy"] <= theirs["accuracy"]:
+                verb = "ties" if own["accuracy"] == theirs["accuracy"] else "does NOT beat"
                 out.append(f"{size_label(size)}: {main_name} with its own halting rule ({_num(own['accuracy'])} in "
-                           f"{own['mean_steps']:.1f} steps) does NOT beat {against}")
+                           f"{own['mean_steps']:.1f} steps) {verb} {against}")
     return out
 
 

@@ -21,19 +21,23 @@ def run(config: RunConfig, resume: bool = False, console: Console | None = None)
     task = trainers[0].task  # built (read, preprocessed) once for the model and all its baselines
     trainers += [Trainer(config, run_dir / f"baseline-{kind}", kind=kind, console=console, task=task)
                  for kind in config.compare]
-    evaluations, notes = {}, []
+    tc = config.train
+    batch = f"{config.data.batch_size}" + (f" × {tc.grad_accum} accumulated" if tc.grad_accum > 1 else "")
+    evaluations, notes = {}, [f"Task {config.data.task}, {tc.steps} steps of batch {batch}, seed {tc.seed}; "
+                              f"config in {run_dir}/step-*/config.yaml."]
     for trainer in trainers:
         trainer.fit(resume=resume)
         if trainer.rank != 0:
             continue
+        if trainer.stopped_early:
+            notes.append(f"{LABELS[trainer.kind]} stopped early at step {trainer.step} ({tc.early_stop} evaluations "
+                         f"without gain) and is scored with its best checkpoint, step {trainer.restore_best()}.")
         console.print(f"Evaluating {LABELS[trainer.kind]} …")
         sizes = getattr(trainer.task, "sizes", None)
         evaluations[LABELS[trainer.kind]] = evaluate(trainer.model, trainer.task, config.eval, sizes)
     if trainers[0].rank != 0:
         return run_dir / "report.md"
     (run_dir / "results.json").write_text(json.dumps(evaluations, indent=1))
-    notes.append(f"Task {config.data.task}, {config.train.steps} steps of batch {config.data.batch_size}, "
-                 f"seed {config.train.seed}; config in {run_dir}/step-*/config.yaml.")
     report = write_report(run_dir, f"mor run: {config.model.kind} on {config.data.task}",
                           run_dir / "metrics.jsonl", evaluations, notes)
     console.print(summary(evaluations), markup=False, highlight=False)

@@ -219,6 +219,18 @@ class Trainer:
         return size
 
     # state ------------------------------------------------------------------------------------------------
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping ended training before `train.steps`."""
+        tc = self.config.train
+        return bool(tc.early_stop and self.stale >= tc.early_stop) and self.step < tc.steps
+
+    def restore_best(self) -> int:
+        """Load the best checkpoint's weights into the model, as early stopping promises; returns its step."""
+        loaded = checkpoint.load(self.run_dir / "best")
+        checkpoint.restore(self.model, loaded.weights, loaded.path)
+        return loaded.state["step"]
+
     def save(self, best: bool = False) -> None:
         if self.rank != 0:
             return
