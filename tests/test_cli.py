@@ -53,6 +53,8 @@ def test_train_then_eval_write_reports(tmp_path):
     (("eval", ".", "--threshold", "5"), "mor eval options: thresholds.0: must be <= 1.0, got 5.0"),
     (("eval", ".", "--out", "afile"), "--out: 'afile' is a file; give a folder"),
     (("train", "tiny.yaml", "--out", "afile"), "checkpoint.dir (--out): 'afile' is a file; give a folder"),
+    (("train", "tiny.yaml", "--out", "afile/run"), "--out): 'afile/run' inside 'afile', which is a file; give a"),
+    (("eval", ".", "--out", "afile/ev"), "--out: 'afile/ev' inside 'afile', which is a file; give a folder"),
 ])
 def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "afile").write_text("")

@@ -53,6 +53,7 @@ BAD = [
     ("eval:\n  max_steps: [0]\n", "eval.max_steps.0: must be >= 1"),
     ("eval:\n  thresholds: [1.5]\n", "eval.thresholds.0: must be <= 1"),
     ("compare: [moe, dense, moe]\n", "compare: moe listed more than once"),
+    ("model:\n  kind: moe\ncompare: [moe, dense]\n", "compare: lists 'moe', the kind model.kind already trains"),
 ]
 
 
@@ -146,6 +147,24 @@ def test_resuming_with_a_changed_config_is_refused_naming_the_setting(tmp_path):
     longer = Trainer(config(tmp_path, train={"steps": 16, "eval_every": 4}))  # how long and how often may change
     longer.fit(resume=True)
     assert longer.step == 16
+
+
+def test_a_resume_may_not_change_the_seed_that_draws_the_validation_examples(tmp_path):
+    Trainer(config(tmp_path, train={"steps": 8})).fit()
+    with pytest.raises(CheckpointError, match=r"changed config: eval.seed was 12345, the config says 7"):
+        Trainer(config(tmp_path, train={"steps": 16}, eval={"seed": 7})).fit(resume=True)
+
+
+@pytest.mark.parametrize("seed,train,message", [
+    (0, {}, "eval.seed: 0 draws test examples with the generator of training batch 0 (micro-batch 0)"),
+    (257 * 3 - 1, {}, "eval.seed: 770 draws validation examples with the generator of training batch 3"),
+    (12345, {"grad_accum": 10, "steps": 50},
+     "eval.seed: 12345 draws test examples with the generator of training batch 48 (micro-batch 9)"),
+])
+def test_evaluation_seeds_that_would_redraw_a_training_batch_are_refused(tmp_path, seed, train, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Trainer(config(tmp_path, train=train, eval={"seed": seed}))
+    Trainer(config(tmp_path, train=train, eval={"seed": seed}, data={"task": "wine"}, model={"cell": "mlp"}))
 
 
 def test_checkpoints_keep_last_k_and_best_and_refuse_to_clobber_a_run(tmp_path):

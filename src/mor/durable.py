@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from mor.errors import check
+
 
 def sync(path: Path) -> None:
     """fsync `path`, a file or a folder (a rename is durable only once its folder is synced)."""
@@ -11,3 +13,10 @@ def sync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_folder(path: Path, option: str) -> None:
+    """A one-line error unless `path` can be a folder: it, or the nearest part of it that exists, is not a file."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    inside = "" if existing == path else f" inside '{existing}', which"
+    check(existing is None or existing.is_dir(), f"{option}: '{path}'{inside} is a file; give a folder")

@@ -151,6 +151,9 @@ class RunConfig(Strict):
         if repeated:
             raise ValueError(f"compare: {', '.join(repeated)} listed more than once; each baseline trains into its own "
                              "folder, so name each one once")
+        if self.model.kind in self.compare:
+            raise ValueError(f"compare: lists {self.model.kind!r}, the kind model.kind already trains; a baseline "
+                             f"of the same kind would train the same model again, so leave it out")
         return self
 
 

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from mor.config import validate
 from mor.data import get_task
-from mor.errors import check
+from mor.durable import check_folder
 from mor.train import checkpoint
 from mor.train.build import build_model
 from mor.train.config import EvalConfig, saved
@@ -21,7 +21,8 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
                         console: Console | None = None) -> Path:
     """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report."""
     console = console or Console()
-    check(out is None or not Path(out).exists() or Path(out).is_dir(), f"--out: '{out}' is a file; give a folder")
+    if out is not None:
+        check_folder(Path(out), "--out")
     given = {k: v for k, v in {"max_steps": max_steps, "thresholds": thresholds, "sizes": sizes,
                                "stable_steps": stable_steps, "examples": examples}.items() if v is not None}
     validate(EvalConfig, given, "mor eval options")  # before the checkpoint loads

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mor.data import DatasetTask, StreamTask, Task, get_task
+from mor.durable import check_folder
 from mor.errors import CheckpointError, check
 from mor.nn import MoRModel
 from mor.train import checkpoint
@@ -49,7 +50,7 @@ class Trainer:
         self.config = config.model_copy(update={"model": config.model.model_copy(update={"kind": self.kind}),
                                                 "compare": []})  # what this run trains, saved with it
         self.run_dir = Path(run_dir or config.checkpoint.dir)
-        check(not self.run_dir.is_file(), f"checkpoint.dir (--out): '{self.run_dir}' is a file; give a folder")
+        check_folder(self.run_dir, "checkpoint.dir (--out)")
         self.console = console or Console()
         self.rank, self.world = _distributed()
         check(config.data.batch_size % self.world == 0, f"data.batch_size: {config.data.batch_size} cannot be "
@@ -73,6 +74,8 @@ class Trainer:
             check_size(self.task, size, "eval.sizes")
         if "examples" in config.eval.model_fields_set:
             check_examples(self.task, "eval.examples")
+        if isinstance(self.task, StreamTask):
+            check_eval_seed(config)
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
             self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
@@ -91,7 +94,7 @@ class Trainer:
         """The global batch of (step, micro-batch), a pure function of the seed; this process's shard of it."""
         n, seed = self.config.data.batch_size, self.config.train.seed
         if isinstance(self.task, StreamTask):
-            generator = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 257 + micro) % 2**63)
+            generator = torch.Generator().manual_seed(batch_seed(seed, step, micro))
             x, y = self.task.batch(n, generator)
         else:
             x, y = self._dataset_batch((step * self.config.train.grad_accum + micro) * n, n, seed)
@@ -309,8 +312,26 @@ def _set_rng_state(state: dict[str, object] | Tensor) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def batch_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of the generator that draws training batch (`step`, `micro`) of a stream task."""
+    return ((seed * 1_000_003 + step) * 257 + micro) % 2**63
+
+
+def check_eval_seed(config: RunConfig, option: str = "eval.seed") -> None:
+    """A one-line error when the test (`eval.seed`) or validation (`eval.seed` + 1) examples of a stream task would
+    be drawn by the generator of one of the run's training batches: they would be training examples."""
+    tc = config.train
+    for value in (config.eval.seed, config.eval.seed + 1):
+        step, micro = divmod(value - batch_seed(tc.seed, 0, 0), 257)
+        check(not (0 <= step < tc.steps and micro < tc.grad_accum),
+              f"{option}: {config.eval.seed} draws {'test' if value == config.eval.seed else 'validation'} examples "
+              f"with the generator of training batch {step} (micro-batch {micro}) of train.seed {tc.seed}, so they "
+              f"would be training examples; pick another seed (the default is 12345)")
+
+
 # What a resumed run may change: how long it trains and how often it logs, evaluates and checkpoints, what the report
-# measures, the baselines it is compared with, and its threads. Anything else would train a different model on.
+# measures, the baselines it is compared with, and its threads. Anything else would train a different model on;
+# eval.seed also seeds validation, so a new one would choose the best checkpoint among scores on other examples.
 RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.early_stop", "train.threads", "checkpoint.",
              "eval.", "compare")
 
@@ -320,7 +341,7 @@ def config_change(before: RunConfig, now: RunConfig) -> str | None:
     those a resumed run may change; None when there is none."""
     old, new = _flat(before.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
     for key in sorted(old.keys() | new.keys()):
-        if not key.startswith(RESUMABLE) and old.get(key) != new.get(key):
+        if (not key.startswith(RESUMABLE) or key == "eval.seed") and old.get(key) != new.get(key):
             return f"{key} was {old.get(key)!r}, the config says {new.get(key)!r}"
     return None
 
