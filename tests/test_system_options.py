@@ -19,6 +19,8 @@ STEM = "Which planet is the largest in the solar system?"
     "\nChoices:\n(a) Mars\n(b) Jupiter",
     "\nOptions:\n- Mars\n- Jupiter ",
     " Answer Choices: (A) Mars (B) Jupiter (C) Venus",  # AQuA, on one line
+    " (A) Mars (B) Jupiter (C) Venus",  # on one line without a header: uppercase, (A) (B) (C) at least
+    " Choices: (a) Mars (b) Jupiter",  # on one line under a header, any case
     "\nA) Mars\nB) Jupiter\n\n",
 ])
 def test_trailing_options_are_cut_and_the_question_kept(options):
@@ -31,6 +33,10 @@ def test_trailing_options_are_cut_and_the_question_kept(options):
     "Shopping list for tonight:\n- eggs\n- milk",  # dashes without an "Options:" header
     "Options:\n(A) nothing else\n(B) here",  # nothing but options: keep the text rather than route an empty one
     "What is 7 times 8?",
+    "Show that f(a) < f(b) whenever a < b for f(x) = x^3 + x.",  # formulas are not options
+    "Compute the integral of g over the interval (a) to (b) where g(x) = 3x^2.",
+    "Prove that P(A) + P(B) - P(A and B) <= P(C) when C contains both A and B.",
+    "Is the set (A) a subset of (B)?",  # uppercase, but not (A) (B) (C) and no header
 ])
 def test_text_without_trailing_options_is_left_as_it_is(text):
     assert without_options(text) == text

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mor.errors import MorError
 
@@ -56,12 +57,13 @@ def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router
           out: Path = typer.Option(Path("runs/route-eval"), help="Folder for route-eval.json and .md.")) -> None:
     """Accuracy, macro-F1, per-label recall, confusion matrix and latency p50/p99, as markdown and JSON."""
     from mor.system.dataset import read_labeled
-    from mor.system.evaluation import evaluate, write
+    from mor.system.evaluation import evaluate, prepare, write
 
     requests, labels = read_labeled(data)
+    prepare(out)  # a bad --out fails now, not after the evaluation
     system_router = _router(router, config)
     report = write(evaluate(system_router, requests, labels, threads), out, f"Routing on {data.name}")
-    console.print(report.read_text())
+    console.print(report.read_text(), markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -76,15 +78,19 @@ def ask(question: str = typer.Argument(..., help="The request text."),
     request = Request.of(question, _tools(tools))
     if config is None:
         decision = _router(router, None).route(request)
-        console.print(json.dumps(decision.as_dict(), indent=1) if as_json else decision.explain(), highlight=False)
+        if as_json:
+            print(json.dumps(decision.as_dict(), indent=1))  # exactly: Rich would read [..] as markup and wrap
+        else:
+            console.print(decision.explain(), markup=False, emoji=False, highlight=False, soft_wrap=True)
         return
     reply = asyncio.run(_ask(config, router, request))
     if as_json:
-        console.print(json.dumps(reply.as_dict(), indent=1, default=str), highlight=False)
+        print(json.dumps(reply.as_dict(), indent=1, default=str))
         return
-    console.print(reply.answer.content, highlight=False)
-    console.print(f"\n[dim]{reply.decision.explain()}\nanswered by {reply.answer.expert}, confidence "
-                  f"{reply.answer.confidence:.2f}, {reply.rounds} reflection round(s)[/dim]", highlight=False)
+    print(reply.answer.content)  # the answer as given: "[/b]", "arr[i]" and "[planets.txt#1]" are text, not markup
+    console.print(f"\n[dim]{escape(reply.decision.explain())}\nanswered by {escape(reply.answer.expert)}, "
+                  f"confidence {reply.answer.confidence:.2f}, {reply.rounds} reflection round(s)[/dim]",
+                  emoji=False, highlight=False, soft_wrap=True)
 
 
 async def _ask(config: Path, router: Path, request):

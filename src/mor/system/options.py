@@ -3,8 +3,9 @@
 In the routing data the only requests laid out as multiple choice are logic puzzles, so a head that sees the options
 learns "has lettered options" → reasoning, and a knowledge or math question posed as multiple choice (as MMLU, ARC or
 AQuA pose them) is routed to reasoning. `without_options` cuts a trailing block of options — lettered lines ("(A) …",
-"B. …"), dashed lines under an "Options:" header, or options on one line ("Answer Choices: (A) 12 (B) 14 …") — and a
-final "Answer:" prompt. Lettered lists elsewhere in a request (sub-questions "a) … b) …" followed by more text) stay.
+"B. …"), dashed lines under an "Options:" header, or options on one line ("Answer Choices: (A) 12 (B) 14 …", or
+" (A) 12 (B) 14 (C) 16" without the header) — and a final "Answer:" prompt. Lettered lists elsewhere in a request
+(sub-questions "a) … b) …" followed by more text) and formulas such as "f(a) < f(b)" stay.
 """
 
 import re
@@ -14,7 +15,10 @@ _LETTERED = re.compile(rf"^\s*{_MARKER}\s+\S")
 _DASHED = re.compile(r"^\s*[-*•]\s*\S")
 _HEADER = re.compile(r"^\s*(?:options|choices|answer choices|answer options)\s*:?\s*$", re.IGNORECASE)
 _ANSWER = re.compile(r"^\s*(?:answer|a)\s*:?\s*$", re.IGNORECASE)
-_INLINE = re.compile(r"(?:(?:options|choices|answer choices)\s*:\s*)?\(A\)[^\n]*\(B\)[^\n]*\Z", re.IGNORECASE)
+# options on one (last) line: after an "Options:"-style header, (A) (B) …; without one, an uppercase (A) after a space
+# and (B), (C) after it, so that a formula such as "f(a) < f(b)" or "P(A) + P(B)" in a question is not taken for them
+_INLINE = re.compile(r"(?:\b(?i:options|choices|answer choices|answer options)\s*:\s*\([Aa]\)[^\n]*\([Bb]\)"
+                     r"|(?<!\S)\(A\)[^\n]*\(B\)[^\n]*\(C\))[^\n]*\Z")
 
 
 def without_options(text: str) -> str:
