@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import sympy
 import torch
+import yaml
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -66,6 +67,16 @@ def test_callable_bad_results_are_one_line_errors():
     fails(CallableExpert(ExpertInfo("sure"), lambda q: ("yes", 1.5)), "x", "confidence 1.5")
     with pytest.raises(ConfigError, match="must be callable"):
         CallableExpert(ExpertInfo("no"), "not a function")
+
+
+def test_callable_numpy_scalars_become_plain_python_numbers():
+    """Stacking and JSON take plain numbers: np.float32(10.5) was once answered as it was and refused downstream."""
+    for result, plain in [(np.float32(10.5), 10.5), ((np.int64(20), 0.8), 20), (np.float64(0.25), 0.25)]:
+        answer = ask(CallableExpert(ExpertInfo("np"), lambda q, r=result: r), "predict")
+        assert answer.value == plain and type(answer.value) is type(plain)
+    answer = ask(CallableExpert(ExpertInfo("np"), lambda q: Answer(expert="np", value=np.int32(3), confidence=1.0)),
+                 "predict")
+    assert type(answer.value) is int and json.dumps(answer.value) == "3"
 
 
 # ---- scikit-learn ----
@@ -196,6 +207,50 @@ def test_math_refuses_what_it_cannot_read(math_expert):
     fails(math_expert, "what is 1/0", "1/0 is undefined")
 
 
+@pytest.mark.parametrize(("question", "text", "value"), [
+    ("What is 12,500 * 3?", "37500", 37500),
+    ("what is 1,000 + 250", "1250", 1250),
+    ("what is 1,000,000 / 1,000", "1000", 1000),
+    ("solve x + 1,000 = 3,000", "x = 2000", [{"x": 2000}]),
+])
+def test_math_reads_thousands_separators_as_one_number(math_expert, question, text, value):
+    """Not cut at the commas into separate 'equations' and declared a contradiction ('false', confidence 1)."""
+    answer = ask(math_expert, question)
+    assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0)
+
+
+def test_math_refuses_several_bare_numbers_instead_of_calling_them_a_contradiction(math_expert):
+    fails(math_expert, "what is 2 and 3", "'2' is a number, not an equation")
+    fails(math_expert, "what is 1,5 + 2", "'1' is a number, not an equation")  # a decimal comma: ambiguous
+
+
+@pytest.mark.parametrize(("question", "text"), [("what is 5!", "120"), ("What is 10!?", "3628800"),
+                                                ("what is 3! + 1", "7"), ("what is (2+3)!", "120"),
+                                                ("(3!)!", "720"), ("simplify (n+1)!/n!", "n + 1")])
+def test_math_computes_factorials(math_expert, question, text):
+    answer = ask(math_expert, question)
+    assert (answer.text, answer.confidence) == (text, 1.0)
+
+
+def test_math_refuses_factorials_too_large_or_unclear_quickly(math_expert):
+    start = time.perf_counter()
+    fails(math_expert, "what is 5000!", r"factorial\(5000\) is too large to compute .* limit 10000")
+    fails(math_expert, "what is 100000000!", "too large to compute")
+    fails(math_expert, "what is (10^20)!", "too large to compute")
+    fails(math_expert, "what is 2^(100!)", "larger than the limit of 1000")
+    assert time.perf_counter() - start < 1.0
+    fails(math_expert, "what is 5!!", "'!' is read only as one factorial")
+    fails(math_expert, "what is 2 + !3", "'!' is read only as one factorial")
+    fails(math_expert, "solve x != 3", "'!=' is not an equation")
+
+
+@pytest.mark.parametrize(("question", "word"), [("derivative of x^3 at x = 2", "at"), ("what is 2 to 3", "to"),
+                                                ("solve 2x + 3 = 11 in x", "in"), ("simplify 2xy", "xy")])
+def test_math_refuses_two_letter_words_instead_of_multiplying_their_letters(math_expert, question, word):
+    """'2 to 3' was once 6*o*t and 'x^3 at x = 2' an equation in a and t, both with confidence 1."""
+    fails(math_expert, question, f"unknown word '{word}'; variables are single letters")
+
+
 @pytest.mark.parametrize("question", ["2^(10^10)", "2^2^2^100", "(10^1000)^1000", "x^1000000 = 1",
                                       "expand (x+1)^1000", "exp(exp(exp(10)))", "expand (a+b+c+d+f)^30",
                                       "(a+b+c)^20 * (a+b)^10"])
@@ -267,6 +322,16 @@ def test_retrieval_refuses_a_missing_or_empty_folder(tmp_path):
         RetrievalExpert(ExpertInfo("docs"), tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"no text in \.txt or \.md files"):
         RetrievalExpert(ExpertInfo("docs"), tmp_path)
+
+
+def test_retrieval_tie_scores_at_most_half_even_with_top_k_1(tmp_path):
+    """The margin needs the runner-up: with top_k 1 only one passage was retrieved and a tie scored 1."""
+    (tmp_path / "a.txt").write_text("The cat sat on the mat.\n\nThe cat sat on the mat.\n\nDogs bark loudly.")
+    answer = ask(RetrievalExpert(ExpertInfo("docs"), tmp_path, top_k=1), "where did the cat sit")
+    assert answer.confidence <= 0.5 and len(answer.details["passages"]) == 1 and len(answer.details["sources"]) == 1
+    (tmp_path / "b.txt").write_text("Jupiter is the largest planet.")
+    unique = ask(RetrievalExpert(ExpertInfo("docs"), tmp_path, top_k=1), "largest planet")
+    assert unique.confidence == 1.0 and unique.details["sources"] == ["b.txt#1"]
 
 
 # ---- local Hugging Face model ----
@@ -408,3 +473,18 @@ def test_registry_refuses_two_experts_with_one_name():
         build_experts([{"name": "m", "kind": "math"}, {"name": "m", "kind": "math"}])
     with pytest.raises(ConfigError, match="expected a mapping"):
         build_expert(["math"])
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("[{name: o, kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m, backoff_s: .inf}]", "backoff_s"),
+    ("[{name: o, kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m, price_out: .inf}]", "price_out"),
+    ("[{name: m, kind: math, timeout_s: .inf}]", "timeout_s"),
+    ("[{name: m, kind: math, cost_per_call: .nan}]", "cost_per_call"),
+    ("[{name: m, kind: math, time_limit_s: .inf}]", "time_limit_s"),
+])
+def test_registry_refuses_infinite_and_nan_numbers(text, field):
+    """An infinite backoff_s once made a request wait forever, with no fallback."""
+    with pytest.raises(ConfigError) as caught:
+        build_experts(yaml.safe_load(text))
+    message = str(caught.value)
+    assert message.startswith(f"experts[0].{field}: must be a finite number, got ") and "\n" not in message

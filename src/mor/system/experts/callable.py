@@ -17,8 +17,8 @@ DEFAULT_CONFIDENCE = 0.5
 class CallableExpert(Expert):
     """Wraps `fn`, sync (run on the expert's worker threads) or async. It gets the request's question text, or the
     `Request` itself when its first parameter is annotated `Request`. It returns a string (→ text), a number
-    (→ value), an `Answer`, or a `(string or number, confidence)` pair; bare strings and numbers get
-    `default_confidence`.
+    (→ value; numpy scalars become plain int or float), an `Answer`, or a `(string or number, confidence)` pair;
+    bare strings and numbers get `default_confidence`.
     """
 
     def __init__(self, info: ExpertInfo, fn: Callable[..., Any], *,
@@ -40,7 +40,7 @@ class CallableExpert(Expert):
 
     def _to_answer(self, result: Any) -> Answer:
         if isinstance(result, Answer):
-            result.expert = self.name
+            result.expert, result.value = self.name, _plain(result.value)
             check(0 <= result.confidence <= 1, f"expert {self.name}: confidence must be in [0, 1], "
                                                f"got {result.confidence}", ExpertError)
             return result
@@ -52,9 +52,17 @@ class CallableExpert(Expert):
         if isinstance(result, str):
             return Answer(expert=self.name, text=result, confidence=float(confidence))
         if isinstance(result, numbers.Real) and not isinstance(result, bool):
-            return Answer(expert=self.name, value=result, confidence=float(confidence))
+            return Answer(expert=self.name, value=_plain(result), confidence=float(confidence))
         raise ExpertError(f"expert {self.name}: the function returned a {type(result).__name__}; return a string, "
                           f"a number, an Answer or a (value, confidence) pair")
+
+
+def _plain(value: Any) -> Any:
+    """A number as a plain Python int or float (numpy scalars such as np.float32(10.5) or np.int64(2) included,
+    which JSON and stacking refuse); anything else, bools included, as it is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or type(value) in (int, float):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _takes_request(fn: Callable[..., Any]) -> bool:

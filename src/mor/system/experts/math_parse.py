@@ -1,11 +1,14 @@
 """Reading a math question into a `Problem` with SymPy's parser, never `eval`, refusing what could run away.
 
 The question is cut into an operation ("solve", "simplify", "derivative of", …), the expressions or equations
-and an optional variable or interval. Only digits, letters, operators, brackets, '=' and ',' are accepted, every
-word must be a known function or a short variable name, and powers are bounded before anything is evaluated:
-a numeric exponent above `max_exponent` (`max_degree` on a base with variables), a power whose size (digits of
-a number, degree of a polynomial) would pass `max_size`, or an expression whose expansion would have more than
-`max_terms` terms, is refused, so "2^2^2^100" and "expand (a+b+c+d+f)^30" fail at once instead of filling memory
+and an optional variable or interval. Numbers with thousands separators ("12,500") are read as one number before
+anything is cut at commas. Only digits, letters, operators, brackets, '=', ',' and '!' (factorial) are accepted,
+every word of two letters or more must be a known function (a question's variable is one letter, so "x^3 at x = 2"
+or "2 to 3" is refused, not read as products of variables: write 'x*y', not 'xy'), and powers and factorials are
+bounded before anything is evaluated: a numeric exponent above `max_exponent` (`max_degree` on a base with
+variables), a power whose size (digits of a number, degree of a polynomial) or a factorial whose digits would pass
+`max_size`, or an expression whose expansion would have more than `max_terms` terms, is refused, so "2^2^2^100",
+"100000000!" and "expand (a+b+c+d+f)^30" fail at once instead of filling memory
 or holding a thread for minutes.
 """
 
@@ -27,7 +30,9 @@ from mor.system.experts.errors import ExpertError
 TRANSFORMATIONS = (*standard_transformations, implicit_multiplication_application, convert_xor)
 FUNCTIONS = {name: getattr(sympy, name) for name in (
     "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "exp", "log", "sqrt",
-    "pi", "oo")} | {"ln": sympy.log, "abs": sympy.Abs, "e": sympy.E, "inf": sympy.oo}
+    "pi", "oo", "factorial")} | {"ln": sympy.log, "abs": sympy.Abs, "e": sympy.E, "inf": sympy.oo}
+# For the unevaluated parse: evaluate=False stops arithmetic but not factorial(5000), which is bounded first.
+UNEVALUATED = FUNCTIONS | {"factorial": lambda n: sympy.factorial(n, evaluate=False)}
 # Powers and the functions that grow like them: their exponent is bounded before anything is evaluated.
 GROWTH = (sympy.Pow, sympy.exp, sympy.sinh, sympy.cosh)
 # What the parser's generated code may name: number and symbol constructors, arithmetic, and FUNCTIONS.
@@ -43,7 +48,9 @@ OPERATIONS = {"solve": "solve", "simplify": "simplify", "factor": "factor", "fac
 FOR_VARIABLE = re.compile(r"^for\s+(?P<var>[a-z])\s*:\s*|\s+for\s+(?P<end>[a-z])$", re.IGNORECASE)
 RESPECT_TO = re.compile(r"\s*(?:with respect to|wrt)\s+(?P<var>[a-z])$|\s+d(?P<d>[a-z])$", re.IGNORECASE)
 INTERVAL = re.compile(r"\s+from\s+(?P<a>\S+)\s+to\s+(?P<b>\S+)$", re.IGNORECASE)
-ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=\s]*")
+ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=!\s]*")
+# Digits in comma-separated groups of exactly three ("12,500", "1,000,000"): one number, not a list.
+THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
 SPLIT = re.compile(r",|;|\band\b")
 
 
@@ -71,7 +78,8 @@ class Reader:
         return ExpertError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
 
     def read(self, question: str) -> Problem:
-        text = " ".join(question.split()).rstrip("?.! ")
+        text = " ".join(question.split()).rstrip("?. ")  # not '!': "what is 5!" asks for a factorial
+        text = THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
         if len(text) > self.max_chars:
             raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
         text = PREFIX.sub("", text)
@@ -88,11 +96,18 @@ class Reader:
         if found := pattern.search(text):
             variable = next(v for v in found.groupdict().values() if v)
             text = text[:found.start()] + text[found.end():]
+        if "!=" in text:
+            raise self.fail(f"cannot read {text[:60]!r} as math ('!=' is not an equation; for a factorial in an "
+                            f"equation write 'n! = m' with a space)")
         parts = [p.strip() for p in self.split(text)]
         equations = "=" in text
         if equations or len(parts) > 1:
             operation = "solve"
         sides = [self.sides(p, equations) for p in parts]
+        if not equations and len(parts) > 1 and (number := next((p for p, (_, u) in zip(parts, sides, strict=True)
+                                                                  if not u.free_symbols), None)):
+            raise self.fail(f"{number!r} is a number, not an equation, in {text[:60]!r}; ask about one expression, "
+                            f"or give equations with '='")
         expressions = [lhs - rhs for (lhs, rhs), _ in sides]
         unevaluated = [u for _, u in sides]
         symbols = sorted(set().union(*(e.free_symbols for e in unevaluated)), key=str)
@@ -132,11 +147,16 @@ class Reader:
             raise self.fail("an empty expression")
         if not ALLOWED.fullmatch(text) or re.search(r"\.(?!\d)", text):
             raise self.fail(f"cannot read {text[:60]!r} as math (unexpected characters)")
-        words = [w for w in re.findall(r"[a-zA-Z]+", text) if w.lower() not in FUNCTIONS and len(w) > 2]
+        if re.search(r"(?:^|[^\w)])!", text):
+            raise self.fail(f"cannot read {text[:60]!r} as math ('!' is read only as one factorial right "
+                            f"after a number, a letter or ')', as in '5!' or '(n+1)!')")
+        # Variables are one letter: a longer word that is not a function ("at", "to", "xy") is not math to guess at.
+        words = [w for w in re.findall(r"[a-zA-Z]+", text) if w.lower() not in FUNCTIONS and len(w) > 1]
         if words:
-            raise self.fail(f"cannot read {text[:60]!r} as math (unknown word {words[0]!r})")
+            raise self.fail(f"cannot read {text[:60]!r} as math (unknown word {words[0]!r}; variables are single "
+                            f"letters, a product is written 'x*y')")
         try:
-            expr = parse_expr(text, local_dict=dict(FUNCTIONS), global_dict=dict(NAMESPACE),
+            expr = parse_expr(text, local_dict=dict(UNEVALUATED), global_dict=dict(NAMESPACE),
                               transformations=TRANSFORMATIONS, evaluate=False)
             if not isinstance(expr, sympy.Expr):
                 raise TypeError(type(expr).__name__)
@@ -156,7 +176,10 @@ class Reader:
             if terms[node] > self.max_terms:
                 raise self.fail(f"{str(node)[:60]} would expand to about {terms[node]:.3g} terms, more than the "
                                 f"limit of {self.max_terms}")
-            if isinstance(node, sympy.Rational):
+            if isinstance(node, sympy.factorial):  # of a number: bounded; of variables: stays unevaluated
+                arg = node.args[0]
+                size[node] = size.get(arg, 0.0) + 1 if arg.free_symbols else self.factorial_digits(node)
+            elif isinstance(node, sympy.Rational):
                 size[node] = math.log10(max(abs(node.p), abs(node.q), 1))
             elif isinstance(node, sympy.Float):
                 size[node] = max(math.log10(abs(float(node)) or 1.0), 0.0)
@@ -174,6 +197,14 @@ class Reader:
             if size[node] > self.max_size:
                 raise self.fail(f"{node} is too large to compute (about {size[node]:.3g} digits or degree, limit "
                                 f"{self.max_size})")
+
+    def factorial_digits(self, node: sympy.factorial) -> float:
+        """The digits of n! for a number n (log10 Γ(|n| + 1), from a float estimate of n), refused past max_size."""
+        n = float(sympy.Abs(node.args[0].evalf(15)))
+        digits = math.lgamma(n + 1) / math.log(10) if math.isfinite(n) else math.inf
+        if not digits <= self.max_size:
+            raise self.fail(f"{node} is too large to compute (about {digits:.3g} digits, limit {self.max_size})")
+        return max(digits, 0.0)
 
 
 def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:

@@ -40,9 +40,9 @@ class ExpertSpec(_Strict):
     kind: str
     description: str = ""
     capabilities: list[str] = []
-    cost_per_call: float = Field(0.0, ge=0)
+    cost_per_call: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_concurrency: int = Field(4, ge=1)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     hints: HintsSpec = HintsSpec()
 
     def info(self) -> ExpertInfo:
@@ -66,13 +66,13 @@ class OpenAISpec(ExpertSpec):
     model: str
     api_key_env: str | None = None
     retries: int | None = Field(None, ge=0)
-    backoff_s: float | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
+    backoff_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     max_tokens: int | None = Field(None, ge=1)
-    price_in: float | None = Field(None, ge=0)
-    price_out: float | None = Field(None, ge=0)
+    price_in: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_out: float | None = Field(None, ge=0, allow_inf_nan=False)
     logprobs: bool | None = None
-    default_confidence: float | None = Field(None, ge=0, le=1)
+    default_confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 class TransformersSpec(ExpertSpec):
@@ -87,7 +87,7 @@ class CallableSpec(ExpertSpec):
     adapter = "mor.system.experts.callable:CallableExpert"
     kind: Literal["callable"]
     function: str = Field(description="'package.module:attribute' of the function")
-    default_confidence: float | None = Field(None, ge=0, le=1)
+    default_confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
     def options(self, where: str) -> dict[str, Any]:
         options = super().options(where)
@@ -99,7 +99,7 @@ class SklearnSpec(ExpertSpec):
     kind: Literal["sklearn"]
     estimator: str = Field(description="import path of a fitted estimator, or of a function returning one")
     feature_fn: str | None = Field(None, description="import path of a function: question text → features")
-    default_confidence: float | None = Field(None, ge=0, le=1)
+    default_confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
     def options(self, where: str) -> dict[str, Any]:
         options = super().options(where)
@@ -114,13 +114,13 @@ class MorSpec(ExpertSpec):
     adapter = "mor.system.experts.predictor:MorModelExpert"
     kind: Literal["mor"]
     checkpoint: str
-    default_confidence: float | None = Field(None, ge=0, le=1)
+    default_confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 class MathSpec(ExpertSpec):
     adapter = "mor.system.experts.math_tool:MathExpert"
     kind: Literal["math"]
-    time_limit_s: float | None = Field(None, gt=0)
+    time_limit_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     max_chars: int | None = Field(None, ge=1)
     max_exponent: int | None = Field(None, ge=1)
     max_degree: int | None = Field(None, ge=1)

@@ -4,7 +4,7 @@ Documents are the .txt and .md files under the folder, split into paragraphs at 
 once, when the expert is made. Confidence = coverage × (½ + ½ margin): coverage is the share of the query's indexed
 terms (words found somewhere in the documents) that the best passage holds, margin the best score's lead over the
 runner-up, (s₁ − s₂) / s₁. A unique passage holding every such term scores 1; a tie scores at most ½; no matching
-passage scores 0.
+passage scores 0. The runner-up is retrieved for the margin even when `top_k` is 1.
 """
 
 import re
@@ -67,14 +67,16 @@ class RetrievalExpert(Expert):
     def _search(self, question: str) -> Answer:
         terms = [t for t in self._tokens([question])[0] if t in self.index.vocab_dict]
         found: list[tuple[Passage, float]] = []
-        if terms:
-            ranks, scores = self.index.retrieve([terms], k=self.top_k, show_progress=False)
+        if terms:  # at least 2 for the margin, even when top_k is 1; only top_k are shown
+            k = min(max(self.top_k, 2), len(self.passages))
+            ranks, scores = self.index.retrieve([terms], k=k, show_progress=False)
             found = [(self.passages[int(i)], float(s)) for i, s in zip(ranks[0], scores[0], strict=True) if s > 0]
         if not found:
             return Answer(expert=self.name, text="No passage in the documents matches the question.",
                           confidence=0.0, details={"passages": [], "sources": []})
         best = found[0][1]
         runner_up = found[1][1] if len(found) > 1 else 0.0
+        found = found[:self.top_k]
         present = set(self._tokens([found[0][0].text])[0])
         coverage = sum(t in present for t in terms) / len(terms)
         passages: list[dict[str, Any]] = [{"source": p.source, "score": s, "text": p.text} for p, s in found]
