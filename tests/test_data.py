@@ -351,7 +351,9 @@ def test_many_distinct_integers_ask_for_the_kind_and_few_are_classes(table):
 def test_chars_errors(tmp_path):
     raises("data.root", Chars, tmp_path / "nowhere")
     raises("data.patterns", Chars, tmp_path)
-    (tmp_path / "a.txt").write_text("abcdef")
-    raises("chars", Chars(tmp_path).batch, 1, torch.Generator(), size=50)
+    (tmp_path / "a.txt").write_text("abcdef" * 20)  # 108 characters to train on, 6 to validate, 6 to test
+    assert "windows of 8 need more than the 6 characters of val text" in raises("data.context", Chars, tmp_path,
+                                                                                 context=8)
+    raises("chars", Chars(tmp_path, context=2).batch, 1, torch.Generator(), size=500)
     (tmp_path / "b.txt").symlink_to(tmp_path / "gone.txt")  # matches the pattern, cannot be read
     assert "b.txt" in raises("data.root", Chars, tmp_path)

@@ -430,8 +430,11 @@ def test_token_models_train_on_chars_validate_in_bits_per_char_and_evaluate(tmp_
     assert train[-1]["task"] < train[0]["task"]
     assert "halting_kl" not in train[0] and ("load_balance" in train[0]) == (kind != "dense")  # no halting to train
     assert [r["step"] for r in records if r["kind"] == "eval" and "bits_per_char" in r] == [8, 16, 24]
-    evaluated = json.loads((evaluate_checkpoint(tmp_path, examples=32, max_steps=[1, 3]).parent / "eval.json")
-                           .read_text())
+    with pytest.raises(ConfigError, match=r"^--threshold: the mor model at .* halts by no rule" if kind == "mor"
+                       else rf"^--max-steps: the {kind} model at .* cannot reflect\); leave --max-steps out"):
+        evaluate_checkpoint(tmp_path, examples=32, **({"thresholds": [0.9]} if kind == "mor" else {"max_steps": [3]}))
+    sweep = {"max_steps": [1, 3]} if kind == "mor" else {}
+    evaluated = json.loads((evaluate_checkpoint(tmp_path, examples=32, **sweep).parent / "eval.json").read_text())
     (rows,) = [ev["depth"] for ev in evaluated.values()]
     assert [r["max_steps"] for r in rows] == ([1, 2, 3] if kind == "mor" else [1])
     assert all(r["bits_per_char"] < before["bits_per_char"] for r in rows)

@@ -65,6 +65,9 @@ class Chars(StreamTask):
         self.in_dim = self.out_dim = len(self.vocab)
         self.sizes = (context, context)
         self.ids = {split: self.encode(part) for split, part in texts.items()}
+        short = min(self.ids, key=lambda split: len(self.ids[split]))
+        check(context < len(self.ids[short]), f"data.context: windows of {context} need more than the "
+              f"{len(self.ids[short])} characters of {short} text; use a smaller context or more text (data.max_chars)")
 
     def encode(self, text: str) -> Tensor:
         """Character ids of `text`, (len(text),)."""

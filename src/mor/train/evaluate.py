@@ -140,6 +140,14 @@ def token_score(logits: Tensor, y: Tensor) -> dict[str, float]:
     return {"bits_per_char": float(nats) / NATS_PER_BIT, "accuracy": accuracy, "position_accuracy": accuracy}
 
 
+def halting_options(model: nn.Module) -> set[str]:
+    """The `EvalConfig` fields that sweep a model's reflection: all three for a MoRModel, the depth alone for a
+    token model with a reflecting FFN (no halting rules there), none for a model that cannot reflect."""
+    if isinstance(model, MoRModel):
+        return {"max_steps", "thresholds", "stable_steps"}
+    return {"max_steps"} if any(isinstance(m, ReflectionExpert) for m in model.modules()) else set()
+
+
 def model_kind(model: nn.Module) -> str:
     """dense, moe (depth 1), reflection (a single expert) or mor, read off the model itself; a token model's
     FFN kind."""

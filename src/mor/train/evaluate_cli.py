@@ -8,11 +8,14 @@ from rich.console import Console
 from mor.config import validate
 from mor.data import get_task
 from mor.durable import check_folder
+from mor.errors import check
 from mor.train import checkpoint
 from mor.train.build import build_model
 from mor.train.config import EvalConfig, saved
-from mor.train.evaluate import check_examples, check_size, evaluate
+from mor.train.evaluate import check_examples, check_size, evaluate, halting_options, model_kind
 from mor.train.report import summary, write_report
+
+FLAGS = {"max_steps": "--max-steps", "thresholds": "--threshold", "stable_steps": "--stable"}
 
 
 def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[int] | None = None,
@@ -31,6 +34,10 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     task = get_task(config.data.task, **config.data.options)
     model = build_model(config.model, task)
     checkpoint.restore(model, loaded.weights, loaded.path)
+    for name, flag in FLAGS.items():
+        check(name not in given or name in halting_options(model),
+              f"{flag}: the {model_kind(model)} model at {loaded.path} has nothing for it to sweep (it "
+              f"{'halts by no rule' if halting_options(model) else 'cannot reflect'}); leave {flag} out")
     eval_cfg = config.eval.model_copy(update=given)
     for size in sizes or []:
         check_size(task, size, "--size")
