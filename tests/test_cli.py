@@ -47,6 +47,7 @@ def test_train_then_eval_write_reports(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (("train", "missing.yaml"), "config file not found"),
+    (("train", "missing[b].yaml"), "missing[b].yaml"),  # printed as it is, not read as Rich markup
     (("eval", "nowhere"), "no checkpoint here"),
     (("eval", ".", "--max-steps", "a,b"), "--max-steps: expected comma-separated int values"),
     (("eval", ".", "--max-steps", "4,0"), "mor eval options: max_steps.1: must be >= 1, got 0"),  # before loading

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mor.errors import MorError
 from mor.serve.commands import app as serve_app
@@ -48,7 +49,7 @@ def train(config: Path | None = typer.Argument(None, help="YAML config; none: th
         console.print(f"No config given: the built-in main job ({cfg.model.kind} on {cfg.data.task} against "
                       f"{', '.join(cfg.compare)}), in {cfg.checkpoint.dir}")
     report = run(cfg, resume=resume, console=console)
-    console.print(f"Report: {report}")
+    console.print(f"Report: {escape(str(report))}")
 
 
 @app.command("eval")
@@ -67,7 +68,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or 
                                  thresholds=_numbers(threshold, "--threshold", float),
                                  sizes=_numbers(size, "--size", int), stable_steps=_numbers(stable, "--stable", int),
                                  examples=examples, console=console)
-    console.print(f"Report: {report}")
+    console.print(f"Report: {escape(str(report))}")
 
 
 def _numbers(text: str | None, option: str, kind: type) -> list | None:
@@ -116,5 +117,5 @@ def run() -> None:
     except MorError as err:
         if state["debug"]:
             raise
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
