@@ -15,7 +15,9 @@ import pytest
 from mor.errors import ConfigError, MorError
 from mor.system import ExpertInfo, Hints, Request
 from mor.system.experts.callable import CallableExpert
+from mor.system.experts.errors import ExpertError, RequestError
 from mor.system.experts.openai_chat import OpenAIChatExpert
+from mor.system.request import MAX_REQUEST_CHARS
 from mor.system.router import RouterWeights, Selection, SystemRouter
 from mor.system.stats import Breaker, ExpertStats
 from mor.system.store import StateStore
@@ -105,6 +107,18 @@ def test_breaker_half_opens_after_cooldown_then_a_failure_reopens_and_a_success_
     assert stats.open_until > reopens_at and not stats.available(reopens_at)
     call(stats, breaker, None)
     assert stats.available() and stats.consecutive_failures == 0 and stats.open_until == 0.0
+
+
+def test_a_refusal_is_recorded_but_neither_opens_nor_closes_the_breaker():
+    stats, breaker = ExpertStats(), Breaker(failures_to_open=2, cooldown_s=60)
+    call(stats, breaker, "boom")
+    for _ in range(3):
+        stats.started()
+        stats.finished(0.1, "cannot read this", breaker, refused=True)
+    assert stats.available() and (stats.errors, stats.refusals, stats.consecutive_failures) == (1, 3, 1)
+    assert stats.last_error == "cannot read this" and stats.as_dict()["refusals"] == 3
+    call(stats, breaker, "boom")
+    assert not stats.available()
 
 
 def test_success_rate_is_the_beta_posterior_mean_of_feedback():
@@ -457,6 +471,38 @@ def test_after_the_cooldown_the_expert_is_tried_again_and_a_success_closes_the_b
     assert system.stats["flaky"].available() and system.stats["flaky"].consecutive_failures == 0
 
 
+def test_requests_an_expert_cannot_read_fall_back_without_tripping_its_breaker():
+    async def picky(question: str):
+        if "2x" not in question:
+            raise RequestError("expert sympy: cannot read 'solve my printer'")
+        return "x = 4", 1.0
+
+    system = make_system(expert("sympy", picky, keywords=["solve"]), expert("llm", replying("some text", 0.6)),
+                         breaker=Breaker(failures_to_open=3, cooldown_s=60))
+
+    async def requests():
+        off_topic = [await system.ask(f"solve my problem number {i}") for i in range(3)]
+        return off_topic, await system.ask("solve 2x = 8")
+
+    off_topic, on_topic = run(requests())
+    assert all(answered_by(r) == [("sympy", False), ("llm", True)] for r in off_topic)
+    assert off_topic[0].answers[0].details == {"request_error": True}
+    stats = system.stats["sympy"]
+    assert stats.available() and (stats.errors, stats.refusals, stats.consecutive_failures) == (0, 3, 0)
+    assert answered_by(on_topic) == [("sympy", True)] and on_topic.answer.text == "x = 4"
+
+
+def test_an_expert_error_without_the_request_marker_still_counts_towards_the_breaker():
+    async def down(question: str):
+        raise ExpertError("expert sympy: endpoint down")
+
+    system = make_system(expert("sympy", down, keywords=["solve"]), expert("llm"),
+                         breaker=Breaker(failures_to_open=2, cooldown_s=60))
+    for _ in range(2):
+        ask(system, "solve 2x = 8")
+    assert not system.stats["sympy"].available() and system.stats["sympy"].errors == 2
+
+
 # ---- system: fallbacks over real HTTP ----
 
 @pytest.fixture
@@ -542,6 +588,25 @@ def test_sequential_feeds_the_previous_answer_to_the_next_expert():
     assert (reply.answer.expert, reply.answer.text) == ("review", "checked: x = 4")
 
 
+def sequential_system(extra_confidence: float):
+    """A chain draft → review (draft's pattern outranks review's keywords) and an escalation expert."""
+    return make_system(expert("draft", replying("x = 4", 0.3), patterns=["solve"]),
+                       expert("review", replying("x = 4 (checked)", 0.45), keywords=["solve", "a", "b", "c"]),
+                       expert("other", replying("no idea", extra_confidence)),
+                       top_k=2, mode="sequential", rounds=1, min_confidence=0.5)
+
+
+def test_sequential_reflection_keeps_the_chains_answer_over_a_less_sure_extra_one():
+    reply = ask(sequential_system(0.05), "solve 2x = 8")
+    assert reply.rounds == 1 and answered_by(reply) == [("draft", True), ("review", True), ("other", True)]
+    assert (reply.answer.expert, reply.answer.text, reply.answer.confidence) == ("review", "x = 4 (checked)", 0.45)
+
+
+def test_sequential_reflection_takes_the_extra_answer_when_it_is_surer():
+    reply = ask(sequential_system(0.9), "solve 2x = 8")
+    assert reply.rounds == 1 and (reply.answer.expert, reply.answer.confidence) == ("other", 0.9)
+
+
 def test_sequential_skips_a_failed_link():
     seen: list[Request] = []
 
@@ -577,6 +642,36 @@ def test_ensemble_asks_the_synthesizer_to_fuse_the_answers():
     assert (reply.answer.expert, reply.answer.text) == ("judge", "fused: 42")
     assert {alt["expert"] for alt in reply.answer.details["alternatives"]} == {"a", "b"}
     assert system.stats["judge"].calls == 1
+
+
+def long_answers_system(mode: str, seen: dict[str, list[Request]]):
+    def recording(name: str, answer: str, confidence: float):
+        async def fn(request: Request):
+            seen.setdefault(name, []).append(request)
+            return answer, confidence
+        return expert(name, fn, keywords=["summarise"] if name != "judge" else ())
+
+    return make_system(recording("a", "word " * 4000, 0.6), recording("b", "word " * 4000, 0.5),
+                       recording("judge", "fused", 0.8), top_k=2, mode=mode,
+                       synthesizer="judge" if mode == "ensemble" else None)
+
+
+@pytest.mark.parametrize(("mode", "answered_by_expert"), [("sequential", {"a", "b"}), ("ensemble", {"judge"})])
+def test_a_long_valid_request_is_answered_with_the_derived_request_cut_to_fit(mode, answered_by_expert):
+    seen: dict[str, list[Request]] = {}
+    reply = ask(long_answers_system(mode, seen), "summarise this: " + "x " * 90_000)  # 180k characters: valid
+    assert reply.answer.expert in answered_by_expert and all(a.ok for a in reply.answers)
+    derived = seen["judge"][0] if mode == "ensemble" else seen[reply.answers[1].expert][0]
+    assert len(derived.text) <= MAX_REQUEST_CHARS and "[… cut: the answer has 20000 characters" in derived.text
+
+
+@pytest.mark.parametrize("mode", ["sequential", "ensemble"])
+def test_a_request_that_leaves_no_room_for_the_answers_falls_back_to_the_plain_modes(mode):
+    seen: dict[str, list[Request]] = {}
+    question = "summarise this: " + "x" * (MAX_REQUEST_CHARS - 200)
+    reply = ask(long_answers_system(mode, seen), question)
+    assert "judge" not in seen and reply.answer.expert in {"a", "b"} and all(a.ok for a in reply.answers)
+    assert all(r.question == question for name in ("a", "b") for r in seen[name])  # the chain's link asked afresh
 
 
 def test_ensemble_reply_cost_includes_the_synthesis_call():
@@ -633,7 +728,15 @@ def test_voting_mode_through_the_system():
     system = make_system(expert("a", replying("Paris", 0.6)), expert("b", replying("paris.", 0.4)),
                          expert("c", replying("Lyon", 0.9)), top_k=3, mode="voting")
     reply = ask(system, "capital of France")
-    assert reply.answer.text == "Paris" and reply.answer.confidence == pytest.approx(1.0 / 1.9)
+    assert reply.answer.text == "Paris" and reply.answer.confidence == pytest.approx(1.0 / 1.9 * 0.5)
+
+
+def test_voting_reflection_escalates_past_a_lone_unsure_voter():
+    system = make_system(expert("unsure", replying("Lyon", 0.1), keywords=["capital"]),
+                         expert("sure", replying("Paris", 0.9)), mode="voting", rounds=2, min_confidence=0.5)
+    reply = ask(system, "capital of France")
+    assert reply.rounds == 1 and answered_by(reply) == [("unsure", True), ("sure", True)]
+    assert reply.answer.text == "Paris" and reply.answer.confidence == pytest.approx(0.9 * 0.9)
 
 
 def test_stacking_mode_through_the_system():

@@ -71,8 +71,8 @@ def test_a_timed_out_attempt_is_retried_inside_the_system(llm_server):
 
 
 def test_a_stream_s_timed_out_first_attempt_is_retried_inside_the_system(llm_server):
-    llm_server.state.reset("sleep:5")
-    llm = build_expert(llm_spec(llm_server.url, timeout_s=0.3, backoff_s=0.01))
+    llm_server.state.reset("sleep:5")  # the first attempt times out; 1.5 s leaves the retry room on a loaded machine
+    llm = build_expert(llm_spec(llm_server.url, timeout_s=1.5, backoff_s=0.01))
 
     async def pieces():
         return [piece async for piece in system_of(llm).stream(QUESTION)]

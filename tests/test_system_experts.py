@@ -16,7 +16,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from mor.errors import CheckpointError, ConfigError
 from mor.system import Answer, ExpertInfo, Request
 from mor.system.experts.callable import CallableExpert
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import ExpertError, RequestError
 from mor.system.experts.math_tool import MathExpert
 from mor.system.experts.predictor import MorModelExpert, SklearnExpert
 from mor.system.experts.registry import build_expert, build_experts
@@ -205,6 +205,9 @@ def test_math_refuses_what_it_cannot_read(math_expert):
     fails(math_expert, "2 + * 3", "cannot read")
     fails(math_expert, "solve =", "an empty expression")
     fails(math_expert, "what is 1/0", "1/0 is undefined")
+    for question in ("what is the capital of France", "2 + * 3", "expand (a+b+c+d+f)^30"):
+        with pytest.raises(RequestError):  # the request's fault: it never counts against the expert's breaker
+            ask(math_expert, question)
 
 
 @pytest.mark.parametrize(("question", "text", "value"), [

@@ -11,11 +11,13 @@ from mor.system.integration import (
     ensemble,
     fit_stacking,
     normalise,
+    sequential,
     stacking,
     synthesis_request,
     voting,
     weighted,
 )
+from mor.system.request import MAX_REQUEST_CHARS
 
 
 def text(expert: str, content: str, confidence: float = 0.5, **fields) -> Answer:
@@ -75,6 +77,18 @@ def test_normalise_keeps_different_answers_apart(left, right):
     assert normalise(left) != normalise(right)
 
 
+@pytest.mark.parametrize(("left", "right"), [("\u22125", "-5"), ("½", "1/2"), ("x²", "x^2"), ("-0", "0"),
+                                             ("Ｐａｒｉｓ", "paris"), ("ﬁve", "five"), ("Straße", "STRASSE")])
+def test_normalise_reads_unicode_maths_and_compatibility_forms(left, right):
+    assert normalise(left) == normalise(right)
+
+
+@pytest.mark.parametrize(("left", "right"), [("\u22125", "5"), ("½", "12"), ("2³", "23"), ("10⁶", "106"), ("x²", "x2"),
+                                             ("√2", "2"), ("2°", "2"), ("й", "и"), ("が", "か"), ("東京", "")])
+def test_normalise_never_drops_non_ascii_characters_silently(left, right):
+    assert normalise(left) != normalise(right)
+
+
 def test_normalise_reads_thousands_separators():
     assert normalise("1,000") == normalise("1000") == "1000"
 
@@ -83,24 +97,41 @@ def test_voting_majority_over_normalised_answers_with_the_confidence_share():
     answers = [text("a", "42", 0.5), text("b", " 42.0 ", 0.4), text("c", "41", 0.8)]
     combined = voting(answers)
     assert combined.expert == "a" and combined.text == "42"  # the winner's most confident voter
-    assert combined.confidence == pytest.approx(0.9 / 1.7)
+    assert combined.details["share"] == pytest.approx(0.9 / 1.7)
+    assert combined.confidence == pytest.approx(0.9 / 1.7 * 0.45)  # share × the winners' mean confidence
     assert combined.details["votes"] == pytest.approx({"42": 0.9, "41": 0.8})
 
 
 def test_voting_weighs_votes_by_confidence_so_one_sure_voter_beats_two_unsure_ones():
     combined = voting([text("a", "yes", 0.2), text("b", "Yes.", 0.2), text("c", "no", 0.9)])
-    assert combined.expert == "c" and combined.confidence == pytest.approx(0.9 / 1.3)
+    assert combined.expert == "c" and combined.confidence == pytest.approx(0.9 / 1.3 * 0.9)
 
 
 def test_voting_counts_numeric_values_and_skips_failures():
     answers = [number("a", 7, 0.5), number("b", 7.0, 0.5), number("c", 8, 0.6), failed("d")]
     combined = voting(answers)
-    assert combined.value == 7 and combined.confidence == pytest.approx(1.0 / 1.6)
+    assert combined.value == 7 and combined.confidence == pytest.approx(1.0 / 1.6 * 0.5)
     assert {alt["expert"] for alt in combined.details["alternatives"]} == {"b", "c", "d"}
 
 
-def test_unanimous_vote_has_full_confidence():
-    assert voting([text("a", "x", 0.3), text("b", "X", 0.7)]).confidence == pytest.approx(1.0)
+def test_unanimous_vote_has_the_full_share_and_its_voters_confidence():
+    """Agreement is the full share, not certainty: unanimous voters are as sure as they are on average."""
+    unsure = voting([text("a", "x", 0.3), text("b", "X", 0.7)])
+    assert unsure.details["share"] == pytest.approx(1.0) and unsure.confidence == pytest.approx(0.5)
+    assert voting([text("a", "x", 0.9), text("b", "X", 0.9)]).confidence == pytest.approx(0.9)
+    assert voting([text("a", "x", 1.0), text("b", "X", 1.0)]).confidence == pytest.approx(1.0)
+
+
+def test_a_lone_unsure_voter_is_as_unsure_as_its_answer():
+    """A lone voter has the whole share; its vote must not be surer than its answer, or reflection never asks more."""
+    assert voting([text("a", "Lyon", 0.1)]).confidence == pytest.approx(0.1)
+    assert voting([text("a", "Lyon", 0.1), failed("b")]).confidence == pytest.approx(0.1)
+
+
+def test_voting_keeps_a_unicode_minus_apart_from_a_plus():
+    combined = voting([text("a", "\u22125", 0.3), text("b", "-5", 0.7), text("c", "5", 0.5)])
+    assert (combined.expert, combined.text) == ("b", "-5")
+    assert combined.details["votes"] == pytest.approx({"-5": 1.0, "5": 0.5})
 
 
 # ---- stacking ----
@@ -194,6 +225,56 @@ def test_chained_request_appends_the_previous_answer_and_keeps_tools():
     assert chained.messages[2]["role"] == "user"
     assert chained.messages[2]["content"].startswith("A previous expert (planner) answered:\nstep 1, step 2")
     assert chained.tools == tools and len(chained.messages) == 3
+
+
+def long_question(chars: int) -> Request:
+    return Request.of("q" * chars)
+
+
+def test_synthesis_request_cuts_the_answers_to_fit_and_says_so():
+    request = long_question(180_000)
+    answers = [text("a", "X" * 20_000, 0.6), text("b", "short answer", 0.5), text("c", "Z" * 30_000, 0.4)]
+    fused = synthesis_request(request, answers)
+    prompt = fused.messages[0]["content"]
+    assert len(fused.text) <= MAX_REQUEST_CHARS and len(fused.text) > MAX_REQUEST_CHARS - 100
+    assert "Question:\n" + "q" * 180_000 in prompt and "(from b, confidence 0.50):\nshort answer\n" in prompt
+    assert "[… cut: the answer has 20000 characters" in prompt and "[… cut: the answer has 30000 characters" in prompt
+    assert abs(prompt.count("X") - prompt.count("Z")) <= 1 and prompt.count("X") > 9_000  # the rest shared equally
+
+
+def test_synthesis_request_is_none_when_the_question_leaves_no_room_for_the_answers():
+    assert synthesis_request(long_question(MAX_REQUEST_CHARS - 300), [text("a", "A" * 500), text("b", "B" * 500)]) \
+        is None
+    assert synthesis_request(long_question(1000), [text("a", "A" * 500)]).text.endswith("A" * 500)
+
+
+def test_chained_request_cuts_the_previous_answer_to_fit_and_says_so():
+    chained = chained_request(long_question(180_000), text("draft", "D" * 20_000))
+    assert len(chained.text) <= MAX_REQUEST_CHARS and len(chained.text) > MAX_REQUEST_CHARS - 100
+    kept = chained.messages[1]["content"]
+    assert kept.startswith("D" * 9_000) and kept.endswith("only the first ones fit in the request]")
+    assert chained.messages[2]["content"].startswith(f"A previous expert (draft) answered:\n{kept}\n\n")
+
+
+def test_chained_request_is_none_when_the_conversation_leaves_no_room():
+    assert chained_request(long_question(MAX_REQUEST_CHARS - 200), text("draft", "D" * 500)) is None
+    fits = chained_request(long_question(MAX_REQUEST_CHARS - 200), text("draft", "x = 4"))
+    assert fits.messages[1]["content"] == "x = 4"
+
+
+# ---- sequential ----
+
+def test_sequential_answer_is_the_chains_last_link_without_reflection():
+    combined = sequential([text("draft", "x = 4", 0.9), text("review", "x = 5", 0.4), failed("last")])
+    assert (combined.expert, combined.confidence, combined.details["mode"]) == ("review", 0.4, "sequential")
+    assert {alt["expert"] for alt in combined.details["alternatives"]} == {"draft", "last"}
+
+
+def test_sequential_reflection_answer_replaces_the_chain_only_when_surer():
+    chain = [text("draft", "x = 4", 0.3), text("review", "x = 4 (checked)", 0.45)]
+    assert sequential(chain, [text("other", "no idea", 0.05)]).expert == "review"
+    assert sequential(chain, [text("other", "no idea", 0.05), text("sure", "x = 4", 0.9)]).expert == "sure"
+    assert sequential([failed("draft")], [text("other", "x", 0.1)]).expert == "other"
 
 
 # ---- ensemble ----

@@ -1,7 +1,8 @@
 """Combine the selected experts' answers: weighted, voting, sequential, ensemble (synthesis) or stacking.
 
-`weighted`, `voting` and `stacking` are pure functions of the answers; `sequential` and `ensemble` need more
-calls, so this module builds the requests for them and the system makes the calls.
+`weighted`, `voting`, `sequential` and `stacking` are pure functions of the answers; `sequential` and `ensemble`
+need more calls, so this module builds the requests for them (cut to fit `MAX_REQUEST_CHARS`) and the system
+makes the calls.
 """
 
 import math
@@ -11,7 +12,7 @@ from collections import defaultdict
 from typing import Literal
 
 from mor.errors import MorError, check
-from mor.system.request import Answer, Cost, Request
+from mor.system.request import MAX_REQUEST_CHARS, Answer, Cost, Request
 
 Mode = Literal["weighted", "voting", "sequential", "ensemble", "stacking"]
 MODES: tuple[str, ...] = ("weighted", "voting", "sequential", "ensemble", "stacking")
@@ -56,29 +57,95 @@ def ensemble(fused: Answer, answers: list[Answer], weight: float = 2.0) -> Answe
     return _merged(best, [fused, *answers], best.confidence, mode="ensemble", scores=scores)
 
 
+_MINUS, _FRACTION_SLASHES = "\u2212", ("\u2044", "\u2215")  # − and ⁄ ∕: the minus and slashes of maths
+_KEPT_SYMBOLS = set(".-/^")  # ASCII punctuation that changes what an answer says: 3.5, -3, 1/2, 2^3
+
+
+def _superscripts_marked(text: str) -> str:
+    """`text` with each run of superscripts written out after a caret, so that 2³ reads 2^3, not 23."""
+    out, raised = [], False
+    for c in text:
+        is_super = unicodedata.decomposition(c).startswith("<super>")
+        if is_super and not raised:
+            out.append("^")
+        out.append(unicodedata.normalize("NFKC", c) if is_super else c)
+        raised = is_super
+    return "".join(out)
+
+
+def _latin_accents_dropped(text: str) -> str:
+    """`text` without the accents on Latin letters (Café → Cafe); other scripts' marks (й, が) are kept."""
+    out, ascii_base = [], False
+    for c in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(c):
+            if not ascii_base:
+                out.append(c)
+            continue
+        out.append(c)
+        ascii_base = c.isascii()
+    return unicodedata.normalize("NFKC", "".join(out))
+
+
+def _ignored(c: str) -> bool:
+    """Characters votes do not compare: punctuation (quotes, brackets, !, ?, «»), currency signs and ASCII symbols,
+    except those in `_KEPT_SYMBOLS`; letters, digits and other symbols (√, ∞, °, ×) of any script count."""
+    if c in _KEPT_SYMBOLS:
+        return False
+    category = unicodedata.category(c)
+    return category[0] == "P" or category == "Sc" or (c.isascii() and category[0] == "S")
+
+
 def normalise(text: str) -> str:
-    """Answer text reduced to what votes compare: case, accents, punctuation and spacing removed; numbers canonical."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().strip()
+    """Answer text reduced to what votes compare: case, spacing, punctuation, currency signs and the accents on
+    Latin letters removed; compatibility forms unified (NFKC: ﬁ → fi, full-width digits → digits); the minus sign
+    − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3); numbers canonical (-0 → 0).
+    No other character is dropped, so answers in any script stay apart."""
+    text = _latin_accents_dropped(_superscripts_marked(text))
+    text = text.replace(_MINUS, "-")
+    for slash in _FRACTION_SLASHES:
+        text = text.replace(slash, "/")
+    text = text.casefold().strip()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,000 → 1000
-    text = re.sub(r"[^\w\s.\-]", " ", text)
+    text = "".join(" " if _ignored(c) else c for c in text)
     text = " ".join(text.split()).strip(" .")
     try:
         number = float(text.replace(",", ""))
     except ValueError:
         return text
-    return f"{number:.10g}" if math.isfinite(number) else text
+    return f"{number + 0.0:.10g}" if math.isfinite(number) else text  # + 0.0: -0 → 0
 
 
 def voting(answers: list[Answer]) -> Answer:
-    """Majority over normalised answers, each vote weighted by its confidence; confidence = the winner's share."""
+    """Majority over normalised answers, each vote weighted by its confidence.
+
+    Confidence = the winner's share of the votes × the mean confidence of the answers that voted for it: agreement
+    alone is not certainty, so a lone voter is exactly as sure as its own answer (as in `weighted`) and unanimous
+    voters as sure as they are on average; the share is kept in `details["share"]`.
+    """
     ok = _usable(answers)
     votes: dict[str, float] = defaultdict(float)
     for a in ok:
         votes[normalise(a.content)] += max(a.confidence, 1e-6)
     winner = max(votes, key=votes.get)
-    best = max((a for a in ok if normalise(a.content) == winner), key=lambda a: a.confidence)
+    voters = [a for a in ok if normalise(a.content) == winner]
+    best = max(voters, key=lambda a: a.confidence)
     share = votes[winner] / sum(votes.values())
-    return _merged(best, answers, share, mode="voting", votes=dict(votes))
+    confidence = share * sum(a.confidence for a in voters) / len(voters)
+    return _merged(best, answers, confidence, mode="voting", votes=dict(votes), share=share)
+
+
+def sequential(chain: list[Answer], extra: list[Answer] | None = None) -> Answer:
+    """A `sequential` chain's result: its last usable answer (each link saw the one before it); answers asked after
+    it (reflection rounds, with the original request) compete with that result by confidence, the most confident
+    wins, the chain's result on a tie. Every answer is kept as an alternative and its cost counted."""
+    extra = extra or []
+    answers = [*chain, *extra]
+    _usable(answers)
+    last = next((a for a in reversed(chain) if a.ok), None)
+    candidates = [a for a in ([last] if last else []) + extra if a.ok]
+    best = max(candidates, key=lambda a: a.confidence)
+    return _merged(best, answers, best.confidence, mode="sequential",
+                   scores={a.expert: a.confidence for a in candidates})
 
 
 def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None, intercept: float = 0.0) -> Answer:
@@ -115,21 +182,71 @@ def fit_stacking(predictions: dict[str, list[float]], targets: list[float]) -> t
     return dict(zip(names, solution[:-1].tolist(), strict=True)), float(solution[-1])
 
 
-def synthesis_request(request: Request, answers: list[Answer]) -> Request:
-    """The request an `ensemble` synthesis expert receives: the question and every answer, to fuse into one."""
-    listed = "\n\n".join(f"Answer {i + 1} (from {a.expert}, confidence {a.confidence:.2f}):\n{a.content}"
-                         for i, a in enumerate(_usable(answers)))
-    prompt = (f"Several experts answered the question below. Combine them into one correct, complete answer; "
-              f"where they disagree, say which is right and why.\n\nQuestion:\n{request.question}\n\n{listed}")
-    return Request(messages=({"role": "user", "content": prompt},))
+_MIN_KEPT = 100  # characters of an answer a cut must keep for the derived request to be worth sending
 
 
-def chained_request(request: Request, previous: Answer) -> Request:
-    """The request the next expert in a `sequential` chain receives: the conversation plus the previous answer."""
-    note = {"role": "user", "content": f"A previous expert ({previous.expert}) answered:\n{previous.content}\n\n"
-                                       "Check it and give the final answer."}
-    return Request(messages=(*request.messages, {"role": "assistant", "content": previous.content}, note),
-                   tools=request.tools)
+def _cut(text: str, limit: int) -> str | None:
+    """`text`, or as much of its start as fits in `limit` characters with a note saying it was cut; None when fewer
+    than `_MIN_KEPT` of its characters would be left."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[… cut: the answer has {len(text)} characters; only the first ones fit in the request]"
+    keep = limit - len(note)
+    return text[:keep] + note if keep >= _MIN_KEPT else None
+
+
+def _shares(texts: list[str], room: int) -> list[int]:
+    """Characters for each of `texts` out of `room`: equal shares, what a short text leaves over going to the
+    others."""
+    limits = [0] * len(texts)
+    for left, i in enumerate(sorted(range(len(texts)), key=lambda i: len(texts[i]))):
+        limits[i] = min(len(texts[i]), room // (len(texts) - left))
+        room -= limits[i]
+    return limits
+
+
+def synthesis_request(request: Request, answers: list[Answer]) -> Request | None:
+    """The request an `ensemble` synthesis expert receives: the question and every answer, to fuse into one.
+
+    When it would exceed `MAX_REQUEST_CHARS`, each answer is cut to its share of the room the question leaves
+    (saying so in the prompt); None when the question leaves too little room (`_MIN_KEPT` characters an answer),
+    and the system integrates the answers `weighted` instead of synthesising them."""
+    usable = _usable(answers)
+
+    def prompt(contents: list[str]) -> str:
+        listed = "\n\n".join(f"Answer {i + 1} (from {a.expert}, confidence {a.confidence:.2f}):\n{content}"
+                              for i, (a, content) in enumerate(zip(usable, contents, strict=True)))
+        return (f"Several experts answered the question below. Combine them into one correct, complete answer; "
+                f"where they disagree, say which is right and why.\n\nQuestion:\n{request.question}\n\n{listed}")
+
+    contents = [a.content for a in usable]
+    if len(prompt(contents)) > MAX_REQUEST_CHARS:
+        room = MAX_REQUEST_CHARS - len(prompt([""] * len(usable)))
+        cut = [_cut(c, limit) for c, limit in zip(contents, _shares(contents, room), strict=True)]
+        if None in cut:
+            return None
+        contents = cut
+    return Request(messages=({"role": "user", "content": prompt(contents)},))
+
+
+def chained_request(request: Request, previous: Answer) -> Request | None:
+    """The request the next expert in a `sequential` chain receives: the conversation plus the previous answer.
+
+    When it would exceed `MAX_REQUEST_CHARS`, the previous answer is cut to the room the conversation leaves
+    (saying so); None when that room is too small (`_MIN_KEPT` characters), and the next expert gets the original
+    request, as after a failed link."""
+    def added(content: str) -> tuple[dict, dict]:
+        return ({"role": "assistant", "content": content},
+                {"role": "user", "content": f"A previous expert ({previous.expert}) answered:\n{content}\n\n"
+                                            "Check it and give the final answer."})
+
+    content = previous.content
+    fixed = len(request.text) + sum(len(m["content"]) + 1 for m in added(""))  # `Request.text` joins with \n
+    if fixed + 2 * len(content) > MAX_REQUEST_CHARS:  # the answer is both the assistant message and in the note
+        content = _cut(content, (MAX_REQUEST_CHARS - fixed) // 2)
+        if content is None:
+            return None
+    return Request(messages=(*request.messages, *added(content)), tools=request.tools)
 
 
 def _merged(best: Answer, answers: list[Answer], confidence: float, **details) -> Answer:

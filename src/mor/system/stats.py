@@ -1,7 +1,9 @@
 """Per-expert statistics the router and operators read: success rate, latency EWMA, load, errors, cooldown.
 
 A failing expert is put in cooldown (a circuit breaker): after `failures_to_open` consecutive failures it is
-skipped for `cooldown_s`, then given one trial call ("half-open"); a success closes the breaker again.
+skipped for `cooldown_s`, then given one trial call ("half-open"); a success closes the breaker again. A refusal
+(the expert could not read that request: the request's fault, not the expert's) is counted apart, in `refusals`,
+and neither counts towards the breaker nor closes it.
 """
 
 import time
@@ -30,6 +32,7 @@ class ExpertStats:
     successes: int = 0
     failures: int = 0
     errors: int = 0
+    refusals: int = 0
     latency_ewma_s: float = 0.0
     latency_samples: int = 0
     in_flight: int = 0
@@ -53,8 +56,9 @@ class ExpertStats:
         self.calls += 1
         self.in_flight += 1
 
-    def finished(self, latency_s: float, error: str | None, breaker: Breaker) -> None:
-        """Record a call's outcome; open the breaker after too many consecutive errors."""
+    def finished(self, latency_s: float, error: str | None, breaker: Breaker, refused: bool = False) -> None:
+        """Record a call's outcome; open the breaker after too many consecutive errors. A refusal (`refused`: the
+        request was not one the expert can read) is recorded but leaves the breaker as it was."""
         self.in_flight -= 1
         self.latency_samples += 1
         self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
@@ -63,9 +67,12 @@ class ExpertStats:
             self.consecutive_failures = 0
             self.open_until = 0.0
             return
+        self.last_error = error
+        if refused:
+            self.refusals += 1
+            return
         self.errors += 1
         self.consecutive_failures += 1
-        self.last_error = error
         if self.consecutive_failures >= breaker.failures_to_open:
             self.open_until = time.monotonic() + breaker.cooldown_s
 
@@ -78,5 +85,6 @@ class ExpertStats:
 
     def as_dict(self) -> dict:
         return {"calls": self.calls, "successes": self.successes, "failures": self.failures, "errors": self.errors,
-                "success_rate": round(self.success_rate, 4), "latency_ewma_s": self.latency_ewma_s,
-                "in_flight": self.in_flight, "available": self.available(), "last_error": self.last_error}
+                "refusals": self.refusals, "success_rate": round(self.success_rate, 4),
+                "latency_ewma_s": self.latency_ewma_s, "in_flight": self.in_flight, "available": self.available(),
+                "last_error": self.last_error}

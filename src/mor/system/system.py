@@ -5,9 +5,12 @@ of a retrying adapter) bounds the wait for a slot and for the answer (for a stre
 cannot stop a worker thread, so a call's slot stays taken until the threads it started have ended.
 
 Reflection across models is escalation: while the integrated answer's confidence is below the reflection
-threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times. When
-nothing needs the whole answer first (one expert selected, no reflection rounds, `weighted` integration), `stream`
-passes the expert's deltas on as they are made.
+threshold, the next-best expert is asked too and the answers are integrated again, up to `rounds` times (in
+`sequential` mode the chain's result and the extra answers compete by confidence). An expert that refuses a request
+it cannot read (an error with a true `request_error` attribute, such as `RequestError`) is passed over as after a
+failure, but the refusal does not count towards its circuit breaker. When nothing needs the whole answer first (one
+expert selected, no reflection rounds, `weighted` integration), `stream` passes the expert's deltas on as they are
+made.
 """
 
 import asyncio
@@ -157,7 +160,8 @@ class MoRSystem:
         """The first round's `answers` integrated, asking the next of `ranked` too while the result is unsure."""
         fallback = decision.fallback or not any(a.ok and a.expert in decision.selected for a in answers)
         syntheses: list[Answer] = []
-        combined = await self._integrate(request, answers, syntheses)
+        first = len(answers)  # the first round's answers; in `sequential` mode, the chain
+        combined = await self._integrate(request, answers, syntheses, first)
         rounds = 0
         while combined.confidence < self.reflection.min_confidence and rounds < self.reflection.rounds:
             asked = {a.expert for a in answers}
@@ -165,7 +169,7 @@ class MoRSystem:
             if extra is None:
                 break
             answers.append(await self._call(extra, request))
-            combined = await self._integrate(request, answers, syntheses)
+            combined = await self._integrate(request, answers, syntheses, first)
             rounds += 1
         return Reply(combined, decision, answers, rounds, fallback, syntheses)
 
@@ -176,8 +180,8 @@ class MoRSystem:
             answers = [await self._call(selected[0], request, reserved)]
             for name in selected[1:]:
                 previous = next((a for a in reversed(answers) if a.ok), None)
-                answers.append(await self._call(name, integration.chained_request(request, previous)
-                                                if previous else request, reserved))
+                chained = integration.chained_request(request, previous) if previous else None
+                answers.append(await self._call(name, chained or request, reserved))
         else:
             answers = list(await asyncio.gather(*(self._call(n, request, reserved) for n in selected)))
         return await self._replace_failed(request, answers, ranked[len(selected):])
@@ -193,21 +197,24 @@ class MoRSystem:
             answers.append(await self._call(default, request))
         return answers
 
-    async def _integrate(self, request: Request, answers: list[Answer], syntheses: list[Answer]) -> Answer:
-        """The answers combined by the configured mode; an ensemble's synthesis call is added to `syntheses`."""
+    async def _integrate(self, request: Request, answers: list[Answer], syntheses: list[Answer], first: int) -> Answer:
+        """The answers combined by the configured mode, `first` of them from the first round (the rest from
+        reflection); an ensemble's synthesis call is added to `syntheses`. An ensemble whose synthesis request cannot
+        fit `MAX_REQUEST_CHARS` even with the answers cut is integrated `weighted`."""
         mode = self.combine.mode
         if mode == "voting":
             return integration.voting(answers)
         if mode == "stacking":
             return integration.stacking(answers, self.combine.coefficients, self.combine.intercept)
         if mode == "sequential":
-            last = next((a for a in reversed(answers) if a.ok), None)
-            return integration.weighted([last] if last else answers)
+            return integration.sequential(answers[:first], answers[first:])
         if mode == "ensemble" and sum(a.ok for a in answers) > 1:
-            fused = await self._call(self.combine.synthesizer, integration.synthesis_request(request, answers))
-            syntheses.append(fused)
-            if fused.ok:
-                return integration.ensemble(fused, answers)
+            synthesis = integration.synthesis_request(request, answers)
+            if synthesis is not None:
+                fused = await self._call(self.combine.synthesizer, synthesis)
+                syntheses.append(fused)
+                if fused.ok:
+                    return integration.ensemble(fused, answers)
         return integration.weighted(answers)
 
     def _limit(self, name: str) -> asyncio.Semaphore:
@@ -270,12 +277,14 @@ class MoRSystem:
         except TimeoutError:
             answer = Answer(expert=name, error=f"timed out after {expert.deadline_s:g} s", confidence=0.0)
         except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
-            answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0)
+            refused = bool(getattr(err, "request_error", False))  # it cannot read this request: not a fault
+            answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0,
+                            details={"request_error": True} if refused else {})
         except BaseException:
             stats.in_flight -= 1
             raise
         latency = time.perf_counter() - start
-        stats.finished(latency, answer.error, self.breaker)
+        stats.finished(latency, answer.error, self.breaker, refused=bool(answer.details.get("request_error")))
         if self.store:
             self.store.changed(self.stats)
         if not answer.ok:

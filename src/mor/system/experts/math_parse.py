@@ -25,7 +25,7 @@ from sympy.parsing.sympy_parser import (
     standard_transformations,
 )
 
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import RequestError
 
 TRANSFORMATIONS = (*standard_transformations, implicit_multiplication_application, convert_xor)
 FUNCTIONS = {name: getattr(sympy, name) for name in (
@@ -67,15 +67,15 @@ class Problem:
 
 
 class Reader:
-    """Parses questions for one expert, with its limits; `read(question) -> Problem` or a one-line ExpertError."""
+    """Parses questions for one expert, with its limits; `read(question) -> Problem` or a one-line RequestError."""
 
     def __init__(self, expert: str, max_chars: int, max_exponent: int, max_degree: int, max_size: int,
                  max_terms: int = 1000) -> None:
         self.expert, self.max_chars, self.max_size, self.max_terms = expert, max_chars, max_size, max_terms
         self.max_exponent, self.max_degree = max_exponent, max_degree
 
-    def fail(self, why: str) -> ExpertError:
-        return ExpertError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
+    def fail(self, why: str) -> RequestError:
+        return RequestError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
 
     def read(self, question: str) -> Problem:
         text = " ".join(question.split()).rstrip("?. ")  # not '!': "what is 5!" asks for a factorial
