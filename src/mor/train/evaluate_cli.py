@@ -34,10 +34,11 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     task = get_task(config.data.task, **config.data.options)
     model = build_model(config.model, task)
     checkpoint.restore(model, loaded.weights, loaded.path)
+    sweeps = halting_options(model)
     for name, flag in FLAGS.items():
-        check(name not in given or name in halting_options(model),
+        check(name not in given or name in sweeps,
               f"{flag}: the {model_kind(model)} model at {loaded.path} has nothing for it to sweep (it "
-              f"{'halts by no rule' if halting_options(model) else 'cannot reflect'}); leave {flag} out")
+              f"{'halts by no rule' if sweeps else 'cannot reflect'}); leave {flag} out")
     eval_cfg = config.eval.model_copy(update=given)
     for size in sizes or []:
         check_size(task, size, "--size")

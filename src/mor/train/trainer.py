@@ -317,14 +317,14 @@ def batch_seed(seed: int, step: int, micro: int) -> int:
     return ((seed * 1_000_003 + step) * 257 + micro) % 2**63
 
 
-def check_eval_seed(config: RunConfig, option: str = "eval.seed") -> None:
+def check_eval_seed(config: RunConfig) -> None:
     """A one-line error when the test (`eval.seed`) or validation (`eval.seed` + 1) examples of a stream task would
     be drawn by the generator of one of the run's training batches: they would be training examples."""
     tc = config.train
     for value in (config.eval.seed, config.eval.seed + 1):
         step, micro = divmod(value - batch_seed(tc.seed, 0, 0), 257)
         check(not (0 <= step < tc.steps and micro < tc.grad_accum),
-              f"{option}: {config.eval.seed} draws {'test' if value == config.eval.seed else 'validation'} examples "
+              f"eval.seed: {config.eval.seed} draws {'test' if value == config.eval.seed else 'validation'} examples "
               f"with the generator of training batch {step} (micro-batch {micro}) of train.seed {tc.seed}, so they "
               f"would be training examples; pick another seed (the default is 12345)")
 
