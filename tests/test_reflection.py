@@ -57,6 +57,15 @@ def test_halting_distribution_matches_hand_computation():
     torch.testing.assert_close(kl, (p * (p / prior).log()).sum())
 
 
+def test_only_the_expected_loss_teaches_the_gate_weights():
+    gates = torch.tensor([0.3, 0.7], requires_grad=True)
+    logits = torch.tensor([[-2.0, 1.0], [0.0, -1.0], [0.5, 0.5]], requires_grad=True)
+    expected, kl = ponder_loss(torch.tensor([[4.0, 1.0], [2.0, 1.0], [0.0, 3.0]]), logits, gates)
+    assert torch.autograd.grad(kl, gates, retain_graph=True, allow_unused=True)[0] is None
+    assert torch.autograd.grad(kl, logits, retain_graph=True)[0].abs().max() > 0  # it still shapes halting
+    assert torch.autograd.grad(expected, gates)[0].abs().max() > 0
+
+
 def test_eval_cell_evaluations_equal_the_sum_of_per_input_steps():
     expert = spread_expert()
     x = torch.randn(64, 4)

@@ -50,13 +50,14 @@ def ponder_loss(step_losses: Tensor, halt_logits: Tensor, weights: Tensor | None
     """PonderNet objective: expected loss under the halting distribution, and KL(p ‖ geometric prior).
 
     `step_losses` and `halt_logits` are (T, N); `weights` (N,) weigh inputs (e.g. by router gate).
-    Returns (expected loss, KL), each a weighted mean over inputs.
+    Returns (expected loss, KL), each a weighted mean over inputs. Only the expected loss passes gradient to the
+    weights: the KL shapes each expert's halting and is no reason to route an input to one expert or another.
     """
     p = halting_distribution(halt_logits)
     weights = torch.ones_like(p[0]) if weights is None else weights
     total = weights.sum().clamp_min(eps(weights.dtype))
     expected = ((p * step_losses).sum(0) * weights).sum() / total
-    return expected, (halting_kl(p, prior_halt_prob) * weights).sum() / total
+    return expected, (halting_kl(p, prior_halt_prob) * weights.detach()).sum() / total.detach()
 
 
 def halting_kl(p: Tensor, prior_halt_prob: float = 0.2) -> Tensor:
