@@ -2,9 +2,9 @@
 
 It checks every request body against the official `openai` package's request schema (422 when it does not
 match), answers from `ANSWERS` or by echoing, reports usage and (when asked) logprobs, validates its own reply
-against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "400",
-"garbage" (a 200 that is not a completion), "html" (a 200 that is not JSON) and "sleep:SECONDS" (then answer).
-The bodies of "500", "429", "400" and "html" carry `LEAK`, a stand-in for an upstream's internal details.
+against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "400", "401",
+"413", "garbage" (a 200 that is not a completion), "html" (a 200 that is not JSON) and "sleep:SECONDS" (then
+answer). The bodies of the HTTP statuses and "html" carry `LEAK`, a stand-in for an upstream's internal details.
 
 With `"stream": true` it sends the same reply as server-sent `ChatCompletionChunk`s (validated too): the role, one
 chunk per word, the tool call in two fragments, the finish reason, the usage when `stream_options` asks for it, then
@@ -36,6 +36,7 @@ from pydantic import TypeAdapter, ValidationError
 ANSWERS = {"What is the capital of France?": "Paris"}
 TOKEN_LOGPROB = -0.25  # every answer token's log-probability, so tests know the confidence to expect
 LEAK = "Traceback at db-7.internal, tenant acme"  # in failure bodies: must reach the log, never a client
+STATUSES = ("500", "429", "400", "401", "413")  # the faults that are an error status with that code
 SCHEMAS = {stream: TypeAdapter(params) for stream, params in ((False, CompletionCreateParamsNonStreaming),
                                                              (True, CompletionCreateParamsStreaming))}
 REQUEST_KEYS = {key for params in (CompletionCreateParamsNonStreaming, CompletionCreateParamsStreaming)
@@ -148,7 +149,7 @@ def create_app(state: State) -> FastAPI:
         fault = state.faults.popleft() if state.faults else "ok"
         if fault.startswith("sleep:"):
             await asyncio.sleep(float(fault.removeprefix("sleep:")))
-        if fault in ("500", "429", "400"):
+        if fault in STATUSES:
             return JSONResponse({"error": {"message": f"injected {fault}: {LEAK}"}}, status_code=int(fault),
                                 headers={"retry-after": "0"} if fault == "429" else None)
         if fault == "garbage":

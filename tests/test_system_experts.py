@@ -3,6 +3,7 @@
 import asyncio
 import json
 import math
+import sys
 import time
 
 import numpy as np
@@ -28,8 +29,9 @@ def ask(expert, question: str | Request) -> Answer:
     return asyncio.run(asyncio.wait_for(expert.answer(Request.of(question)), timeout=30))
 
 
-def fails(expert, question: str, match: str) -> str:
-    with pytest.raises(ExpertError, match=match) as caught:
+def fails(expert, question: str, match: str, kind: type[ExpertError] = ExpertError) -> str:
+    """The one-line error of `kind` that answering `question` raises (RequestError: the request's fault)."""
+    with pytest.raises(kind, match=match) as caught:
         ask(expert, question)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"expert {expert.name}: ")
@@ -107,9 +109,9 @@ def test_sklearn_regressor_uses_the_declared_confidence_and_a_feature_function()
 
 def test_sklearn_refuses_bad_features_and_unfitted_models():
     expert = SklearnExpert(ExpertInfo("clf"), fitted_classifier())
-    fails(expert, "[1, 2, 3]", r"shape \[3\], expected \[4\]")
-    fails(expert, "what is this?", "no numeric feature array")
-    fails(expert, '["a", 1, 2, 3]', "no numeric feature array")
+    fails(expert, "[1, 2, 3]", r"shape \[3\], expected \[4\]", RequestError)
+    fails(expert, "what is this?", "no numeric feature array of 1 dimension.*send 4 features", RequestError)
+    fails(expert, '["a", 1, 2, 3]', "no numeric feature array", RequestError)
     with pytest.raises(ConfigError, match="not a fitted estimator"):
         SklearnExpert(ExpertInfo("raw"), LogisticRegression())
 
@@ -142,8 +144,8 @@ def test_mor_model_expert_matches_the_model_and_reports_its_reflection(tmp_path)
     assert answer.confidence == pytest.approx(float((weights * diagnostics.confidence).sum() / weights.sum()))
     assert answer.steps == int(diagnostics.steps.max()) >= 1
     assert len(answer.details["experts"]) == 2 and 0 <= answer.details["probability"] <= 1
-    fails(expert, "[1, 2, 3]", r"shape \[3\], expected \[4\]")
-    fails(expert, "[1, 2, NaN, 4]", "NaN or infinity")
+    fails(expert, "[1, 2, 3]", r"shape \[3\], expected \[4\]", RequestError)
+    fails(expert, "[1, 2, NaN, 4]", "NaN or infinity", RequestError)
 
 
 def test_mor_model_expert_answers_sequences_per_position(tmp_path):
@@ -220,6 +222,42 @@ def test_math_reads_thousands_separators_as_one_number(math_expert, question, te
     """Not cut at the commas into separate 'equations' and declared a contradiction ('false', confidence 1)."""
     answer = ask(math_expert, question)
     assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0)
+
+
+@pytest.mark.parametrize(("question", "text", "value"), [
+    ("what is 6 x 7", "42", 42), ("6 x 7", "42", 42), ("6 × 7", "42", 42), ("what is 2 x 3 x 4?", "24", 24),
+    ("what is 1,000 x 2.5", "2500.00000000000", 2500.0), ("2 × x", "2*x", "2*x"),
+])
+def test_math_reads_x_between_two_numbers_as_times(math_expert, question, text, value):
+    """'6 x 7' was once 42*x, an expression in the variable x."""
+    answer = ask(math_expert, question)
+    assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0)
+
+
+@pytest.mark.parametrize(("question", "text", "value"), [
+    ("solve 2x + 3 = 11", "x = 4", [{"x": 4}]), ("2 x + 3 = 7", "x = 2", [{"x": 2}]),
+    ("2 x 3 = 12", "x = 2", [{"x": 2}]), ("6 x 7 + x", "43*x", "43*x"), ("6 x 7 + x^2", "x*(x + 42)", "x*(x + 42)"),
+    ("solve 6 x 7 = 84", "x = 2", [{"x": 2}]), ("simplify 6 x 7", "42*x", "42*x"),
+])
+def test_math_keeps_x_a_variable_when_the_question_says_so(math_expert, question, text, value):
+    answer = ask(math_expert, question)
+    assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0)
+
+
+def test_math_refuses_numbers_too_long_for_python_to_read_or_write(math_expert):
+    """Python converts at most sys.get_int_max_str_digits() digits between int and text; past it the question or
+    answer is refused in one line naming the limit, not with Python's own ValueError."""
+    limit = sys.get_int_max_str_digits()
+    long_question = MathExpert(ExpertInfo("math"), max_chars=2 * limit)
+    refused = [(long_question, f"what is {'9' * (limit + 1)} + 1", f"a number in '9+' is too long to read "
+                                                                    f"\\({limit + 1} digits"),
+               (math_expert, "what is 2000!", "'2000!' gives a number too long to write out \\(5736 digits"),
+               (math_expert, "solve x/(10^999)^3 = (10^999)^2",
+                "the answer holds a number too long to write out \\(4996 digits"),
+               (math_expert, "expand (10^999*x + 1)^5", "the answer holds a number too long to write out")]
+    for expert, question, match in refused:
+        fails(expert, question, f"{match}.*more than Python's limit of {limit}\\)", RequestError)
+    assert ask(long_question, f"what is {'1' * limit} + 1").value == int("1" * limit) + 1  # at the limit: answered
 
 
 def test_math_refuses_several_bare_numbers_instead_of_calling_them_a_contradiction(math_expert):
@@ -424,7 +462,9 @@ def test_transformers_expert_errors_are_one_line(tiny_lm, tmp_path):
         TransformersExpert(ExpertInfo("tiny"), tmp_path)
     assert "\n" not in str(caught.value)
     fails(TransformersExpert(ExpertInfo("tiny"), tiny_lm, max_new_tokens=30), "the cat sat on a mat",
-          "exceeds the model's context of 32")
+          "exceeds the model's context of 32; shorten it", RequestError)  # the request's fault: the expert works
+    with pytest.raises(ConfigError, match="max_new_tokens 32 leaves no room for a prompt in the model's context of 32"):
+        TransformersExpert(ExpertInfo("tiny"), tiny_lm, max_new_tokens=32)  # every request would be refused
 
 
 # ---- registry ----

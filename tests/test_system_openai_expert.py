@@ -13,7 +13,7 @@ import pytest
 from fake_llm_server import LEAK, TOKEN_LOGPROB, State
 from mor.errors import ConfigError
 from mor.system import ExpertInfo, Request
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import ExpertError, RequestError
 from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert
 
 CAPITAL = "What is the capital of France?"  # the fake server answers "Paris"
@@ -50,10 +50,12 @@ def streamed(llm: OpenAIChatExpert) -> list:
     return asyncio.run(asyncio.wait_for(go(), timeout=10))
 
 
-def fails(llm: OpenAIChatExpert, call: Callable[[OpenAIChatExpert], object] = ask) -> str:
+def fails(llm: OpenAIChatExpert, call: Callable[[OpenAIChatExpert], object] = ask, refused: bool = False) -> str:
+    """The one-line error `call` raises: a RequestError (the request's fault) when `refused`, else the expert's."""
     with pytest.raises(ExpertError) as caught:
         call(llm)
     message = str(caught.value)
+    assert isinstance(caught.value, RequestError) is refused, message
     assert "\n" not in message and message.startswith("expert llm: ")
     return message
 
@@ -106,20 +108,40 @@ def test_500s_are_retried_then_fail_with_one_line(llm_server, state):
     assert f"{llm_server.url}/chat/completions" in message and "after 3 attempt(s)" in message and "HTTP 500" in message
 
 
-def test_other_4xx_fail_at_once(llm_server, state):
-    state.reset("400")
-    message = fails(expert(llm_server.url, retries=3))
-    assert len(state.bodies) == 1 and "HTTP 400" in message and "fix the request" in message
+def wizard(llm: OpenAIChatExpert) -> object:
+    """Send a message whose role the endpoint does not know: the fake server's schema check answers 422."""
+    return ask(llm, Request(messages=({"role": "wizard", "content": "hello"},)))
 
 
-@pytest.mark.parametrize("faults,call,failure", [
-    (("500",) * 3, ask, "after 3 attempt(s): HTTP 500"), (("400",), ask, "failed: HTTP 400"),
-    (("html",), ask, "replied with non-JSON"), (("junk:0",), streamed, "sent an event that is not JSON"),
+@pytest.mark.parametrize(("faults", "call", "status"), [
+    (("400",) * 3, ask, 400), (("400",) * 3, streamed, 400), (("413",) * 3, ask, 413), (("413",) * 3, streamed, 413),
+    ((), wizard, 422),
+], ids=["400", "400 streamed", "413", "413 streamed", "422 from the schema check"])
+def test_a_request_the_endpoint_refuses_is_a_request_error_sent_once(llm_server, state, faults, call, status):
+    """400, 413 and 422 blame the request (too long, malformed): not retried, and not counted against the expert."""
+    state.reset(*faults)
+    message = fails(expert(llm_server.url, retries=2), call, refused=True)
+    assert len(state.bodies) == 1 and f"failed: HTTP {status} (its reply is in the server log)" in message
+    assert "shorten or fix the request" in message
+
+
+@pytest.mark.parametrize("call", [ask, streamed], ids=["answer", "stream"])
+def test_a_wrong_api_key_or_url_is_the_experts_fault_and_fails_at_once(llm_server, state, call):
+    state.reset("401")
+    message = fails(expert(llm_server.url, retries=1), call)
+    assert len(state.bodies) == 1 and "HTTP 401" in message and "check the model name, base_url and API key" in message
+    assert "HTTP 404" in fails(expert(f"{llm_server.url}/nowhere", retries=1), call)
+
+
+@pytest.mark.parametrize("faults,call,failure,refused", [
+    (("500",) * 3, ask, "after 3 attempt(s): HTTP 500", False), (("400",), ask, "failed: HTTP 400", True),
+    (("html",), ask, "replied with non-JSON", False), (("junk:0",), streamed, "sent an event that is not JSON", False),
 ], ids=["HTTP 500", "HTTP 400", "non-JSON reply", "non-JSON event"])
-def test_what_a_failing_upstream_sent_is_logged_not_put_in_the_error(llm_server, state, caplog, faults, call, failure):
+def test_what_a_failing_upstream_sent_is_logged_not_put_in_the_error(llm_server, state, caplog, faults, call, failure,
+                                                                     refused):
     state.reset(*faults)
     with caplog.at_level(logging.WARNING, logger="mor.system"):
-        message = fails(expert(llm_server.url, retries=2), call)
+        message = fails(expert(llm_server.url, retries=2), call, refused)
     assert LEAK not in message and f"{failure} (its reply is in the server log)" in message
     logged = [r.getMessage() for r in caplog.records if r.name == "mor.system" and r.levelno == logging.WARNING]
     what = failure.split(": ")[-1]  # the status or the kind of failure, without the attempts

@@ -18,7 +18,8 @@ class CallableExpert(Expert):
     """Wraps `fn`, sync (run on the expert's worker threads) or async. It gets the request's question text, or the
     `Request` itself when its first parameter is annotated `Request`. It returns a string (→ text), a number
     (→ value; numpy scalars become plain int or float), an `Answer`, or a `(string or number, confidence)` pair;
-    bare strings and numbers get `default_confidence`.
+    bare strings and numbers get `default_confidence`. To turn down a request it cannot read without the refusal
+    counting against the expert's health, it raises `RequestError`; any other exception counts as a failure.
     """
 
     def __init__(self, info: ExpertInfo, fn: Callable[..., Any], *,

@@ -9,11 +9,16 @@ bounded before anything is evaluated: a numeric exponent above `max_exponent` (`
 variables), a power whose size (digits of a number, degree of a polynomial) or a factorial whose digits would pass
 `max_size`, or an expression whose expansion would have more than `max_terms` terms, is refused, so "2^2^2^100",
 "100000000!" and "expand (a+b+c+d+f)^30" fail at once instead of filling memory
-or holding a thread for minutes.
+or holding a thread for minutes. A number with more digits than Python converts between an integer and text
+(`sys.get_int_max_str_digits()`, 4300 by default) is refused too, in the question or in what it evaluates to.
+
+"6 x 7" and "6 × 7" are products when every 'x' of a question to evaluate stands between two numbers and there is
+no '=' or named variable; otherwise 'x' is the variable, as in "2 x 3 = 12" or "6 x 7 + x".
 """
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from tokenize import TokenError
 
@@ -52,6 +57,8 @@ ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=!\s]*")
 # Digits in comma-separated groups of exactly three ("12,500", "1,000,000"): one number, not a list.
 THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
 SPLIT = re.compile(r",|;|\band\b")
+# An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
+TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Reader:
         return RequestError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
 
     def read(self, question: str) -> Problem:
-        text = " ".join(question.split()).rstrip("?. ")  # not '!': "what is 5!" asks for a factorial
+        text = " ".join(question.split()).rstrip("?. ").replace("×", "*")  # not '!': "what is 5!" is a factorial
         text = THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
         if len(text) > self.max_chars:
             raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
@@ -96,6 +103,8 @@ class Reader:
         if found := pattern.search(text):
             variable = next(v for v in found.groupdict().values() if v)
             text = text[:found.start()] + text[found.end():]
+        if operation == "evaluate" and variable is None:
+            text = times(text)
         if "!=" in text:
             raise self.fail(f"cannot read {text[:60]!r} as math ('!=' is not an equation; for a factorial in an "
                             f"equation write 'n! = m' with a space)")
@@ -109,6 +118,8 @@ class Reader:
             raise self.fail(f"{number!r} is a number, not an equation, in {text[:60]!r}; ask about one expression, "
                             f"or give equations with '='")
         expressions = [lhs - rhs for (lhs, rhs), _ in sides]
+        if why := too_long(max(map(digits, expressions))):
+            raise self.fail(f"{text[:60]!r} gives a number too long to write out ({why})")
         unevaluated = [u for _, u in sides]
         symbols = sorted(set().union(*(e.free_symbols for e in unevaluated)), key=str)
         return Problem(operation, expressions, unevaluated, sympy.Symbol(variable) if variable else None, bounds,
@@ -147,6 +158,8 @@ class Reader:
             raise self.fail("an empty expression")
         if not ALLOWED.fullmatch(text) or re.search(r"\.(?!\d)", text):
             raise self.fail(f"cannot read {text[:60]!r} as math (unexpected characters)")
+        if why := too_long(max(map(len, re.findall(r"\d+", text)), default=0)):
+            raise self.fail(f"a number in {text[:60]!r} is too long to read ({why})")
         if re.search(r"(?:^|[^\w)])!", text):
             raise self.fail(f"cannot read {text[:60]!r} as math ('!' is read only as one factorial right "
                             f"after a number, a letter or ')', as in '5!' or '(n+1)!')")
@@ -219,3 +232,24 @@ def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:
         n, t = int(node.args[1]), args[0]
         return math.exp(math.lgamma(n + t) - math.lgamma(n + 1) - math.lgamma(t))
     return max(args, default=1.0)
+
+
+def times(text: str) -> str:
+    """`text` with each 'x' between two numbers as '*' ("6 x 7" → "6*7"), when that leaves no 'x' and no '=' in it:
+    an 'x' elsewhere ("6 x 7 + x", "x^2") or an equation ("2 x 3 = 12") makes every 'x' the variable."""
+    product = TIMES.sub(r"\1*", text)
+    return text if "=" in text or "x" in product else product
+
+
+def digits(expr: sympy.Basic) -> int:
+    """The digits of the longest integer in `expr` (numerators and denominators; 0 when it has none), counted
+    exactly without writing it out, which Python refuses past its limit."""
+    largest = max((max(abs(r.p), r.q) for r in expr.atoms(sympy.Rational)), default=0)
+    return sympy.integer_log(largest, 10)[0] + 1 if largest else 0
+
+
+def too_long(count: int) -> str | None:
+    """Why a number of `count` digits cannot be converted between an integer and text, or None when it can: Python
+    refuses more than `sys.get_int_max_str_digits()` (0: no limit)."""
+    limit = sys.get_int_max_str_digits()
+    return f"{count} digits, more than Python's limit of {limit}" if limit and count > limit else None

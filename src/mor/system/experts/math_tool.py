@@ -5,7 +5,8 @@ Confidence: 1.0 when the check covers the whole answer (solutions substituted ba
 simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
 to the function, a number agrees with an independent high-precision recomputation or quadrature); 0.9 when the
 answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
-checked; 0 when the check failed. A question it cannot read raises an ExpertError.
+checked; 0 when the check failed. A question it cannot read, or whose answer holds a number longer than Python
+writes out (`sys.get_int_max_str_digits()`), raises a RequestError.
 
 SymPy runs on one of the expert's worker threads under `time_limit_s`. A thread cannot be stopped: a timed-out
 computation keeps its thread and its concurrency slot until it ends, so the reader's limits on length, exponents and
@@ -22,7 +23,7 @@ import sympy
 from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.errors import ExpertError
-from mor.system.experts.math_parse import Problem, Reader
+from mor.system.experts.math_parse import Problem, Reader, digits, too_long
 from mor.system.request import Answer, Request
 
 EXACT, SAMPLED, UNCHECKED, FAILED = 1.0, 0.9, 0.5, 0.0
@@ -37,6 +38,10 @@ class Result:
     value: Any
     confidence: float
     checked: str
+
+
+class TooLong(Exception):
+    """An answer holding a number longer than Python converts to text; the message says how long."""
 
 
 class MathExpert(Expert):
@@ -71,6 +76,8 @@ class MathExpert(Expert):
             return problem, OPERATIONS[problem.operation](problem)
         except ExpertError:
             raise
+        except TooLong as err:
+            raise self.reader.fail(str(err)) from None
         except Exception as err:  # SymPy raises many types (NotImplementedError, PolynomialError, …)
             raise self.reader.fail(f"SymPy could not {problem.operation} it ({type(err).__name__}: "
                                    f"{' '.join(str(err).split())[:120]})") from None
@@ -93,7 +100,7 @@ def solve(problem: Problem) -> Result:
             kept.append((solution, confidence))
     if not kept:
         return Result("no solution found", [], UNCHECKED, "no solution to substitute back")
-    text = " or ".join(", ".join(f"{k} = {v}" for k, v in s.items()) for s, _ in kept)
+    text = " or ".join(", ".join(f"{k} = {shown(v)}" for k, v in s.items()) for s, _ in kept)
     return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], min(c for _, c in kept),
                   "solutions substituted back into the equations")
 
@@ -111,7 +118,8 @@ def evaluate(problem: Problem) -> Result:
 
 def transform(problem: Problem, result: sympy.Expr) -> Result:
     """A rewritten expression (simplified, factored, expanded), checked equal to the original."""
-    return Result(str(result), plain(result), same(problem.expressions[0], result), "simplify(original - result) == 0")
+    return Result(shown(result), plain(result), same(problem.expressions[0], result),
+                  "simplify(original - result) == 0")
 
 
 def differentiate(problem: Problem) -> Result:
@@ -122,7 +130,7 @@ def differentiate(problem: Problem) -> Result:
     back = sympy.integrate(d, v)
     if confidence > FAILED and not back.has(sympy.Integral) and v not in sympy.simplify(back - f).free_symbols:
         confidence = EXACT
-    return Result(str(d), plain(d), confidence, "finite differences, then integrated back to the function")
+    return Result(shown(d), plain(d), confidence, "finite differences, then integrated back to the function")
 
 
 def integrate(problem: Problem) -> Result:
@@ -134,13 +142,13 @@ def integrate(problem: Problem) -> Result:
             raise ValueError("no closed form")
         quadrature = sympy.Integral(f, (v, *problem.bounds))  # the less reliable side: a miss leaves it unchecked
         if value.free_symbols:  # bounds or integrand with other variables: quadrature at sample points
-            return Result(str(value), plain(value), max(sampled(value, quadrature), UNCHECKED), "numeric quadrature")
+            return Result(shown(value), plain(value), max(sampled(value, quadrature), UNCHECKED), "numeric quadrature")
         agree = close(value, quadrature.evalf(30), 1e-6)
         return Result(number_text(value), plain(value), EXACT if agree else UNCHECKED, "numeric quadrature")
     antiderivative = sympy.integrate(f, v)
     if antiderivative.has(sympy.Integral):
         raise ValueError("no closed-form antiderivative")
-    return Result(f"{antiderivative} + C", plain(antiderivative), same(sympy.diff(antiderivative, v), f),
+    return Result(f"{shown(antiderivative)} + C", plain(antiderivative), same(sympy.diff(antiderivative, v), f),
                   "differentiated back to the integrand")
 
 
@@ -184,7 +192,14 @@ def close(x: sympy.Expr, y: sympy.Expr, tolerance: float = 1e-9) -> bool:
 def number_text(value: sympy.Expr) -> str:
     """A number as text: as it is when rational, a float or infinite, else its exact form and 15 digits."""
     plain_enough = value.is_Rational or value.is_Float or value.is_infinite
-    return str(value) if plain_enough else f"{value} ≈ {sympy.N(value, 15)}"
+    return shown(value) if plain_enough else f"{shown(value)} ≈ {sympy.N(value, 15)}"
+
+
+def shown(value: sympy.Expr) -> str:
+    """`value` as text, or TooLong when it holds an integer with more digits than Python writes out."""
+    if why := too_long(digits(value)):
+        raise TooLong(f"the answer holds a number too long to write out ({why})")
+    return str(value)
 
 
 def plain(value: sympy.Expr) -> Any:

@@ -2,7 +2,9 @@
 
 Each attempt has a hard deadline; timeouts, connection errors, 429 and 5xx are retried with exponential backoff
 (a Retry-After header is honoured up to one attempt's timeout); other 4xx fail at once, since sending the same
-request again cannot help. The whole call's bound, `deadline_s`, covers every attempt and every wait between them,
+request again cannot help. Of those, 400, 413 and 422 say the request does not fit the endpoint (longer than the
+model's context, malformed messages or tools): they raise a RequestError, which the system does not count against
+the expert's health. The whole call's bound, `deadline_s`, covers every attempt and every wait between them,
 so a system that bounds the call by it leaves room for the retries. A streamed call (`stream`) is an attempt up to
 its first delta, retried the same way; after that the server may take up to the timeout between chunks, and a
 failure ends the stream. The API key is read from the environment variable the config names, never from the config
@@ -21,7 +23,7 @@ import httpx
 from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import ExpertError, RequestError
 from mor.system.experts.openai_stream import StreamedCompletion
 from mor.system.experts.openai_wire import Completion, parse, snippet, withheld
 from mor.system.request import Answer, Cost, Delta, Request
@@ -29,6 +31,8 @@ from mor.system.request import Answer, Cost, Delta, Request
 # Confidence when the server returns no logprobs: a middling prior that says "unjudged", below what a
 # verified tool answer (1.0) earns and above a guess.
 DEFAULT_CONFIDENCE = 0.6
+# Statuses that blame the request (malformed, too large, past the model's context), not the endpoint.
+REQUEST_STATUSES = frozenset({400, 413, 422})
 Result = TypeVar("Result")
 
 
@@ -183,15 +187,19 @@ class OpenAIChatExpert(Expert):
         raise ExpertError(f"expert {self.name}: the stream from {self.url} failed mid-way ({reason})")
 
     def _check(self, response: httpx.Response) -> None:
-        """Raise for a failed response: `_Retryable` for 429 and 5xx, ExpertError for other 4xx (sending the same
-        request again cannot help). The reply's body is logged, never put in the error."""
+        """Raise for a failed response: `_Retryable` for 429 and 5xx; RequestError for 400, 413 and 422 (this request
+        does not fit the endpoint) and ExpertError for other 4xx, neither retried (sending the same request again
+        cannot help). The reply's body is logged, never put in the error."""
         if response.is_success:
             return
         status = f"HTTP {response.status_code}"
         reason = f"{status} ({withheld(self._where, status, response.text)})"
+        failed = f"expert {self.name}: POST {self.url} failed: {reason}"
+        if response.status_code in REQUEST_STATUSES:
+            raise RequestError(f"{failed}; the endpoint refused this request (too long for the model's context, or "
+                               f"malformed messages or tools): shorten or fix the request")
         if response.status_code != 429 and response.status_code < 500:
-            raise ExpertError(f"expert {self.name}: POST {self.url} failed: {reason}; fix the request, "
-                              f"model name or API key")
+            raise ExpertError(f"{failed}; check the model name, base_url and API key")
         raise _Retryable(reason, min(_retry_after(response), self.timeout_s))
 
     def _json(self, response: httpx.Response) -> Any:

@@ -1,7 +1,9 @@
 """Experts that are trained predictors over numeric features: a fitted scikit-learn estimator or a mor.nn checkpoint.
 
 Both read the features from the request as a JSON array (e.g. `[0.5, -1.2, 3]`; a sequence model takes a list of
-rows) unless given a function that makes features from the question.
+rows) unless given a function that makes features from the question. A request without the features the model needs
+is refused with a RequestError (the request's fault, not counted against the expert); a failure of the model itself
+on well-formed features stays the expert's.
 """
 
 import json
@@ -20,7 +22,7 @@ from mor.data import get_task
 from mor.errors import ConfigError, check
 from mor.nn import MoRModel
 from mor.system.experts.base import Expert, ExpertInfo
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import RequestError
 from mor.system.request import Answer, Request
 from mor.train.build import build_model
 from mor.train.checkpoint import CONFIG, load, restore
@@ -41,7 +43,8 @@ def parse_features(text: str, shape: tuple[int | None, ...], expert: str) -> np.
 
 
 def check_features(data: Any, shape: tuple[int | None, ...], expert: str) -> np.ndarray:
-    """`data` as a finite float32 array of `shape` (None: any length), or a one-line ExpertError saying what to send."""
+    """`data` as a finite float32 array of `shape` (None: any length), or a one-line RequestError saying what to
+    send."""
     rows = "a list of rows of " if len(shape) == 2 else ""
     hint = f"send {rows}{shape[-1] or 'the'} features as a JSON array, e.g. [0.5, -1.2, …]"
     try:
@@ -49,13 +52,13 @@ def check_features(data: Any, shape: tuple[int | None, ...], expert: str) -> np.
     except (ValueError, TypeError):
         array = np.empty(0)
     if data is None or array.ndim != len(shape) or array.size == 0:
-        raise ExpertError(f"expert {expert}: no numeric feature array of {len(shape)} dimension(s) in the "
-                          f"question; {hint}")
+        raise RequestError(f"expert {expert}: no numeric feature array of {len(shape)} dimension(s) in the "
+                           f"question; {hint}")
     if any(size is not None and got != size for got, size in zip(array.shape, shape, strict=True)):
-        raise ExpertError(f"expert {expert}: got features of shape {list(array.shape)}, expected "
-                          f"{[size or 'any' for size in shape]}; {hint}")
+        raise RequestError(f"expert {expert}: got features of shape {list(array.shape)}, expected "
+                           f"{[size or 'any' for size in shape]}; {hint}")
     if not np.isfinite(array).all():
-        raise ExpertError(f"expert {expert}: the features hold NaN or infinity; {hint}")
+        raise RequestError(f"expert {expert}: the features hold NaN or infinity; {hint}")
     return array
 
 
@@ -67,7 +70,8 @@ def _plain(value: Any) -> Any:
 class SklearnExpert(Expert):
     """A fitted scikit-learn estimator. Classifiers with `predict_proba` answer the most probable class with its
     probability as confidence; others (regressors) answer `predict` with `default_confidence`. `feature_fn`
-    turns the question text into the feature vector; by default the question is a JSON array.
+    turns the question text into the feature vector (raising RequestError for text it cannot read); by default the
+    question is a JSON array.
     """
 
     def __init__(self, info: ExpertInfo, estimator: BaseEstimator,

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mor.errors import ConfigError, check, first_line
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
-from mor.system.experts.errors import ExpertError
+from mor.system.experts.errors import RequestError
 from mor.system.request import Answer, Cost, Request
 
 
@@ -17,7 +17,8 @@ class TransformersExpert(Expert):
 
     The prompt is the tokenizer's chat template applied to the request's messages when it has one, else the
     messages' text joined by newlines. Decoding is greedy, so the same request gives the same answer; confidence
-    is the geometric mean of the generated tokens' probabilities. Generation runs in a worker thread.
+    is the geometric mean of the generated tokens' probabilities. Generation runs in a worker thread. A prompt that
+    leaves less than `max_new_tokens` of the model's context is refused as a RequestError (the request's fault).
     """
 
     def __init__(self, info: ExpertInfo, path: str | Path, *, max_new_tokens: int = 64, device: str = "cpu") -> None:
@@ -34,6 +35,9 @@ class TransformersExpert(Expert):
                               f"point path at a folder written by save_pretrained") from None
         self.max_new_tokens, self.device = max_new_tokens, device
         self.context = getattr(self.model.config, "max_position_embeddings", None)
+        check(self.context is None or max_new_tokens < self.context,
+              f"expert {info.name}: max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+              f"context of {self.context}; lower it")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
@@ -48,8 +52,8 @@ class TransformersExpert(Expert):
     async def _answer(self, request: Request) -> Answer:
         ids = self.prompt_ids(request)
         if self.context is not None and ids.shape[1] + self.max_new_tokens > self.context:
-            raise ExpertError(f"expert {self.name}: prompt of {ids.shape[1]} tokens plus max_new_tokens "
-                              f"{self.max_new_tokens} exceeds the model's context of {self.context}; shorten it")
+            raise RequestError(f"expert {self.name}: prompt of {ids.shape[1]} tokens plus max_new_tokens "
+                               f"{self.max_new_tokens} exceeds the model's context of {self.context}; shorten it")
         new, logprobs = await self.in_thread(self._generate, ids)
         return Answer(expert=self.name, text=self.tokenizer.decode(new, skip_special_tokens=True),
                       confidence=from_logprobs(logprobs, 0.0),
