@@ -6,12 +6,13 @@ order; the last 2.5 % of them is the held-out text, never trained on. Model: `mo
 2 blocks of width 64, 4 heads, context 64. Its FFN is MoR (4 reflection experts with MLP cells of width 128,
 top-2, 3 reflection steps in training and at inference), a MoE (4 SwiGLU experts, top-2) or a dense SwiGLU.
 Matched FLOPs: each baseline's FFN width (`hidden`) is the one whose forward FLOPs per token (torch's
-FlopCounterMode: matrix products; element-wise work is not counted) are closest to MoR's; attention, embeddings
-and the recipe are the same. Every kind is trained by mor's own Trainer with one recipe and seed (AdamW lr 3e-3,
-warmup then cosine, batch 32 windows, the same number of steps, so the same training tokens and about the same
-training FLOPs), one after the other, on 1 torch thread by default (`--threads`). The curve: the whole held-out
-text is scored at evenly spaced steps of training (untimed), against cumulative training FLOPs (one forward +
-backward step counted by FlopCounterMode, times the steps) and training seconds. Points before the last are
+FlopCounterMode, with in-place products and CPU attention counted too: `common.flop_counter`; element-wise work is
+not counted) are closest to MoR's; attention, embeddings and the recipe are the same. Every kind is trained by mor's
+own Trainer with one recipe and seed (AdamW lr 3e-3, warmup then cosine, batch 32 windows, the same number of steps,
+so the same training tokens and about the same training FLOPs), one after the other, on 1 torch thread by default
+(`--threads`). The curve: the whole held-out text is scored at evenly spaced steps of training (untimed), against
+cumulative training FLOPs (one forward + backward step counted the same way, times the steps) and training seconds.
+Points before the last are
 mid-schedule (the learning rate has not annealed yet), the same for every kind. MoR is also scored at other
 inference depths. Its halting rule is a fixed depth: the language-model loss does not train the experts' critic,
 so confidence halting would mean nothing here.
@@ -33,7 +34,6 @@ import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from mor.data.chars import Chars
 from mor.nn import MoRLayer
@@ -45,7 +45,7 @@ from mor.train.config import RunConfig, parse
 from mor.train.evaluate import rule_name, token_score
 from mor.train.trainer import Trainer
 
-from .common import SuiteRun, closest_dim, counted, md_machine, md_table, torch_threads
+from .common import SuiteRun, closest_dim, counted, flop_counter, md_machine, md_table, torch_threads
 
 SEED = 0
 KINDS = ("mor", "moe", "dense")
@@ -85,7 +85,7 @@ def with_hidden(cfg: RunConfig, hidden: int) -> RunConfig:
 
 
 def flops_per_token(model: nn.Module, x: Tensor) -> float:
-    """Forward FLOPs per token of `model` on windows `x`, as FlopCounterMode counts them."""
+    """Forward FLOPs per token of `model` on windows `x`, as `flop_counter` counts them."""
     return counted(model, x)[1] / x.shape[1]
 
 
@@ -103,7 +103,7 @@ def train_flops_per_step(cfg: RunConfig, task: Chars, kind: str) -> float:
     what a step of the Trainer costs, to put cumulative training compute on the curve."""
     model = build_model(cfg.model, task, kind).train()
     x, y = task.batch(cfg.data.batch_size, torch.Generator().manual_seed(SEED))
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model.loss(x, y)[0].backward()
     return counter.get_total_flops()
 
@@ -173,6 +173,12 @@ def train_curve(cfg: RunConfig, task: Chars, kind: str) -> CurveTrainer:
     return trainer
 
 
+def ffn_width(kind: str, hidden: int) -> int:
+    """The FFN's hidden width per token: each expert's `hidden` for MoE and MoR, k·hidden for dense (whose one
+    SwiGLU does the work of the k experts a token uses)."""
+    return MODEL["k"] * hidden if kind == "dense" else hidden
+
+
 def run_kind(cfg: RunConfig, task: Chars, kind: str, hidden: int) -> dict:
     """Train one kind at FFN width `hidden`; its sizes, costs, curve and final held-out scores (and, for MoR,
     the held-out scores at each of DEPTHS)."""
@@ -180,7 +186,8 @@ def run_kind(cfg: RunConfig, task: Chars, kind: str, hidden: int) -> dict:
     per_step = train_flops_per_step(cfg, task, kind)
     trainer = train_curve(cfg, task, kind)
     model, final = trainer.model, trainer.points[-1]
-    result = {"hidden": hidden, "parameters": count_parameters(model), "active_parameters": active_parameters(model),
+    result = {"hidden": hidden, "ffn_width": ffn_width(kind, hidden), "parameters": count_parameters(model),
+              "active_parameters": active_parameters(model),
               "train_flops_per_step": per_step, "steps": trainer.step, **final,
               "curve": [{**point, "train_flops": point["step"] * per_step} for point in trainer.points]}
     if kind == "mor":
@@ -215,7 +222,7 @@ def figure(results: dict) -> Figure:
 
 def model_rows(models: dict) -> list[list[str]]:
     """One row per FFN kind: width, sizes, costs and final held-out scores."""
-    return [[LABELS[kind], str(m["hidden"]), f"{m['parameters']:,}", f"{m['active_parameters']:,}",
+    return [[LABELS[kind], str(m["ffn_width"]), f"{m['parameters']:,}", f"{m['active_parameters']:,}",
              f"{m['flops_per_token'] / 1e3:.0f}", f"{m['train_flops_per_step'] / 1e9:.2f}", str(m["steps"]),
              f"{m['train_s']:.0f}", f"{m['bits_per_char']:.3f}", f"{m['accuracy']:.1%}",
              f"{m['mean_steps']:.2f}" if "mean_steps" in m else "–"] for kind, m in models.items()]
@@ -241,10 +248,11 @@ def markdown(results: dict) -> str:
         f"(width {MODEL['dim']}, {MODEL['heads']} heads, context {CONTEXT}) with the FFN below; MoR: "
         f"{MODEL['num_experts']} reflection experts, top-{MODEL['k']}, {MODEL['train_steps']} steps, halting rule "
         f"{mor['rule']}; MoE: {MODEL['num_experts']} SwiGLU experts, top-{MODEL['k']}; dense: one SwiGLU. FFN "
-        "widths chosen so the forward FLOPs per token (torch FlopCounterMode: matrix products) are closest to "
+        "widths chosen so the forward FLOPs per token (torch FlopCounterMode: products and attention) are closest to "
         f"MoR's. Every kind: mor's Trainer, {r['steps']} steps of {BATCH} windows, AdamW lr {LR}, warmup then "
         f"cosine, seed {SEED}, {r['threads']} thread(s). Held-out bits/char over the whole held-out text.", "",
-        md_table(["FFN", "FFN width", "parameters", "active parameters", "kFLOPs / token", "training GFLOPs / step",
+        md_table(["FFN", "FFN width (per expert)", "parameters", "active parameters", "kFLOPs / token",
+                  "training GFLOPs / step",
                   "training steps", "train s", "held-out bits/char", "next-char accuracy", "mean reflection steps"],
                  model_rows(models)), "",
         "## Quality vs compute", "",

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, addmm_flop, sdpa_backward_flop_count, sdpa_flop_count
 
 from mor.data import Task
 from mor.nn import Halting
@@ -273,11 +273,34 @@ def flops_on(probe: Tensor) -> Callable[[nn.Module], float]:
     return lambda model: counted(model, probe, **call_options(model))[1]
 
 
+def _addmm_(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """In-place addmm (the fused mixture's backward uses it): the FLOPs of its product, as addmm's."""
+    return addmm_flop(self_shape, a_shape, b_shape)
+
+
+def _cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """CPU flash attention's forward: the FLOPs of its two products, as for scaled_dot_product_attention."""
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """CPU flash attention's backward, as for scaled_dot_product_attention's."""
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode (matrix products, convolutions, attention; element-wise work is not counted) with the
+    ops it has no formula for counted too: in-place addmm, and attention on CPU, which it would count as 0."""
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten.addmm_: _addmm_, aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward})
+
+
 def counted(model: nn.Module, x: Tensor, **kwargs) -> tuple[Any, float]:
-    """`model(x, **kwargs)` in eval mode under no_grad, and its forward FLOPs per example as torch's
-    FlopCounterMode counts them (matrix products and convolutions; element-wise work is not counted).
+    """`model(x, **kwargs)` in eval mode under no_grad, and its forward FLOPs per example (`flop_counter`).
     Halted inputs leave the batch, so adaptive halting shows here as fewer FLOPs."""
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with flop_counter() as counter, torch.no_grad():
         output = model(x, **kwargs)
     return output, counter.get_total_flops() / x.shape[0]

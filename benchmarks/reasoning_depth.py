@@ -224,7 +224,7 @@ def verdicts(results: dict) -> list[str]:
     s, seeds = results["summary"], results["plan"]["seeds"]
     goal = ", ".join(f"{g:.0%} at {size}" for size, g in GOALS.items())
     met = [NAMES[kind] for kind, v in s.items() if v["seeds_meeting_goals"] >= GOAL_SEEDS]
-    lines = [f"- Accuracy goal ({goal} bits under {results['plan']['rules'][0]}, on ≥ {GOAL_SEEDS} of 5 seeds): "
+    lines = [f"- Accuracy goal ({goal} bits under {results['plan']['rules'][0]}, on ≥ {GOAL_SEEDS} of {seeds} seeds): "
              f"MoR reaches it on {s['mor']['seeds_meeting_goals']} of {seeds} seeds, the single reflection expert "
              f"on {s['reflection']['seeds_meeting_goals']}, MoE on {s['moe']['seeds_meeting_goals']}, dense on "
              f"{s['dense']['seeds_meeting_goals']}: **{'met by ' + ' and '.join(met) if met else 'not met'}**"

@@ -19,6 +19,7 @@ def test_char_lm_quick_run_writes_matched_models_and_a_quality_vs_compute_curve(
     for kind, m in models.items():
         assert markdown.count(f"| {char_lm.LABELS[kind]} |") == 1
         assert math.isclose(m["flops_per_token"], models["mor"]["flops_per_token"], rel_tol=0.02)
+        assert math.isclose(m["train_flops_per_step"], models["mor"]["train_flops_per_step"], rel_tol=0.03)
         assert m["steps"] == recipe["steps"] == char_lm.QUICK.steps and m["train_s"] > 0
         assert (m["active_parameters"] == m["parameters"]) == (kind == "dense")
         assert 0 < m["active_parameters"] <= m["parameters"]
