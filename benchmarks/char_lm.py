@@ -12,10 +12,9 @@ own Trainer with one recipe and seed (AdamW lr 3e-3, warmup then cosine, batch 3
 so the same training tokens and about the same training FLOPs), one after the other, on 1 torch thread by default
 (`--threads`). The curve: the whole held-out text is scored at evenly spaced steps of training (untimed), against
 cumulative training FLOPs (one forward + backward step counted the same way, times the steps) and training seconds.
-Points before the last are
-mid-schedule (the learning rate has not annealed yet), the same for every kind. MoR is also scored at other
-inference depths. Its halting rule is a fixed depth: the language-model loss does not train the experts' critic,
-so confidence halting would mean nothing here.
+Points before the last are mid-schedule (the learning rate has not annealed yet), the same for every kind. MoR is also
+scored at other inference depths. Its halting rule is a fixed depth: the language-model loss does not train the
+experts' critic, so confidence halting would mean nothing here.
 
 Run: `python -m benchmarks.char_lm [--quick] [--steps N] [--out DIR]` or `mor bench chars`; writes chars.json,
 chars.md and chars.png. Full: 2000 steps per model, about 4 minutes for MoR (the slowest), under 15 in all on 2
