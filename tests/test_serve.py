@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from mor import cli
 from mor.errors import ConfigError
-from mor.serve import hash_key, load_settings
+from mor.serve import chat, hash_key, load_settings
 from mor.system.experts.predictor import TrainedModel
 from mor.system.store import StateStore
 from test_serve_support import KEY, ROOT, serve, train_tiny, write_settings
@@ -122,11 +122,22 @@ def test_the_openai_client_streams_the_same_answer(client):
     assert chunks[-1].usage is not None and not chunks[-1].choices
 
 
-def test_a_bug_while_streaming_ends_the_stream_with_an_error_event_then_done(server, client, monkeypatch, caplog):
+def test_a_bug_before_a_stream_has_content_is_a_plain_500(server, monkeypatch):
     def route(request, stats):
         raise RuntimeError(f"a bug in {ROOT}/router.py")
 
     monkeypatch.setattr(server.service.system.router, "route", route)
+    ask = {"model": "mor", "messages": [{"role": "user", "content": MATH}]}
+    whole, streamed = (post(server, "/v1/chat/completions", {**ask, "stream": stream}) for stream in (False, True))
+    assert whole.status_code == streamed.status_code == 500 and clean(whole)["code"] == "internal_error"
+    assert streamed.json() == whole.json()
+
+
+def test_a_bug_while_streaming_ends_the_stream_with_an_error_event_then_done(server, client, monkeypatch, caplog):
+    def extension(reply):
+        raise RuntimeError(f"a bug in {ROOT}/views.py")
+
+    monkeypatch.setattr(chat, "extension", extension)  # the last chunk's: after the answer's content was sent
     ask = {"model": "mor", "messages": [{"role": "user", "content": MATH}], "stream": True}
     whole = post(server, "/v1/chat/completions", {**ask, "stream": False})
     assert whole.status_code == 500 and clean(whole)["code"] == "internal_error"
@@ -134,12 +145,15 @@ def test_a_bug_while_streaming_ends_the_stream_with_an_error_event_then_done(ser
             httpx.stream("POST", server.root + "/v1/chat/completions", json=ask, timeout=30,
                          headers={"Authorization": f"Bearer {KEY}"}) as response:
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
-    assert response.status_code == 200 and events[-1] == "[DONE]" and len(events) == 3, events
+    assert response.status_code == 200 and events[-1] == "[DONE]", events
     assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
-    assert json.loads(events[1]) == whole.json()  # the body a whole reply gets for the same bug
+    assert json.loads(events[1])["choices"][0]["delta"]["content"]  # the answer had started
+    assert json.loads(events[-2]) == whole.json()  # the body a whole reply gets for the same bug
     assert any(r.exc_info and "a bug in" in str(r.exc_info[1]) for r in caplog.records)  # the traceback is logged
     with pytest.raises(openai.APIError, match="internal error; it has been logged"):
         list(client.chat.completions.create(model="mor", messages=ask["messages"], stream=True))
+    metrics = httpx.get(server.root + "/metrics").text
+    assert metric(metrics, "mor_stream_errors_total", endpoint="/v1/chat/completions", code="internal_error") == 2
 
 
 def test_a_failing_expert_falls_back_instead_of_failing_the_request(client):
@@ -211,6 +225,8 @@ BAD = [
     ("/v1/predict", {"model": "tiny", "inputs": [[[1, 1], [1]]]}, 400, "inputs[0]", "rows of different lengths"),
     ("/v1/predict", {"model": "tiny", "inputs": [[["a", 1]]]}, 400, "inputs[0][0][0]", "must be a valid number"),
     ("/v1/predict", {"model": "tiny", "inputs": []}, 400, "inputs", "inputs: empty; send at least 1"),
+    ("/v1/predict", {"model": "tiny", "inputs": [[[1, 1]], [[3e38, 3e38]] * 3]}, 422, "inputs[1]",  # overflows inside
+     "inputs[1]: model 'tiny' gives no finite output for it"),
     ("/v1/predict", {"model": "gpt", "inputs": [[1]]}, 404, "model", "'gpt' is not a prediction model here"),
     ("/v1/predict", {"inputs": [[1]]}, 400, "model", "model: required"),
     ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model",
@@ -306,6 +322,22 @@ def test_a_failing_forward_pass_fails_only_the_inputs_of_its_shape(server, monke
     assert batches == [2]
     assert short.status_code == 200 and short.json()["outputs"][0]["steps"] >= 1
     assert long.status_code == 500 and clean(long)["code"] == "internal_error" and "CUDA" not in long.text
+
+
+def test_a_result_a_future_cannot_carry_fails_its_request_and_later_ones_are_answered(server, monkeypatch):
+    model = server.service.models["tiny"]
+    predict = model.trained.predict
+
+    def stop_on_seven_positions(x: torch.Tensor) -> list:
+        if x.shape[1] == 7:
+            raise StopIteration  # as a `next()` on an empty iterator deep in model code would
+        return predict(x)
+
+    monkeypatch.setattr(model.trained, "predict", stop_on_seven_positions)
+    bad = post(server, "/v1/predict", {"model": "tiny", "inputs": [[[1, 1]] * 7]})
+    good = post(server, "/v1/predict", {"model": "tiny", "inputs": [[[1, 1]] * 5]})
+    assert bad.status_code == 500 and clean(bad)["code"] == "internal_error"
+    assert good.status_code == 200 and not model.batcher.worker.done()
 
 
 def metric(text: str, name: str, **labels) -> float:

@@ -163,7 +163,7 @@ def test_expert_calls_are_counted_when_every_expert_failed(tmp_path):
         return codes, service.metrics.render().decode()
 
     codes, metrics = run(write_settings(tmp_path, system=str(system)), body)
-    assert codes == [502, 200]  # a stream has sent its 200 before the experts fail; its error is an event
+    assert codes == [502, 502]  # a stream starts only once there is content: before it, a failure is a plain 502
     for name in ("a", "b"):
         assert f'mor_expert_activations_total{{expert="{name}",outcome="error"}} 2.0' in metrics, metrics
 

@@ -1,27 +1,44 @@
 """Dynamic micro-batching: concurrent submissions are gathered into one call of a batch function.
 
-The first waiting item opens a batch; the batch closes when it holds `max_batch` items or `max_wait_s` has
-passed, then runs in a worker thread while the next one fills. One batch runs at a time, so `max_batch=1`
-is the same service without batching. A part of a batch can fail alone: the batch function puts an exception in
-place of the results of the items it could not do, and only their callers get it.
+The oldest waiting item opens a batch; the batch closes when it holds `max_batch` items or that item has waited
+`max_wait_s` (counted from its arrival, so items that queued while the previous batch ran do not wait again), then
+runs in a worker thread while the next one fills. One batch runs at a time, so `max_batch=1` is the same service
+without batching. A part of a batch can fail alone: the batch function puts an exception in place of the results of
+the items it could not do, and only their callers get it. Should the worker ever stop, its callers get an error
+instead of waiting forever.
 """
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
+
+from mor.errors import first_line
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
+log = logging.getLogger("mor.serve")
+
+
+class Waiting(NamedTuple):
+    """A submitted item, the future its caller awaits, and when it arrived (on the batcher's clock)."""
+
+    item: object
+    future: asyncio.Future
+    since: float
 
 
 class MicroBatcher(Generic[Item, Result]):
     """`await submit(item)` → `run(batch)[i]` for the batch the item joined; `run` must return one result per item,
-    or an exception that this item's caller gets (an exception `run` raises goes to every caller in the batch)."""
+    or an exception that this item's caller gets (an exception `run` raises goes to every caller in the batch).
+    `clock` (seconds) times the waits; tests hold it still."""
 
     def __init__(self, run: Callable[[list[Item]], Sequence[Result | Exception]], max_batch: int,
-                 max_wait_s: float) -> None:
-        self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
-        self.waiting: deque[tuple[Item, asyncio.Future]] = deque()
+                 max_wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.run, self.max_batch, self.max_wait_s, self.clock = run, max_batch, max_wait_s, clock
+        self.waiting: deque[Waiting] = deque()
+        self.batch: list[Waiting] = []  # the batch being run
         self.arrived: asyncio.Event | None = None
         self.worker: asyncio.Task | None = None
 
@@ -29,34 +46,38 @@ class MicroBatcher(Generic[Item, Result]):
         """Start the worker in the running event loop."""
         self.arrived = asyncio.Event()
         self.worker = asyncio.create_task(self._work(), name="mor-micro-batcher")
+        self.worker.add_done_callback(self._ended)
 
     async def stop(self) -> None:
         """Stop the worker; items still waiting are cancelled."""
         if self.worker is not None:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
-        while self.waiting:
-            self.waiting.popleft()[1].cancel()
 
     async def submit(self, item: Item) -> Result:
         """The item's result, computed in a batch with whatever else was submitted meanwhile."""
+        if self.worker is None or self.worker.done():
+            raise RuntimeError("batcher: its worker is not running (stopped, or failed: see the server log); "
+                               "restart the service")
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append((item, future))
+        self.waiting.append(Waiting(item, future, self.clock()))
         self.arrived.set()
         return await future
 
+    def deadline(self) -> float:
+        """When the open batch closes however full it is: `max_wait_s` after its oldest item arrived."""
+        return self.waiting[0].since + self.max_wait_s
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self.waiting:
                 await self._arrival(None)
-            deadline = loop.time() + self.max_wait_s
-            while len(self.waiting) < self.max_batch and await self._arrival(deadline - loop.time()):
+            while len(self.waiting) < self.max_batch and await self._arrival(self.deadline() - self.clock()):
                 pass
             batch = [self.waiting.popleft() for _ in range(min(self.max_batch, len(self.waiting)))]
-            batch = [(item, future) for item, future in batch if not future.done()]  # skip callers that gave up
-            if batch:
-                await self._run(batch)
+            self.batch = [entry for entry in batch if not entry.future.done()]  # skip callers that gave up
+            if self.batch:
+                await self._run(self.batch)
 
     async def _arrival(self, timeout: float | None) -> bool:
         """Wait for the next submission, at most `timeout` seconds (None: forever); False when none came."""
@@ -69,16 +90,49 @@ class MicroBatcher(Generic[Item, Result]):
             return False
         return True
 
-    async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[Waiting]) -> None:
         """Run `batch` and hand each caller still waiting its result or error; the worker goes on either way."""
+        results = await asyncio.to_thread(self._results, [entry.item for entry in batch])
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():  # done: the caller gave up
+                _hand(entry.future, result)
+
+    def _results(self, items: list[Item]) -> Sequence[Result | Exception]:
+        """`run(items)`, one result or error per item (run in the worker thread, so that no error `run` raises,
+        StopIteration included, has to cross into the event loop's futures, which cannot all carry it)."""
         try:
-            results = await asyncio.to_thread(self.run, [item for item, _ in batch])
+            results = self.run(items)
         except Exception as err:  # the whole batch failed: each of its callers gets the error
-            results = [err] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller gave up
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
+            return [err] * len(items)
+        if len(results) != len(items):
+            error = RuntimeError(f"batcher: the batch function gave {len(results)} results for {len(items)} items; "
+                                 f"it must return one per item")
+            return [error] * len(items)
+        return results
+
+    def _ended(self, worker: asyncio.Task) -> None:
+        """Cancel (when stopped) or fail (when the worker died) every caller still waiting, so none waits forever."""
+        error = None if worker.cancelled() else worker.exception()
+        if error is not None:
+            log.error("batcher: the worker died", exc_info=error)
+        pending = [entry.future for entry in [*self.batch, *self.waiting] if not entry.future.done()]
+        self.waiting.clear()
+        for future in pending:
+            if error is None:
+                future.cancel()
             else:
-                future.set_result(result)
+                future.set_exception(RuntimeError(f"batcher: the worker died ({type(error).__name__}: "
+                                                  f"{first_line(error)}); restart the service"))
+
+
+def _hand(future: asyncio.Future, result: object) -> None:
+    """Give `future` its result or error; an error a future cannot carry (StopIteration) becomes a RuntimeError."""
+    try:
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except Exception as err:
+        log.error("batcher: cannot hand a result of type %s to its caller: %s", type(result).__name__, err)
+        future.set_exception(RuntimeError(f"batcher: the model gave {type(result).__name__}, which cannot be "
+                                          f"passed on ({first_line(err)}); see the server log"))

@@ -1,9 +1,11 @@
 """POST /v1/chat/completions: the OpenAI chat API over the routing system, whole or streamed as server-sent events.
 
-A streamed reply sends the role at once, then the answer: passed through delta by delta as the chosen expert makes
-it where the system can stream (see `MoRSystem.stream`), else the whole answer cut into word-sized chunks; then a
-last chunk with the finish reason and the `mor` extension, the usage chunk when asked for, and `data: [DONE]`. A
-failure sends an error event before `data: [DONE]` instead.
+A streamed reply starts once its first delta (or the whole answer) is there, so a failure before any content gets
+the error status and body a whole reply would. It sends the role, then the answer: passed through delta by delta
+as the chosen expert makes it where the system can stream (see `MoRSystem.stream`), else the whole answer cut into
+word-sized chunks; then a last chunk with the finish reason and the `mor` extension, the usage chunk when asked
+for, and `data: [DONE]`. A failure after that sends an error event before `data: [DONE]` instead (counted in
+`mor_stream_errors_total`).
 """
 
 import logging
@@ -18,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from mor.errors import MorError
 from mor.serve.auth import Caller
 from mor.serve.errors import ApiError, documented, error_body, internal_error
+from mor.serve.metrics import Metrics
 from mor.serve.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -29,15 +32,17 @@ from mor.serve.schemas import (
     RouteRequest,
     Usage,
 )
-from mor.serve.service import Service, ServiceDep
+from mor.serve.service import ServiceDep
 from mor.serve.views import extension
 from mor.system.reply import Reply
+from mor.system.request import Delta as SystemDelta
 from mor.system.request import Request, as_tools
-from mor.system.system import MoRSystem
 
 log = logging.getLogger("mor.serve")
 router = APIRouter(tags=["chat"])
+PATH = "/v1/chat/completions"
 CHUNK_CHARS = 24  # about this many characters per streamed chunk
+Part = SystemDelta | Reply  # what the service streams: deltas, then the reply
 # A streamed reply, as server-sent events: each `data` is a ChatCompletionChunk's JSON, the last one `[DONE]`.
 EVENT = {"type": "object", "required": ["data"],
          "properties": {"data": {"type": "string", "description": "a ChatCompletionChunk as JSON, or [DONE]"},
@@ -56,8 +61,8 @@ def to_request(body: ChatRequest | RouteRequest) -> Request:
         raise ApiError(400, str(err), param="messages") from None
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion,
-             responses={200: STREAM, **documented(400, 401, 404, 413, 429, 502)})
+@router.post(PATH, response_model=ChatCompletion,
+             responses={200: STREAM, **documented(400, 401, 404, 413, 429, 502, 503)})
 async def chat_completions(body: ChatRequest, caller: Caller,
                            service: ServiceDep) -> ChatCompletion | StreamingResponse:
     """Answer the conversation with the routed, reflected experts; `mor` in the reply says how."""
@@ -66,8 +71,10 @@ async def chat_completions(body: ChatRequest, caller: Caller,
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        chunks = _stream(service, system, request, body.model, completion_id, created, usage)
-        return StreamingResponse(_ended(chunks, completion_id), media_type="text/event-stream",
+        parts = service.stream(system, request)
+        first = await anext(parts)  # before the response starts: a failure here is a plain error response
+        chunks = _stream(_resumed(first, parts), body.model, completion_id, created, usage)
+        return StreamingResponse(_ended(chunks, completion_id, service.metrics), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     reply = await service.ask(system, request)
     calls = _tool_calls(reply)
@@ -77,8 +84,15 @@ async def chat_completions(body: ChatRequest, caller: Caller,
                                                                 finish_reason="tool_calls" if calls else "stop")])
 
 
-async def _stream(service: Service, system: MoRSystem, request: Request, model: str, completion_id: str,
-                  created: int, usage: bool) -> AsyncIterator[str]:
+async def _resumed(first: Part, rest: AsyncIterator[Part]) -> AsyncIterator[Part]:
+    """`first`, then the rest of the parts it was taken from."""
+    yield first
+    async for part in rest:
+        yield part
+
+
+async def _stream(parts: AsyncIterator[Part], model: str, completion_id: str, created: int,
+                  usage: bool) -> AsyncIterator[str]:
     """The reply as server-sent events, all but the closing `data: [DONE]` (`_ended` adds it, or an error and it)."""
     def event(choices: list[ChunkChoice], **extra) -> str:
         chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extra)
@@ -86,7 +100,7 @@ async def _stream(service: Service, system: MoRSystem, request: Request, model: 
 
     yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
     passed = False
-    async for part in service.stream(system, request):
+    async for part in parts:
         if isinstance(part, Reply):
             reply = part
         else:
@@ -103,17 +117,19 @@ async def _stream(service: Service, system: MoRSystem, request: Request, model: 
         yield event([], usage=_usage(reply))
 
 
-async def _ended(chunks: AsyncIterator[str], completion_id: str) -> AsyncIterator[str]:
+async def _ended(chunks: AsyncIterator[str], completion_id: str, metrics: Metrics) -> AsyncIterator[str]:
     """`chunks`, then `data: [DONE]`; a failure on the way (its 200 already sent) ends them with an error event, the
-    body a whole reply would have got: an ApiError's own, else a 500's, with the traceback in the server log."""
+    body a whole reply would have got: an ApiError's own, else a 500's, with the traceback in the server log; it is
+    counted by its code, as the request's status no longer can."""
     try:
         async for chunk in chunks:
             yield chunk
-    except ApiError as err:
+    except Exception as err:
+        if not isinstance(err, ApiError):
+            log.exception("chat completion %s: the stream failed", completion_id)
+            err = internal_error()
+        metrics.stream_errors.labels(PATH, err.code or str(err.status)).inc()
         yield f"data: {error_body(err).model_dump_json()}\n\n"
-    except Exception:
-        log.exception("chat completion %s: the stream failed", completion_id)
-        yield f"data: {error_body(internal_error()).model_dump_json()}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -23,8 +23,9 @@ URL = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[\w:.%]+\
 SERVICE_PATHS = ("/v1/", "/static/")
 UNION_MEMBERS = {"int", "float", "str", "bool"}
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-         405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 502: "upstream_error",
-         503: "unavailable_error"}
+         405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
+         502: "upstream_error", 503: "unavailable_error"}
+REASON_CHARS = 200  # an expert's failure as a client sees it: at most this many characters of its first line
 
 
 class ApiError(Exception):
@@ -41,6 +42,14 @@ def public(message: str) -> str:
     internal hosts or the server's file layout (the service's own URL paths, such as /v1/models, stay)."""
     message = URL.sub("<url>", message)
     return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
+
+
+def brief(text: str, limit: int = REASON_CHARS) -> str:
+    """A failure's text as a client sees it: its first line only (a traceback or an upstream's dump below it stays
+    in the server log), made `public` and cut to `limit` characters."""
+    lines = text.strip().splitlines()
+    line = public(lines[0].strip().rstrip(":")[:2 * limit]) if lines else "failed"
+    return line if len(line) <= limit else f"{line[:limit - 1]}…"
 
 
 def error_body(err: ApiError) -> ErrorBody:
@@ -118,7 +127,8 @@ def shown(value: Any) -> str:
 
 
 DESCRIPTIONS = {400: "Invalid request: the message names the field and the reason", 401: "Missing or invalid API key",
-                404: "Unknown model", 413: "Request body over the size limit", 429: "Rate limit exceeded",
+                404: "Unknown model", 413: "Request body over the size limit",
+                422: "An input the model gives no finite output for", 429: "Rate limit exceeded",
                 502: "Every expert failed to answer",
                 503: "Not available now: a model not loaded (see /readyz) or every expert in cooldown; see Retry-After"}
 

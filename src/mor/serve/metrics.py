@@ -31,6 +31,9 @@ class Metrics:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("mor_errors", "Error responses (4xx and 5xx) by endpoint and status.",
                               ["endpoint", "status"], registry=r)
+        self.stream_errors = Counter("mor_stream_errors", "Streamed responses that failed after their 200 was sent "
+                                                          "(ended by an error event), by endpoint and error code.",
+                                     ["endpoint", "code"], registry=r)
         self.expert_calls = Counter("mor_expert_activations", "Expert calls of the routing system by outcome.",
                                     ["expert", "outcome"], registry=r)
         self.selected = Counter("mor_expert_selected", "Times the router selected each expert.", ["expert"],

@@ -10,7 +10,7 @@ from mor.serve.service import ServiceDep
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/v1/predict", responses=documented(400, 401, 404, 413, 429, 503))
+@router.post("/v1/predict", responses=documented(400, 401, 404, 413, 422, 429, 503))
 async def predict(body: PredictRequest, caller: Caller, service: ServiceDep) -> PredictResponse:
     """One output per input: the prediction, its confidence, the reflection steps and which experts answered."""
     model = service.served_model(body.model)

@@ -5,6 +5,8 @@ A checkpoint that cannot be loaded leaves the model unready (with the reason) in
 
 import asyncio
 import logging
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,7 +56,8 @@ class ServedModel:
         await self.batcher.stop()
 
     async def predict(self, inputs: list[Any]) -> list[PredictOutput]:
-        """Outputs for `inputs` (checked first; 400 naming the bad one), each from a possibly shared forward pass."""
+        """Outputs for `inputs` (checked first; 400 naming the bad one), each from a possibly shared forward pass;
+        422 naming the first input whose output is not finite."""
         if self.trained is None:
             raise ApiError(503, f"model {self.spec.name!r} is not available: {self.reason}", param="model",
                            code="model_unavailable", headers={"Retry-After": "30"})
@@ -66,7 +69,17 @@ class ServedModel:
             results = [await self.batcher.submit(arrays[0])]
         else:
             results = await asyncio.gather(*(self.batcher.submit(array) for array in arrays))
+        for i, (prediction, _) in enumerate(results):
+            self._check_finite(prediction, f"inputs[{i}]")
         return [_output(prediction, size) for prediction, size in results]
+
+    def _check_finite(self, prediction: Prediction, where: str) -> None:
+        """A 422 when the model's output for an input is NaN or infinite (finite inputs can overflow inside it),
+        so that a meaningless prediction is never returned as a valid one."""
+        if not all(math.isfinite(x) for x in _numbers([prediction.value, *prediction.details.values()])):
+            raise ApiError(422, f"{where}: model {self.spec.name!r} gives no finite output for it (NaN or infinity, "
+                                f"as when values overflow inside it); send values of the scale it was trained on",
+                           param=where, code="non_finite_output")
 
     def check(self, value: Any, where: str) -> np.ndarray:
         """One input as a float32 array of the model's shape, or a 400 saying what is wrong with it."""
@@ -116,6 +129,15 @@ class ServedModel:
             for expert in prediction.details.get("experts", []):
                 self.metrics.model_experts.labels(self.spec.name, str(expert)).inc()
         return [(prediction, len(arrays)) for prediction in predictions]
+
+
+def _numbers(value: Any) -> Iterator[float]:
+    """Every float in `value` and the lists inside it."""
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, list | tuple):
+        for part in value:
+            yield from _numbers(part)
 
 
 def _output(prediction: Prediction, batch_size: int) -> PredictOutput:

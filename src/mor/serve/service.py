@@ -2,6 +2,8 @@
 with the app (FastAPI lifespan); endpoints reach it through the `ServiceDep` dependency."""
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
@@ -12,7 +14,7 @@ from fastapi import Depends, Request
 
 from mor.errors import MorError
 from mor.serve.auth import Keyring
-from mor.serve.errors import ApiError, public, shown
+from mor.serve.errors import ApiError, brief, public, shown
 from mor.serve.limits import RateLimiter, SharedRateLimiter
 from mor.serve.metrics import Metrics
 from mor.serve.schemas import Readiness
@@ -23,9 +25,11 @@ from mor.system.integration import ExpertsFailed
 from mor.system.reply import Reply, StreamBroken
 from mor.system.request import Answer, Delta
 from mor.system.request import Request as SystemRequest
+from mor.system.router import AllInCooldown
 from mor.system.system import MoRSystem
 
 Result = TypeVar("Result")
+log = logging.getLogger("mor.serve")
 CANCEL_WAIT_S = 1.0  # how long shutdown waits for cancelled work to unwind (give back its load) before saving state
 
 
@@ -98,7 +102,7 @@ class Service:
         try:
             return await asyncio.shield(self._run(self._recorded(system.ask(request))))
         except MorError as err:
-            raise _failed(err) from None
+            raise _failed(system, err) from None
 
     async def _recorded(self, work: Awaitable[Reply]) -> Reply:
         """`work`'s reply, recorded in the metrics as part of the work (so also when its caller has left); when
@@ -132,7 +136,7 @@ class Service:
         self._run(pump())
         while not isinstance(piece := await pieces.get(), Reply):
             if isinstance(piece, MorError):
-                raise _failed(piece) from None
+                raise _failed(system, piece) from None
             if isinstance(piece, BaseException):
                 raise piece
             yield piece
@@ -155,9 +159,12 @@ class Service:
         m.reflection_rounds.observe(reply.rounds)
 
     def _record_calls(self, answers: list[Answer]) -> None:
-        """Count each expert call by its outcome."""
+        """Count each expert call by its outcome; a failure's whole text goes to the log (clients see its first
+        line, see `brief`)."""
         for answer in answers:
             self.metrics.expert_calls.labels(answer.expert, "ok" if answer.ok else "error").inc()
+            if not answer.ok:
+                log.warning("expert %s failed: %s", answer.expert, answer.error)
 
     def readiness(self) -> Readiness:
         """Each part's state: "ok", or why it cannot serve."""
@@ -169,11 +176,31 @@ class Service:
         return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
 
 
-def _failed(err: MorError) -> ApiError:
-    """The 502 for a system that found no expert to answer, or whose streamed answer broke off."""
+def _failed(system: MoRSystem, err: MorError) -> ApiError:
+    """The 503 for a system whose experts are all in cooldown; the 502 for one whose experts all failed (one short
+    line each: their whole errors were logged when counted) or whose streamed answer broke off."""
+    if isinstance(err, AllInCooldown):
+        return unavailable(system, err)
+    if isinstance(err, ExpertsFailed):
+        return ApiError(502, "no expert could answer: " + "; ".join(f"{a.expert}: {brief(a.error or '')}"
+                                                                    for a in err.answers), code="experts_failed")
+    log.warning("chat: %s", err)
     if isinstance(err, StreamBroken):
-        return ApiError(502, str(err), code="stream_broken")
-    return ApiError(502, f"no expert could answer: {err}", code="experts_failed")
+        return ApiError(502, brief(str(err)), code="stream_broken")
+    return ApiError(502, f"no expert could answer: {brief(str(err))}", code="experts_failed")
+
+
+def unavailable(system: MoRSystem, err: MorError) -> ApiError:
+    """The 503 for a router that can choose no expert now (every one in cooldown and no default), with Retry-After
+    set to when the first expert's cooldown ends, so clients back off; the router's advice to the operator is
+    logged, not shown."""
+    log.warning("routing: %s", err)
+    now = time.monotonic()
+    ends = min((stats.open_until for stats in system.stats.values() if stats.open_until > now), default=now)
+    wait = max(1, math.ceil(ends - now))
+    reason = "every expert is in cooldown" if isinstance(err, AllInCooldown) else brief(str(err))
+    return ApiError(503, f"no expert available now: {reason}; retry after {wait} s", code="no_expert_available",
+                    headers={"Retry-After": str(wait)})
 
 
 async def get_service(request: Request) -> Service:

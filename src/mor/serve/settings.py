@@ -5,6 +5,7 @@ Relative paths inside the file are relative to the file. Errors name the field, 
 """
 
 import hashlib
+import re
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -13,12 +14,14 @@ from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# What a browser sends as Origin: scheme://host[:port], the host a name, an IPv4 address or a bracketed IPv6 one.
+ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(\[[0-9A-Fa-f:.]+\]|[^/?#:\s@\[\]]+)(:[0-9]{1,5})?")
 
 
 class RateLimit(Strict):
     """A token bucket per caller: `burst` requests at once, refilled at `requests_per_s`."""
 
-    requests_per_s: float = Field(gt=0)
+    requests_per_s: float = Field(gt=0, allow_inf_nan=False)
     burst: int = Field(ge=1)
 
 
@@ -93,7 +96,27 @@ class ServeSettings(Strict):
                              ("models", [m.name for m in self.models] + [self.model_name] * (self.system is not None))):
             if len(set(names)) < len(names):
                 raise ValueError(f"{field}: names must be unique (and differ from model_name), got {names}")
+        _check_keys_differ(self.api_keys)
+        _check_origins(self.cors_origins)
         return self
+
+
+def _check_keys_differ(keys: list[ApiKey]) -> None:
+    """Refuse two callers with one key: the key would identify only one of them (and be counted and limited so)."""
+    owners: dict[str, str] = {}
+    for key in keys:
+        if key.sha256 in owners:
+            raise ValueError(f"api_keys: {owners[key.sha256]} and {key.name} have the same sha256, so the key "
+                             f"would name only one of them; give each caller its own key (`mor serve hash-key`)")
+        owners[key.sha256] = key.name
+
+
+def _check_origins(origins: list[str]) -> None:
+    """Refuse CORS origins a browser's Origin header can never equal (a path, a trailing slash, no scheme)."""
+    for i, origin in enumerate(origins):
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            raise ValueError(f"cors_origins[{i}]: {origin!r} is not an origin; write scheme://host[:port] without "
+                             f"a path or trailing slash (e.g. https://app.example.com), or \"*\" for any")
 
 
 def load_settings(path: str | Path) -> ServeSettings:

@@ -1,6 +1,6 @@
 """mor.system results as response bodies: the `mor` extension of a chat reply and the router's scores."""
 
-from mor.serve.errors import public
+from mor.serve.errors import brief
 from mor.serve.schemas import CostOut, ExpertAnswerOut, ExpertScoreOut, MorExtension
 from mor.system.decision import Decision
 from mor.system.reply import Reply
@@ -19,4 +19,4 @@ def extension(reply: Reply) -> MorExtension:
         router_confidence=reply.decision.confidence, confidence=reply.answer.confidence, steps=reply.answer.steps,
         rounds=reply.rounds, fallback=reply.fallback, cost=CostOut(**vars(reply.cost)),
         answers=[ExpertAnswerOut(expert=a.expert, answer=a.content, confidence=a.confidence, steps=a.steps,
-                                 error=public(a.error) if a.error else None) for a in reply.answers])
+                                 error=brief(a.error) if a.error else None) for a in reply.answers])

@@ -22,6 +22,10 @@ from mor.system.request import Request
 from mor.system.stats import ExpertStats
 
 
+class AllInCooldown(ConfigError):
+    """Every expert is in cooldown and no default is configured: none can answer until a cooldown ends."""
+
+
 @dataclass
 class RouterWeights:
     """How much each signal counts in an expert's score."""
@@ -102,7 +106,7 @@ class SystemRouter:
         sel = self.selection
         ready = [s for s in scores if s.available]  # a busy expert queues; its load already lowers its score
         if not ready:
-            return self._fallback(scores, labels, "every expert is in cooldown")
+            return self._fallback(scores, labels, "every expert is in cooldown", AllInCooldown)
         ready = self._shuffle_ties(ready)
         if sel.threshold is not None:
             chosen = [s for s in ready if s.total >= sel.threshold] or ready[:1]
@@ -119,8 +123,9 @@ class SystemRouter:
         keys = {id(s): self._rng.random() for s in ready}
         return sorted(ready, key=lambda s: (-round(s.total, 9), keys[id(s)]))
 
-    def _fallback(self, scores: list[ExpertScore], labels: dict[str, float], reason: str) -> Decision:
+    def _fallback(self, scores: list[ExpertScore], labels: dict[str, float], reason: str,
+                  error: type[ConfigError] = ConfigError) -> Decision:
         default = self.selection.default
         if default is None or default not in self.experts:
-            raise ConfigError(f"router: {reason} and no default expert is configured; set router.default")
+            raise error(f"router: {reason} and no default expert is configured; set router.default")
         return Decision([default], scores, labels, fallback=True, reason=reason)
