@@ -187,29 +187,32 @@ def test_a_worker_that_dies_fails_its_callers_instead_of_leaving_them_waiting():
     assert "worker is not running" in later
 
 
-def test_an_item_that_queued_during_a_batch_does_not_wait_max_wait_again():
-    clock, release = Clock(), threading.Event()
+def test_a_batch_waits_max_wait_from_when_it_opens_so_queued_callers_are_joined():
+    clock, release, seen = Clock(), threading.Event(), []
 
     def held(items: list[int]) -> list[int]:
+        seen.append(list(items))
         if 1 in items:
             release.wait(WAIT_S)  # the first batch runs until the test lets it finish
         return items
 
-    async def main() -> list[int]:
+    async def main() -> None:
         batching = await batcher(held, clock=clock, max_batch=2, max_wait_s=60.0)
         first = asyncio.gather(batching.submit(1), batching.submit(2))  # full at once: runs without waiting
         while not batching.batch:
             await asyncio.sleep(0)
-        late = asyncio.ensure_future(batching.submit(3))  # arrives at 1000 while the first batch runs
+        late = asyncio.ensure_future(batching.submit(3))  # queues while the first batch runs
         await asyncio.sleep(0)
-        assert batching.deadline() == clock.now + 60.0
-        clock.now += 61.0  # past its deadline once the first batch ends: it must run at once
+        clock.now += 61.0  # more than max_wait after 3 arrived, before its batch opens
         release.set()
-        done = await asyncio.wait_for(asyncio.gather(first, late), WAIT_S)
+        await asyncio.wait_for(first, WAIT_S)
+        for _ in range(100):  # the worker opens the next batch with 3 and waits for more
+            await asyncio.sleep(0)
+        assert await asyncio.wait_for(asyncio.gather(late, batching.submit(4)), WAIT_S) == [3, 4]
         await batching.stop()
-        return done
 
-    assert asyncio.run(main()) == [[1, 2], 3]
+    asyncio.run(main())
+    assert seen == [[1, 2], [3, 4]]
 
 
 # ---- the serve config ----

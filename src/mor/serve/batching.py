@@ -1,11 +1,13 @@
 """Dynamic micro-batching: concurrent submissions are gathered into one call of a batch function.
 
-The oldest waiting item opens a batch; the batch closes when it holds `max_batch` items or that item has waited
-`max_wait_s` (counted from its arrival, so items that queued while the previous batch ran do not wait again), then
-runs in a worker thread while the next one fills. One batch runs at a time, so `max_batch=1` is the same service
-without batching. A part of a batch can fail alone: the batch function puts an exception in place of the results of
-the items it could not do, and only their callers get it. Should the worker ever stop, its callers get an error
-instead of waiting forever.
+When the worker is free, the first waiting item opens a batch; the batch closes when it holds `max_batch` items or
+`max_wait_s` after it opened, then runs in a worker thread while the next one fills. The wait counts from the
+opening, not from the first item's arrival: under steady load the callers of the batch just answered send their next
+requests in that wait, and counting from arrival (their predecessors queued during the run are overdue at once)
+halved the inputs per forward pass in `mor bench serve` (64 → 32) and cost 28 % of its requests per second. One
+batch runs at a time, so `max_batch=1` is the same service without batching. A part of a batch can fail alone: the
+batch function puts an exception in place of the results of the items it could not do, and only their callers get
+it. Should the worker ever stop, its callers get an error instead of waiting forever.
 """
 
 import asyncio
@@ -22,11 +24,10 @@ log = logging.getLogger("mor.serve")
 
 
 class Waiting(NamedTuple):
-    """A submitted item, the future its caller awaits, and when it arrived (on the batcher's clock)."""
+    """A submitted item and the future its caller awaits."""
 
     item: object
     future: asyncio.Future
-    since: float
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -60,19 +61,16 @@ class MicroBatcher(Generic[Item, Result]):
             raise RuntimeError("batcher: its worker is not running (stopped, or failed: see the server log); "
                                "restart the service")
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append(Waiting(item, future, self.clock()))
+        self.waiting.append(Waiting(item, future))
         self.arrived.set()
         return await future
-
-    def deadline(self) -> float:
-        """When the open batch closes however full it is: `max_wait_s` after its oldest item arrived."""
-        return self.waiting[0].since + self.max_wait_s
 
     async def _work(self) -> None:
         while True:
             while not self.waiting:
                 await self._arrival(None)
-            while len(self.waiting) < self.max_batch and await self._arrival(self.deadline() - self.clock()):
+            deadline = self.clock() + self.max_wait_s  # the batch opens
+            while len(self.waiting) < self.max_batch and await self._arrival(deadline - self.clock()):
                 pass
             batch = [self.waiting.popleft() for _ in range(min(self.max_batch, len(self.waiting)))]
             self.batch = [entry for entry in batch if not entry.future.done()]  # skip callers that gave up
