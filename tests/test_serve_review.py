@@ -42,9 +42,10 @@ def leaky(question: str) -> str:
     ("RuntimeError: upstream said:\nTraceback (most recent call last):\n  File", "RuntimeError: upstream said"),
     ("OSError: cannot open /srv/app/secret/config.yaml", "OSError: cannot open …/config.yaml"),
     ("HTTPError: POST http://10.0.0.7:8080/v1/chat failed", "HTTPError: POST <url> failed"),
+    (f"RuntimeError: API key {SECRET} rejected", "RuntimeError: API key <secret> rejected"),
     ("\n\n", "failed"),
-], ids=["traceback", "path", "url", "empty"])
-def test_brief_keeps_the_first_line_without_paths_or_urls(text, shown):
+], ids=["traceback", "path", "url", "secret", "empty"])
+def test_brief_keeps_the_first_line_without_paths_urls_or_secrets(text, shown):
     assert brief(text) == shown
 
 
@@ -121,7 +122,8 @@ def test_chat_while_every_expert_is_in_cooldown_gets_503_with_retry_after(tmp_pa
 
     async def body(client: httpx.AsyncClient, service: Service) -> list[httpx.Response]:
         await client.post("/v1/chat/completions", json=CHAT)  # fails, and opens the breaker
-        return [await client.post("/v1/chat/completions", json={**CHAT, "stream": stream}) for stream in (False, True)]
+        return [await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+                for stream in (False, True, False)]
 
     with caplog.at_level(logging.WARNING, logger="mor.serve"):
         responses = run(write_settings(tmp_path, system=str(system)), body)
@@ -130,7 +132,8 @@ def test_chat_while_every_expert_is_in_cooldown_gets_503_with_retry_after(tmp_pa
         assert response.status_code == 503 and error["code"] == "no_expert_available", response.text
         assert error["type"] == "unavailable_error" and "every expert is in cooldown" in error["message"]
         assert "router.default" not in response.text and 50 <= int(response.headers["retry-after"]) <= 60
-    assert "set router.default" in caplog.text
+    assert caplog.text.count("set router.default") == 1  # once per cooldown, not per request
+    assert caplog.text.count("expert b: in cooldown for 60 s after 1 failures") == 1
 
 
 # ---- the micro-batcher ----
@@ -253,3 +256,10 @@ def test_rate_limits_that_are_not_finite_and_positive_are_refused(tmp_path, wher
         message = refused(tmp_path, api_keys=[{"name": "main", "sha256": hash_key("k"), "rate_limit": limit}])
     field = "rate_limit" if where == "rate_limit" else "api_keys.0.rate_limit"
     assert f"{field}.requests_per_s: must be" in message, message
+
+
+@pytest.mark.parametrize("server,field", [({"graceful_shutdown_s": float("inf")}, "server.graceful_shutdown_s"),
+                                          ({"graceful_shutdown_s": float("nan")}, "server.graceful_shutdown_s"),
+                                          ({"host": ""}, "server.host")], ids=["inf-grace", "nan-grace", "empty-host"])
+def test_server_settings_that_cannot_work_are_refused(tmp_path, server, field):
+    assert f"{field}: " in refused(tmp_path, server=server)

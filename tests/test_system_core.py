@@ -121,6 +121,25 @@ def test_a_refusal_is_recorded_but_neither_opens_nor_closes_the_breaker():
     assert not stats.available()
 
 
+def refuse(stats: ExpertStats, breaker: Breaker) -> None:
+    stats.started()
+    stats.finished(0.1, "HTTP 400: unknown parameter", breaker, refused=True)
+
+
+def test_a_run_of_refusals_opens_the_breaker_and_a_success_between_them_resets_it():
+    stats, breaker = ExpertStats(), Breaker(failures_to_open=2, cooldown_s=60, refusals_to_open=3)
+    for _ in range(2):
+        refuse(stats, breaker)
+    call(stats, breaker, None)
+    for _ in range(2):
+        refuse(stats, breaker)
+    assert stats.available() and stats.refusals == 4 and stats.errors == 0
+    refuse(stats, breaker)
+    assert not stats.available() and stats.consecutive_failures == 0
+    with pytest.raises(ConfigError, match="refusals_to_open must be ≥ 1"):
+        Breaker(refusals_to_open=0)
+
+
 def test_success_rate_is_the_beta_posterior_mean_of_feedback():
     stats = ExpertStats()
     assert stats.success_rate == 0.5

@@ -1,6 +1,7 @@
 """Requests an expert cannot take, through a real MoRSystem: an HTTP expert whose endpoint answers 400 (the fake
 OpenAI-compatible server on loopback) and a scikit-learn predictor sent the wrong features fall back without
-opening the expert's circuit breaker, while an endpoint or a model that is itself broken still opens it."""
+opening the expert's circuit breaker, while an endpoint or a model that is itself broken still opens it, and so
+does a run of refusals."""
 
 import asyncio
 
@@ -52,6 +53,15 @@ def test_http_400s_fall_back_without_opening_the_breaker(llm_server, stream):
     assert all(r.answers[0].details == {"request_error": True} for r in replies[:3])
     assert "HTTP 400" in replies[0].answers[0].error and len(llm_server.state.bodies) == 4  # never retried
     assert health(system, "llm") == (True, 0, 3) and replies[3].answer.text == "Paris"
+
+
+def test_an_endpoint_that_refuses_every_request_is_put_in_cooldown(llm_server):
+    llm_server.state.reset(*["400"] * 3)
+    llm = OpenAIChatExpert(info("llm", keywords=["capital"]), llm_server.url, "no-such-parameter", timeout_s=2.0)
+    system = make_system(llm, expert("backup"), breaker=Breaker(failures_to_open=2, cooldown_s=60, refusals_to_open=3))
+    replies = asked(system, ["What is the capital of France?"] * 4)
+    assert [r.answers[0].expert for r in replies] == ["llm"] * 3 + ["backup"]
+    assert health(system, "llm") == (False, 0, 3)
 
 
 def test_http_401s_still_open_the_breaker(llm_server):

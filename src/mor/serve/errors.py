@@ -1,8 +1,8 @@
 """Error responses in the OpenAI format (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
 
 Validation errors become 400 naming the field and the reason; a bug becomes a 500 that says only that it is
-one (the traceback goes to the server log); absolute file paths and URLs (such as an upstream model server's) are
-cut from every message a client sees.
+one (the traceback goes to the server log); credentials, absolute file paths and URLs (such as an upstream model
+server's) are cut from every message a client sees.
 """
 
 import re
@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from mor.config import error_line
+from mor.redact import redact
 from mor.serve.schemas import ErrorBody
 
 PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-]+/)+([\w.\-]+)")
@@ -38,9 +39,10 @@ class ApiError(Exception):
 
 
 def public(message: str) -> str:
-    """`message` with URLs replaced by `<url>` and absolute paths cut to their last part, so clients never see
-    internal hosts or the server's file layout (the service's own URL paths, such as /v1/models, stay)."""
-    message = URL.sub("<url>", message)
+    """`message` with credentials replaced by `<secret>`, URLs by `<url>` and absolute paths cut to their last part,
+    so clients never see a key, internal hosts or the server's file layout (the service's own URL paths, such as
+    /v1/models, stay)."""
+    message = URL.sub("<url>", redact(message))
     return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
 
 

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -31,6 +32,8 @@ from mor.system.system import MoRSystem
 Result = TypeVar("Result")
 log = logging.getLogger("mor.serve")
 CANCEL_WAIT_S = 1.0  # how long shutdown waits for cancelled work to unwind (give back its load) before saving state
+# When each system's cooldown that was last logged ends: a cooldown is logged once, not once per refused request.
+_cooldown_logged: weakref.WeakKeyDictionary[MoRSystem, float] = weakref.WeakKeyDictionary()
 
 
 class Service:
@@ -192,11 +195,13 @@ def _failed(system: MoRSystem, err: MorError) -> ApiError:
 
 def unavailable(system: MoRSystem, err: MorError) -> ApiError:
     """The 503 for a router that can choose no expert now (every one in cooldown and no default), with Retry-After
-    set to when the first expert's cooldown ends, so clients back off; the router's advice to the operator is
-    logged, not shown."""
-    log.warning("routing: %s", err)
+    set to when the first expert's cooldown ends, so clients back off. The router's advice to the operator is
+    logged, not shown: once per cooldown, not for every request it refuses."""
     now = time.monotonic()
     ends = min((stats.open_until for stats in system.stats.values() if stats.open_until > now), default=now)
+    if not isinstance(err, AllInCooldown) or _cooldown_logged.get(system) != ends:
+        _cooldown_logged[system] = ends
+        log.warning("routing: %s", err)
     wait = max(1, math.ceil(ends - now))
     reason = "every expert is in cooldown" if isinstance(err, AllInCooldown) else brief(str(err))
     return ApiError(503, f"no expert available now: {reason}; retry after {wait} s", code="no_expert_available",

@@ -55,12 +55,12 @@ class PredictModel(Strict):
 class Server(Strict):
     """uvicorn's settings; `mor serve --host/--port/--workers` override them."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 for every interface")
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
-    graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish on shutdown; "
-                                                               "expert calls still running then get as long again, "
-                                                               "then are cancelled")
+    graceful_shutdown_s: float = Field(30.0, ge=0, allow_inf_nan=False,
+                                       description="how long in-flight requests may finish on shutdown; expert calls "
+                                                   "still running then get as long again, then are cancelled")
     forwarded_allow_ips: str | None = Field(None, description="balancer addresses whose X-Forwarded-For is trusted")
     access_log: bool = Field(True, description="uvicorn's line per request on stdout; off where a proxy logs them")
 

@@ -52,7 +52,9 @@ class ReflectionConfig(Strict):
 
 class BreakerConfig(Strict):
     failures_to_open: int = Field(Breaker.failures_to_open, ge=1)
-    cooldown_s: float = Field(Breaker.cooldown_s, ge=0)
+    cooldown_s: float = Field(Breaker.cooldown_s, ge=0, allow_inf_nan=False)
+    refusals_to_open: int = Field(Breaker.refusals_to_open, ge=1, description="refusals in a row that open the "
+                                  "breaker too: an expert that refuses every request is misconfigured")
 
 
 class StateConfig(Strict):

@@ -3,7 +3,9 @@
 A failing expert is put in cooldown (a circuit breaker): after `failures_to_open` consecutive failures it is
 skipped for `cooldown_s`, then given one trial call ("half-open"); a success closes the breaker again. A refusal
 (the expert could not read that request: the request's fault, not the expert's) is counted apart, in `refusals`,
-and neither counts towards the breaker nor closes it.
+and neither counts towards the failures nor closes the breaker; but `refusals_to_open` refusals in a row, with no
+success between them, open it too, since an expert that refuses every request is misconfigured (a model name or
+parameter its endpoint rejects), not unlucky in its requests.
 """
 
 import time
@@ -18,9 +20,11 @@ class Breaker:
 
     failures_to_open: int = 3
     cooldown_s: float = 30.0
+    refusals_to_open: int = 20
 
     def __post_init__(self) -> None:
         check(self.failures_to_open >= 1, f"breaker.failures_to_open must be ≥ 1, got {self.failures_to_open}")
+        check(self.refusals_to_open >= 1, f"breaker.refusals_to_open must be ≥ 1, got {self.refusals_to_open}")
         check(self.cooldown_s >= 0, f"breaker.cooldown_s must be ≥ 0, got {self.cooldown_s}")
 
 
@@ -37,6 +41,7 @@ class ExpertStats:
     latency_samples: int = 0
     in_flight: int = 0
     consecutive_failures: int = 0
+    consecutive_refusals: int = 0
     open_until: float = 0.0
     last_error: str | None = None
     alpha: float = field(default=0.2, repr=False)
@@ -58,22 +63,25 @@ class ExpertStats:
 
     def finished(self, latency_s: float, error: str | None, breaker: Breaker, refused: bool = False) -> None:
         """Record a call's outcome; open the breaker after too many consecutive errors. A refusal (`refused`: the
-        request was not one the expert can read) is recorded but leaves the breaker as it was."""
+        request was not one the expert can read) is recorded apart and opens it only after a run of refusals."""
         self.in_flight -= 1
         self.latency_samples += 1
         self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
             self.alpha * latency_s + (1 - self.alpha) * self.latency_ewma_s)
         if error is None:
-            self.consecutive_failures = 0
+            self.consecutive_failures = self.consecutive_refusals = 0
             self.open_until = 0.0
             return
         self.last_error = error
         if refused:
             self.refusals += 1
-            return
-        self.errors += 1
-        self.consecutive_failures += 1
-        if self.consecutive_failures >= breaker.failures_to_open:
+            self.consecutive_refusals += 1
+            tripped = self.consecutive_refusals >= breaker.refusals_to_open
+        else:
+            self.errors += 1
+            self.consecutive_failures += 1
+            tripped = self.consecutive_failures >= breaker.failures_to_open
+        if tripped:
             self.open_until = time.monotonic() + breaker.cooldown_s
 
     def feedback(self, success: bool) -> None:

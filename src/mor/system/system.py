@@ -14,6 +14,7 @@ made.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
@@ -29,6 +30,8 @@ from mor.system.request import Answer, Cost, Delta, Request
 from mor.system.router import SystemRouter
 from mor.system.stats import Breaker, ExpertStats
 from mor.system.store import StateStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -284,7 +287,11 @@ class MoRSystem:
             stats.in_flight -= 1
             raise
         latency = time.perf_counter() - start
+        was_open_until = stats.open_until
         stats.finished(latency, answer.error, self.breaker, refused=bool(answer.details.get("request_error")))
+        if stats.open_until > was_open_until:
+            log.warning("expert %s: in cooldown for %g s after %d failures and %d refusals in a row; last: %s", name,
+                        self.breaker.cooldown_s, stats.consecutive_failures, stats.consecutive_refusals, answer.error)
         if self.store:
             self.store.changed(self.stats)
         if not answer.ok:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from mor.errors import check
+from mor.redact import remember
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
 from mor.system.experts.errors import ExpertError, RequestError
@@ -77,6 +78,7 @@ class OpenAIChatExpert(Expert):
             key = os.environ.get(api_key_env)
             check(bool(key), f"{where}: environment variable {api_key_env} (api_key_env) is not set; "
                              f"export the API key in it")
+            remember(key)
             self._headers["Authorization"] = f"Bearer {key}"
         self._client, self._owns_client = client, client is None
         self._loop: asyncio.AbstractEventLoop | None = None
