@@ -45,6 +45,24 @@ def test_confidence_mode_renormalises_gate_times_confidence():
     torch.testing.assert_close(out.output, torch.tensor([[1.5]]))
 
 
+@pytest.mark.parametrize("dtype,confidence", [(torch.float32, 1e-11), (torch.float16, 2e-5)])
+def test_confidence_weights_still_sum_to_one_when_every_critic_is_nearly_sure_it_is_wrong(dtype, confidence):
+    """Gate × confidence below the division guard must not scale the answer down (it gave 0.01 and 0.33 here)."""
+    answers, mask = torch.tensor([[[1.0], [3.0]]], dtype=dtype), torch.ones(1, 2, dtype=torch.bool)
+    weights, conf = torch.tensor([[0.5, 0.5]], dtype=dtype), torch.tensor([[2 * confidence, confidence]], dtype=dtype)
+    out = Integrator("confidence")(answers, weights, mask, confidence=conf, with_conflict=True)
+    torch.testing.assert_close(out.weights.float(), torch.tensor([[2 / 3, 1 / 3]]), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out.output.float(), torch.tensor([[5 / 3]]), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out.conflict.float(), torch.tensor([8 / 9]), rtol=1e-3, atol=1e-3)
+
+
+def test_tiny_gate_weights_mix_classes_as_a_distribution():
+    answers = torch.log(torch.tensor([[[0.8, 0.2], [0.2, 0.8]]]))
+    weights, mask = torch.tensor([[3e-12, 1e-12]]), torch.ones(1, 2, dtype=torch.bool)
+    out = Integrator("gate", classes=True)(answers, weights, mask)
+    torch.testing.assert_close(out.output.exp(), torch.tensor([[0.65, 0.35]]))
+
+
 def test_unused_slots_get_no_weight_and_classes_mix_as_probabilities():
     answers = torch.log(torch.tensor([[[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]]))
     weights, mask = torch.tensor([[0.6, 0.4, 0.0]]), torch.tensor([[True, True, False]])

@@ -313,3 +313,13 @@ def test_a_top_1_gate_layer_with_normalize_answers_its_experts_answer(experts):
     p = raw.router(x).weights
     torch.testing.assert_close(raw(x), y * p)  # the raw gate scales the answer by p; normalized, it is the answer
     assert d.weights.eq(1).all()
+
+
+@pytest.mark.parametrize("expected", [True, False], ids=["expected-answer", "last-step"])
+def test_a_reflection_banks_per_expert_reference_answers_as_the_bank_does_in_training(expected):
+    torch.manual_seed(0)
+    experts = ReflectionExperts([ReflectionExpert(MLPCell(8), 8, 8, dim=8, classes=False, train_steps=3)
+                                 for _ in range(3)], expected=expected)
+    layer = reflection_layer(experts, 8, k=2, mode="gate").train()
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(layer(x), naive_forward(layer, x), rtol=1e-5, atol=1e-5)

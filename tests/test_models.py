@@ -189,7 +189,7 @@ def test_bad_model_arguments_and_inputs():
     model = MoRModel(2, 2, dim=8)
     with pytest.raises(ShapeError, match=r"expected \(N, 2\) vectors"):
         model(torch.randn(3, 4))
-    with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+    with pytest.raises(ShapeError, match=r"with N >= 1 \(and L >= 1\), got \(0, 2\)"):
         model.loss(torch.randn(0, 2), torch.zeros(0, dtype=torch.long))
     from mor.nn.transformer import TokenModel
     with pytest.raises(ShapeError, match=r"with B >= 1 and 1 <= T <= 8, got \(0, 4\)"):
@@ -294,9 +294,29 @@ def test_escalated_inputs_keep_the_experts_the_batch_gave_them_under_a_capacity_
     (Halting(max_steps=4, threshold=0.8), ConflictPolicy(0.0, 2.0, confidence=0.9), Halting(8, threshold=0.9)),
     (Halting(max_steps=1), ConflictPolicy(0.0, 1.5), Halting(max_steps=2)),
     (Halting(max_steps=3), ConflictPolicy(0.0, 1.2), Halting(max_steps=4)),
+    (Halting(4, threshold=0.8, stable_steps=3), ConflictPolicy(0.0, 2.0), Halting(8, threshold=0.9, stable_steps=6)),
+    (Halting(4, threshold=0.9, stable_steps=1, combine="all"), ConflictPolicy(0.0, 1.5),
+     Halting(6, threshold=0.9333, stable_steps=2, combine="all")),
 ])
 def test_escalation_never_stops_earlier_and_always_allows_more_steps(rule, policy, expected):
-    assert policy.escalate(rule) == expected
+    def rounded(h: Halting) -> tuple:
+        return h.max_steps, h.threshold and round(h.threshold, 4), h.stable_steps, h.combine
+
+    assert rounded(policy.escalate(rule)) == rounded(expected)
+
+
+def test_escalated_inputs_that_had_stopped_early_reflect_longer_and_change_their_answers():
+    torch.manual_seed(0)
+    model = MoRModel(4, 3, num_experts=2, k=2, dim=16, train_steps=2).eval()
+    x, rule = torch.randn(200, 4), Halting(8, threshold=0.5, stable_steps=2)
+    out, base = model(x, halting=rule, return_diagnostics=True)
+    model.conflict_policy = ConflictPolicy(0.0, 2.0)  # every input with any conflict escalates
+    again, escalated = model(x, halting=rule, return_diagnostics=True)
+    hard = base.conflict > 0
+    steps, rerun = base.steps[hard], (escalated.steps - base.steps)[hard]
+    assert hard.float().mean() > 0.9 and (steps < 8).float().mean() > 0.5
+    assert (rerun >= steps).all() and (rerun > steps).float().mean() > 0.5
+    assert not torch.allclose(out[hard], again[hard])
 
 
 def test_an_escalated_fixed_depth_rule_runs_every_hard_input_longer():
@@ -332,7 +352,43 @@ def test_float32_loss_gradients_and_outputs_are_bit_identical_with_the_literal_g
         return [total, *parts.values(), *grads, model.eval()(x)]
 
     guarded = run()
-    for module in ("mor.nn.router", "mor.nn.integration", "mor.nn.losses", "mor.nn.models"):
+    for module in ("mor.nn.functional", "mor.nn.integration", "mor.nn.losses", "mor.nn.models"):
         monkeypatch.setattr(f"{module}.eps", lambda dtype, floor=1e-9: floor)
     literal = run()
     assert all(torch.equal(a, b) for a, b in zip(guarded, literal, strict=True))
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: Halting(max_steps=2.5), ConfigError, "Halting.max_steps must be an integer >= 1, got 2.5"),
+    (lambda: Halting(8, stable_steps=1.5), ConfigError, "Halting.stable_steps must be an integer"),
+    (lambda: MoRModel(8, 3, train_steps=0), ConfigError, r"MoRModel: dim \(64\) and train_steps \(0\)"),
+    (lambda: MoRModel(8, 3, dim=0), ConfigError, r"MoRModel: dim \(0\)"),
+    (lambda: DenseModel(8, 3, depth=-1), ConfigError, r"DenseModel: dim \(64\) and depth \(-1\)"),
+    (lambda: MoRModel(8, 3, dim=30, cell="transformer"), ConfigError, r"dim \(30\) must be a multiple of heads"),
+    (lambda: MoRModel(8, 3, dim=8).eval()(torch.randn(2, 0, 8)), ShapeError, r"\(and L >= 1\), got \(2, 0, 8\)"),
+    (lambda: MoRModel(8, 3, dim=8).experts[0](torch.tensor(1.0)), ShapeError, r"no empty dimension, got \(\)"),
+    (lambda: MoRModel(8, 3, dim=8).loss(torch.randn(4, 8), torch.full((4,), 7)), ShapeError,
+     r"class ids must be in \[0, 3\), got 7 to 7"),
+], ids=["float-steps", "float-stable", "no-steps", "no-width", "negative-depth", "heads", "empty-sequences", "0-d",
+        "class-id"])
+def test_bad_arguments_get_one_clear_line(make, error, message):
+    with pytest.raises(error, match=message) as caught:
+        make()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("tokens,targets,message", [
+    (torch.zeros(2, 4), None, r"token ids must be integers in \[0, 20\), got dtype torch.float32"),
+    (torch.full((2, 4), 25), None, r"in \[0, 20\), got dtype torch.int64 with values from 25 to 25"),
+    (torch.zeros(2, 4, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), r"targets y of shape \(4, 2\)"),
+], ids=["float-ids", "past-vocab", "transposed-targets"])
+def test_a_token_model_refuses_ids_and_targets_it_cannot_read(tokens, targets, message):
+    from mor.nn.transformer import TokenModel
+    model = TokenModel(20, dim=16, depth=1, heads=2, max_len=8, hidden=16)
+    with pytest.raises(ShapeError, match=message):
+        model(tokens) if targets is None else model.loss(tokens, targets)
+
+
+def test_trajectory_takes_depths_as_any_sequence():
+    model = MoRModel(8, 3, dim=8).eval()
+    assert model.trajectory(torch.randn(2, 8), (2, 3)).answers.shape == (2, 2, 3)

@@ -163,12 +163,12 @@ def test_bad_input_shape_and_halting_rule():
     expert = ReflectionExpert(MLPCell(8), 2, 2, dim=8)
     with pytest.raises(ShapeError, match=r"expected inputs \(N, \.\.\., 2\)"):
         expert(torch.randn(3, 5))
-    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+    with pytest.raises(ConfigError, match="max_steps must be an integer >= 1"):
         Halting(max_steps=0)
     for train in (True, False):
-        with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+        with pytest.raises(ShapeError, match=r"with N >= 1 and no empty dimension, got \(0, 2\)"):
             expert.train(train)(torch.randn(0, 2))
-    with pytest.raises(ShapeError, match=r"with N >= 1, got \(0, 2\)"):
+    with pytest.raises(ShapeError, match=r"with N >= 1 and no empty dimension, got \(0, 2\)"):
         expert.trajectory(torch.randn(0, 2), [1])
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         expert.train()(torch.randn(3, 2), steps=0)
@@ -225,3 +225,12 @@ def test_halting_kl_stays_finite_in_float16_where_a_step_has_probability_zero():
     torch.testing.assert_close(halting_kl(p).float(), halting_kl(p32), atol=1e-2, rtol=0)
     literal = (p32 * (torch.log(p32.clamp_min(1e-9)) - torch.log(geometric_prior(3, 0.2)[:, None]))).sum(0)
     assert torch.equal(halting_kl(p32), literal)  # float32 as before
+
+
+def test_training_steps_count_the_warm_up_steps_the_cell_ran_too():
+    """Progressive training's warm-up steps cost cell evaluations; the steps (and so Diagnostics.compute) say so."""
+    expert = ReflectionExpert(MLPCell(8), 4, 3, dim=8, train_steps=3).train()
+    calls = []
+    expert.cell.register_forward_hook(lambda *_: calls.append(1))
+    reflection = expert(torch.randn(5, 4), warmup=2)
+    assert len(calls) == 5 and reflection.steps.tolist() == [5] * 5 and reflection.answers.shape[0] == 3

@@ -120,3 +120,26 @@ def test_top_k_refuses_min_and_max_experts_it_would_ignore(kwargs):
         Router(8, 4, k=3, **kwargs)
     assert "\n" not in str(info.value)
     assert Router(8, 4, threshold=0.1, **kwargs).threshold == 0.1  # with a threshold they apply
+
+
+def test_a_sigmoid_routers_normalised_weights_sum_to_one_even_when_every_score_is_tiny():
+    router = Router(4, 3, k=2, score="sigmoid")
+    with torch.no_grad():
+        router.proj.weight.fill_(-6.5)  # logits -26: every score about 5e-12
+    routing = router(torch.ones(2, 4))
+    torch.testing.assert_close(routing.weights.sum(-1), torch.ones(2))
+
+
+def test_the_balance_loss_counts_the_routers_choices_before_a_capacity_limit_drops_some():
+    """Switch's f_e is the share of inputs each expert was chosen for; after the drop the imbalance would hide."""
+    router = Router(8, 4, k=1, capacity_factor=1.0)
+    with torch.no_grad():
+        router.proj.weight.copy_(torch.eye(4, 8) * 3)
+    x = torch.zeros(100, 8)
+    x[:70, 0], x[70:, 2] = 1.0, 1.0  # 70 inputs choose expert 0, 30 expert 2; capacity keeps 25 each
+    capped = router(x)
+    router.capacity_factor = None
+    dropless = router(x)
+    assert capped.counts.tolist() == [25, 0, 25, 0] and dropless.counts.tolist() == [70, 0, 30, 0]
+    torch.testing.assert_close(capped.aux["load_balance"], dropless.aux["load_balance"])
+    torch.testing.assert_close(capped.load, torch.tensor([0.25, 0.0, 0.25, 0.0]))  # what was really sent

@@ -43,6 +43,8 @@ class TransformerCell(nn.Module):
 
     def __init__(self, dim: int, heads: int = 4, hidden: int | None = None, causal: bool = False):
         super().__init__()
+        check(heads >= 1 and dim % heads == 0,
+              f"TransformerCell: dim ({dim}) must be a multiple of heads ({heads}); change one of them")
         self.causal = causal
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)

@@ -17,6 +17,7 @@ from mor.nn.dispatch import Dispatch
 from mor.nn.fused import swiglu_mixture
 from mor.nn.grouped import grouped_mm
 from mor.nn.losses import halting_kl
+from mor.nn.reflection import Reflection
 
 
 @dataclass
@@ -86,8 +87,7 @@ class ReflectionExperts(nn.ModuleList):
         runs = [expert(xs) for expert, xs in zip(self, x.split(sizes), strict=True) if xs.shape[0] > 0]
         if not runs:
             return self._empty(x)
-        last = self.training and not self.expected
-        answer = torch.cat([r.answers[-1] if last else r.answer for r in runs])
+        answer = torch.cat([self._answer(r) for r in runs])
         out = ExpertOutput(answer=answer, confidence=torch.cat([r.confidence for r in runs]),
                            steps=torch.cat([r.steps for r in runs]))
         if self.training and self.expected:
@@ -102,8 +102,13 @@ class ReflectionExperts(nn.ModuleList):
             out.aux["halting_kl"] = x.new_zeros(())
         return out
 
+    def _answer(self, run: Reflection) -> Tensor:
+        """A run's answer as this bank gives it: in training, the expected one, or the last step's."""
+        return run.answers[-1] if self.training and not self.expected else run.answer
+
     def expert(self, e: int, x: Tensor) -> Tensor:
-        return self[e](x).answer
+        """Expert `e` alone on rows `x`, answering as the bank does: the per-input reference of the dispatch."""
+        return self._answer(self[e](x))
 
 
 __all__ = ["ExpertOutput", "ReflectionExperts", "SwiGLU", "SwiGLUExperts"]

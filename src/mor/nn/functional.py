@@ -7,6 +7,7 @@ at every step, so the main job spends real time here. Elsewhere (CUDA, long dims
 
 `eps` is what divisions and logs are clamped to: a literal 1e-9 rounds to 0 in float16 (giving inf and NaN), so
 there it is float16's smallest normal number; in float32 and bfloat16 it is the literal, numerics unchanged.
+`normalized` divides weights by their sum without that clamp shrinking rows whose weights are all tiny.
 """
 
 import torch
@@ -32,3 +33,17 @@ def log_softmax(x: Tensor) -> Tensor:
 def eps(dtype: torch.dtype, floor: float = 1e-9) -> float:
     """The guard `floor` of a division or log, raised to `dtype`'s smallest normal number so it is not 0 there."""
     return max(floor, torch.finfo(dtype).tiny)
+
+
+def lifted(w: Tensor) -> Tensor:
+    """`w` with each row (last dimension) that sums below `eps` divided by its largest entry, so that dividing by
+    the row's sum afterwards gives weights summing to 1, not to sum/eps (all-tiny confidences or sigmoid scores
+    would otherwise shrink the answer towards 0). Other rows come back bit for bit; all-zero rows stay 0."""
+    small = w.sum(-1, keepdim=True) < eps(w.dtype)
+    return torch.where(small, w / w.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny), w)
+
+
+def normalized(w: Tensor) -> Tensor:
+    """`w` rescaled to sum to 1 over its last dimension (rows of zeros stay 0)."""
+    w = lifted(w)
+    return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import check
-from mor.nn.functional import eps, softmax
+from mor.nn.functional import eps, lifted, normalized, softmax
 from mor.nn.losses import entropy
 
 Mode = Literal["gate", "confidence", "attention"]
@@ -55,10 +55,9 @@ class Integrator(nn.Module):
         """The integration weights (N, m) for this mode; unused slots get 0."""
         if self.mode == "gate":
             w = weights * mask
-            return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype)) if self.normalize and not self.classes else w
+            return normalized(w) if self.normalize and not self.classes else w
         if self.mode == "confidence":
-            w = weights * confidence * mask
-            return w / w.sum(-1, keepdim=True).clamp_min(eps(w.dtype))
+            return normalized(weights * confidence * mask)
         keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
         scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
         scores = scores + torch.log(weights.clamp_min(eps(weights.dtype)))
@@ -70,8 +69,8 @@ class Integrator(nn.Module):
         w = self.weigh(weights, mask, confidence, query, answers)
         wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
         if self.classes:
-            probs = softmax(answers)
-            mixed = (wb * probs).sum(1) / wb.sum(1).clamp_min(eps(wb.dtype))
+            lw = lifted(w).view_as(wb)
+            mixed = (lw * softmax(answers)).sum(1) / lw.sum(1).clamp_min(eps(lw.dtype))
             output = torch.log(mixed.clamp_min(eps(mixed.dtype)))
         else:
             output = (wb * answers).sum(1)
@@ -89,7 +88,7 @@ def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
     `answers` (N, m, ..., D), `weights` (N, m) summing to 1 over used slots; the result is averaged
     over positions, (N,).
     """
-    w = weights / weights.sum(-1, keepdim=True).clamp_min(eps(weights.dtype))
+    w = normalized(weights)
     wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
     if classes:
         probs = softmax(answers.float())

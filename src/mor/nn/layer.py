@@ -40,7 +40,7 @@ class MoRLayer(nn.Module):
         return cls(Router(dim, num_experts, k, **router_kwargs), SwiGLUExperts(num_experts, dim, hidden))
 
     def forward(self, x: Tensor, return_diagnostics: bool = False) -> Tensor | tuple[Tensor, Diagnostics]:
-        if x.shape[-1] != self.router.proj.in_features:
+        if x.dim() == 0 or x.shape[-1] != self.router.proj.in_features:
             raise ShapeError(f"MoRLayer: last dimension must be {self.router.proj.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
         flat = x.reshape(-1, x.shape[-1])

@@ -114,13 +114,16 @@ def task_loss(prediction: Tensor, target: Tensor, classes: bool, log_probs: bool
 
 
 def check_target(model: str, x: Tensor, y: Tensor, out_dim: int, classes: bool) -> None:
-    """Targets that fit the inputs, else a ShapeError: class ids (N, ...) of an integer type, or values
-    (N, ..., out_dim). A value target of (N,) for (N, 1) predictions would broadcast to (N, N) silently."""
+    """Targets that fit the inputs, else a ShapeError: class ids (N, ...) of an integer type in [0, out_dim), or
+    values (N, ..., out_dim). A value target of (N,) for (N, 1) predictions would broadcast to (N, N) silently."""
     expected = tuple(x.shape[:-1]) if classes else (*x.shape[:-1], out_dim)
     if tuple(y.shape) != expected or (classes and (y.dtype.is_floating_point or y.dtype == torch.bool)):
         what = "integer class ids" if classes else "values"
         raise ShapeError(f"{model}.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit inputs "
                          f"of shape {tuple(x.shape)}; give {what} of shape {expected}")
+    if classes and y.numel() and (int(y.min()) < 0 or int(y.max()) >= out_dim):
+        raise ShapeError(f"{model}.loss: class ids must be in [0, {out_dim}), got {int(y.min())} to {int(y.max())}; "
+                         f"label classes 0 to {out_dim - 1}, or build the model with more outputs")
 
 
 @dataclass

@@ -38,26 +38,33 @@ CELLS: dict[str, Callable[[int], nn.Module]] = {"mlp": MLPCell, "conv": ConvCell
 
 @dataclass(frozen=True)
 class ConflictPolicy:
-    """Spend more reflection where experts disagree: inputs whose conflict exceeds `threshold` are run
-    again by the same experts with `factor` × the steps (at least one more) and, if set, their confidence
-    threshold raised to `confidence` (a rule without a threshold keeps none, so it never stops earlier)."""
+    """Spend more reflection where experts disagree: inputs whose conflict exceeds `threshold` are run again by
+    the same experts under a rule `factor` times stricter — `factor` × the steps (at least one more), `factor` ×
+    the unchanged steps a stable answer needs, and the doubt 1 − τ a confidence threshold allows divided by
+    `factor` (or τ raised to `confidence`, when set). The run starts afresh, so a rule no stricter than the first
+    would stop every input where it stopped before and give the same answer."""
 
     threshold: float
     factor: float = 2.0
     confidence: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check(self.threshold >= 0, f"ConflictPolicy.threshold: conflict is >= 0, got {self.threshold}")
         check(self.factor > 1, f"ConflictPolicy.factor: must be > 1 to spend more steps, got {self.factor}")
         check(self.confidence is None or 0 < self.confidence <= 1,
               f"ConflictPolicy.confidence: must be in (0, 1] or None, got {self.confidence}")
 
     def escalate(self, rule: Halting) -> Halting:
-        """`rule` with the larger budget and a threshold no lower than its own."""
-        stricter = rule.threshold if self.confidence is None or rule.threshold is None else \
-            max(rule.threshold, self.confidence)
-        return replace(rule, max_steps=max(rule.max_steps + 1, math.ceil(rule.max_steps * self.factor)),
-                       threshold=stricter)
+        """`rule` with the larger budget, and halting conditions that cannot fire earlier than its own."""
+        threshold = rule.threshold
+        if threshold is not None:
+            threshold = 1 - (1 - threshold) / self.factor if self.confidence is None else \
+                max(threshold, self.confidence)
+        return replace(rule, max_steps=self._more(rule.max_steps), threshold=threshold,
+                       stable_steps=rule.stable_steps and self._more(rule.stable_steps))
+
+    def _more(self, count: int) -> int:
+        return max(count + 1, math.ceil(count * self.factor))
 
 
 @dataclass
@@ -88,6 +95,7 @@ class MoRModel(nn.Module):
               f"MoRModel: task must be 'classification' or 'regression', got {task!r}")
         self.in_dim, self.out_dim, self.classes, self.cell = in_dim, out_dim, task == "classification", cell
         check(0.0 <= progressive <= 1.0, f"MoRModel: progressive must be in [0, 1], got {progressive}")
+        check(dim >= 1 and train_steps >= 1, f"MoRModel: dim ({dim}) and train_steps ({train_steps}) must be >= 1")
         self.conflict_policy, self.regression_tol, self.progressive = conflict_policy, regression_tol, progressive
         self.train_steps = train_steps
         self.router = Router(in_dim, num_experts, k, **router_kwargs)
@@ -159,9 +167,9 @@ class MoRModel(nn.Module):
         return integrated.output, diagnostics, (reflection, dispatch, routing)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or x.shape[0] == 0:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim or 0 in x.shape:
             raise ShapeError(f"MoRModel: expected (N, {self.in_dim}) vectors or (N, L, {self.in_dim}) "
-                             f"sequences with N >= 1, got {tuple(x.shape)}")
+                             f"sequences with N >= 1 (and L >= 1), got {tuple(x.shape)}")
         _check_cell_input("MoRModel", self.cell, x)
 
     @torch.no_grad()
@@ -278,6 +286,7 @@ class DenseModel(nn.Module):
                  task: Literal["classification", "regression"] = "classification"):
         super().__init__()
         check(cell in CELLS, f"DenseModel: cell must be one of {sorted(CELLS)}, got {cell!r}")
+        check(dim >= 1 and depth >= 1, f"DenseModel: dim ({dim}) and depth ({depth}) must be >= 1")
         self.classes, self.cell = task == "classification", cell
         self.encode, self.head = nn.Linear(in_dim, dim), nn.Linear(dim, out_dim)
         self.cells = nn.ModuleList(CELLS[cell](dim) for _ in range(depth))

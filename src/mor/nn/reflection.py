@@ -8,6 +8,7 @@ the depth actually used, and may run past the training depth.
 """
 
 import contextlib
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,12 +36,13 @@ class Halting:
     stable_steps: int | None = None
     combine: Literal["any", "all"] = "any"
 
-    def __post_init__(self):
-        check(self.max_steps >= 1, f"Halting.max_steps must be >= 1, got {self.max_steps}")
+    def __post_init__(self) -> None:
+        check(_count(self.max_steps) and self.max_steps >= 1, f"Halting.max_steps must be an integer >= 1, got "
+                                                              f"{self.max_steps!r}")
         check(self.threshold is None or 0.0 < self.threshold <= 1.0,
               f"Halting.threshold must be in (0, 1] or None, got {self.threshold}")
-        check(self.stable_steps is None or self.stable_steps >= 1,
-              f"Halting.stable_steps must be >= 1 or None, got {self.stable_steps}")
+        check(self.stable_steps is None or (_count(self.stable_steps) and self.stable_steps >= 1),
+              f"Halting.stable_steps must be an integer >= 1 or None, got {self.stable_steps!r}")
         check(self.combine in ("any", "all"), f"Halting.combine must be 'any' or 'all', got {self.combine!r}")
         check(self.combine == "any" or (self.threshold is not None and self.stable_steps is not None),
               "Halting.combine='all' needs both a threshold and stable_steps; set both, or use combine='any'")
@@ -61,7 +63,7 @@ class Reflection:
     """What an expert's reflection produced for N inputs; the per-step fields are filled in training only."""
 
     answer: Tensor  # (N, ..., D) halted answer (inference) or halting-weighted expected answer (training)
-    steps: Tensor  # (N,) steps each input used
+    steps: Tensor  # (N,) steps each input used (in training: the warm-up steps too, every step the cell ran)
     confidence: Tensor  # (N,) critic confidence of the answer, in [0, 1]
     answers: Tensor | None = None  # (T, N, ..., D) answer after every step
     halt_logits: Tensor | None = None  # (T, N) PonderNet halting logits
@@ -88,7 +90,8 @@ class ReflectionExpert(nn.Module):
                  halting: Halting | None = None, feedback: bool = True, classes: bool = True,
                  stable_tol: float = 1e-3, halt_bias: float = -3.0, state_norm: bool = True):
         super().__init__()
-        check(train_steps >= 1, f"ReflectionExpert: train_steps must be >= 1, got {train_steps}")
+        check(_count(train_steps) and train_steps >= 1,
+              f"ReflectionExpert: train_steps must be an integer >= 1, got {train_steps!r}")
         check(halt_bias < 0, f"ReflectionExpert: halt_bias must be negative (PonderNet does not train from "
                              f"a zero or positive start), got {halt_bias}")
         self.cell, self.in_dim, self.out_dim, self.dim = cell, in_dim, out_dim, dim
@@ -138,7 +141,7 @@ class ReflectionExpert(nn.Module):
         critic_logits = judged_t[..., 1]
         p = halting_distribution(halt_logits).view(*halt_logits.shape, *([1] * (answers_t.dim() - 2)))
         return Reflection(answer=(p * answers_t).sum(0),
-                          steps=torch.full((x.shape[0],), steps, dtype=torch.long, device=x.device),
+                          steps=torch.full((x.shape[0],), warmup + steps, dtype=torch.long, device=x.device),
                           confidence=self._confidence(critic_logits[-1]).detach(), answers=answers_t,
                           halt_logits=halt_logits, critic_logits=critic_logits)
 
@@ -148,6 +151,7 @@ class ReflectionExpert(nn.Module):
         """Answers (D, N, ..., out) and confidences (D, N) after each of `depths` steps, and what each of `rules`
         would answer, all from one run without inputs leaving the batch: a fixed-depth sweep and every halting
         rule for the price of the longest of them (the adaptive run's answers, up to rounding)."""
+        depths = list(depths)
         check(bool(depths) and min(depths) >= 1, f"ReflectionExpert.trajectory: depths must be >= 1, got {depths}")
         self._check_input(x)
         xe = self.encode(x)
@@ -170,9 +174,9 @@ class ReflectionExpert(nn.Module):
                 [Reflection(answer=w.final, steps=w.steps, confidence=w.confidence) for w in watched])
 
     def _check_input(self, x: Tensor) -> None:
-        if x.shape[-1] != self.in_dim or x.dim() < 2 or x.shape[0] == 0:
-            raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}) with N >= 1, "
-                             f"got {tuple(x.shape)}")
+        if x.dim() < 2 or x.shape[-1] != self.in_dim or x.shape[0] == 0 or 0 in x.shape:
+            raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}) with N >= 1 and no empty "
+                             f"dimension, got {tuple(x.shape)}")
 
     @staticmethod
     def _confidence(critic_logits: Tensor) -> Tensor:
@@ -214,6 +218,11 @@ class ReflectionExpert(nn.Module):
             idx, z, xe, answer = (v.index_select(0, keep) for v in (idx, z, xe, answer))
             unchanged = unchanged.index_select(0, keep) if unchanged is not None else None
         return Reflection(answer=final, steps=steps, confidence=confidence)
+
+
+def _count(value: object) -> bool:
+    """Whether `value` is a whole number (an int or a NumPy integer, not a bool or a float)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class _Watch:

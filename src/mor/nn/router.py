@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import ShapeError, check
-from mor.nn.functional import eps, softmax
+from mor.nn.functional import normalized, softmax
 from mor.nn.losses import entropy, load_balance_loss, router_z_loss
 
 
@@ -96,16 +96,18 @@ class Router(nn.Module):
             logits = logits + torch.randn_like(logits) * self.noise_std
         probs = softmax(logits) if self.score == "softmax" else torch.sigmoid(logits)
         top, indices = probs.topk(self.slots, dim=-1)
-        mask = self._selection_mask(top)
-        if self.capacity_factor is not None:
-            mask = mask & self._within_capacity(indices, mask)
+        chosen = self._selection_mask(top)
+        mask = chosen & self._within_capacity(indices, chosen) if self.capacity_factor is not None else chosen
         weights = top * mask
         if self.normalize and self.slots > 1:
-            weights = weights / weights.sum(-1, keepdim=True).clamp_min(eps(weights.dtype))
+            weights = normalized(weights)
         routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
         counts = routing.counts
+        # the balance loss counts the router's own choices, before a capacity limit drops any (Switch, GShard):
+        # counting only the kept ones would hide the imbalance exactly when it costs dropped inputs
+        wanted = counts if mask is chosen else torch.bincount(indices[chosen], minlength=self.num_experts)
         dist = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True)
-        routing.aux = {"load_balance": load_balance_loss(dist, counts), "z_loss": router_z_loss(logits)}
+        routing.aux = {"load_balance": load_balance_loss(dist, wanted), "z_loss": router_z_loss(logits)}
         with torch.no_grad():
             routing.load = counts.float() / max(x.shape[0], 1)
             routing.entropy = entropy(dist.float()).mean() if x.shape[0] else dist.new_zeros(())

@@ -79,6 +79,11 @@ class TokenModel(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] > self.max_len or 0 in tokens.shape:
             raise ShapeError(f"TokenModel: expected token ids (B, T) with B >= 1 and 1 <= T <= {self.max_len}, "
                              f"got {tuple(tokens.shape)}")
+        vocab = self.embed.num_embeddings
+        if not _ids(tokens) or int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+            raise ShapeError(f"TokenModel: token ids must be integers in [0, {vocab}), got dtype {tokens.dtype} with "
+                             f"values from {tokens.min().item()} to {tokens.max().item()}; encode with the "
+                             f"model's vocabulary")
         x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         found = []
         for block in self.blocks:
@@ -91,7 +96,16 @@ class TokenModel(nn.Module):
         """Next-token cross-entropy ("task") plus the FFN layers' auxiliary losses, each weighted by its
         `LossWeights` field; the contract of `MoRModel.loss`, so one training loop serves both."""
         w = weights or LossWeights()
+        if y.shape != x.shape or not _ids(y):
+            raise ShapeError(f"TokenModel.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit "
+                             f"token ids of shape {tuple(x.shape)}; give the next token's id at every position, "
+                             f"integers of shape {tuple(x.shape)}")
         logits, aux = self(x)
         parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}, None
+
+
+def _ids(t: Tensor) -> bool:
+    """Whether `t` can hold token ids: an integer dtype, not bool."""
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
