@@ -67,12 +67,14 @@ def test_weighted_ignores_failed_answers_even_with_a_large_weight():
 # ---- voting ----
 
 @pytest.mark.parametrize(("left", "right"), [("42", " 42.0 "), ("42", "42."), ("Paris.", "paris"), ("PARIS!", "Paris"),
-                                             ("Café", "cafe"), ("$42", "42"), ("-3.50", "-3.5"), ("a  b", "a b")])
+                                             ("Café", "cafe"), ("$42", "42"), ("-3.50", "-3.5"), ("a  b", "a b"),
+                                             (".5", "0.5"), ("$.50", "0.5"), ("-.5", "-0.5")])
 def test_normalise_makes_equivalent_answers_equal(left, right):
     assert normalise(left) == normalise(right)
 
 
-@pytest.mark.parametrize(("left", "right"), [("42", "43"), ("-3", "3"), ("Paris", "Lyon"), ("1.5", "15")])
+@pytest.mark.parametrize(("left", "right"), [("42", "43"), ("-3", "3"), ("Paris", "Lyon"), ("1.5", "15"),
+                                              (".5", "5")])
 def test_normalise_keeps_different_answers_apart(left, right):
     assert normalise(left) != normalise(right)
 

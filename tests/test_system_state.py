@@ -4,6 +4,7 @@ folder, the data a router can be trained on, and the config values that would si
 import asyncio
 import json
 import math
+import os
 import shutil
 import sqlite3
 import threading
@@ -175,6 +176,36 @@ def test_an_interrupted_save_leaves_the_previous_router_working(two_routers, tmp
     assert loaded.labels == old.labels
     assert np.allclose(loaded.proba(["Solve 2x + 3 = 11"]), old.proba(["Solve 2x + 3 = 11"]), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["router"]  # no temporary folder left behind
+
+
+def test_ctrl_c_between_the_renames_of_a_save_puts_the_previous_router_back(two_routers, tmp_path, monkeypatch):
+    old, new = two_routers
+    folder = tmp_path / "router"
+    old.save(folder)
+    import mor.system.head as head_module
+    real, calls = head_module.os.replace, []
+
+    def interrupted(source, target):
+        calls.append(target)
+        if len(calls) == 2:  # the old router has just been moved aside
+            raise KeyboardInterrupt
+        return real(source, target)
+
+    monkeypatch.setattr(head_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(folder)
+    monkeypatch.setattr(head_module.os, "replace", real)
+    assert LabelHead.load(folder).labels == old.labels
+
+
+def test_a_save_killed_between_its_renames_still_loads_and_is_completed_by_the_next(two_routers, tmp_path):
+    old, new = two_routers
+    folder = tmp_path / "router"
+    old.save(folder)
+    os.replace(folder, tmp_path / ".router.old")  # where a kill right after the first rename leaves it
+    assert LabelHead.load(folder).labels == old.labels
+    new.save(folder)
+    assert LabelHead.load(folder).labels == new.labels and [p.name for p in tmp_path.iterdir()] == ["router"]
 
 
 def test_saving_over_a_router_replaces_it_whole(two_routers, tmp_path):

@@ -153,7 +153,11 @@ class LabelHead:
 
     @classmethod
     def load(cls, folder: Path) -> "LabelHead":
-        """A saved router; a missing, malformed or mismatched file is a one-line MorError naming it."""
+        """A saved router; a missing, malformed or mismatched file is a one-line MorError naming it. Where a save
+        was killed between its two renames, the router it was replacing is read from where it was moved aside."""
+        aside = _aside(Path(folder))
+        if not (folder / "head.json").is_file() and (aside / "head.json").is_file():
+            folder = aside
         check((folder / "head.json").is_file(), f"router {folder}: not a trained router folder (no head.json); "
                                                 f"train one with `mor route train --data FILE.jsonl --out {folder}`",
               MorError)
@@ -194,16 +198,24 @@ def _check_replaceable(folder: Path) -> None:
                       "replaces the whole folder, so choose a new or empty one for --out", MorError)
 
 
+def _aside(folder: Path) -> Path:
+    """Where a save moves the router it replaces until the new one is in place."""
+    return folder.with_name(f".{folder.name}.old")
+
+
 def _replace(new: Path, folder: Path) -> None:
-    """Rename `new` to `folder`; an existing `folder` is moved aside first and deleted once `new` is in place."""
-    old = folder.with_name(f".{folder.name}.old")
+    """Rename `new` to `folder`; an existing `folder` is moved aside first and deleted once `new` is in place
+    (interrupted in between, it is moved back)."""
+    old = _aside(folder)
+    if not folder.exists() and old.is_dir():  # an earlier save was killed between the renames: that is the router
+        os.replace(old, folder)
     shutil.rmtree(old, ignore_errors=True)
     moved = folder.exists()
     if moved:
         os.replace(folder, old)
     try:
         os.replace(new, folder)
-    except OSError:
+    except BaseException:
         if moved:
             os.replace(old, folder)
         raise

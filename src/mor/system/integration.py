@@ -39,7 +39,9 @@ def _total_cost(answers: list[Answer]) -> Cost:
 
 
 def weighted(answers: list[Answer], weights: dict[str, float] | None = None) -> Answer:
-    """The answer with the highest router weight × confidence; the others are kept as alternatives."""
+    """The answer with the highest confidence, times `weights[expert]` where given (1 elsewhere); the others are
+    kept as alternatives. The system passes no weights: an expert asked because the first was unsure must win by
+    being surer, not lose to the router's first choice."""
     ok = _usable(answers)
     score = {a.expert: (weights or {}).get(a.expert, 1.0) * a.confidence for a in ok}
     best = max(ok, key=lambda a: score[a.expert])
@@ -107,7 +109,7 @@ def normalise(text: str) -> str:
     text = text.casefold().strip()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,000 → 1000
     text = "".join(" " if _ignored(c) else c for c in text)
-    text = " ".join(text.split()).strip(" .")
+    text = " ".join(text.split()).rstrip(" .")  # a final full stop; a leading point is a decimal one (.5)
     try:
         number = float(text.replace(",", ""))
     except ValueError:
