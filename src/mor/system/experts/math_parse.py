@@ -10,10 +10,13 @@ variables), a power whose size (digits of a number, degree of a polynomial) or a
 `max_size`, or an expression whose expansion would have more than `max_terms` terms, is refused, so "2^2^2^100",
 "100000000!" and "expand (a+b+c+d+f)^30" fail at once instead of filling memory
 or holding a thread for minutes. A number with more digits than Python converts between an integer and text
-(`sys.get_int_max_str_digits()`, 4300 by default) is refused too, in the question or in what it evaluates to.
+(`sys.get_int_max_str_digits()`, 4300 by default) is refused too, in the question or in what it evaluates to, and
+so is a number in scientific notation past the range of a float (an exponent beyond ±308: "1e999999"), before SymPy
+spends a minute building it; an exact power ("3*10^400") is bounded like any other.
 
-"6 x 7" and "6 × 7" are products when every 'x' of a question to evaluate stands between two numbers and there is
-no '=' or named variable; otherwise 'x' is the variable, as in "2 x 3 = 12" or "6 x 7 + x".
+"6 x 7" and "6 × 7" are products when every variable 'x' of a question to evaluate (not the x in 'exp') stands
+between two numbers and there is no '=' or named variable; otherwise 'x' is the variable, as in "2 x 3 = 12" or
+"6 x 7 + x".
 """
 
 import math
@@ -59,6 +62,12 @@ THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
 SPLIT = re.compile(r",|;|\band\b")
 # An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
 TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
+# The variable x, not the letter inside a function name ("exp"); "2x" is 2 times x.
+VARIABLE_X = re.compile(r"(?<![a-zA-Z])x(?![a-zA-Z])")
+# A number in scientific notation ("6.02e23", ".5E-3", "1e+5"): SymPy builds it whole, so its exponent is read first
+# and held to a float's range, which is what `bound` measures a Float's size in and what its answer is given as.
+SCIENTIFIC = re.compile(r"(?:\d*\.)?\d+[eE](?P<exponent>[+-]?\d+)")
+MAX_FLOAT_EXPONENT = sys.float_info.max_10_exp
 
 
 @dataclass
@@ -160,6 +169,9 @@ class Reader:
             raise self.fail(f"cannot read {text[:60]!r} as math (unexpected characters)")
         if why := too_long(max(map(len, re.findall(r"\d+", text)), default=0)):
             raise self.fail(f"a number in {text[:60]!r} is too long to read ({why})")
+        if far := next((m for m in SCIENTIFIC.finditer(text) if abs(int(m["exponent"])) > MAX_FLOAT_EXPONENT), None):
+            raise self.fail(f"{far.group()[:40]!r} is outside the range of a floating-point number (exponent beyond "
+                            f"±{MAX_FLOAT_EXPONENT}); write it as an exact power of 10, e.g. '3*10^400'")
         if re.search(r"(?:^|[^\w)])!", text):
             raise self.fail(f"cannot read {text[:60]!r} as math ('!' is read only as one factorial right "
                             f"after a number, a letter or ')', as in '5!' or '(n+1)!')")
@@ -176,7 +188,7 @@ class Reader:
             self.bound(expr)
             return expr, parse_expr(text, local_dict=dict(FUNCTIONS), global_dict=dict(NAMESPACE),
                                     transformations=TRANSFORMATIONS)
-        except (SyntaxError, TokenError, TypeError, ValueError, AttributeError) as err:
+        except (SyntaxError, TokenError, TypeError, ValueError, AttributeError, NameError) as err:
             raise self.fail(f"cannot read {text[:60]!r} as math ({type(err).__name__})") from None
 
     def bound(self, expr: sympy.Expr) -> None:
@@ -235,10 +247,11 @@ def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:
 
 
 def times(text: str) -> str:
-    """`text` with each 'x' between two numbers as '*' ("6 x 7" → "6*7"), when that leaves no 'x' and no '=' in it:
-    an 'x' elsewhere ("6 x 7 + x", "x^2") or an equation ("2 x 3 = 12") makes every 'x' the variable."""
+    """`text` with each 'x' between two numbers as '*' ("6 x 7" → "6*7"), when that leaves no variable x and no '='
+    in it: an 'x' elsewhere ("6 x 7 + x", "x^2"; not the x in "exp") or an equation ("2 x 3 = 12") makes every 'x' the
+    variable."""
     product = TIMES.sub(r"\1*", text)
-    return text if "=" in text or "x" in product else product
+    return text if "=" in text or VARIABLE_X.search(product) else product
 
 
 def digits(expr: sympy.Basic) -> int:

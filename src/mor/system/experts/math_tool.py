@@ -5,8 +5,9 @@ Confidence: 1.0 when the check covers the whole answer (solutions substituted ba
 simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
 to the function, a number agrees with an independent high-precision recomputation or quadrature); 0.9 when the
 answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
-checked; 0 when the check failed. A question it cannot read, or whose answer holds a number longer than Python
-writes out (`sys.get_int_max_str_digits()`), raises a RequestError.
+checked, as for the solutions of a periodic equation (sin(x) = 0), of which SymPy lists only a few; 0 when the
+check failed. A question it cannot read, or whose answer holds a number longer than Python writes out
+(`sys.get_int_max_str_digits()`), raises a RequestError.
 
 SymPy runs on one of the expert's worker threads under `time_limit_s`. A thread cannot be stopped: a timed-out
 computation keeps its thread and its concurrency slot until it ends, so the reader's limits on length, exponents and
@@ -14,11 +15,13 @@ sizes are what keep it from running on for long in the background.
 """
 
 import asyncio
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import sympy
+from sympy.functions.elementary.trigonometric import TrigonometricFunction
 
 from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
@@ -84,7 +87,8 @@ class MathExpert(Expert):
 
 
 def solve(problem: Problem) -> Result:
-    """Solutions of the equations, each substituted back; those that do not check are dropped."""
+    """Solutions of the equations, each substituted back; those that do not check are dropped. Those of a periodic
+    equation (sin(x) = 0) stay unchecked: SymPy lists a few of its infinitely many, which substituting back misses."""
     reduced = [sympy.simplify(e) for e in problem.expressions]
     if all(r == 0 for r in reduced):
         return Result("true for every value" if problem.symbols else "true", True, EXACT, "both sides simplify equal")
@@ -101,8 +105,10 @@ def solve(problem: Problem) -> Result:
     if not kept:
         return Result("no solution found", [], UNCHECKED, "no solution to substitute back")
     text = " or ".join(", ".join(f"{k} = {shown(v)}" for k, v in s.items()) for s, _ in kept)
-    return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], min(c for _, c in kept),
-                  "solutions substituted back into the equations")
+    confidence, checked = min(c for _, c in kept), "solutions substituted back into the equations"
+    if any(f.has(*unknowns) for e in problem.expressions for f in e.atoms(TrigonometricFunction)):
+        confidence, checked = min(confidence, UNCHECKED), f"{checked}; the set may be incomplete (periodic equation)"
+    return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], confidence, checked)
 
 
 def evaluate(problem: Problem) -> Result:
@@ -203,9 +209,10 @@ def shown(value: sympy.Expr) -> str:
 
 
 def plain(value: sympy.Expr) -> Any:
-    """A SymPy value as JSON-friendly Python: int for integers, float for floats, else its text."""
+    """A SymPy value as JSON-friendly Python: int for integers, float for floats a float can hold (1e600 would
+    become inf, which JSON cannot carry), else its text."""
     if value.is_Integer:
         return int(value)
-    if value.is_Float:
+    if value.is_Float and math.isfinite(float(value)):
         return float(value)
     return str(value)

@@ -1,0 +1,77 @@
+"""The math expert after review: exponent notation past a float's range is refused before SymPy builds the number,
+'6 x 7' stays a product beside 'exp', and solutions of periodic equations are never called complete."""
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from mor.system import Answer, ExpertInfo, Request
+from mor.system.experts.errors import RequestError
+from mor.system.experts.math_parse import times
+from mor.system.experts.math_tool import MathExpert
+
+
+@pytest.fixture(scope="module")
+def math_expert() -> MathExpert:
+    return MathExpert(ExpertInfo("math"))
+
+
+def ask(expert: MathExpert, question: str) -> Answer:
+    """One answer, within 120 s at most, so a hang fails the test instead of stalling the run."""
+    return asyncio.run(asyncio.wait_for(expert.answer(Request.of(question)), timeout=120))
+
+
+def test_math_refuses_exponent_notation_past_a_float_at_once_and_reads_ordinary_exponents(math_expert):
+    """'1e999999' once held the GIL for about a minute while SymPy built Float('1e999999')."""
+    for question, literal in [("what is 1e999999", "1e999999"), ("what is 1E99999", "1E99999"),
+                              ("what is 1e+99999 + 1", "1e+99999"), ("what is .5e99999", ".5e99999"),
+                              ("what is 2 * 1e-99999", "1e-99999"), ("what is 2.5e99999j", "2.5e99999"),
+                              ("integrate x from 0 to 1e99999", "1e99999")]:
+        with pytest.raises(RequestError, match=f"expert math: '{re.escape(literal)}' is outside the range of a "
+                                               r"floating-point number \(exponent beyond ±308\); write it as an exact "
+                                               r"power of 10, e\.g\. '3\*10\^400'"):
+            ask(math_expert, question)
+    for question, value in [("what is 1e5 + 1", 100001.0), ("what is 6.02e23", 6.02e23), ("what is 2.5e-3", 0.0025),
+                            ("what is 1e308", 1e308), ("what is 3*10^400", 3 * 10**400)]:
+        answer = ask(math_expert, question)
+        assert (answer.value, answer.confidence) == (value, 1.0)
+    assert [ask(math_expert, q).value for q in ("what is e^2", "what is exp(1)", "what is 2e")] == [
+        "exp(2)", "E", "2*E"]
+
+
+def test_math_reads_x_between_numbers_as_times_beside_exp_and_keeps_a_variable_x(math_expert):
+    """'6 x 7 + exp(1)' was once 42*x + E: the x inside 'exp' made x a variable."""
+    for question, text, value in [("what is 6 x 7 + exp(1)", "E + 42 ≈ 44.7182818284590", "E + 42"),
+                                  ("what is exp(2) - 6 x 7", "-42 + exp(2) ≈ -34.6109439010693", "-42 + exp(2)"),
+                                  ("6 x 7 + exp(x)", "42*x + exp(x)", "42*x + exp(x)"),
+                                  ("solve 2 x + 1 = 5", "x = 2", [{"x": 2}])]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0)
+
+
+def test_math_times_looks_for_the_variable_x_not_the_letter():
+    assert times("6 x 7 + exp(1)") == "6*7 + exp(1)"
+    for text in ("6 x 7 + exp(x)", "6 x 7 + 2x", "6 x 7 + x^2", "2 x + 1 = 5", "x"):
+        assert times(text) == text
+
+
+def test_math_does_not_call_a_periodic_equations_solutions_complete(math_expert):
+    """SymPy lists a few of a periodic equation's infinitely many solutions; each checks, so they were once exact.
+    Equations not periodic in their unknown (a sine of another variable is fine) keep their exact check."""
+    for question, text in [("solve sin(x) = 0", "x = 0 or x = pi"), ("solve tan(x) = 1", "x = pi/4"),
+                           ("solve cos(2t) = 1 for t", "t = 0 or t = pi")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.confidence, answer.details["check"]) == (text, 0.5, "unchecked")
+        assert "the set may be incomplete (periodic equation)" in answer.details["checked"]
+    for question, text in [("solve x^2 = 4", "x = -2 or x = 2"), ("solve for y: y = sin(x)", "y = sin(x)")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.confidence, answer.details["check"]) == (text, 1.0, "exact")
+
+
+def test_math_refuses_what_sympy_cannot_name_and_keeps_answers_json_safe(math_expert):
+    with pytest.raises(RequestError, match=r"cannot read '2j' as math \(NameError\)"):
+        ask(math_expert, "what is 2j")
+    answer = ask(math_expert, "what is 1e300*1e300")  # past a float: its value is given as text, not inf
+    assert answer.confidence == 1.0 and json.dumps(answer.details, allow_nan=False)
