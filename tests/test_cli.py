@@ -51,7 +51,7 @@ def test_train_then_eval_write_reports(tmp_path):
     (("eval", "nowhere"), "no checkpoint here"),
     (("eval", ".", "--max-steps", "a,b"), "--max-steps: expected comma-separated int values"),
     (("eval", ".", "--max-steps", "4,0"), "mor eval options: max_steps.1: must be >= 1, got 0"),  # before loading
-    (("eval", ".", "--threshold", "5"), "mor eval options: thresholds.0: must be <= 1.0, got 5.0"),
+    (("eval", ".", "--threshold", "5"), "mor eval options: thresholds.0: must be <= 1, got 5.0"),
     (("eval", ".", "--out", "afile"), "--out: 'afile' is a file; give a folder"),
     (("train", "tiny.yaml", "--out", "afile"), "checkpoint.dir (--out): 'afile' is a file; give a folder"),
     (("train", "tiny.yaml", "--out", "afile/run"), "--out): 'afile/run' inside 'afile', which is a file; give a"),

@@ -60,7 +60,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or 
           stable: str | None = typer.Option(None, help="Answer-stability windows, e.g. 3,5."),
           examples: int | None = typer.Option(None, min=1,
                                               help="Examples per measurement (generated tasks; datasets: all)."),
-          out: Path | None = typer.Option(None, help="Folder for eval.json, eval.md and plots.")) -> None:
+          out: Path | None = typer.Option(None, help="Folder for eval.json, report.md and plots/.")) -> None:
     """Evaluate a checkpoint at any reflection depth, halting threshold and instance size."""
     from mor.train.evaluate_cli import evaluate_checkpoint
 

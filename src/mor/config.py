@@ -3,11 +3,13 @@
 Every error names the field, the bad value and the fix, e.g. `train.lr: must be > 0, got -1`.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from mor.errors import ConfigError, MorError
 
@@ -16,9 +18,69 @@ BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "le
 
 
 class Strict(BaseModel):
-    """Base for config sections: unknown keys are refused, values are checked on assignment too."""
+    """Base for config sections: unknown keys are refused, values are checked on assignment too, numbers must be
+    finite (no field means anything by infinity), and YAML booleans (yes, on, true) are not taken as 1."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a boolean where the field takes numbers: pydantic would read `steps: yes` as 1."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _takes_numbers(field.annotation) and _has_bool(value):
+            raise PydanticCustomError("bool_number", "takes numbers, not booleans (YAML reads yes, no, on, off, "
+                                                     "true and false as booleans); write a number")
+        return value
+
+
+def _leaves(annotation: Any) -> Iterator[Any]:
+    """The types an annotation is built of (through Optional, Annotated, list, dict…); Literal values are not."""
+    args = get_args(annotation)
+    if not args:
+        yield annotation
+    elif get_origin(annotation) is not Literal:
+        for arg in args:
+            yield from _leaves(arg)
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether an annotation holds ints or floats but not booleans."""
+    leaves = list(_leaves(annotation))
+    return bool not in leaves and any(leaf in (int, float) for leaf in leaves)
+
+
+def _has_bool(value: Any) -> bool:
+    """Whether `value` is a boolean or a list or mapping holding one."""
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping: PyYAML would silently keep the last one, so
+    a second `train:` section would throw the first away."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of `node`, or a ConstructorError naming a repeated key and the lines of both."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}  # key → the line it first appears on
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base loader refuses it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} repeated (first at line {first}), the later one would silently "
+                                    f"replace the earlier; merge them into one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def error_line(error: dict) -> str:
@@ -32,7 +94,7 @@ def error_line(error: dict) -> str:
         return str(ctx.get("error", error["msg"]))
     if kind in BOUNDS:
         (bound,) = (v for k, v in ctx.items())
-        what = f"must be {BOUNDS[kind]} {bound}"
+        what = f"must be {BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {BOUNDS[kind]} {bound}"
     else:
         what = error["msg"].replace("Input should be", "must be")
     return f"{field}: {what}, got {error.get('input')!r}"
@@ -64,7 +126,7 @@ def read_yaml(path: str | Path) -> Any:
 def parse_yaml(text: str, source: str, error: type[MorError] = ConfigError, fix: str = "") -> Any:
     """YAML text's content, or a one-line `error` naming `source` and where the text is broken (then `fix`)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -14,6 +14,7 @@ from mor.data.parity import SequenceParity
 from mor.data.prefix_sum import PrefixSum
 from mor.errors import check
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
 MIXABLE: dict[str, type[BitSequenceTask]] = {"prefix_sum": PrefixSum, "addition": Addition,
                                             "sequence_parity": SequenceParity}
 
@@ -39,8 +40,9 @@ class Mix(GroupedTask):
               f"data.tasks: expected distinct names from {', '.join(MIXABLE)}, got {tasks!r}")
         weights = [1.0] * len(tasks) if weights is None else weights
         check(isinstance(weights, Sequence) and len(weights) == len(tasks)
-              and all(isinstance(w, int | float) and w >= 0 for w in weights) and sum(weights) > 0,
-              f"data.weights: expected {len(tasks)} non-negative numbers, not all 0, got {weights!r}")
+              and all(isinstance(w, int | float) and w >= 0 for w in weights) and 0 < sum(weights) <= FLOAT32_MAX,
+              f"data.weights: expected {len(tasks)} non-negative numbers, not all 0, with a finite sum (at most "
+              f"{FLOAT32_MAX:.3g}, as the float32 weights are summed when drawn), got {weights!r}")
         self.groups = tuple(tasks)
         self.components = [MIXABLE[t]() for t in tasks]
         self.weights = torch.tensor(weights, dtype=torch.float)

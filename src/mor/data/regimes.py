@@ -38,7 +38,8 @@ class Regimes(GroupedTask):
         check(isinstance(dim, int) and dim >= 2, f"data.dim: expected an integer >= 2, got {dim!r}")
         check(isinstance(regimes, int) and 1 <= regimes <= len(FUNCTIONS),
               f"data.regimes: expected an integer in [1, {len(FUNCTIONS)}], got {regimes!r}")
-        check(isinstance(noise, int | float) and noise >= 0, f"data.noise: expected a number >= 0, got {noise!r}")
+        check(isinstance(noise, int | float) and math.isfinite(noise) and noise >= 0,
+              f"data.noise: expected a finite number >= 0, got {noise!r}")
         check(kind in ("classification", "regression"),
               f"data.kind: expected 'classification' or 'regression', got {kind!r}")
         self.in_dim, self.kind, self.noise = dim, kind, float(noise)

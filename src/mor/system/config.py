@@ -6,7 +6,7 @@ Errors name the field, e.g. `configs/route.yaml: router.top_k: must be >= 1, got
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError, check
@@ -43,6 +43,16 @@ class IntegrationConfig(Strict):
     coefficients: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
         default_factory=dict, description="stacking: each expert's weight, by expert name")
     intercept: float = Field(0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _used_by_mode(self) -> "IntegrationConfig":
+        """Refuse options the mode never reads: they would be silently ignored."""
+        for field, value, mode in (("coefficients", self.coefficients, "stacking"), ("intercept", self.intercept,
+                                   "stacking"), ("synthesizer", self.synthesizer, "ensemble")):
+            if value and self.mode != mode:
+                raise ValueError(f"integration.{field}: only mode {mode!r} uses it, but integration.mode is "
+                                 f"{self.mode!r}; set mode: {mode} or remove {field}")
+        return self
 
 
 class ReflectionConfig(Strict):

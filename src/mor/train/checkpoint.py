@@ -85,23 +85,25 @@ def _prune(run_dir: Path, keep_last: int) -> None:
 
 
 def resolve(path: Path) -> Path:
-    """A checkpoint folder from a run folder (its latest), `RUN/best`, or a step folder itself."""
+    """A checkpoint folder from a step folder itself, a run folder (its latest) or `RUN/best`; a folder holding a
+    checkpoint or a run is taken as such first, so a run folder may be named `best`."""
     path = Path(path)
-    pointer = {"best": BEST}.get(path.name)
-    if pointer:
-        path, name = path.parent, pointer
-    else:
-        name = LATEST
     if (path / WEIGHTS).is_file():
         return path
-    if (path / name).is_file():
-        try:
-            return path / json.loads((path / name).read_text())["dir"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:  # TypeError: JSON, but not {"dir": "step-…"}
-            raise CheckpointError(f"{path / name}: unreadable pointer file ({err}); point at a step-* "
-                                  f"folder instead") from None
+    if (path / LATEST).is_file():
+        return _follow(path / LATEST)
+    if path.name == "best" and (path.parent / BEST).is_file():
+        return _follow(path.parent / BEST)
     raise CheckpointError(f"{path}: no checkpoint here; give a run folder (with {LATEST}), RUN/best, "
                           f"or a step-* folder")
+
+
+def _follow(pointer: Path) -> Path:
+    """The step folder a `latest.json` or `best.json` names."""
+    try:
+        return pointer.parent / json.loads(pointer.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:  # TypeError: JSON, but not {"dir": "step-…"}
+        raise CheckpointError(f"{pointer}: unreadable pointer file ({err}); point at a step-* folder instead") from None
 
 
 def load(path: Path) -> Loaded:

@@ -9,12 +9,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from mor.config import Strict, parse_yaml, read_yaml, validate
 from mor.errors import CheckpointError, ConfigError
 
 Positive = Annotated[int, Field(ge=1)]
+MAX_GRAD_ACCUM = 256  # micro-batch seeds step*257 + micro: more would reach the next step's seeds
+
+
+def _seed_range(seed: int) -> int:
+    """A seed torch and numpy both accept (as `data.seed` is checked), so a bad one fails here, not in training."""
+    if not 0 <= seed < 2**32:
+        raise PydanticCustomError("seed_range", "must be an integer in [0, 2^32), the seeds torch and numpy accept")
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(_seed_range)]
 
 
 class HaltingConfig(Strict):
@@ -56,7 +68,7 @@ class ModelConfig(Strict):
         return self
 
 
-class DataConfig(BaseModel):
+class DataConfig(Strict):
     """The task by name (see `mor.data.TASKS`); any other key is an option of that task, checked by it."""
 
     model_config = ConfigDict(extra="allow")
@@ -93,10 +105,10 @@ class TrainConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     restarts: int = Field(0, ge=0, description="warm restarts of the cosine schedule")
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description=f"micro-batches per step, at most {MAX_GRAD_ACCUM}")
     clip: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    seed: int = 0
+    seed: Seed = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(250, ge=1)
@@ -115,6 +127,14 @@ class TrainConfig(Strict):
                              f"experts need steps of their own after starting as copies")
         return self
 
+    @field_validator("grad_accum")
+    @classmethod
+    def _grad_accum_fits(cls, grad_accum: int) -> int:
+        if grad_accum > MAX_GRAD_ACCUM:
+            raise ValueError(f"train.grad_accum: must be <= {MAX_GRAD_ACCUM}, got {grad_accum}; the batches of more "
+                             f"micro-batches would repeat those of the next step, so raise data.batch_size instead")
+        return grad_accum
+
 
 class EvalConfig(Strict):
     """What `mor eval` and the end-of-training report measure."""
@@ -124,7 +144,7 @@ class EvalConfig(Strict):
     max_steps: list[Positive] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], min_length=1)
     thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.9, 0.99])
     stable_steps: list[Positive] = Field(default_factory=lambda: [4])
-    seed: int = 12345
+    seed: Seed = 12345
 
 
 class CheckpointConfig(Strict):
@@ -189,7 +209,7 @@ def saved(text: str, source: Path) -> RunConfig:
 def main_job() -> RunConfig:
     """The built-in main job that `mor train` runs without a config (a copy is configs/prefix_sum.yaml)."""
     text = resources.files("mor.train").joinpath("main_job.yaml").read_text()
-    return parse(yaml.safe_load(text), "main_job.yaml")
+    return parse(parse_yaml(text, "main_job.yaml"), "main_job.yaml")
 
 
 def dump(config: RunConfig) -> str:

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mor.data import DatasetTask, StreamTask, Task, get_task
+from mor.data.chars import Chars
 from mor.durable import check_folder
-from mor.errors import CheckpointError, check
+from mor.errors import CheckpointError, ConfigError, check
 from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
@@ -74,7 +75,7 @@ class Trainer:
             check_size(self.task, size, "eval.sizes")
         if "examples" in config.eval.model_fields_set:
             check_examples(self.task, "eval.examples")
-        if isinstance(self.task, StreamTask):
+        if isinstance(self.task, StreamTask) and not isinstance(self.task, Chars):  # chars: held-out text of its own
             check_eval_seed(config)
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
@@ -320,13 +321,34 @@ def batch_seed(seed: int, step: int, micro: int) -> int:
 def check_eval_seed(config: RunConfig) -> None:
     """A one-line error when the test (`eval.seed`) or validation (`eval.seed` + 1) examples of a stream task would
     be drawn by the generator of one of the run's training batches: they would be training examples."""
+    tc, seed = config.train, config.eval.seed
+    for value, examples in ((seed, "test"), (seed + 1, "validation")):
+        hit = _training_batch(config, value)
+        if hit is not None:
+            raise ConfigError(
+                f"eval.seed: {seed} draws {examples} examples with the generator of training batch {hit[0]} "
+                f"(micro-batch {hit[1]}) of train.seed {tc.seed}, so they would be training examples: train.steps "
+                f"({tc.steps}) × train.grad_accum ({tc.grad_accum}) micro-batches make the training generators reach "
+                f"that seed; set eval.seed to {free_eval_seed(config)}, the first seed from {seed} that none of them "
+                f"reaches (or lower train.grad_accum)")
+
+
+def _training_batch(config: RunConfig, seed: int) -> tuple[int, int] | None:
+    """The training batch (step, micro-batch) of a stream task whose generator `seed` seeds, if any."""
     tc = config.train
-    for value in (config.eval.seed, config.eval.seed + 1):
-        step, micro = divmod(value - batch_seed(tc.seed, 0, 0), 257)
-        check(not (0 <= step < tc.steps and micro < tc.grad_accum),
-              f"eval.seed: {config.eval.seed} draws {'test' if value == config.eval.seed else 'validation'} examples "
-              f"with the generator of training batch {step} (micro-batch {micro}) of train.seed {tc.seed}, so they "
-              f"would be training examples; pick another seed (the default is 12345)")
+    step, micro = divmod(seed - batch_seed(tc.seed, 0, 0), 257)
+    return (step, micro) if 0 <= step < tc.steps and micro < tc.grad_accum else None
+
+
+def free_eval_seed(config: RunConfig) -> int:
+    """The first `eval.seed` from the configured one on whose test and validation examples (that seed and the next)
+    no training batch draws: right after the micro-batches of the step it collides in, or, with 256 micro-batches
+    a step (no gap of two seeds between steps), right after the last step's."""
+    tc, seed = config.train, config.eval.seed
+    if _training_batch(config, seed) is None and _training_batch(config, seed + 1) is None:
+        return seed
+    step = (seed + 1 - batch_seed(tc.seed, 0, 0)) // 257  # the step whose seeds it or the next one hits
+    return batch_seed(tc.seed, step if tc.grad_accum < 256 else tc.steps - 1, tc.grad_accum)
 
 
 # What a resumed run may change: how long it trains and how often it logs, evaluates and checkpoints, what the report
