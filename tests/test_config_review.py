@@ -166,3 +166,9 @@ def test_integration_options_the_mode_ignores_are_refused(tmp_path, integration,
     path.write_text(yaml.safe_dump({**SYSTEM, "integration": {"mode": "stacking", "coefficients": {"m": 1.0},
                                                               "intercept": 2.0}}))
     assert load_config(path).integration.coefficients == {"m": 1.0}
+
+
+def test_a_warmup_that_is_set_must_end_before_training_does():
+    with pytest.raises(ConfigError, match=r"train.warmup: must be < train.steps \(50\), got 100; the learning rate"):
+        parse({"train": {"steps": 50, "warmup": 100}})
+    assert parse({"train": {"steps": 50}}).train.warmup == 100  # the default, left to short smoke runs

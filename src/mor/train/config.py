@@ -121,10 +121,15 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
 
     @model_validator(mode="after")
-    def _upcycle_fits(self) -> "TrainConfig":
+    def _phases_fit(self) -> "TrainConfig":
+        """Upcycling and a warmup that is set must end before training does (the default warmup is left to short
+        smoke runs, which never reach their peak learning rate)."""
         if self.upcycle >= self.steps:
             raise ValueError(f"train.upcycle: must be < train.steps ({self.steps}), got {self.upcycle}; the "
                              f"experts need steps of their own after starting as copies")
+        if "warmup" in self.model_fields_set and self.warmup >= self.steps:
+            raise ValueError(f"train.warmup: must be < train.steps ({self.steps}), got {self.warmup}; the learning "
+                             f"rate would never reach train.lr")
         return self
 
     @field_validator("grad_accum")
