@@ -38,7 +38,7 @@ def halting_distribution(halt_logits: Tensor) -> Tensor:
     return lam * not_halted
 
 
-def geometric_prior(steps: int, halt_prob: float, device=None) -> Tensor:
+def geometric_prior(steps: int, halt_prob: float, device: torch.device | str | None = None) -> Tensor:
     """Truncated geometric distribution over `steps` steps with per-step halting probability `halt_prob`."""
     t = torch.arange(steps, device=device, dtype=torch.float32)
     prior = halt_prob * (1 - halt_prob) ** t
