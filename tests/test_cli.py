@@ -67,6 +67,7 @@ def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
     assert message in output and "Traceback" not in output and len(output.splitlines()) == 1
 
 
+@pytest.mark.slow  # about 40 s on 2 cores: a real process interrupted mid-run; CI runs it
 def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     import signal
     import time
