@@ -172,3 +172,17 @@ def test_a_warmup_that_is_set_must_end_before_training_does():
     with pytest.raises(ConfigError, match=r"train.warmup: must be < train.steps \(50\), got 100; the learning rate"):
         parse({"train": {"steps": 50, "warmup": 100}})
     assert parse({"train": {"steps": 50}}).train.warmup == 100  # the default, left to short smoke runs
+
+
+@pytest.mark.parametrize("warmup,noted", [(None, True), (1, False)], ids=["default", "set"])
+def test_a_run_shorter_than_the_default_warmup_says_its_learning_rate_never_peaks(tmp_path, warmup, noted):
+    from rich.console import Console
+
+    train = {"steps": 2, "eval_every": 2, "log_every": 2, "threads": 1} | ({"warmup": warmup} if warmup else {})
+    cfg = parse({"model": {"dim": 8, "train_steps": 2, "halting": {"max_steps": 2}},
+                 "data": {"task": "prefix_sum", "sizes": [4, 8], "batch_size": 8}, "train": train,
+                 "checkpoint": {"dir": str(tmp_path)}})
+    console = Console(record=True, width=200)
+    Trainer(cfg, console=console).fit()
+    said = "note: train.warmup (100, the default) is not below train.steps (2)" in console.export_text()
+    assert said == noted
