@@ -56,6 +56,13 @@ def test_confidence_weights_still_sum_to_one_when_every_critic_is_nearly_sure_it
     torch.testing.assert_close(out.conflict.float(), torch.tensor([8 / 9]), rtol=1e-3, atol=1e-3)
 
 
+def test_confidence_mode_falls_back_to_the_gate_when_every_critic_is_exactly_zero():
+    answers, mask = torch.tensor([[[1.0], [3.0]]]), torch.ones(1, 2, dtype=torch.bool)
+    out = Integrator("confidence")(answers, torch.tensor([[0.75, 0.25]]), mask, confidence=torch.zeros(1, 2))
+    torch.testing.assert_close(out.weights, torch.tensor([[0.75, 0.25]]))
+    torch.testing.assert_close(out.output, torch.tensor([[1.5]]))
+
+
 def test_tiny_gate_weights_mix_classes_as_a_distribution():
     answers = torch.log(torch.tensor([[[0.8, 0.2], [0.2, 0.8]]]))
     weights, mask = torch.tensor([[3e-12, 1e-12]]), torch.ones(1, 2, dtype=torch.bool)

@@ -75,3 +75,9 @@ def test_math_refuses_what_sympy_cannot_name_and_keeps_answers_json_safe(math_ex
         ask(math_expert, "what is 2j")
     answer = ask(math_expert, "what is 1e300*1e300")  # past a float: its value is given as text, not inf
     assert answer.confidence == 1.0 and json.dumps(answer.details, allow_nan=False)
+
+
+def test_a_refusal_quotes_at_most_the_start_of_a_huge_number(math_expert):
+    with pytest.raises(RequestError, match=r"is too large to compute") as caught:
+        ask(math_expert, "what is 1000e306")  # inside the exponent limit, past a float once multiplied out
+    assert len(str(caught.value)) < 250

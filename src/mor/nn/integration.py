@@ -57,7 +57,8 @@ class Integrator(nn.Module):
             w = weights * mask
             return normalized(w) if self.normalize and not self.classes else w
         if self.mode == "confidence":
-            return normalized(weights * confidence * mask)
+            w, gate = weights * confidence * mask, weights * mask
+            return normalized(torch.where(w.sum(-1, keepdim=True) > 0, w, gate))  # every critic at 0: the gate
         keys = self.key(answers.flatten(2, -2).mean(2) if answers.dim() > 3 else answers)
         scores = (keys @ self.query(query).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
         scores = scores + torch.log(weights.clamp_min(eps(weights.dtype)))

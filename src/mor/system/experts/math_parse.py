@@ -220,15 +220,16 @@ class Reader:
                 args = [size.get(a, 0.0) for a in node.args]
                 size[node] = sum(args) if isinstance(node, sympy.Mul) else max(args, default=0.0) + 1
             if size[node] > self.max_size:
-                raise self.fail(f"{node} is too large to compute (about {size[node]:.3g} digits or degree, limit "
-                                f"{self.max_size})")
+                raise self.fail(f"{str(node)[:60]} is too large to compute (about {size[node]:.3g} digits or degree, "
+                                f"limit {self.max_size})")
 
     def factorial_digits(self, node: sympy.factorial) -> float:
         """The digits of n! for a number n (log10 Γ(|n| + 1), from a float estimate of n), refused past max_size."""
         n = float(sympy.Abs(node.args[0].evalf(15)))
         digits = math.lgamma(n + 1) / math.log(10) if math.isfinite(n) else math.inf
         if not digits <= self.max_size:
-            raise self.fail(f"{node} is too large to compute (about {digits:.3g} digits, limit {self.max_size})")
+            raise self.fail(f"{str(node)[:60]} is too large to compute (about {digits:.3g} digits, limit "
+                            f"{self.max_size})")
         return max(digits, 0.0)
 
 
