@@ -109,9 +109,9 @@ def test_float16_inputs_whose_slots_were_all_dropped_get_zero_weights_not_nan():
     r = copy.deepcopy(router).half()(x.half())
     dropped = ~r.mask.any(-1)
     assert dropped.any() and torch.isfinite(r.weights).all() and (r.weights[dropped] == 0).all()
-    r32 = router(x)  # float32 keeps the literal guard, bit for bit
-    top = r32.probs.topk(2, dim=-1).values * r32.mask
-    assert torch.equal(r32.weights, top / top.sum(-1, keepdim=True).clamp_min(1e-9))
+    r32 = router(x)  # float32 keeps the literal guard, bit for bit; the drop comes after the shares are set
+    top = r32.probs.topk(2, dim=-1).values
+    assert torch.equal(r32.weights, top / top.sum(-1, keepdim=True).clamp_min(1e-9) * r32.mask)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_experts": 1}, {"min_experts": 2}, {"min_experts": 1, "max_experts": 4}])
@@ -143,3 +143,30 @@ def test_the_balance_loss_counts_the_routers_choices_before_a_capacity_limit_dro
     assert capped.counts.tolist() == [25, 0, 25, 0] and dropless.counts.tolist() == [70, 0, 30, 0]
     torch.testing.assert_close(capped.aux["load_balance"], dropless.aux["load_balance"])
     torch.testing.assert_close(capped.load, torch.tensor([0.25, 0.0, 0.25, 0.0]))  # what was really sent
+
+
+def test_a_threshold_input_with_one_expert_keeps_its_raw_probability_and_teaches_the_router():
+    """As top-1 does: a renormalised lone weight would be the constant 1, with no gradient for the router."""
+    torch.manual_seed(0)
+    router = Router(4, 4, threshold=0.3, max_experts=2)
+    routing = router(torch.randn(64, 4) * 3)
+    lone, pair = routing.mask.sum(-1) == 1, routing.mask.sum(-1) == 2
+    assert lone.any() and pair.any()
+    top = routing.probs.topk(2, dim=-1).values
+    torch.testing.assert_close(routing.weights[lone, 0], top[lone, 0])
+    torch.testing.assert_close(routing.weights[pair].sum(-1), torch.ones(int(pair.sum())))
+    routing.weights[lone, 0].sum().backward()
+    assert router.proj.weight.grad.abs().sum() > 0
+
+
+def test_a_capacity_drop_leaves_the_kept_assignment_its_share():
+    router = Router(8, 2, k=2, capacity_factor=0.75)  # 6 places per expert for 8 first and 8 second choices
+    with torch.no_grad():
+        router.proj.weight.copy_(torch.eye(2, 8))
+    x = torch.zeros(8, 8)
+    x[:4, 0], x[4:, 1] = 1.0, 1.0
+    routing = router(x)
+    kept_alone = routing.mask.sum(-1) == 1
+    top = routing.probs.topk(2, dim=-1).values
+    assert kept_alone.any()
+    torch.testing.assert_close(routing.weights[kept_alone].sum(-1), (top[:, 0] / top.sum(-1))[kept_alone])

@@ -52,8 +52,10 @@ class Router(nn.Module):
     probability is at least `threshold`, but no fewer than `min_experts` and no more than `max_experts`.
     `noise_std` adds Gaussian noise to the logits in training (noisy gating). `capacity_factor`, when set,
     caps each expert at ceil(factor · assignments / E) inputs, keeping first choices before second ones.
-    `normalize` rescales the selected weights to sum to 1; a top-1 router keeps the raw probability
-    (Switch Transformer), since a renormalised single weight is the constant 1 and passes no gradient.
+    `normalize` rescales the chosen experts' weights to sum to 1; an input with one choice (top-1, or one expert
+    above the threshold) keeps its raw probability (Switch Transformer), since a renormalised single weight is the
+    constant 1 and passes no gradient. A capacity limit drops assignments after that, so the kept ones keep their
+    shares (GShard) rather than being scaled up.
     """
 
     def __init__(self, dim: int, num_experts: int, k: int = 2, *,
@@ -98,9 +100,10 @@ class Router(nn.Module):
         top, indices = probs.topk(self.slots, dim=-1)
         chosen = self._selection_mask(top)
         mask = chosen & self._within_capacity(indices, chosen) if self.capacity_factor is not None else chosen
-        weights = top * mask
+        weights = top * chosen
         if self.normalize and self.slots > 1:
-            weights = normalized(weights)
+            weights = torch.where(chosen.sum(-1, keepdim=True) > 1, normalized(weights), weights)
+        weights = weights * mask  # a capacity drop leaves the kept assignments their shares (GShard)
         routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
         counts = routing.counts
         # the balance loss counts the router's own choices, before a capacity limit drops any (Switch, GShard):
