@@ -15,7 +15,7 @@ from mor.data import get_task
 from mor.errors import ConfigError
 from mor.system.config import load_config
 from mor.train import checkpoint
-from mor.train.config import load, parse
+from mor.train.config import load, parse, saved
 from mor.train.trainer import Trainer
 
 TINY = {"model": {"dim": 8, "train_steps": 2},
@@ -168,14 +168,15 @@ def test_integration_options_the_mode_ignores_are_refused(tmp_path, integration,
     assert load_config(path).integration.coefficients == {"m": 1.0}
 
 
-def test_a_warmup_that_is_set_must_end_before_training_does():
-    with pytest.raises(ConfigError, match=r"train.warmup: must be < train.steps \(50\), got 100; the learning rate"):
-        parse({"train": {"steps": 50, "warmup": 100}})
-    assert parse({"train": {"steps": 50}}).train.warmup == 100  # the default, left to short smoke runs
+def test_yaml_merge_keys_may_override_what_they_bring_in_at_any_depth():
+    from mor.config import parse_yaml
+
+    text = "x:\n  base: &base {a: 1}\n  mid: &mid {<<: *base, a: 2}\ny: {<<: *mid, b: 3}\n"
+    assert parse_yaml(text, "merge.yaml") == yaml.safe_load(text)
 
 
-@pytest.mark.parametrize("warmup,noted", [(None, True), (1, False)], ids=["default", "set"])
-def test_a_run_shorter_than_the_default_warmup_says_its_learning_rate_never_peaks(tmp_path, warmup, noted):
+@pytest.mark.parametrize("warmup,noted", [(None, True), (5, True), (1, False)], ids=["default", "set-long", "set"])
+def test_a_run_shorter_than_its_warmup_says_its_learning_rate_never_peaks_and_still_reloads(tmp_path, warmup, noted):
     from rich.console import Console
 
     train = {"steps": 2, "eval_every": 2, "log_every": 2, "threads": 1} | ({"warmup": warmup} if warmup else {})
@@ -184,5 +185,7 @@ def test_a_run_shorter_than_the_default_warmup_says_its_learning_rate_never_peak
                  "checkpoint": {"dir": str(tmp_path)}})
     console = Console(record=True, width=200)
     Trainer(cfg, console=console).fit()
-    said = "note: train.warmup (100, the default) is not below train.steps (2)" in console.export_text()
+    said = f"note: train.warmup ({warmup or 100}) is not below train.steps (2)" in console.export_text()
     assert said == noted
+    loaded = checkpoint.load(tmp_path)  # what mor eval and --resume read: its saved config loads
+    assert saved(loaded.config, loaded.path / checkpoint.CONFIG).train.warmup == (warmup or 100)

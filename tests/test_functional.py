@@ -32,3 +32,14 @@ def test_the_guard_epsilon_is_the_literal_floor_unless_it_rounds_to_zero_in_floa
     assert eps(torch.float32, 1e-12) == 1e-12
     assert torch.tensor([1e-9], dtype=torch.bfloat16).item() > 0
     assert torch.zeros(1, dtype=torch.float16).clamp_min(eps(torch.float16)).item() == torch.finfo(torch.float16).tiny
+
+
+def test_normalized_weights_of_an_all_zero_row_stay_zero_with_a_finite_gradient():
+    """A row whose every slot was dropped: zeros out, and no inf in the gradient (which became NaN downstream)."""
+    from mor.nn.functional import normalized
+
+    w = torch.tensor([[0.0, 0.0], [3e-12, 1e-12]], requires_grad=True)
+    out = normalized(w)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [0.75, 0.25]]))
+    out[:, 0].sum().backward()
+    assert torch.isfinite(w.grad).all()

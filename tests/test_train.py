@@ -506,7 +506,7 @@ def test_main_job_is_packaged_and_matches_the_example_config():
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        trainer = Trainer(config(tmp_path / precision, train={"precision": precision, "steps": 5}))
+        trainer = Trainer(config(tmp_path / precision, train={"precision": precision, "steps": 3}))
         computed = set()  # the dtype every linear layer's output had in the training step
         for module in trainer.model.modules():
             if isinstance(module, torch.nn.Linear):

@@ -61,26 +61,21 @@ def _has_bool(value: Any) -> bool:
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key repeated in one mapping: PyYAML would silently keep the last one, so
-    a second `train:` section would throw the first away."""
+    a second `train:` section would throw the first away. Keys are compared as written, before merge keys (`<<:`)
+    bring in others that a mapping may override."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        """The mapping of `node`, or a ConstructorError naming a repeated key and the lines of both."""
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}  # key → the line it first appears on
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, by design
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: the base loader refuses it
-                    continue
-                if first is not None:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} repeated (first at line {first}), the later one would silently "
-                                    f"replace the earlier; merge them into one", key_node.start_mark)
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], yaml.Mark] = {}  # (tag, text) of each scalar key → where it first appears
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key.tag, key.value) in seen:
+                raise yaml.composer.ComposerError(
+                    None, None, f"key {key.value!r} repeated (first at line {seen[key.tag, key.value].line + 1}), the "
+                                f"later one would silently replace the earlier; merge them into one", key.start_mark)
+            seen[key.tag, key.value] = key.start_mark
+        return node
 
 
 def error_line(error: dict) -> str:

@@ -39,8 +39,8 @@ def lifted(w: Tensor) -> Tensor:
     """`w` with each row (last dimension) that sums below `eps` divided by its largest entry, so that dividing by
     the row's sum afterwards gives weights summing to 1, not to sum/eps (all-tiny confidences or sigmoid scores
     would otherwise shrink the answer towards 0). Other rows come back bit for bit; all-zero rows stay 0."""
-    small = w.sum(-1, keepdim=True) < eps(w.dtype)
-    return torch.where(small, w / w.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny), w)
+    small, top = w.sum(-1, keepdim=True) < eps(w.dtype), w.detach().amax(-1, keepdim=True)
+    return torch.where(small, w / torch.where(top > 0, top, 1.0), w)
 
 
 def normalized(w: Tensor) -> Tensor:

@@ -122,14 +122,11 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _phases_fit(self) -> "TrainConfig":
-        """Upcycling and a warmup that is set must end before training does (the default warmup is left to short
-        smoke runs, which never reach their peak learning rate)."""
+        """Upcycling must end before training does. (A warmup as long as training is allowed, with a note when the
+        run starts: a saved config cannot tell a warmup that was set from the default that short smoke runs keep.)"""
         if self.upcycle >= self.steps:
             raise ValueError(f"train.upcycle: must be < train.steps ({self.steps}), got {self.upcycle}; the "
                              f"experts need steps of their own after starting as copies")
-        if "warmup" in self.model_fields_set and self.warmup >= self.steps:
-            raise ValueError(f"train.warmup: must be < train.steps ({self.steps}), got {self.warmup}; the learning "
-                             f"rate would never reach train.lr")
         return self
 
     @field_validator("grad_accum")

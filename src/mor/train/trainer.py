@@ -128,9 +128,9 @@ class Trainer:
         elif self.rank == 0 and (self.run_dir / checkpoint.LATEST).exists():
             raise CheckpointError(f"{self.run_dir}: holds a run already; pass --resume to continue it, or set "
                                   f"checkpoint.dir to a new folder")
-        if self.rank == 0 and tc.warmup >= tc.steps:  # only the default can be: a warmup that is set is checked
-            self.console.print(f"note: train.warmup ({tc.warmup}, the default) is not below train.steps ({tc.steps}), "
-                               f"so the learning rate never reaches train.lr; set train.warmup for a run this short",
+        if self.rank == 0 and tc.warmup >= tc.steps:
+            self.console.print(f"note: train.warmup ({tc.warmup}) is not below train.steps ({tc.steps}), so the "
+                               f"learning rate never reaches train.lr; set a shorter train.warmup for a run this short",
                                markup=False, highlight=False)
         metrics = self._open_metrics()
         last_eval: dict = {}
