@@ -121,12 +121,12 @@ def test_a_refusal_is_recorded_but_neither_opens_nor_closes_the_breaker():
     assert not stats.available()
 
 
-def refuse(stats: ExpertStats, breaker: Breaker) -> None:
+def refuse(stats: ExpertStats, breaker: Breaker, by_endpoint: bool = True) -> None:
     stats.started()
-    stats.finished(0.1, "HTTP 400: unknown parameter", breaker, refused=True)
+    stats.finished(0.1, "HTTP 400: unknown parameter", breaker, refused=True, by_endpoint=by_endpoint)
 
 
-def test_a_run_of_refusals_opens_the_breaker_and_a_success_between_them_resets_it():
+def test_a_run_of_endpoint_refusals_opens_the_breaker_and_a_success_between_them_resets_it():
     stats, breaker = ExpertStats(), Breaker(failures_to_open=2, cooldown_s=60, refusals_to_open=3)
     for _ in range(2):
         refuse(stats, breaker)
@@ -138,6 +138,13 @@ def test_a_run_of_refusals_opens_the_breaker_and_a_success_between_them_resets_i
     assert not stats.available() and stats.consecutive_failures == 0
     with pytest.raises(ConfigError, match="refusals_to_open must be ≥ 1"):
         Breaker(refusals_to_open=0)
+
+
+def test_a_local_experts_refusals_never_open_its_breaker_however_many_a_client_sends():
+    stats, breaker = ExpertStats(), Breaker(cooldown_s=60, refusals_to_open=3)
+    for _ in range(10):
+        refuse(stats, breaker, by_endpoint=False)
+    assert stats.available() and stats.refusals == 10
 
 
 def test_success_rate_is_the_beta_posterior_mean_of_feedback():
@@ -497,9 +504,9 @@ def test_requests_an_expert_cannot_read_fall_back_without_tripping_its_breaker()
         return "x = 4", 1.0
 
     system = make_system(expert("sympy", picky, keywords=["solve"]), expert("llm", replying("some text", 0.6)),
-                         breaker=Breaker(failures_to_open=3, cooldown_s=60))
+                         breaker=Breaker(failures_to_open=3, cooldown_s=60, refusals_to_open=2))
 
-    async def requests():
+    async def requests():  # a local expert's refusals never open its breaker, however many come in a row
         off_topic = [await system.ask(f"solve my problem number {i}") for i in range(3)]
         return off_topic, await system.ask("solve 2x = 8")
 

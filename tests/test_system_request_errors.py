@@ -50,7 +50,7 @@ def test_http_400s_fall_back_without_opening_the_breaker(llm_server, stream):
     system = http_system(llm_server.url)
     replies = asked(system, ["What is the capital of France?"] * 4, stream)
     assert all([(a.expert, a.ok) for a in r.answers] == [("llm", False), ("backup", True)] for r in replies[:3])
-    assert all(r.answers[0].details == {"request_error": True} for r in replies[:3])
+    assert all(r.answers[0].details == {"request_error": True, "endpoint_refusal": True} for r in replies[:3])
     assert "HTTP 400" in replies[0].answers[0].error and len(llm_server.state.bodies) == 4  # never retried
     assert health(system, "llm") == (True, 0, 3) and replies[3].answer.text == "Paris"
 

@@ -3,9 +3,10 @@
 A failing expert is put in cooldown (a circuit breaker): after `failures_to_open` consecutive failures it is
 skipped for `cooldown_s`, then given one trial call ("half-open"); a success closes the breaker again. A refusal
 (the expert could not read that request: the request's fault, not the expert's) is counted apart, in `refusals`,
-and neither counts towards the failures nor closes the breaker; but `refusals_to_open` refusals in a row, with no
-success between them, open it too, since an expert that refuses every request is misconfigured (a model name or
-parameter its endpoint rejects), not unlucky in its requests.
+and neither counts towards the failures nor closes the breaker; but `refusals_to_open` refusals in a row by a remote
+endpoint (HTTP 400, 413, 422), with no success between them, open it too, since an endpoint that refuses every
+request means the expert is misconfigured (a model name or parameter it rejects). A local expert's refusals (a
+question the math tool cannot read) never do: any client could send twenty of them.
 """
 
 import time
@@ -61,9 +62,11 @@ class ExpertStats:
         self.calls += 1
         self.in_flight += 1
 
-    def finished(self, latency_s: float, error: str | None, breaker: Breaker, refused: bool = False) -> None:
+    def finished(self, latency_s: float, error: str | None, breaker: Breaker, refused: bool = False,
+                 by_endpoint: bool = False) -> None:
         """Record a call's outcome; open the breaker after too many consecutive errors. A refusal (`refused`: the
-        request was not one the expert can read) is recorded apart and opens it only after a run of refusals."""
+        request was not one the expert can read) is recorded apart, and opens it only in a run of refusals by a
+        remote endpoint (`by_endpoint`)."""
         self.in_flight -= 1
         self.latency_samples += 1
         self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
@@ -75,8 +78,8 @@ class ExpertStats:
         self.last_error = error
         if refused:
             self.refusals += 1
-            self.consecutive_refusals += 1
-            tripped = self.consecutive_refusals >= breaker.refusals_to_open
+            self.consecutive_refusals += by_endpoint
+            tripped = by_endpoint and self.consecutive_refusals >= breaker.refusals_to_open
         else:
             self.errors += 1
             self.consecutive_failures += 1

@@ -281,14 +281,16 @@ class MoRSystem:
             answer = Answer(expert=name, error=f"timed out after {expert.deadline_s:g} s", confidence=0.0)
         except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
             refused = bool(getattr(err, "request_error", False))  # it cannot read this request: not a fault
+            by_endpoint = {"endpoint_refusal": True} if getattr(err, "endpoint_refusal", False) else {}
             answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0,
-                            details={"request_error": True} if refused else {})
+                            details={"request_error": True, **by_endpoint} if refused else {})
         except BaseException:
             stats.in_flight -= 1
             raise
         latency = time.perf_counter() - start
         was_open_until = stats.open_until
-        stats.finished(latency, answer.error, self.breaker, refused=bool(answer.details.get("request_error")))
+        stats.finished(latency, answer.error, self.breaker, refused=bool(answer.details.get("request_error")),
+                       by_endpoint=bool(answer.details.get("endpoint_refusal")))
         if stats.open_until > was_open_until:
             log.warning("expert %s: in cooldown for %g s after %d failures and %d refusals in a row; last: %s", name,
                         self.breaker.cooldown_s, stats.consecutive_failures, stats.consecutive_refusals, answer.error)

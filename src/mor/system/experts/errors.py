@@ -13,3 +13,11 @@ class RequestError(ExpertError):
     counting it against the expert's health, so off-topic requests never open its circuit breaker."""
 
     request_error = True
+
+
+class EndpointRefusal(RequestError):
+    """A remote endpoint refused the request as malformed or too large (HTTP 400, 413, 422). Usually that is the
+    request's fault, but a run of them for every request means the expert's own settings are wrong (a model name or
+    parameter the endpoint rejects), so the system lets such a run open the breaker."""
+
+    endpoint_refusal = True

@@ -24,7 +24,7 @@ from mor.errors import check
 from mor.redact import remember
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
-from mor.system.experts.errors import ExpertError, RequestError
+from mor.system.experts.errors import EndpointRefusal, ExpertError
 from mor.system.experts.openai_stream import StreamedCompletion
 from mor.system.experts.openai_wire import Completion, parse, snippet, withheld
 from mor.system.request import Answer, Cost, Delta, Request
@@ -198,7 +198,7 @@ class OpenAIChatExpert(Expert):
         reason = f"{status} ({withheld(self._where, status, response.text)})"
         failed = f"expert {self.name}: POST {self.url} failed: {reason}"
         if response.status_code in REQUEST_STATUSES:
-            raise RequestError(f"{failed}; the endpoint refused this request (too long for the model's context, or "
+            raise EndpointRefusal(f"{failed}; the endpoint refused this request (too long for the model's context, or "
                                f"malformed messages or tools): shorten or fix the request")
         if response.status_code != 429 and response.status_code < 500:
             raise ExpertError(f"{failed}; check the model name, base_url and API key")
