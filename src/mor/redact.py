@@ -5,17 +5,20 @@ cannot hand a key to a client."""
 import re
 
 SHOWN = "<secret>"
-BEARER = re.compile(r"(?i)\b(bearer)\s+[\w.~+/\-]+=*")
-ASSIGNED = re.compile(r"(?i)\b((?:api|access|auth|secret|private)[_\- ]?(?:key|token)|token|secret|password|passwd)"
-                      r"(\s*[:=]\s*['\"]?)[^\s'\",;&]+")
-PREFIXED = re.compile(r"\b(?:sk|rk|pk)[_\-][\w\-]{6,}|\b(?:ghp|gho|ghs|hf|xox[abp])[_\-][\w\-]{10,}"
-                      r"|\bAKIA[0-9A-Z]{16}\b")
+BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/\-]{8,}=*")
+# a credential's name, possibly quoted (`"api_key": "…"`), then : or = and a value of at least 4 characters
+ASSIGNED = re.compile(r"(?i)\b([\w\-]*(?:api[_\- ]?key|access[_\-]?key|secret|password|passwd|token))"
+                      r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&<>]{4,}")
+# keys shaped as providers issue them: a prefix, then letters and digits (a digit somewhere: not a plain word)
+PREFIXED = re.compile(r"\b(?:sk|rk|pk)[_\-](?=[\w\-]*\d)[\w\-]{8,}|\bsk-[\w\-]{20,}|\bgh[pousr]_[A-Za-z0-9]{30,}"
+                      r"|\bhf_[A-Za-z0-9]{30,}|\bxox[abp]-[\w\-]{10,}|\bAKIA[0-9A-Z]{16}\b")
+SHORTEST = 8  # remembered secrets shorter than this are too likely to be ordinary words ("none", a dummy key)
 _known: set[str] = set()
 
 
 def remember(secret: str) -> None:
     """Cut `secret` (a key read from the environment, say) wherever it appears in text passed to `redact`."""
-    if len(secret) >= 4:
+    if len(secret) >= SHORTEST:
         _known.add(secret)
 
 

@@ -42,7 +42,7 @@ def public(message: str) -> str:
     """`message` with credentials replaced by `<secret>`, URLs by `<url>` and absolute paths cut to their last part,
     so clients never see a key, internal hosts or the server's file layout (the service's own URL paths, such as
     /v1/models, stay)."""
-    message = URL.sub("<url>", redact(message))
+    message = redact(URL.sub("<url>", message))  # URLs first: a key in a query goes with its URL
     return PATH.sub(lambda m: m[0] if m[0].startswith(SERVICE_PATHS) else f"…/{m[1]}", message)
 
 
