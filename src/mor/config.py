@@ -89,7 +89,7 @@ def error_line(error: dict) -> str:
         return str(ctx.get("error", error["msg"]))
     if kind in BOUNDS:
         (bound,) = (v for k, v in ctx.items())
-        what = f"must be {BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {BOUNDS[kind]} {bound}"
+        what = f"must be {BOUNDS[kind]} {f'{bound:g}' if isinstance(bound, float) else bound}"
     else:
         what = error["msg"].replace("Input should be", "must be")
     return f"{field}: {what}, got {error.get('input')!r}"

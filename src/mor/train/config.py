@@ -121,9 +121,7 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
 
     @model_validator(mode="after")
-    def _phases_fit(self) -> "TrainConfig":
-        """Upcycling must end before training does. (A warmup as long as training is allowed, with a note when the
-        run starts: a saved config cannot tell a warmup that was set from the default that short smoke runs keep.)"""
+    def _upcycle_fits(self) -> "TrainConfig":
         if self.upcycle >= self.steps:
             raise ValueError(f"train.upcycle: must be < train.steps ({self.steps}), got {self.upcycle}; the "
                              f"experts need steps of their own after starting as copies")
