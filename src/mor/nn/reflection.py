@@ -174,7 +174,7 @@ class ReflectionExpert(nn.Module):
                 [Reflection(answer=w.final, steps=w.steps, confidence=w.confidence) for w in watched])
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() < 2 or x.shape[-1] != self.in_dim or x.shape[0] == 0 or 0 in x.shape:
+        if x.dim() < 2 or x.shape[-1] != self.in_dim or 0 in x.shape:
             raise ShapeError(f"ReflectionExpert: expected inputs (N, ..., {self.in_dim}) with N >= 1 and no empty "
                              f"dimension, got {tuple(x.shape)}")
 

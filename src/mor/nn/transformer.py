@@ -79,11 +79,10 @@ class TokenModel(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] > self.max_len or 0 in tokens.shape:
             raise ShapeError(f"TokenModel: expected token ids (B, T) with B >= 1 and 1 <= T <= {self.max_len}, "
                              f"got {tuple(tokens.shape)}")
-        vocab = self.embed.num_embeddings
-        if not _ids(tokens) or int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        vocab, (low, high) = self.embed.num_embeddings, (v.item() for v in tokens.aminmax())
+        if not _ids(tokens) or low < 0 or high >= vocab:
             raise ShapeError(f"TokenModel: token ids must be integers in [0, {vocab}), got dtype {tokens.dtype} with "
-                             f"values from {tokens.min().item()} to {tokens.max().item()}; encode with the "
-                             f"model's vocabulary")
+                             f"values from {low} to {high}; encode with the model's vocabulary")
         x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         found = []
         for block in self.blocks:
