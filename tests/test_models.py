@@ -205,6 +205,8 @@ def test_bad_model_arguments_and_inputs():
     ("classification", torch.zeros(5, 1, dtype=torch.long), r"give integer class ids of shape \(5,\)"),
     ("classification", torch.zeros(4, dtype=torch.long), r"shape \(4,\) and dtype torch.int64 do not fit"),
     ("classification", torch.zeros(5), r"dtype torch.float32 do not fit"),
+    ("classification", torch.zeros(5, dtype=torch.complex64), r"dtype torch.complex64 do not fit"),
+    ("classification", torch.zeros(5, dtype=torch.bool), r"dtype torch.bool do not fit"),
 ])
 def test_targets_that_do_not_fit_the_inputs_are_refused_before_they_broadcast(kind, task, y, message):
     out_dim = 1 if task == "regression" else 2

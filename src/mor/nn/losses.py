@@ -113,11 +113,16 @@ def task_loss(prediction: Tensor, target: Tensor, classes: bool, log_probs: bool
     return per.reshape(per.shape[0], -1).mean(-1)
 
 
+def holds_ids(t: Tensor) -> bool:
+    """Whether `t` can hold class or token ids: an integer dtype, not bool."""
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 def check_target(model: str, x: Tensor, y: Tensor, out_dim: int, classes: bool) -> None:
     """Targets that fit the inputs, else a ShapeError: class ids (N, ...) of an integer type in [0, out_dim), or
     values (N, ..., out_dim). A value target of (N,) for (N, 1) predictions would broadcast to (N, N) silently."""
     expected = tuple(x.shape[:-1]) if classes else (*x.shape[:-1], out_dim)
-    if tuple(y.shape) != expected or (classes and (y.dtype.is_floating_point or y.dtype == torch.bool)):
+    if tuple(y.shape) != expected or (classes and not holds_ids(y)):
         what = "integer class ids" if classes else "values"
         raise ShapeError(f"{model}.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit inputs "
                          f"of shape {tuple(x.shape)}; give {what} of shape {expected}")

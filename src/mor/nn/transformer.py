@@ -15,7 +15,7 @@ from mor.nn.cells import MLPCell
 from mor.nn.diagnostics import Diagnostics, merge
 from mor.nn.experts import ReflectionExperts, SwiGLU
 from mor.nn.layer import MoRLayer, reflection_layer
-from mor.nn.losses import LossWeights
+from mor.nn.losses import LossWeights, holds_ids
 from mor.nn.reflection import Halting, ReflectionExpert
 
 FFNKind = Literal["dense", "moe", "mor"]
@@ -80,7 +80,7 @@ class TokenModel(nn.Module):
             raise ShapeError(f"TokenModel: expected token ids (B, T) with B >= 1 and 1 <= T <= {self.max_len}, "
                              f"got {tuple(tokens.shape)}")
         vocab, (low, high) = self.embed.num_embeddings, (v.item() for v in tokens.aminmax())
-        if not _ids(tokens) or low < 0 or high >= vocab:
+        if not holds_ids(tokens) or low < 0 or high >= vocab:
             raise ShapeError(f"TokenModel: token ids must be integers in [0, {vocab}), got dtype {tokens.dtype} with "
                              f"values from {low} to {high}; encode with the model's vocabulary")
         x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
@@ -95,7 +95,7 @@ class TokenModel(nn.Module):
         """Next-token cross-entropy ("task") plus the FFN layers' auxiliary losses, each weighted by its
         `LossWeights` field; the contract of `MoRModel.loss`, so one training loop serves both."""
         w = weights or LossWeights()
-        if y.shape != x.shape or not _ids(y):
+        if y.shape != x.shape or not holds_ids(y):
             raise ShapeError(f"TokenModel.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit "
                              f"token ids of shape {tuple(x.shape)}; give the next token's id at every position, "
                              f"integers of shape {tuple(x.shape)}")
@@ -103,8 +103,3 @@ class TokenModel(nn.Module):
         parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}, None
-
-
-def _ids(t: Tensor) -> bool:
-    """Whether `t` can hold token ids: an integer dtype, not bool."""
-    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
