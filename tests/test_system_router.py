@@ -120,11 +120,15 @@ def test_routing_logits_equal_the_regression_on_all_features_side_by_side(rows):
     assert list(head.encoders) == ["minilm", "tfidf"] and np.allclose(head.logits(texts[:8]), whole, atol=1e-5)
 
 
-def test_tfidf_projects_its_features_as_the_stacked_matrix_would(rows):
+def test_tfidf_projects_its_features_as_scikit_learns_transform_would(rows, tmp_path):
     texts = [r["text"] for r in rows]
     encoder = TfidfEncoder().fit(texts)
+    encoder.save(tmp_path)
     weight = np.random.default_rng(0).standard_normal((encoder.dim, 6)).astype(np.float32)
-    assert np.allclose(encoder.project(texts[:8], weight), encoder.encode(texts[:8]) @ weight, atol=1e-5)
+    odd = ["", "zzqx", "Solve SOLVE solve solve x + 1 = 2", "Ünïcödé — ≥ 3?", texts[0] * 3]
+    for seen in (encoder, TfidfEncoder.load(tmp_path)):
+        for batch in (texts[:8], odd):
+            assert np.allclose(seen.project(batch, weight), seen.encode(batch) @ weight, atol=1e-5)
 
 
 @needs_minilm

@@ -7,6 +7,7 @@ Both turn request texts into fixed-size float vectors; both save to and load fro
 import copy
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class TfidfEncoder:
         self.parts = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32),
                       TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
                                       dtype=np.float32)]
+        self.analyzers = [part.build_analyzer() for part in self.parts]  # text → n-grams, built once, not per call
 
     def fit(self, texts: list[str]) -> "TfidfEncoder":
         try:
@@ -58,13 +60,21 @@ class TfidfEncoder:
         return sparse.hstack([part.transform(texts) for part in self.parts], format="csr") / np.sqrt(len(self.parts))
 
     def project(self, texts: list[str], weight: np.ndarray) -> np.ndarray:
-        """`encode(texts) @ weight` without stacking the parts' features: each part times its own rows of `weight`
-        (stacking cost a third as much as the features themselves for one request)."""
-        total, start = 0, 0
-        for part in self.parts:
-            stop = start + len(part.vocabulary_)
-            total, start = total + part.transform(texts) @ weight[start:stop], stop
-        return total / np.sqrt(len(self.parts))
+        """`encode(texts) @ weight` computed term by term: each text's n-grams, their sublinear TF-IDF, normalised,
+        times their rows of `weight`. For one request, scikit-learn's `transform` spends about ten times as long
+        checking its input and building sparse matrices as reading the text (0.7 of 0.8 ms for both parts)."""
+        out, start = np.zeros((len(texts), weight.shape[1]), dtype=np.float32), 0
+        for part, analyze in zip(self.parts, self.analyzers, strict=True):
+            rows = weight[start:start + len(part.vocabulary_)]
+            for n, text in enumerate(texts):
+                terms = Counter(i for gram in analyze(text) if (i := part.vocabulary_.get(gram)) is not None)
+                if terms:
+                    at = np.fromiter(terms.keys(), dtype=np.intp, count=len(terms))
+                    counts = np.fromiter(terms.values(), dtype=np.float32, count=len(terms))
+                    value = (1 + np.log(counts)) * part.idf_[at]
+                    out[n] += (value / np.linalg.norm(value)) @ rows[at]
+            start += len(part.vocabulary_)
+        return out / np.sqrt(len(self.parts))
 
     @property
     def dim(self) -> int:
