@@ -59,8 +59,8 @@ def _label_router(head: LabelHead, experts: int | None = None) -> SystemRouter:
 
 def quality(data: Path, quick: bool) -> dict:
     """Train the default router and the TF-IDF + LR reference on train.jsonl, score both on dev.jsonl."""
-    train, labels = read_labeled(data / "train.jsonl")
-    dev, dev_labels = read_labeled(data / "dev.jsonl")
+    train, labels, _ = read_labeled(data / "train.jsonl")
+    dev, dev_labels, _ = read_labeled(data / "dev.jsonl")
     if quick:
         train, labels, dev, dev_labels = train[::8], labels[::8], dev[::8], dev_labels[::8]
     configs = {"tfidf + LR (reference)": HeadConfig(encoder="tfidf"),
@@ -210,7 +210,7 @@ def run(quick: bool = False, out_dir: str = "bench-results", data: Path = SHARED
                          "that holds train.jsonl and dev.jsonl")
     q = quality(data, quick)
     head = q.pop("head")
-    dev, _ = read_labeled(data / "dev.jsonl")
+    dev = read_labeled(data / "dev.jsonl").requests
     results = {"machine": machine([1]), "quick": quick, "quality": q,
                "scaling": scaling(head, dev[:20 if quick else 100], rounds=3 if quick else 7),
                "encoder": encoder_variants(head, dev[:20 if quick else 100], rounds=3 if quick else 7),

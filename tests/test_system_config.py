@@ -194,8 +194,8 @@ def test_labeled_jsonl_with_text_and_with_messages_and_tools(tmp_path):
          "tools": tools, "label": "tool"},
         {"text": "write a haiku", "label": "creative", "tools": tools},
     ])
-    requests, labels = read_labeled(path)
-    assert labels == ["math", "tool", "creative"]
+    requests, labels, sources = read_labeled(path)
+    assert labels == ["math", "tool", "creative"] and sources == ["ignored", None, None]
     assert requests[0].messages == ({"role": "user", "content": "solve 2x = 4"},) and requests[0].tools == ()
     assert requests[1].question == "weather in Oslo?" and requests[1].text == "be brief\nweather in Oslo?"
     assert requests[1].tools == tuple(tools) and requests[2].tools == tuple(tools)
@@ -205,6 +205,7 @@ BAD_LINES = {
     "invalid JSON": ("{not json", "not valid JSON"),
     "missing label": ({"text": "hello"}, "expected an object with a string 'label'"),
     "label not a string": ({"text": "hello", "label": 3}, "expected an object with a string 'label'"),
+    "source not a string": ({"text": "hello", "label": "math", "source": 7}, "'source' must be a string"),
     "not an object": (["hello", "math"], "expected an object with a string 'label'"),
     "empty text": ({"text": "   ", "label": "math"}, "request: every message is empty"),
     "no text": ({"label": "math"}, "request: expected a string or Request, got NoneType"),
@@ -239,7 +240,7 @@ def test_a_legacy_functions_array_reads_as_function_tools(tmp_path):
         {"messages": [{"role": "user", "content": "and in Bergen?"}], "label": "tool", "functions": [function],
          "tools": [{"type": "function", "function": {"name": "search"}}]},
     ])
-    requests, _ = read_labeled(path)
+    requests = read_labeled(path).requests
     assert requests[0].tools == ({"type": "function", "function": function},)
     assert [t["function"]["name"] for t in requests[1].tools] == ["search", "weather"]
     bad = write_lines(tmp_path / "bad.jsonl", [{"text": "weather?", "label": "tool", "functions": ["weather"]}])
@@ -263,6 +264,6 @@ def test_a_missing_or_empty_file_is_a_one_line_error(tmp_path):
 
 @pytest.mark.skipif(not SHARED_DEV.is_file(), reason="../shared/data/routing/dev.jsonl is not present")
 def test_the_shared_dev_set_reads_cleanly():
-    requests, labels = read_labeled(SHARED_DEV)
-    assert len(requests) == len(labels) > 900
+    requests, labels, sources = read_labeled(SHARED_DEV)
+    assert len(requests) == len(labels) == len(sources) > 900 and all(sources)
     assert set(labels) == {"math", "code", "reasoning", "creative", "knowledge", "tool"}

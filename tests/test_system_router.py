@@ -252,6 +252,20 @@ def test_evaluation_scores_routing_and_reports_latency(tfidf_head):
     assert 0 <= result["calibration_error"] < 0.2
 
 
+def test_evaluation_scores_each_source_and_lists_the_weakest_first(tfidf_head):
+    held_out = generated(8, seed=2)
+    requests, labels = [Request.of(r["text"]) for r in held_out], [r["label"] for r in held_out]
+    router = SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels], tfidf_head)
+    truth = evaluate(router, requests, labels)
+    assert truth["sources"] == {} and "| source |" not in markdown(truth, "t")
+    sources = ["maths" if label == "math" else None if label == "code" else "rest" for label in labels]
+    wrong = evaluate(router, requests, ["math"] * len(labels), sources=sources)
+    assert list(wrong["sources"]) == ["(none)", "rest", "maths"]
+    assert wrong["sources"]["maths"] == {"examples": labels.count("math"), "accuracy": truth["recall"]["math"]}
+    assert wrong["sources"]["(none)"]["accuracy"] == wrong["sources"]["rest"]["accuracy"] == 0
+    assert "| maths | 8 | " in markdown(wrong, "t")
+
+
 def test_calibration_error_of_a_perfectly_calibrated_and_an_overconfident_router():
     confidence = np.array([0.8] * 10)
     assert calibration_error(confidence, np.array([True] * 8 + [False] * 2)) == pytest.approx(0.0)
@@ -265,7 +279,8 @@ def mor(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_route_train_eval_ask_from_the_command_line(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", generated(30))
-    dev = write_jsonl(tmp_path / "dev.jsonl", generated(6, seed=3))
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{**row, "source": f"s{i % 2}"} for i, row in
+                                               enumerate(generated(6, seed=3))])
     router = tmp_path / "router"
     result = mor("route", "train", "--data", str(train), "--out", str(router), "--encoder", "tfidf")
     assert result.returncode == 0, result.stderr
@@ -273,6 +288,7 @@ def test_route_train_eval_ask_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "eval" / "route-eval.json").read_text())
     assert saved["examples"] == 36 and saved["accuracy"] > 0.8 and "latency p50" in result.stdout
+    assert sorted(saved["sources"]) == ["s0", "s1"] and sum(r["examples"] for r in saved["sources"].values()) == 36
     result = mor("route", "ask", "Write a poem about a dragon", "--router", str(router))
     assert result.returncode == 0 and result.stdout.startswith("chose creative")
     assert json.loads((router / "head.json").read_text())["config"]["plain_copies"] is False

@@ -38,7 +38,7 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
     from mor.system.dataset import read_labeled
     from mor.system.head import HeadConfig, LabelHead
 
-    requests, labels = read_labeled(data)
+    requests, labels, _ = read_labeled(data)
     chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs,
               "precision": precision}
     config = HeadConfig(seed=seed, strip_options=not keep_options, plain_copies=plain_copies,
@@ -56,14 +56,15 @@ def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router
           config: Path | None = typer.Option(None, help="System YAML; none: one expert per label."),
           threads: int = typer.Option(1, min=1, help="CPU threads while routing (latency is per request)."),
           out: Path = typer.Option(Path("runs/route-eval"), help="Folder for route-eval.json and .md.")) -> None:
-    """Accuracy, macro-F1, per-label recall, confusion matrix and latency p50/p99, as markdown and JSON."""
+    """Accuracy, macro-F1, per-label recall, confusion matrix, latency p50/p99 and, where lines name their
+    `source`, accuracy per source; as markdown and JSON."""
     from mor.system.dataset import read_labeled
     from mor.system.evaluation import evaluate, prepare, write
 
-    requests, labels = read_labeled(data)
+    requests, labels, sources = read_labeled(data)
     prepare(out)  # a bad --out fails now, not after the evaluation
     system_router = _router(router, config)
-    report = write(evaluate(system_router, requests, labels, threads), out, f"Routing on {data.name}")
+    report = write(evaluate(system_router, requests, labels, threads, sources), out, f"Routing on {data.name}")
     console.print(report.read_text(), markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 

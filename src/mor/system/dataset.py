@@ -1,19 +1,28 @@
 """Labeled requests from JSONL: one object per line with `text` (or OpenAI `messages`), `label`, optional `tools`
-(or the legacy `functions`)."""
+(or the legacy `functions`) and an optional `source` (where the request came from; evaluation scores each one)."""
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from mor.errors import ConfigError, MorError
 from mor.system.request import Request, as_tools
 
 
-def read_labeled(path: str | Path) -> tuple[list[Request], list[str]]:
-    """Requests and their labels; a bad line is a one-line error naming the file and line."""
+class Labeled(NamedTuple):
+    """Requests, their labels, and each one's source (None where a line has none)."""
+
+    requests: list[Request]
+    labels: list[str]
+    sources: list[str | None]
+
+
+def read_labeled(path: str | Path) -> Labeled:
+    """Requests, labels and sources; a bad line is a one-line error naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise MorError(f"{path}: no such file; give a JSONL file with one {{\"text\": …, \"label\": …}} per line")
-    requests, labels = [], []
+    requests, labels, sources = [], [], []
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, 1):
             where = f"{path}:{number}"
@@ -29,6 +38,9 @@ def read_labeled(path: str | Path) -> tuple[list[Request], list[str]]:
                 raise MorError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
                 raise MorError(f"{where}: expected an object with a string 'label', got {line.strip()[:80]!r}")
+            if not isinstance(row.get("source", ""), str):
+                raise MorError(f"{where}: 'source' must be a string naming where the request came from, got "
+                               f"{row['source']!r}; quote it or leave it out")
             try:
                 tools = as_tools(row.get("tools"), row.get("functions"))
                 if "messages" in row:
@@ -38,6 +50,7 @@ def read_labeled(path: str | Path) -> tuple[list[Request], list[str]]:
             except (ConfigError, TypeError) as err:
                 raise MorError(f"{where}: {err}") from None
             labels.append(row["label"])
+            sources.append(row.get("source"))
     if not requests:
         raise MorError(f"{path}: no labeled requests in the file")
-    return requests, labels
+    return Labeled(requests, labels, sources)

@@ -30,8 +30,11 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
                      for b in range(bins) if (edges == b).any()))
 
 
-def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], threads: int = 1) -> dict:
-    """Route every request alone (batch 1) on `threads` CPU threads and score the choices against `labels`."""
+def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], threads: int = 1,
+             sources: list[str | None] | None = None) -> dict:
+    """Route every request alone (batch 1) on `threads` CPU threads and score the choices against `labels`; with
+    `sources`, also the accuracy on each source's requests, since a router that learned one source's style as its
+    label shows as one weak source long before it moves the overall accuracy."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -57,13 +60,26 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
             "labels": names, "confusion": confusion_matrix(labels, predicted, labels=names).tolist(),
             "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
                            "mean": float(ms.mean())},
+            "sources": by_source(sources, labels, predicted),
             "threads": threads, "experts": len(router.experts),
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
                         "processor": platform.processor() or platform.machine()}}
 
 
+def by_source(sources: list[str | None] | None, labels: list[str], predicted: list[str]) -> dict:
+    """{source: {examples, accuracy}}, weakest first ("(none)" for requests without one); {} when none has one."""
+    if not sources or not any(sources):
+        return {}
+    scores: dict[str, list[bool]] = {}
+    for source, truth, routed in zip(sources, labels, predicted, strict=True):
+        scores.setdefault(source or "(none)", []).append(truth == routed)
+    rows = {name: {"examples": len(hits), "accuracy": sum(hits) / len(hits)} for name, hits in scores.items()}
+    return dict(sorted(rows.items(), key=lambda item: (item[1]["accuracy"], item[0])))
+
+
 def markdown(result: dict, title: str) -> str:
-    """The result as a markdown report: headline numbers, per-label recall and the confusion matrix."""
+    """The result as a markdown report: headline numbers, per-label recall, per-source accuracy (when the data
+    names sources) and the confusion matrix."""
     names, lat = result["labels"], result["latency_ms"]
     lines = [f"# {title}", "", f"{result['examples']} requests, {result['experts']} experts, routed one at a time "
              f"on {result['threads']} CPU thread(s).", "",
@@ -72,6 +88,9 @@ def markdown(result: dict, title: str) -> str:
              f"{lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
              "", "| label | recall |", "|---|---|"]
     lines += [f"| {n} | {r:.2%} |" for n, r in result["recall"].items()]
+    if result.get("sources"):
+        lines += ["", "| source | requests | accuracy |", "|---|---|---|"]
+        lines += [f"| {n} | {r['examples']} | {r['accuracy']:.2%} |" for n, r in result["sources"].items()]
     lines += ["", "Confusion (rows: true label, columns: routed label)", "",
               "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |"
