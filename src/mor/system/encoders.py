@@ -61,8 +61,8 @@ class TfidfEncoder:
 
     def project(self, texts: list[str], weight: np.ndarray) -> np.ndarray:
         """`encode(texts) @ weight` computed term by term: each text's n-grams, their sublinear TF-IDF, normalised,
-        times their rows of `weight`. For one request, scikit-learn's `transform` spends about ten times as long
-        checking its input and building sparse matrices as reading the text (0.7 of 0.8 ms for both parts)."""
+        times their rows of `weight`. For one request, scikit-learn's `transform` spends most of its time checking
+        its input and building sparse matrices: this takes 0.33 ms p50 on dev requests against its 1.26 ms."""
         out, start = np.zeros((len(texts), weight.shape[1]), dtype=np.float32), 0
         for part, analyze in zip(self.parts, self.analyzers, strict=True):
             rows = weight[start:start + len(part.vocabulary_)]
