@@ -103,6 +103,13 @@ def test_a_repeated_section_is_refused_naming_the_key_and_its_lines(tmp_path):
         load_config(system)
 
 
+def test_chars_without_test_text_cannot_early_stop():
+    with pytest.raises(ConfigError, match=r"train\.early_stop: with data\.test_fraction 0"):
+        parse({"data": {"task": "chars", "test_fraction": 0}, "train": {"early_stop": 3}})
+    parse({"data": {"task": "chars", "test_fraction": 0}})
+    parse({"data": {"task": "chars"}, "train": {"early_stop": 3}})
+
+
 def test_grad_accum_above_256_is_refused(tmp_path):
     assert "train.grad_accum: must be <= 256, got 257" in config_error("train: {grad_accum: 257}\n", tmp_path)
     assert tiny(tmp_path, train={"grad_accum": 256}).train.grad_accum == 256

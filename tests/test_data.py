@@ -177,6 +177,10 @@ def test_mix_weights_choose_the_tasks():
     assert (group == 0).all()
 
 
+def test_mix_weights_that_vanish_in_float32_are_refused():
+    raises("data.weights", Mix, tasks=["prefix_sum", "addition"], weights=[1e-50, 0])
+
+
 # --- scikit-learn's datasets and tables ---------------------------------------------------------------------
 
 def test_bundled_preprocessing_is_fitted_on_the_train_split_only():
@@ -332,8 +336,26 @@ def test_tables_that_cannot_be_learned_as_given_are_refused(table):
     target = table.assign(value=np.arange(60.0)).assign(value=lambda f: f["value"].where(f.index != 5, -np.inf))
     raises("column 'value'", TabularTask, target, "value", kind="regression")
     assert "not numeric" in raises("data.kind", TabularTask, table, "label", kind="regression")
-    assert "holds one value only" in raises("data.target", TabularTask, table.assign(label="cat"), "label")
+    assert "holds one value only (1)" in raises("data.target", TabularTask, table.assign(label=1), "label")
     raises("data.columns", TabularTask, table, "label", columns=["size", "size"])
+
+
+def test_an_empty_feature_column_is_left_out_and_only_empty_ones_are_refused(table, tmp_path):
+    from mor.data.tabular import TabularTask
+
+    (tmp_path / "blank.csv").write_text("note,color,label\n" + "".join(f",{c},{c}\n" for c in ["red", "blue"] * 10))
+    task = get_task("csv", path=str(tmp_path / "blank.csv"), target="label", stratify=False)
+    assert all("note" not in name for name in task.feature_names) and task.split("train")[0].shape[1] == 2
+    message = raises("data.columns", TabularTask, table.assign(size=np.nan), "label", columns=["size"])
+    assert "every feature column of table is empty in the training rows (size)" in message
+
+
+def test_features_sklearn_cannot_encode_are_a_one_line_error(table):
+    from mor.data.tabular import TabularTask
+
+    mixed = table.assign(color=table["color"].astype(object).where(table.index % 2 == 0, True))
+    assert "one type of values" in raises("data.columns", TabularTask, mixed, "label")
+    raises("data.columns", TabularTask, table.rename(columns={"size": 0}), "label")
 
 
 def test_many_distinct_integers_ask_for_the_kind_and_few_are_classes(table):

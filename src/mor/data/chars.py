@@ -24,7 +24,8 @@ SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 class Chars(StreamTask):
     """Next-character prediction over the text of the files under `root` matching `patterns`.
 
-    Files are read in sorted path order (skipping hidden folders and installed packages) until `max_chars`
+    Files are read folder by folder, each folder's files in sorted order before its subfolders (skipping hidden
+    folders and installed packages), until `max_chars`
     characters, cut in order into training, validation (`val_fraction`) and test (`test_fraction`) text:
     validation picks checkpoints, the test text is what `eval_set` reports on (with `test_fraction` 0 there is
     none, and `eval_set` draws from the validation text). The vocabulary is built from the training text; id 0
@@ -108,7 +109,7 @@ class Chars(StreamTask):
 
 
 def _read(root: Path, patterns: list[str], max_chars: int) -> str:
-    """The text of the matching files in sorted path order, up to `max_chars` characters."""
+    """The text of the matching files, in `_files`' order, up to `max_chars` characters."""
     parts, total = [], 0
     for path in _files(root, patterns):
         if total >= max_chars:

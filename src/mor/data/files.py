@@ -30,8 +30,7 @@ def read_table(path: str | Path, file_format: str = "csv") -> "pd.DataFrame":
     except pd.errors.EmptyDataError:
         raise ConfigError(f"data.path: '{path}' is empty; give a file with a header row and data rows") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"data.path: '{path}' is not UTF-8 text (byte {error.start}: {error.reason}); "
-                          f"save it as UTF-8") from None
+        raise ConfigError(f"data.path: '{path}' is not UTF-8 text ({error.reason}); save it as UTF-8") from None
     except (ValueError, OSError) as error:
         raise ConfigError(f"data.path: cannot read '{path}' as {file_format}: {first_line(error)}") from None
     check(len(frame) > 0, f"data.path: '{path}' has no data rows; give a file with at least a few rows")

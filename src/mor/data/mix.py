@@ -39,10 +39,11 @@ class Mix(GroupedTask):
               and len(set(tasks)) == len(tasks) and all(t in MIXABLE for t in tasks),
               f"data.tasks: expected distinct names from {', '.join(MIXABLE)}, got {tasks!r}")
         weights = [1.0] * len(tasks) if weights is None else weights
-        check(isinstance(weights, Sequence) and len(weights) == len(tasks)
-              and all(isinstance(w, int | float) and w >= 0 for w in weights) and 0 < sum(weights) <= FLOAT32_MAX,
-              f"data.weights: expected {len(tasks)} non-negative numbers, not all 0, with a finite sum (at most "
-              f"{FLOAT32_MAX:.3g}, as the float32 weights are summed when drawn), got {weights!r}")
+        valid = (isinstance(weights, Sequence) and len(weights) == len(tasks)
+                 and all(isinstance(w, int | float) and w >= 0 for w in weights) and sum(weights) <= FLOAT32_MAX)
+        check(valid and float(torch.tensor(weights, dtype=torch.float).sum()) > 0,
+              f"data.weights: expected {len(tasks)} non-negative numbers, not all 0 in float32, with a finite sum (at "
+              f"most {FLOAT32_MAX:.3g}, as the float32 weights are summed when drawn), got {weights!r}")
         self.groups = tuple(tasks)
         self.components = [MIXABLE[t]() for t in tasks]
         self.weights = torch.tensor(weights, dtype=torch.float)

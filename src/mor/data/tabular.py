@@ -48,7 +48,7 @@ class TabularTask(DatasetTask):
         for column in (*features, target):
             _check_finite(frame[column], column, name)
         check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
-                                    f"({labels.iloc[0]!r}); there is nothing to learn — choose another target")
+                                    f"({labels.tolist()[0]!r}); there is nothing to learn — choose another target")
         self.kind = _infer_kind(labels, target) if kind is None else kind
         check(self.kind in ("classification", "regression"),
               f"data.kind: expected 'classification' or 'regression', got {self.kind!r}")
@@ -57,8 +57,13 @@ class TabularTask(DatasetTask):
               f"data.kind: column {target!r} of {name} is not numeric, so it cannot be a regression target; "
               f"use kind: classification")
         self.rows = _split(len(frame), labels if classes and stratify else None, seed, val_fraction, test_fraction)
-        x = frame[features]
-        self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
+        x = _with_values(frame[features], self.rows["train"], name)
+        try:
+            self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
+            features = {split: self.preprocessor.transform(x.iloc[rows]) for split, rows in self.rows.items()}
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data.columns: cannot preprocess the features of {name} ({first_line(error)}); give "
+                              "every column a string name and one type of values, numbers or strings") from None
         self.feature_names = list(self.preprocessor.get_feature_names_out())
         self.in_dim = len(self.feature_names)
         if classes:
@@ -70,12 +75,21 @@ class TabularTask(DatasetTask):
             self.classes, self.out_dim = None, 1
             self.target_scaler = StandardScaler().fit(values[self.rows["train"]])
             y = torch.as_tensor(self.target_scaler.transform(values), dtype=torch.float32)
-        self._data = {split: (torch.as_tensor(self.preprocessor.transform(x.iloc[rows]), dtype=torch.float32),
-                              y[torch.as_tensor(rows)]) for split, rows in self.rows.items()}
+        self._data = {split: (torch.as_tensor(features[split], dtype=torch.float32), y[torch.as_tensor(rows)])
+                      for split, rows in self.rows.items()}
 
     def split(self, name: str) -> Batch:
         check(name in SPLITS, f"{self.name}: unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return self._data[name]
+
+
+def _with_values(x: pd.DataFrame, train: np.ndarray, name: str) -> pd.DataFrame:
+    """The feature columns that hold a value in some training row: an empty one tells nothing (and would leave the
+    scaler no column when it is the only numeric one), so it is left out, unless it is every column."""
+    empty = [c for c in x.columns if x[c].iloc[train].isna().all()]
+    check(len(empty) < len(x.columns), f"data.columns: every feature column of {name} is empty in the training rows "
+                                       f"({', '.join(map(str, empty))}); give columns that hold values")
+    return x.drop(columns=empty)
 
 
 def _check_finite(column: pd.Series, field: str, name: str) -> None:

@@ -174,6 +174,10 @@ class RunConfig(Strict):
         if self.model.kind in self.compare:
             raise ValueError(f"compare: lists {self.model.kind!r}, the kind model.kind already trains; a baseline "
                              f"of the same kind would train the same model again, so leave it out")
+        if self.train.early_stop and self.data.task == "chars" and self.data.options.get("test_fraction") == 0:
+            raise ValueError("train.early_stop: with data.test_fraction 0 the chars task has no test text, so the "
+                             "report would score the validation text that picked the checkpoint; set "
+                             "data.test_fraction above 0 (default 0.05) or remove early_stop")
         return self
 
 

@@ -199,8 +199,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Held-out score at the largest training size under the model's own halting rule; for token tasks,
         bits per character and next-token accuracy (score = -bits per character). Its examples are drawn with a
-        seed of their own (`eval.seed` + 1), so the examples that choose the best checkpoint are never the reported
-        test examples."""
+        seed of their own (`eval.seed` + 1), or from the validation text, so the examples that choose the best
+        checkpoint are never the reported test examples (a chars config without test text cannot early-stop)."""
         self.model.eval()
         seed = self.config.eval.seed + 1
         if self.task.tokens:
