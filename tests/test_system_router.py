@@ -19,7 +19,7 @@ from mor.system.config import load_system
 from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.evaluation import calibration_error, evaluate, markdown
 from mor.system.experts.base import ExpertInfo, Hints
-from mor.system.head import HELD_OUT, HeadConfig, LabelHead, _temperature
+from mor.system.head import HELD_OUT, HeadConfig, LabelHead, fit_temperature
 from mor.system.minilm import MiniLMRouting
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
@@ -75,7 +75,7 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, copies, mo
     regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_rows], fit_y)
 
     def temperature_on(idx: np.ndarray) -> float:
-        return _temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
+        return fit_temperature(np.asarray(features[idx] @ regression.coef_.T) + regression.intercept_, y[idx])
 
     held_out, on_training_rows = temperature_on(cal_idx), temperature_on(fit_idx)
     assert abs(held_out - on_training_rows) > 1e-3  # so the comparison below tells the two apart
@@ -86,9 +86,9 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, copies, mo
 
     def recording(logits: np.ndarray, labels: np.ndarray) -> float:
         seen.append(labels.copy())
-        return _temperature(logits, labels)
+        return fit_temperature(logits, labels)
 
-    monkeypatch.setattr(head_module, "_temperature", recording)
+    monkeypatch.setattr(head_module, "fit_temperature", recording)
     small = generated(10, seed=2)  # 60 rows: a quick fit, whose held-out tenth is one row of each label
     LabelHead.fit([r["text"] for r in small], [r["label"] for r in small], HeadConfig(encoder="tfidf"))
     (calibrated,) = seen
@@ -295,6 +295,44 @@ def test_route_train_eval_ask_from_the_command_line(tmp_path):
     result = mor("route", "train", "--data", str(train), "--out", str(router), "--encoder", "tfidf",
                  "--plain-copies")
     assert result.returncode == 0 and json.loads((router / "head.json").read_text())["config"]["plain_copies"] is True
+
+
+def test_calibrating_on_traffic_the_head_is_over_confident_on_raises_its_temperature(rows, tmp_path):
+    head = LabelHead.fit([r["text"] for r in rows], [r["label"] for r in rows], HeadConfig(encoder="tfidf"))
+    traffic = generated(20, seed=5)  # every fourth label wrong: a head sure of the templates is over-confident here
+    texts = [r["text"] for r in traffic]
+    labels = [head.labels[(head.labels.index(r["label"]) + 1) % 6] if i % 4 == 0 else r["label"]
+              for i, r in enumerate(traffic)]
+    choices, old = head.proba(texts).argmax(axis=1), head.temperature
+    result = head.calibrate(texts, labels)
+    before, after = result["before"], result["after"]
+    assert before["temperature"] == old and after["temperature"] == head.temperature > 2 * old
+    assert after["calibration_error"] < before["calibration_error"] / 2 and after["log_loss"] < before["log_loss"]
+    assert before["accuracy"] == after["accuracy"] == pytest.approx(0.75, abs=0.05)
+    assert (head.proba(texts).argmax(axis=1) == choices).all()
+    with pytest.raises(MorError, match=r"labels \['poetry'\] are not the router's"):
+        head.calibrate(texts[:1], ["poetry"])
+    with pytest.raises(MorError, match="no labeled requests"):
+        head.calibrate([], [])
+
+
+def test_route_calibrate_rewrites_only_the_temperature_and_bad_data_changes_nothing(tfidf_head, tmp_path):
+    router = tmp_path / "router"
+    tfidf_head.save(router)
+    files = {f.name: f.read_bytes() for f in router.iterdir()}
+    traffic = [{**r, "label": "code"} if i % 3 == 0 else r for i, r in enumerate(generated(10, seed=6))]
+    result = mor("route", "calibrate", "--data", str(write_jsonl(tmp_path / "t.jsonl", traffic)), "--router",
+                 str(router))
+    assert result.returncode == 0 and "calibration error" in result.stdout, result.stderr
+    meta, saved = json.loads((router / "head.json").read_text()), json.loads(files["head.json"])
+    assert meta["temperature"] > saved["temperature"] and {**meta, "temperature": 0} == {**saved, "temperature": 0}
+    assert all((router / name).read_bytes() == data for name, data in files.items() if name != "head.json")
+    assert LabelHead.load(router).temperature == meta["temperature"]
+    calibrated = (router / "head.json").read_bytes()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "hello", "label": "poetry"}])
+    result = mor("route", "calibrate", "--data", str(bad), "--router", str(router))
+    assert result.returncode == 2 and "['poetry'] are not the router's" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and (router / "head.json").read_bytes() == calibrated
 
 
 @pytest.mark.parametrize("args,message", [

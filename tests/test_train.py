@@ -227,17 +227,17 @@ def test_an_interrupt_while_pointing_at_a_new_best_keeps_the_best_checkpoint(tmp
     cfg = {"train": {"eval_every": 4, "lr": 0.01}}
     reference = train_until(config(tmp_path / "ref", **cfg), None)
     best = json.loads((tmp_path / "ref" / "best.json").read_text())
-    write = checkpoint._write_json
+    write = checkpoint.write_json
 
     def interrupted(path: Path, value: dict) -> None:
         if path.name == f"{pointer}.json" and value["step"] == best["step"]:
             raise Interrupt
         write(path, value)
 
-    monkeypatch.setattr(checkpoint, "_write_json", interrupted)
+    monkeypatch.setattr(checkpoint, "write_json", interrupted)
     with pytest.raises(Interrupt):
         train_until(config(tmp_path / "run", **cfg), None)
-    monkeypatch.setattr(checkpoint, "_write_json", write)
+    monkeypatch.setattr(checkpoint, "write_json", write)
     resumed = Trainer(config(tmp_path / "run", **cfg))
     resumed.fit(resume=True)
     assert json.loads((tmp_path / "run" / "best.json").read_text()) == best

@@ -1,5 +1,6 @@
 """Durable writes: flush a file, or a folder's entries, to disk, so a rename that points at it survives a power loss."""
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,16 @@ def sync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_json(path: Path, value: dict, indent: int | None = None) -> None:
+    """Replace `path` atomically: write a temporary file, flush it to disk, rename it over the old one."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=indent)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def check_folder(path: Path, option: str) -> None:

@@ -1,4 +1,5 @@
-"""`mor route train | eval | ask`: train the request router on labeled JSONL, score it, and ask a system."""
+"""`mor route train | eval | calibrate | ask`: train the request router on labeled JSONL, score it, refit its
+temperature on the traffic it serves, and ask a system."""
 
 import asyncio
 import json
@@ -66,6 +67,28 @@ def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router
     system_router = _router(router, config)
     report = write(evaluate(system_router, requests, labels, threads, sources), out, f"Routing on {data.name}")
     console.print(report.read_text(), markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: best a sample of the traffic the "
+                                                    "router serves."),
+              router: Path = typer.Option(DEFAULT_ROUTER, help="Folder written by `mor route train`; its head.json "
+                                                               "gets the new temperature.")) -> None:
+    """Refit the router's temperature on labeled requests, so its confidence (and a min_confidence fallback) fits
+    that traffic: on sources unlike its training data the head is over-confident. The choices do not change."""
+    from mor.system.dataset import read_labeled
+    from mor.system.head import LabelHead
+
+    requests, labels, _ = read_labeled(data)
+    head = LabelHead.load(router)
+    result = head.calibrate([r.question for r in requests], labels)
+    head.save_temperature(router)
+    before, after = result["before"], result["after"]
+    console.print(f"Temperature {before['temperature']:.3f} → {after['temperature']:.3f} on {len(labels)} requests: "
+                  f"calibration error {before['calibration_error']:.3f} → {after['calibration_error']:.3f}, "
+                  f"log-loss {before['log_loss']:.3f} → {after['log_loss']:.3f}, head accuracy "
+                  f"{after['accuracy']:.2%} either way; saved to {router / 'head.json'}", markup=False,
+                  highlight=False)
 
 
 @app.command()

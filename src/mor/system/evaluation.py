@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from mor.errors import MorError
+from mor.system.calibration import calibration_error
 from mor.system.request import Request
 from mor.system.router import SystemRouter
 
@@ -21,13 +22,6 @@ def routed_label(router: SystemRouter, request: Request, truth: str) -> tuple[st
     served = router.experts[decision.selected[0]].capabilities or [decision.selected[0]]
     label = truth if truth in served else max(served, key=lambda c: decision.labels.get(c, 0.0))
     return label, decision.confidence
-
-
-def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: |accuracy − mean confidence| per confidence bin, weighted by the bin's share."""
-    edges = np.minimum((confidence * bins).astype(int), bins - 1)
-    return float(sum(abs(correct[edges == b].mean() - confidence[edges == b].mean()) * (edges == b).mean()
-                     for b in range(bins) if (edges == b).any()))
 
 
 def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], threads: int = 1,

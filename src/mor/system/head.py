@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from scipy import sparse
-from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from mor.durable import sync
+from mor.durable import sync, write_json
 from mor.errors import ConfigError, MorError, check
+from mor.system.calibration import fit_temperature, report
 from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.minilm import MiniLMRouting, inference_dtype
 from mor.system.options import without_options
@@ -109,7 +109,7 @@ class LabelHead:
                           layers=config.tune_layers, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
         features = _features(encoders, texts)
         weight, bias = _linear(_regression(config).fit(features[fit_idx], y[fit_idx]))
-        temperature = _temperature(np.asarray(features[cal_idx] @ weight.T) + bias, y[cal_idx])
+        temperature = fit_temperature(np.asarray(features[cal_idx] @ weight.T) + bias, y[cal_idx])
         return cls(names, config, encoders, *_linear(_regression(config).fit(features, y)), temperature)
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -123,6 +123,28 @@ class LabelHead:
         z = self.logits(texts) / self.temperature
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
+
+    def calibrate(self, texts: list[str], labels: list[str]) -> dict[str, dict[str, float]]:
+        """Refit the temperature on labeled texts, e.g. a sample of the traffic the router serves: training's
+        held-out tenth comes from the training sources, and on other sources the head is over-confident. The
+        choices (argmax) do not change. Returns accuracy, log-loss, calibration error and temperature on those
+        texts, before and after."""
+        check(bool(labels), "router calibration data: no labeled requests; give at least one", MorError)
+        unknown = sorted(set(labels) - set(self.labels))
+        check(not unknown, f"router calibration data: labels {unknown} are not the router's "
+                           f"({', '.join(self.labels)}); relabel those lines or leave them out", MorError)
+        logits, y = self.logits(texts), np.array([self.labels.index(x) for x in labels])
+        before = {**report(logits, y, self.temperature), "temperature": self.temperature}
+        self.temperature = fit_temperature(logits, y)
+        return {"before": before, "after": {**report(logits, y, self.temperature), "temperature": self.temperature}}
+
+    def save_temperature(self, folder: Path) -> None:
+        """Write the temperature into the router saved at `folder`, replacing its head.json atomically."""
+        path = Path(folder) / "head.json"
+        meta = read_json(path)
+        check(isinstance(meta, dict), unusable(path, "is not a JSON object"), MorError)
+        write_json(path, {**meta, "temperature": self.temperature}, indent=1)
+        sync(path.parent)
 
     def save(self, folder: Path) -> None:
         """Write the router to `folder` whole or not at all: into a temporary folder beside it, then renamed."""
@@ -279,10 +301,3 @@ def _features(encoders: dict, texts: list[str]) -> sparse.csr_matrix:
     return sparse.hstack([sparse.csr_matrix(e.encode(texts)) for e in encoders.values()], format="csr")
 
 
-def _temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature that minimises the negative log-likelihood of held-out labels."""
-    def nll(t: float) -> float:
-        z = logits / t
-        z = z - z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mor.durable import sync
+from mor.durable import sync, write_json
 from mor.errors import CheckpointError, first_line
 
 WEIGHTS, STATE, CONFIG = "model.safetensors", "state.pt", "config.yaml"
@@ -33,16 +33,6 @@ class Loaded:
     weights: dict[str, torch.Tensor]
     state: dict
     config: str
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Replace `path` atomically: write a temporary file, flush it to disk, rename it over the old one."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *, keep_last: int,
@@ -68,8 +58,8 @@ def save(run_dir: Path, step: int, model: nn.Module, state: dict, config: str, *
         os.replace(tmp, final)
     sync(run_dir)
     if best is not None:  # first: a resume from an older latest re-marks this step, an older best would stick
-        _write_json(run_dir / BEST, {"step": step, "dir": final.name, "score": best})
-    _write_json(run_dir / LATEST, {"step": step, "dir": final.name})
+        write_json(run_dir / BEST, {"step": step, "dir": final.name, "score": best})
+    write_json(run_dir / LATEST, {"step": step, "dir": final.name})
     _prune(run_dir, keep_last)
     return final
 
