@@ -350,12 +350,15 @@ def test_an_empty_feature_column_is_left_out_and_only_empty_ones_are_refused(tab
     assert "every feature column of table is empty in the training rows (size)" in message
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflows standardising ±1e308, as it should
 def test_features_sklearn_cannot_encode_are_a_one_line_error(table):
     from mor.data.tabular import TabularTask
 
     mixed = table.assign(color=table["color"].astype(object).where(table.index % 2 == 0, True))
     assert "one type of values" in raises("data.columns", TabularTask, mixed, "label")
     raises("data.columns", TabularTask, table.rename(columns={"size": 0}), "label")
+    huge = table.assign(size=np.where(table.index % 2 == 0, 1e308, -1e308))
+    assert "['size'] of table overflow when standardised" in raises("data.columns", TabularTask, huge, "label")
 
 
 def test_many_distinct_integers_ask_for_the_kind_and_few_are_classes(table):

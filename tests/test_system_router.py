@@ -312,8 +312,37 @@ def test_calibrating_on_traffic_the_head_is_over_confident_on_raises_its_tempera
     assert (head.proba(texts).argmax(axis=1) == choices).all()
     with pytest.raises(MorError, match=r"labels \['poetry'\] are not the router's"):
         head.calibrate(texts[:1], ["poetry"])
-    with pytest.raises(MorError, match="no labeled requests"):
-        head.calibrate([], [])
+    with pytest.raises(MorError, match="49 requests are too few to fit a temperature; give at least 50"):
+        head.calibrate(texts[:49], labels[:49])
+    fitted = head.temperature
+    with pytest.raises(MorError, match=r"the head is right on 100% of these requests, so they cannot tell"):
+        head.calibrate(texts, [r["label"] for r in traffic])  # all right: nothing tells how sure it should be
+    wrong = [head.labels[(head.labels.index(r["label"]) + 1) % 6] if i >= 3 else r["label"]
+             for i, r in enumerate(traffic)]
+    with pytest.raises(MorError, match=r"ran to the edge of its range \(20\.00\), as the head is right on 2%"):
+        head.calibrate(texts, wrong)
+    assert head.temperature == fitted
+
+
+def test_a_temperature_that_cannot_be_written_leaves_the_router_as_it_was(tfidf_head, tmp_path, monkeypatch):
+    import mor.durable
+
+    router = tmp_path / "router"
+    tfidf_head.save(router)
+    saved = (router / "head.json").read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mor.durable.os, "fsync", full)
+    with pytest.raises(MorError, match=r"cannot write head\.json .*No space left.*the router there is unchanged"):
+        tfidf_head.save_temperature(router)
+    monkeypatch.undo()
+    assert (router / "head.json").read_bytes() == saved and sorted(p.name for p in router.iterdir()) == sorted(
+        ["head.json", "head.safetensors", "tfidf.json", "tfidf.safetensors"])
+    router.rename(tmp_path / ".router.old")  # as a save killed between its two renames leaves it
+    with pytest.raises(MorError, match=r"an interrupted save left the router in .*move it back"):
+        LabelHead.load(router).save_temperature(router)
 
 
 def test_route_calibrate_rewrites_only_the_temperature_and_bad_data_changes_nothing(tfidf_head, tmp_path):
@@ -321,9 +350,12 @@ def test_route_calibrate_rewrites_only_the_temperature_and_bad_data_changes_noth
     tfidf_head.save(router)
     files = {f.name: f.read_bytes() for f in router.iterdir()}
     traffic = [{**r, "label": "code"} if i % 3 == 0 else r for i, r in enumerate(generated(10, seed=6))]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    traffic.append({"text": "Write a haiku about rain", "label": "code", "tools": tools})  # the tools rule routes it
     result = mor("route", "calibrate", "--data", str(write_jsonl(tmp_path / "t.jsonl", traffic)), "--router",
                  str(router))
-    assert result.returncode == 0 and "calibration error" in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "on 60 requests (1 carrying tools left out): the head's calibration error" in result.stdout
     meta, saved = json.loads((router / "head.json").read_text()), json.loads(files["head.json"])
     assert meta["temperature"] > saved["temperature"] and {**meta, "temperature": 0} == {**saved, "temperature": 0}
     assert all((router / name).read_bytes() == data for name, data in files.items() if name != "head.json")

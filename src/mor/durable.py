@@ -17,13 +17,18 @@ def sync(path: Path) -> None:
 
 
 def write_json(path: Path, value: dict, indent: int | None = None) -> None:
-    """Replace `path` atomically: write a temporary file, flush it to disk, rename it over the old one."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=indent)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` atomically: write `.NAME.tmp` beside it, flush it to disk, rename it over the old one; a
+    failed write removes the temporary file and leaves `path` as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=indent)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_folder(path: Path, option: str) -> None:

@@ -65,6 +65,10 @@ class TabularTask(DatasetTask):
             raise ConfigError(f"data.columns: cannot preprocess the features of {name} ({first_line(error)}); give "
                               "every column a string name and one type of values, numbers or strings") from None
         self.feature_names = list(self.preprocessor.get_feature_names_out())
+        overflowed = sorted({self.feature_names[j].split("__", 1)[-1] for part in features.values()
+                             for j in np.nonzero(~np.isfinite(part).all(axis=0))[0]})
+        check(not overflowed, f"data.columns: {overflowed} of {name} overflow when standardised (values near the "
+                              "float limit); rescale those columns first")
         self.in_dim = len(self.feature_names)
         if classes:
             encoder = LabelEncoder().fit(labels)

@@ -3,6 +3,9 @@
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+BOUNDS = (0.05, 20.0)  # the temperatures searched
+MIN_REQUESTS = 50  # fewer labeled requests fit a temperature to their noise
+
 
 def log_loss(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the labels `y` under softmax(logits / temperature)."""
@@ -13,7 +16,12 @@ def log_loss(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> flo
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The softmax temperature that minimises the negative log-likelihood of held-out labels."""
-    return float(minimize_scalar(lambda t: log_loss(logits, y, t), bounds=(0.05, 20.0), method="bounded").x)
+    return float(minimize_scalar(lambda t: log_loss(logits, y, t), bounds=BOUNDS, method="bounded").x)
+
+
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature stopped at the edge of the search: the data did not pin it down."""
+    return not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] * 0.99
 
 
 def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:

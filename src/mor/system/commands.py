@@ -75,20 +75,24 @@ def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: b
               router: Path = typer.Option(DEFAULT_ROUTER, help="Folder written by `mor route train`; its head.json "
                                                                "gets the new temperature.")) -> None:
     """Refit the router's temperature on labeled requests, so its confidence (and a min_confidence fallback) fits
-    that traffic: on sources unlike its training data the head is over-confident. The choices do not change."""
+    that traffic: on sources unlike its training data the head is over-confident. The head's top label does not
+    change; a router whose experts serve several labels or use hints, feedback or min_confidence may choose
+    differently. Requests carrying tools are left out: the tools rule routes them."""
     from mor.system.dataset import read_labeled
     from mor.system.head import LabelHead
 
     requests, labels, _ = read_labeled(data)
+    kept = [(r.question, label) for r, label in zip(requests, labels, strict=True) if not r.tools]
     head = LabelHead.load(router)
-    result = head.calibrate([r.question for r in requests], labels)
+    result = head.calibrate([text for text, _ in kept], [label for _, label in kept])
     head.save_temperature(router)
     before, after = result["before"], result["after"]
-    console.print(f"Temperature {before['temperature']:.3f} → {after['temperature']:.3f} on {len(labels)} requests: "
-                  f"calibration error {before['calibration_error']:.3f} → {after['calibration_error']:.3f}, "
-                  f"log-loss {before['log_loss']:.3f} → {after['log_loss']:.3f}, head accuracy "
-                  f"{after['accuracy']:.2%} either way; saved to {router / 'head.json'}", markup=False,
-                  highlight=False)
+    skipped = f" ({len(labels) - len(kept)} carrying tools left out)" if len(kept) < len(labels) else ""
+    console.print(f"Temperature {before['temperature']:.3f} → {after['temperature']:.3f} on {len(kept)} requests"
+                  f"{skipped}: the head's calibration error {before['calibration_error']:.3f} → "
+                  f"{after['calibration_error']:.3f}, log-loss {before['log_loss']:.3f} → {after['log_loss']:.3f}, "
+                  f"accuracy {after['accuracy']:.2%} either way; saved to {router / 'head.json'}", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

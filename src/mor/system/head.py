@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from mor.durable import sync, write_json
 from mor.errors import ConfigError, MorError, check
-from mor.system.calibration import fit_temperature, report
+from mor.system.calibration import MIN_REQUESTS, at_bound, fit_temperature, report
 from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
 from mor.system.minilm import MiniLMRouting, inference_dtype
 from mor.system.options import without_options
@@ -36,7 +36,7 @@ from mor.system.style import plain
 from mor.system.tuning import fine_tune
 
 HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
-ROUTER_FILES = frozenset({"head.json", "head.safetensors", *TfidfEncoder.files, *MiniLMEncoder.files})
+ROUTER_FILES = frozenset({"head.json", ".head.json.tmp", "head.safetensors", *TfidfEncoder.files, *MiniLMEncoder.files})
 
 
 @dataclass
@@ -127,23 +127,39 @@ class LabelHead:
     def calibrate(self, texts: list[str], labels: list[str]) -> dict[str, dict[str, float]]:
         """Refit the temperature on labeled texts, e.g. a sample of the traffic the router serves: training's
         held-out tenth comes from the training sources, and on other sources the head is over-confident. The
-        choices (argmax) do not change. Returns accuracy, log-loss, calibration error and temperature on those
-        texts, before and after."""
-        check(bool(labels), "router calibration data: no labeled requests; give at least one", MorError)
+        head's top label does not change. Returns its accuracy, log-loss, calibration error and temperature on
+        those texts, before and after; a sample too small or too one-sided to fit one is refused, unchanged."""
         unknown = sorted(set(labels) - set(self.labels))
         check(not unknown, f"router calibration data: labels {unknown} are not the router's "
                            f"({', '.join(self.labels)}); relabel those lines or leave them out", MorError)
+        check(len(labels) >= MIN_REQUESTS, f"router calibration data: {len(labels)} requests are too few to fit a "
+                                           f"temperature; give at least {MIN_REQUESTS} from the traffic the router "
+                                           "serves", MorError)
         logits, y = self.logits(texts), np.array([self.labels.index(x) for x in labels])
         before = {**report(logits, y, self.temperature), "temperature": self.temperature}
-        self.temperature = fit_temperature(logits, y)
-        return {"before": before, "after": {**report(logits, y, self.temperature), "temperature": self.temperature}}
+        check(0 < before["accuracy"] < 1, f"router calibration data: the head is right on {before['accuracy']:.0%} "
+                                          "of these requests, so they cannot tell how sure it should be; the router "
+                                          "is unchanged: calibrate on a larger, more varied sample", MorError)
+        fitted = fit_temperature(logits, y)
+        check(not at_bound(fitted), f"router calibration data: the temperature fit ran to the edge of its range "
+                                    f"({fitted:.2f}), as the head is right on {before['accuracy']:.0%} of these "
+                                    "requests; the router is unchanged: calibrate on a larger, more varied sample",
+              MorError)
+        self.temperature = fitted
+        return {"before": before, "after": {**report(logits, y, fitted), "temperature": fitted}}
 
     def save_temperature(self, folder: Path) -> None:
         """Write the temperature into the router saved at `folder`, replacing its head.json atomically."""
         path = Path(folder) / "head.json"
+        check(path.is_file() or not (_aside(Path(folder)) / "head.json").is_file(),
+              f"router {folder}: an interrupted save left the router in {_aside(Path(folder))}; move it back to "
+              f"{folder} (or train again), then calibrate", MorError)
         meta = read_json(path)
         check(isinstance(meta, dict), unusable(path, "is not a JSON object"), MorError)
-        write_json(path, {**meta, "temperature": self.temperature}, indent=1)
+        try:
+            write_json(path, {**meta, "temperature": self.temperature}, indent=1)
+        except OSError as e:
+            raise MorError(f"router {folder}: cannot write head.json ({e}); the router there is unchanged") from None
         sync(path.parent)
 
     def save(self, folder: Path) -> None:
