@@ -224,7 +224,8 @@ def train_model(config: RunConfig, task: Task, kind: str, best: bool = False) ->
     """Train `kind` on `task` with mor's own Trainer, silently, in a temporary folder that is removed after.
 
     `best`: end with the weights of the best validation score (with `train.early_stop`, early stopping that keeps
-    the best model) instead of the last. The model comes back in eval mode; building it is not timed.
+    the best model) instead of the last. The model comes back on the CPU, where the suites evaluate it, in eval
+    mode; building it is not timed.
     """
     with tempfile.TemporaryDirectory(prefix="mor-bench-") as run_dir:
         trainer = Trainer(config, Path(run_dir), kind=kind, console=Console(quiet=True), task=task)
@@ -234,7 +235,7 @@ def train_model(config: RunConfig, task: Task, kind: str, best: bool = False) ->
         if best:
             loaded = checkpoint.load(Path(run_dir) / "best")
             checkpoint.restore(trainer.model, loaded.weights, loaded.path)
-    return Trained(trainer.model.eval(), seconds, trainer.step)
+    return Trained(trainer.model.cpu().eval(), seconds, trainer.step)
 
 
 def closest_dim(build: Callable[[int], nn.Module], measure: Callable[[nn.Module], float], target: float,

@@ -40,15 +40,19 @@ class _GroupedMM(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-def grouped_kernel(x: Tensor) -> bool:
-    """Whether products on `x` go to torch's grouped-matmul kernel (CUDA bf16) rather than one `mm` per group."""
-    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+def grouped_kernel(x: Tensor, *widths: int) -> bool:
+    """Whether products on `x` go to torch's grouped-matmul kernel rather than one `mm` per group: bf16 on a CUDA
+    GPU of compute capability 8.0 or more, with every row a multiple of 16 bytes (the kernel's alignment), i.e.
+    `x`'s width and each of `widths` (the weights' output widths) a multiple of 8."""
+    return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+            and all(w % 8 == 0 for w in (x.shape[-1], *widths))
+            and torch.cuda.get_device_capability(x.device) >= (8, 0))
 
 
 def grouped_mm(x: Tensor, weight: Tensor, sizes: list[int]) -> Tensor:
     """Rows of `x` (A, K), grouped by expert in blocks of `sizes`, times `weight[e]` (E, K, N) → (A, N)."""
     weight = weight.to(x.dtype)
-    if grouped_kernel(x):
+    if grouped_kernel(x, weight.shape[-1]):
         offsets = torch.tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
         return F.grouped_mm(x, weight, offs=offsets)
     return _GroupedMM.apply(x, weight, sizes)

@@ -67,7 +67,7 @@ class MoRLayer(nn.Module):
 
     def _gate(self, flat: Tensor, weights: Tensor, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
         """Classic MoE integration: one weighted scatter-add, no (N, m, D) slot tensor in the graph."""
-        if hasattr(self.experts, "mixture") and not grouped_kernel(flat):  # CUDA bf16: torch's grouped kernel
+        if hasattr(self.experts, "mixture") and not grouped_kernel(flat, self.experts.hidden):  # else torch's kernel
             return self.experts.mixture(flat, dispatch, weights)
         out = self.experts(dispatch.gather(flat), dispatch.sizes)
         return dispatch.combine(out.answer, weights), out

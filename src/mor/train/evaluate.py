@@ -212,7 +212,7 @@ def rule_name(rule: Halting) -> str:
 
 
 def _timed(model: nn.Module, x: Tensor, rule: Halting | None) -> tuple[Tensor, Diagnostics | None, float]:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
     if rule is not None:

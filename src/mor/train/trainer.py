@@ -53,14 +53,13 @@ class Trainer:
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         check_folder(self.run_dir, "checkpoint.dir (--out)")
         self.console = console or Console()
-        self.rank, self.world = _distributed()
+        self.device = _device()
+        self.rank, self.world = _distributed(self.device)
         check(config.data.batch_size % self.world == 0, f"data.batch_size: {config.data.batch_size} cannot be "
               f"shared evenly among {self.world} processes (unequal shards would weigh examples unequally in the "
               f"averaged gradient); make it a multiple of {self.world}")
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = torch.device(f"cuda:{self.rank % torch.cuda.device_count()}"
-                                   if torch.cuda.is_available() else "cpu")
         self.task: Task = task or get_task(config.data.task, **config.data.options)  # shared by a run's baselines
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, self.task, self.kind).to(self.device)
@@ -79,7 +78,8 @@ class Trainer:
             check_eval_seed(config)
         self.loss = _Loss(self.model, loss_weights(config.train.loss))
         if self.world > 1:
-            self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True)
+            self.loss = DistributedDataParallel(self.loss, find_unused_parameters=True,
+                                                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = scheduler(self.optimizer, tc)
@@ -88,7 +88,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")  # fp16 only
         self.step, self.best, self.stale = 0, None, 0
         self._train_split: tuple[Tensor, Tensor] | None = None
-        self._rng = _rng_state()  # training draws start here, whatever other trainers do before fit()
+        self._rng = _rng_state(self.device)  # training draws start here, whatever other trainers do before fit()
 
     # data -----------------------------------------------------------------------------------------------
     def batch_at(self, step: int, micro: int) -> tuple[Tensor, Tensor]:
@@ -122,7 +122,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to `train.steps` (or early stop); returns the last evaluation."""
         tc, cc = self.config.train, self.config.checkpoint
-        _set_rng_state(self._rng)
+        _set_rng_state(self._rng, self.device)
         if resume:
             self._resume()
         elif self.rank == 0 and (self.run_dir / checkpoint.LATEST).exists():
@@ -244,7 +244,7 @@ class Trainer:
             return
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(),
-                 "rng": _rng_state(), "best": self.best, "stale": self.stale}
+                 "rng": _rng_state(self.device), "best": self.best, "stale": self.stale}
         checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
                         keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
 
@@ -261,7 +261,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], self.device)
         self.step, self.best, self.stale = state["step"], state["best"], state["stale"]
 
     def _open_metrics(self):
@@ -304,17 +304,19 @@ def _step_of(line: str) -> float:
         return float("inf")
 
 
-def _rng_state() -> dict[str, object]:
-    """The CPU generator's state and, when CUDA is in use, every GPU's (router noise draws on the model's device)."""
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def _rng_state(device: torch.device) -> dict[str, object]:
+    """The CPU generator's state and, on a GPU, that GPU's (router noise draws on the model's device). Every process
+    seeds and draws alike, so rank 0's states stand for all; a list, as checkpoints that held every GPU's wrote."""
+    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
 
 
-def _set_rng_state(state: dict[str, object] | Tensor) -> None:
-    """Restore `_rng_state()`; a bare tensor is the CPU state alone, as older checkpoints hold it."""
+def _set_rng_state(state: dict[str, object] | Tensor, device: torch.device) -> None:
+    """Restore `_rng_state()` on `device`, whatever GPUs the saving machine had (the first state is the one of
+    the device that trained); a bare tensor is the CPU state alone, as older checkpoints hold it."""
     state = state if isinstance(state, dict) else {"cpu": state, "cuda": []}
     torch.set_rng_state(state["cpu"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 def batch_seed(seed: int, step: int, micro: int) -> int:
@@ -380,9 +382,20 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun."""
+def _device() -> torch.device:
+    """This process's GPU (the one of its local rank, under torchrun) when there is one for every process of this
+    machine; else the CPU, since NCCL refuses two processes on one GPU."""
+    local, per_machine = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not torch.cuda.is_available() or torch.cuda.device_count() < per_machine:
+        return torch.device("cpu")
+    device = torch.device("cuda", local)
+    torch.cuda.set_device(device)
+    return device
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun: NCCL on GPUs, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
