@@ -190,7 +190,7 @@ def run_kind(cfg: RunConfig, task: Chars, kind: str, hidden: int) -> dict:
               "train_flops_per_step": per_step, "steps": trainer.step, **final,
               "curve": [{**point, "train_flops": point["step"] * per_step} for point in trainer.points]}
     if kind == "mor":
-        x, y = task.split("val")
+        x, y = (t.to(trainer.device) for t in task.split("val"))
         result["rule"] = rule_name(next(m for m in model.modules() if isinstance(m, ReflectionExpert)).halting)
         result["depths"] = {}
         for depth in DEPTHS:
