@@ -149,7 +149,7 @@ class Trainer:
                     training_s, examples = 0.0, 0
                 improved = stop = False
                 if self.step % tc.eval_every == 0 or self.step == tc.steps:
-                    last_eval = self.validate()
+                    last_eval = self._agreed(self.validate())
                     self._log(metrics, {"kind": "eval", "step": self.step, **last_eval})
                     improved = self.best is None or last_eval["score"] > self.best
                     self.best, self.stale = (last_eval["score"], 0) if improved else (self.best, self.stale + 1)
@@ -194,6 +194,15 @@ class Trainer:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def _agreed(self, scores: dict[str, float]) -> dict[str, float]:
+        """Rank 0's scores on every process, so all take the same best and stop decisions: GPU kernels that add in
+        any order can tip a near-tie differently on each, and a process that stops alone leaves the others waiting."""
+        if self.world == 1:
+            return scores
+        shared = [scores]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
