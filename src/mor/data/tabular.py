@@ -60,12 +60,12 @@ class TabularTask(DatasetTask):
         x = _with_values(frame[features], self.rows["train"], name)
         try:
             self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
-            features = {split: self.preprocessor.transform(x.iloc[rows]) for split, rows in self.rows.items()}
+            encoded = {split: self.preprocessor.transform(x.iloc[rows]) for split, rows in self.rows.items()}
         except (TypeError, ValueError) as error:
             raise ConfigError(f"data.columns: cannot preprocess the features of {name} ({first_line(error)}); give "
                               "every column a string name and one type of values, numbers or strings") from None
         self.feature_names = list(self.preprocessor.get_feature_names_out())
-        overflowed = sorted({self.feature_names[j].split("__", 1)[-1] for part in features.values()
+        overflowed = sorted({self.feature_names[j].split("__", 1)[-1] for part in encoded.values()
                              for j in np.nonzero(~np.isfinite(part).all(axis=0))[0]})
         check(not overflowed, f"data.columns: {overflowed} of {name} overflow when standardised (values near the "
                               "float limit); rescale those columns first")
@@ -79,7 +79,7 @@ class TabularTask(DatasetTask):
             self.classes, self.out_dim = None, 1
             self.target_scaler = StandardScaler().fit(values[self.rows["train"]])
             y = torch.as_tensor(self.target_scaler.transform(values), dtype=torch.float32)
-        self._data = {split: (torch.as_tensor(features[split], dtype=torch.float32), y[torch.as_tensor(rows)])
+        self._data = {split: (torch.as_tensor(encoded[split], dtype=torch.float32), y[torch.as_tensor(rows)])
                       for split, rows in self.rows.items()}
 
     def split(self, name: str) -> Batch:
