@@ -126,11 +126,11 @@ def test_a_colliding_default_eval_seed_blames_grad_accum_and_names_a_free_seed(t
 
 
 def test_the_suggested_eval_seed_is_the_first_free_one():
-    from mor.train.trainer import _training_batch, free_eval_seed
+    from mor.train.seeds import free_eval_seed, training_batch
 
     for accum, steps, seed in itertools.product([1, 9, 10, 255, 256], [1, 3, 50], [0, 256, 257, 770, 12344, 12345]):
         cfg = parse({"train": {"grad_accum": accum, "steps": steps, "warmup": 0}, "eval": {"seed": seed}})
-        first = next(s for s in itertools.count(seed) if _training_batch(cfg, s) is _training_batch(cfg, s + 1) is None)
+        first = next(s for s in itertools.count(seed) if training_batch(cfg, s) is training_batch(cfg, s + 1) is None)
         assert free_eval_seed(cfg) == first, (accum, steps, seed)
 
 

@@ -294,7 +294,7 @@ def test_throughput_counts_training_steps_not_evaluations(tmp_path, monkeypatch)
 
 
 def test_each_process_takes_its_own_gpu_and_the_cpu_when_a_machine_has_fewer_gpus_than_processes(monkeypatch):
-    import mor.train.trainer as trainer_module
+    import mor.train.devices as devices
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -302,27 +302,27 @@ def test_each_process_takes_its_own_gpu_and_the_cpu_when_a_machine_has_fewer_gpu
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert trainer_module._device() == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert devices.training_device() == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # NCCL refuses two processes on one GPU
-    assert trainer_module._device() == torch.device("cpu") and len(chosen) == 1
+    assert devices.training_device() == torch.device("cpu") and len(chosen) == 1
 
 
 def test_a_checkpoint_from_a_machine_with_more_gpus_restores_the_training_gpus_state(monkeypatch):
-    import mor.train.trainer as trainer_module
+    import mor.train.devices as devices
 
     restored = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
     states = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]  # as an 8-GPU run's rank 0 saved them
-    trainer_module._set_rng_state({"cpu": torch.get_rng_state(), "cuda": states}, torch.device("cuda", 0))
+    devices.set_rng_state({"cpu": torch.get_rng_state(), "cuda": states}, torch.device("cuda", 0))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[0]) and restored[0][1] == torch.device("cuda", 0)
-    trainer_module._set_rng_state({"cpu": torch.get_rng_state(), "cuda": states}, torch.device("cpu"))
+    devices.set_rng_state({"cpu": torch.get_rng_state(), "cuda": states}, torch.device("cpu"))
     assert len(restored) == 1
 
 
 @pytest.mark.parametrize("batch_size", [2, 6])
 def test_a_batch_that_does_not_split_evenly_among_processes_is_refused(tmp_path, monkeypatch, batch_size):
     """Unequal shards weigh examples unequally once DDP averages the processes' mean losses."""
-    monkeypatch.setattr("mor.train.trainer._distributed", lambda device: (0, 4))
+    monkeypatch.setattr("mor.train.trainer.process_group", lambda device: (0, 4))
     with pytest.raises(ConfigError, match=rf"data\.batch_size: {batch_size} cannot be shared evenly among 4 proc"):
         Trainer(config(tmp_path, data={**FAST["data"], "batch_size": batch_size}))
 

@@ -22,13 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from mor.data import DatasetTask, StreamTask, Task, get_task
 from mor.data.chars import Chars
 from mor.durable import check_folder
-from mor.errors import CheckpointError, ConfigError, check
+from mor.errors import CheckpointError, check
 from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
 from mor.train.config import RunConfig, dump, saved
+from mor.train.devices import process_group, rng_state, set_rng_state, training_device
 from mor.train.evaluate import check_examples, check_size, score, sized, token_score
+from mor.train.resume import config_change
 from mor.train.schedule import scheduler
+from mor.train.seeds import batch_seed, check_eval_seed
 
 
 class _Loss(nn.Module):
@@ -53,8 +56,8 @@ class Trainer:
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         check_folder(self.run_dir, "checkpoint.dir (--out)")
         self.console = console or Console()
-        self.device = _device()
-        self.rank, self.world = _distributed(self.device)
+        self.device = training_device()
+        self.rank, self.world = process_group(self.device)
         check(config.data.batch_size % self.world == 0, f"data.batch_size: {config.data.batch_size} cannot be "
               f"shared evenly among {self.world} processes (unequal shards would weigh examples unequally in the "
               f"averaged gradient); make it a multiple of {self.world}")
@@ -88,7 +91,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")  # fp16 only
         self.step, self.best, self.stale = 0, None, 0
         self._train_split: tuple[Tensor, Tensor] | None = None
-        self._rng = _rng_state(self.device)  # training draws start here, whatever other trainers do before fit()
+        self._rng = rng_state(self.device)  # training draws start here, whatever other trainers do before fit()
 
     # data -----------------------------------------------------------------------------------------------
     def batch_at(self, step: int, micro: int) -> tuple[Tensor, Tensor]:
@@ -122,7 +125,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to `train.steps` (or early stop); returns the last evaluation."""
         tc, cc = self.config.train, self.config.checkpoint
-        _set_rng_state(self._rng, self.device)
+        set_rng_state(self._rng, self.device)
         if resume:
             self._resume()
         elif self.rank == 0 and (self.run_dir / checkpoint.LATEST).exists():
@@ -253,7 +256,7 @@ class Trainer:
             return
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(),
-                 "rng": _rng_state(self.device), "best": self.best, "stale": self.stale}
+                 "rng": rng_state(self.device), "best": self.best, "stale": self.stale}
         checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
                         keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
 
@@ -270,7 +273,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], self.device)
+        set_rng_state(state["rng"], self.device)
         self.step, self.best, self.stale = state["step"], state["best"], state["stale"]
 
     def _open_metrics(self):
@@ -311,100 +314,3 @@ def _step_of(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
-
-
-def _rng_state(device: torch.device) -> dict[str, object]:
-    """The CPU generator's state and, on a GPU, that GPU's (router noise draws on the model's device). Every process
-    seeds and draws alike, so rank 0's states stand for all; a list, as checkpoints that held every GPU's wrote."""
-    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
-
-
-def _set_rng_state(state: dict[str, object] | Tensor, device: torch.device) -> None:
-    """Restore `_rng_state()` on `device`, whatever GPUs the saving machine had (the first state is the one of
-    the device that trained); a bare tensor is the CPU state alone, as older checkpoints hold it."""
-    state = state if isinstance(state, dict) else {"cpu": state, "cuda": []}
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"] and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"][0], device)
-
-
-def batch_seed(seed: int, step: int, micro: int) -> int:
-    """The seed of the generator that draws training batch (`step`, `micro`) of a stream task."""
-    return ((seed * 1_000_003 + step) * 257 + micro) % 2**63
-
-
-def check_eval_seed(config: RunConfig) -> None:
-    """A one-line error when the test (`eval.seed`) or validation (`eval.seed` + 1) examples of a stream task would
-    be drawn by the generator of one of the run's training batches: they would be training examples."""
-    tc, seed = config.train, config.eval.seed
-    for value, examples in ((seed, "test"), (seed + 1, "validation")):
-        hit = _training_batch(config, value)
-        if hit is not None:
-            raise ConfigError(
-                f"eval.seed: {seed} draws {examples} examples with the generator of training batch {hit[0]} "
-                f"(micro-batch {hit[1]}) of train.seed {tc.seed}, so they would be training examples: train.steps "
-                f"({tc.steps}) × train.grad_accum ({tc.grad_accum}) micro-batches make the training generators reach "
-                f"that seed; set eval.seed to {free_eval_seed(config)}, the first seed from {seed} that none of them "
-                f"reaches (or lower train.grad_accum)")
-
-
-def _training_batch(config: RunConfig, seed: int) -> tuple[int, int] | None:
-    """The training batch (step, micro-batch) of a stream task whose generator `seed` seeds, if any."""
-    tc = config.train
-    step, micro = divmod(seed - batch_seed(tc.seed, 0, 0), 257)
-    return (step, micro) if 0 <= step < tc.steps and micro < tc.grad_accum else None
-
-
-def free_eval_seed(config: RunConfig) -> int:
-    """The first `eval.seed` from the configured one on whose test and validation examples (that seed and the next)
-    no training batch draws: right after the micro-batches of the step it collides in, or, with 256 micro-batches
-    a step (no gap of two seeds between steps), right after the last step's."""
-    tc, seed = config.train, config.eval.seed
-    if _training_batch(config, seed) is None and _training_batch(config, seed + 1) is None:
-        return seed
-    step = (seed + 1 - batch_seed(tc.seed, 0, 0)) // 257  # the step whose seeds it or the next one hits
-    return batch_seed(tc.seed, step if tc.grad_accum < 256 else tc.steps - 1, tc.grad_accum)
-
-
-# What a resumed run may change: how long it trains and how often it logs, evaluates and checkpoints, what the report
-# measures, the baselines it is compared with, and its threads. Anything else would train a different model on;
-# eval.seed also seeds validation, so a new one would choose the best checkpoint among scores on other examples.
-RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.early_stop", "train.threads", "checkpoint.",
-             "eval.", "compare")
-
-
-def config_change(before: RunConfig, now: RunConfig) -> str | None:
-    """The first setting (in sorted order) that differs between a checkpoint's config and this run's, other than
-    those a resumed run may change; None when there is none."""
-    old, new = _flat(before.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
-    for key in sorted(old.keys() | new.keys()):
-        if (not key.startswith(RESUMABLE) or key == "eval.seed") and old.get(key) != new.get(key):
-            return f"{key} was {old.get(key)!r}, the config says {new.get(key)!r}"
-    return None
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    """A nested mapping as dotted keys: {'train': {'lr': 1}} → {'train.lr': 1}."""
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
-def _device() -> torch.device:
-    """This process's GPU (the one of its local rank, under torchrun) when there is one for every process of this
-    machine; else the CPU, since NCCL refuses two processes on one GPU."""
-    local, per_machine = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if not torch.cuda.is_available() or torch.cuda.device_count() < per_machine:
-        return torch.device("cpu")
-    device = torch.device("cuda", local)
-    torch.cuda.set_device(device)
-    return device
-
-
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun: NCCL on GPUs, gloo on the CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
