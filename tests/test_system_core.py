@@ -649,7 +649,7 @@ def test_sequential_skips_a_failed_link():
 
 def synthesis_system(prompts: list[str], **costs):
     async def judge(request: Request):
-        prompts.append(request.question)
+        prompts.append(request.text)
         return "fused: 42", 0.8
 
     return make_system(expert("a", replying("42", 0.6), keywords=["answer"], cost_per_call=costs.get("a", 0.0)),
@@ -663,7 +663,7 @@ def test_ensemble_asks_the_synthesizer_to_fuse_the_answers():
     system = synthesis_system(prompts)
     reply = ask(system, "answer this: what is 6 x 7")
     (prompt,) = prompts
-    assert "Question:\nanswer this: what is 6 x 7" in prompt
+    assert prompt.startswith("answer this: what is 6 x 7\nSeveral experts answered the request above.")
     assert "(from a, confidence 0.60):\n42" in prompt and "(from b, confidence 0.50):\n41" in prompt
     assert (reply.answer.expert, reply.answer.text) == ("judge", "fused: 42")
     assert {alt["expert"] for alt in reply.answer.details["alternatives"]} == {"a", "b"}

@@ -10,13 +10,13 @@ from mor.system.integration import (
     chained_request,
     ensemble,
     fit_stacking,
-    normalise,
     sequential,
     stacking,
     synthesis_request,
     voting,
     weighted,
 )
+from mor.system.normalise import normalise
 from mor.system.request import MAX_REQUEST_CHARS
 
 
@@ -68,13 +68,20 @@ def test_weighted_ignores_failed_answers_even_with_a_large_weight():
 
 @pytest.mark.parametrize(("left", "right"), [("42", " 42.0 "), ("42", "42."), ("Paris.", "paris"), ("PARIS!", "Paris"),
                                              ("Café", "cafe"), ("$42", "42"), ("-3.50", "-3.5"), ("a  b", "a b"),
-                                             (".5", "0.5"), ("$.50", "0.5"), ("-.5", "-0.5")])
+                                             (".5", "0.5"), ("$.50", "0.5"), ("-.5", "-0.5"), ("x = 2", "x=2"),
+                                             ("**Paris**", "Paris"), ("# Paris", "Paris"), ("- Paris", "Paris"),
+                                             ("(A)", "A"), ("2 * 3", "2*3"), ("50 %", "50%"), ("x != 1", "x ≠ 1"),
+                                             ("12346370368.0", "12346370368")])
 def test_normalise_makes_equivalent_answers_equal(left, right):
     assert normalise(left) == normalise(right)
 
 
 @pytest.mark.parametrize(("left", "right"), [("42", "43"), ("-3", "3"), ("Paris", "Lyon"), ("1.5", "15"),
-                                              (".5", "5")])
+                                              (".5", "5"), ("x > 2", "x < 2"), ("x = 1", "x != 1"), ("2+3", "2*3"),
+                                              ("x >= 0", "x <= 0"), ("C++", "C"), ("50%", "50"), ("C#", "C"),
+                                              ("2*(3+4)", "2*3+4"), ("[2, 3]", "(2, 3)"),
+                                              ("12346370368", "12346370369"), ("x ≠ 1", "x = 1"), ("x ≯ 1", "x > 1"),
+                                              ("98765432101234567", "98765432101234568")])
 def test_normalise_keeps_different_answers_apart(left, right):
     assert normalise(left) != normalise(right)
 
@@ -169,11 +176,14 @@ def test_stacking_uses_its_coefficients_only_when_the_experts_they_were_fitted_o
     assert stand_in.value == pytest.approx(20.0)
 
 
-def test_stacking_skips_failed_answers_and_refuses_non_numbers():
+def test_stacking_counts_an_answer_that_is_not_a_finite_number_as_failed():
+    """One broken predictor must not fail every request: its answer is left out and shown with the reason."""
     assert stacking([number("a", 4.0, 1.0), failed("b")]).value == pytest.approx(4.0)
-    with pytest.raises(MorError, match="expert b answered 'seven', not a finite number"):
-        stacking([number("a", 4.0), text("b", "seven")])
-    with pytest.raises(MorError, match="not a finite number"):
+    combined = stacking([number("a", 4.0), text("b", "seven"), number("c", float("nan")), number("d", True)])
+    assert combined.value == pytest.approx(4.0) and combined.expert == "a"
+    errors = {alt["expert"]: alt["error"] for alt in combined.details["alternatives"]}
+    assert errors["b"].startswith("answered 'seven', not a finite number") and "not a finite number" in errors["c"]
+    with pytest.raises(MorError, match=r"every selected expert failed: a: answered 'nan', not a finite number"):
         stacking([number("a", float("nan"))])
 
 
@@ -210,9 +220,10 @@ def test_synthesis_request_lists_the_question_and_every_usable_answer():
                                 {"role": "user", "content": "What is 6 × 7?"}),
                       tools=({"type": "function", "function": {"name": "calc"}},))
     fused = synthesis_request(request, [text("a", "42", 0.9), failed("b"), number("c", 41, 0.25)])
-    assert len(fused.messages) == 1 and fused.messages[0]["role"] == "user" and fused.tools == ()
-    prompt = fused.messages[0]["content"]
-    assert "Question:\nWhat is 6 × 7?" in prompt and "be brief" not in prompt
+    assert fused.messages[:2] == request.messages and fused.tools == request.tools  # the conversation, as asked
+    assert len(fused.messages) == 3 and fused.messages[2]["role"] == "user"
+    prompt = fused.messages[2]["content"]
+    assert prompt.startswith("Several experts answered the request above.")
     assert "Answer 1 (from a, confidence 0.90):\n42" in prompt
     assert "Answer 2 (from c, confidence 0.25):\n41" in prompt
     assert "from b" not in prompt
@@ -233,13 +244,50 @@ def long_question(chars: int) -> Request:
     return Request.of("q" * chars)
 
 
+def test_a_follow_up_question_reaches_the_synthesizer_with_the_turns_it_refers_to():
+    request = Request(messages=({"role": "user", "content": "What is the capital of France?"},
+                                {"role": "assistant", "content": "Paris."},
+                                {"role": "user", "content": "And what is its population?"}))
+    fused = synthesis_request(request, [text("a", "About 2.1 million.", 0.6), text("b", "2,102,650", 0.7)])
+    assert "capital of France" in fused.text and fused.messages[:3] == request.messages
+
+
+def tool_call(expert: str, name: str, arguments: str, confidence: float = 0.6) -> Answer:
+    """An LLM expert's answer that asks for a tool call and writes no text, as OpenAI endpoints return it."""
+    call = {"id": f"call-{expert}", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return Answer(expert=expert, text=None, confidence=confidence, details={"tool_calls": [call]})
+
+
+def test_voting_compares_the_tool_calls_answers_ask_for():
+    """Answers that are only tool calls have no text: calls of different tools, or with other arguments, must not
+    count as one answer, and the same call written with other key order or spacing must."""
+    split = voting([tool_call("a", "get_weather", '{"city": "Paris"}', 0.5),
+                    tool_call("b", "get_stock", '{"ticker": "ACME"}', 0.6),
+                    tool_call("c", "get_weather", '{"city": "Lyon"}', 0.7)])
+    assert split.details["share"] == pytest.approx(0.7 / 1.8) and split.expert == "c"
+    agreed = voting([tool_call("a", "get_weather", '{"city": "Paris", "unit": "C"}', 0.5),
+                     tool_call("b", "get_weather", '{"unit":"C","city":"Paris"}', 0.6),
+                     tool_call("c", "get_stock", '{"ticker": "ACME"}', 0.9)])
+    assert agreed.expert == "b" and agreed.details["share"] == pytest.approx(1.1 / 2.0)
+    assert agreed.details["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_the_tool_calls_of_an_answer_reach_the_next_expert_and_the_synthesizer():
+    previous = tool_call("planner", "get_weather", '{"city": "Paris"}')
+    chained = chained_request(Request.of("weather in Paris?"), previous)
+    assert chained.messages[1] == {"role": "assistant", "content": '[tool call] get_weather({"city": "Paris"})'}
+    assert 'get_weather({"city": "Paris"})' in chained.messages[2]["content"]
+    fused = synthesis_request(Request.of("weather in Paris?"), [previous, text("b", "sunny", 0.5)])
+    assert 'Answer 1 (from planner, confidence 0.60):\n[tool call] get_weather({"city": "Paris"})' in fused.text
+
+
 def test_synthesis_request_cuts_the_answers_to_fit_and_says_so():
     request = long_question(180_000)
     answers = [text("a", "X" * 20_000, 0.6), text("b", "short answer", 0.5), text("c", "Z" * 30_000, 0.4)]
     fused = synthesis_request(request, answers)
-    prompt = fused.messages[0]["content"]
+    prompt = fused.messages[-1]["content"]
     assert len(fused.text) <= MAX_REQUEST_CHARS and len(fused.text) > MAX_REQUEST_CHARS - 100
-    assert "Question:\n" + "q" * 180_000 in prompt and "(from b, confidence 0.50):\nshort answer\n" in prompt
+    assert fused.messages[0]["content"] == "q" * 180_000 and "(from b, confidence 0.50):\nshort answer\n" in prompt
     assert "[… cut: the answer has 20000 characters" in prompt and "[… cut: the answer has 30000 characters" in prompt
     assert abs(prompt.count("X") - prompt.count("Z")) <= 1 and prompt.count("X") > 9_000  # the rest shared equally
 

@@ -5,13 +5,15 @@ need more calls, so this module builds the requests for them (cut to fit `MAX_RE
 makes the calls.
 """
 
+import json
 import math
-import re
-import unicodedata
 from collections import defaultdict
-from typing import Literal
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any, Literal
 
 from mor.errors import MorError, check
+from mor.system.normalise import normalise
 from mor.system.request import MAX_REQUEST_CHARS, Answer, Cost, Request
 
 Mode = Literal["weighted", "voting", "sequential", "ensemble", "stacking"]
@@ -59,62 +61,29 @@ def ensemble(fused: Answer, answers: list[Answer], weight: float = 2.0) -> Answe
     return _merged(best, [fused, *answers], best.confidence, mode="ensemble", scores=scores)
 
 
-_MINUS, _FRACTION_SLASHES = "\u2212", ("\u2044", "\u2215")  # − and ⁄ ∕: the minus and slashes of maths
-_KEPT_SYMBOLS = set(".-/^")  # ASCII punctuation that changes what an answer says: 3.5, -3, 1/2, 2^3
+def tool_calls(answer: Answer) -> list[str]:
+    """The tool calls an answer asks for, as `name(arguments)` with the arguments as canonical JSON (key order and
+    spacing do not count); [] when it asks for none."""
+    calls = []
+    for call in answer.details.get("tool_calls") or []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments", "")
+        with suppress(TypeError, ValueError):  # arguments that are not JSON are compared as written
+            arguments = json.dumps(json.loads(arguments), sort_keys=True, ensure_ascii=False)
+        calls.append(f"{function.get('name')}({arguments})")
+    return calls
 
 
-def _superscripts_marked(text: str) -> str:
-    """`text` with each run of superscripts written out after a caret, so that 2³ reads 2^3, not 23."""
-    out, raised = [], False
-    for c in text:
-        is_super = unicodedata.decomposition(c).startswith("<super>")
-        if is_super and not raised:
-            out.append("^")
-        out.append(unicodedata.normalize("NFKC", c) if is_super else c)
-        raised = is_super
-    return "".join(out)
+def _vote(answer: Answer) -> str:
+    """What an answer votes for: its normalised text and the tool calls it asks for (an LLM that calls a tool may
+    write no text at all, and two calls of different tools are different answers)."""
+    return " ".join([normalise(answer.content), *sorted(tool_calls(answer))]).strip()
 
 
-def _latin_accents_dropped(text: str) -> str:
-    """`text` without the accents on Latin letters (Café → Cafe); other scripts' marks (й, が) are kept."""
-    out, ascii_base = [], False
-    for c in unicodedata.normalize("NFKD", text):
-        if unicodedata.combining(c):
-            if not ascii_base:
-                out.append(c)
-            continue
-        out.append(c)
-        ascii_base = c.isascii()
-    return unicodedata.normalize("NFKC", "".join(out))
-
-
-def _ignored(c: str) -> bool:
-    """Characters votes do not compare: punctuation (quotes, brackets, !, ?, «»), currency signs and ASCII symbols,
-    except those in `_KEPT_SYMBOLS`; letters, digits and other symbols (√, ∞, °, ×) of any script count."""
-    if c in _KEPT_SYMBOLS:
-        return False
-    category = unicodedata.category(c)
-    return category[0] == "P" or category == "Sc" or (c.isascii() and category[0] == "S")
-
-
-def normalise(text: str) -> str:
-    """Answer text reduced to what votes compare: case, spacing, punctuation, currency signs and the accents on
-    Latin letters removed; compatibility forms unified (NFKC: ﬁ → fi, full-width digits → digits); the minus sign
-    − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3); numbers canonical (-0 → 0).
-    No other character is dropped, so answers in any script stay apart."""
-    text = _latin_accents_dropped(_superscripts_marked(text))
-    text = text.replace(_MINUS, "-")
-    for slash in _FRACTION_SLASHES:
-        text = text.replace(slash, "/")
-    text = text.casefold().strip()
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,000 → 1000
-    text = "".join(" " if _ignored(c) else c for c in text)
-    text = " ".join(text.split()).rstrip(" .")  # a final full stop; a leading point is a decimal one (.5)
-    try:
-        number = float(text.replace(",", ""))
-    except ValueError:
-        return text
-    return f"{number + 0.0:.10g}" if math.isfinite(number) else text  # + 0.0: -0 → 0
+def described(answer: Answer) -> str:
+    """An answer as another expert reads it: its text, then each tool call it asks for on a line of its own."""
+    text = [answer.content] if answer.content else []
+    return "\n".join([*text, *(f"[tool call] {call}" for call in tool_calls(answer))])
 
 
 def voting(answers: list[Answer]) -> Answer:
@@ -127,9 +96,9 @@ def voting(answers: list[Answer]) -> Answer:
     ok = _usable(answers)
     votes: dict[str, float] = defaultdict(float)
     for a in ok:
-        votes[normalise(a.content)] += max(a.confidence, 1e-6)
+        votes[_vote(a)] += max(a.confidence, 1e-6)
     winner = max(votes, key=votes.get)
-    voters = [a for a in ok if normalise(a.content) == winner]
+    voters = [a for a in ok if _vote(a) == winner]
     best = max(voters, key=lambda a: a.confidence)
     share = votes[winner] / sum(votes.values())
     confidence = share * sum(a.confidence for a in voters) / len(voters)
@@ -153,12 +122,10 @@ def sequential(chain: list[Answer], extra: list[Answer] | None = None) -> Answer
 def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None, intercept: float = 0.0) -> Answer:
     """Numeric answers combined linearly: the learned coefficients when exactly the experts they were fitted on
     answered, else (none given, one of them failed, or another expert answered in its place) the
-    confidence-weighted mean of the answers there are: a fitted formula with a term missing is not a prediction."""
+    confidence-weighted mean of the answers there are: a fitted formula with a term missing is not a prediction.
+    An answer that is not a finite number counts as failed, so one broken predictor does not fail the request."""
+    answers = [a if not a.ok or _finite(a.value) else _not_numeric(a) for a in answers]
     ok = _usable(answers)
-    for a in ok:
-        check(isinstance(a.value, int | float) and math.isfinite(a.value),
-              f"integration.stacking: expert {a.expert} answered {a.content[:40]!r}, not a finite number; "
-              "stacking combines numeric predictors only", MorError)
     fitted = bool(coefficients) and sorted(a.expert for a in ok) == sorted(coefficients)
     if fitted:
         value = intercept + sum(coefficients[a.expert] * a.value for a in ok)
@@ -170,6 +137,15 @@ def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None
                        combined_by="coefficients" if fitted else "confidence-weighted mean")
     combined.value, combined.text = value, None
     return combined
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _not_numeric(answer: Answer) -> Answer:
+    return replace(answer, confidence=0.0, error=f"answered {answer.content[:40]!r}, not a finite number; stacking "
+                                                 "combines numeric predictors only")
 
 
 def fit_stacking(predictions: dict[str, list[float]], targets: list[float]) -> tuple[dict[str, float], float]:
@@ -208,27 +184,29 @@ def _shares(texts: list[str], room: int) -> list[int]:
 
 
 def synthesis_request(request: Request, answers: list[Answer]) -> Request | None:
-    """The request an `ensemble` synthesis expert receives: the question and every answer, to fuse into one.
+    """The request an `ensemble` synthesis expert receives: the conversation (system prompt, earlier turns and tools
+    too, which a follow-up question needs) and then every answer, to fuse into one.
 
-    When it would exceed `MAX_REQUEST_CHARS`, each answer is cut to its share of the room the question leaves
-    (saying so in the prompt); None when the question leaves too little room (`_MIN_KEPT` characters an answer),
-    and the system integrates the answers `weighted` instead of synthesising them."""
+    When it would exceed `MAX_REQUEST_CHARS`, each answer is cut to its share of the room the conversation leaves
+    (saying so in the prompt); None when the conversation leaves too little room (`_MIN_KEPT` characters an
+    answer), and the system integrates the answers `weighted` instead of synthesising them."""
     usable = _usable(answers)
 
     def prompt(contents: list[str]) -> str:
         listed = "\n\n".join(f"Answer {i + 1} (from {a.expert}, confidence {a.confidence:.2f}):\n{content}"
                               for i, (a, content) in enumerate(zip(usable, contents, strict=True)))
-        return (f"Several experts answered the question below. Combine them into one correct, complete answer; "
-                f"where they disagree, say which is right and why.\n\nQuestion:\n{request.question}\n\n{listed}")
+        return ("Several experts answered the request above. Combine their answers into one correct, complete "
+                f"answer; where they disagree, say which is right and why.\n\n{listed}")
 
-    contents = [a.content for a in usable]
-    if len(prompt(contents)) > MAX_REQUEST_CHARS:
-        room = MAX_REQUEST_CHARS - len(prompt([""] * len(usable)))
-        cut = [_cut(c, limit) for c, limit in zip(contents, _shares(contents, room), strict=True)]
+    contents = [described(a) for a in usable]
+    fixed = len(request.text) + 1  # `Request.text` joins the messages with \n
+    if fixed + len(prompt(contents)) > MAX_REQUEST_CHARS:
+        room = MAX_REQUEST_CHARS - fixed - len(prompt([""] * len(usable)))
+        cut = [_cut(c, limit) for c, limit in zip(contents, _shares(contents, max(room, 0)), strict=True)]
         if None in cut:
             return None
         contents = cut
-    return Request(messages=({"role": "user", "content": prompt(contents)},))
+    return Request(messages=(*request.messages, {"role": "user", "content": prompt(contents)}), tools=request.tools)
 
 
 def chained_request(request: Request, previous: Answer) -> Request | None:
@@ -236,13 +214,14 @@ def chained_request(request: Request, previous: Answer) -> Request | None:
 
     When it would exceed `MAX_REQUEST_CHARS`, the previous answer is cut to the room the conversation leaves
     (saying so); None when that room is too small (`_MIN_KEPT` characters), and the next expert gets the original
-    request, as after a failed link."""
+    request, as after a failed link. Tool calls the previous expert asked for are written out in its message (as
+    calls without their results, they could not be sent as calls)."""
     def added(content: str) -> tuple[dict, dict]:
         return ({"role": "assistant", "content": content},
                 {"role": "user", "content": f"A previous expert ({previous.expert}) answered:\n{content}\n\n"
                                             "Check it and give the final answer."})
 
-    content = previous.content
+    content = described(previous)
     fixed = len(request.text) + sum(len(m["content"]) + 1 for m in added(""))  # `Request.text` joins with \n
     if fixed + 2 * len(content) > MAX_REQUEST_CHARS:  # the answer is both the assistant message and in the note
         content = _cut(content, (MAX_REQUEST_CHARS - fixed) // 2)

@@ -1,0 +1,94 @@
+"""Answer text as `voting` compares it: equivalent writings of one answer made equal (case, spacing, punctuation,
+Markdown, Unicode forms, number formats), while anything that changes what the answer says (operators, brackets,
+digits, letters of any script) is kept."""
+
+import math
+import re
+import unicodedata
+
+_MINUS, _FRACTION_SLASHES = "\u2212", ("\u2044", "\u2215")  # − and ⁄ ∕: the minus and slashes of maths
+_DIGRAPHS = {"!=": "≠", "<=": "≤", ">=": "≥", "==": "="}  # one sign each, so x != 1 does not read x = 1
+_OPERATORS = ".-/^<>=+*%#≠≤≥"  # ASCII symbols that change what an answer says: 3.5, -3, 1/2, 2^3, x<2, C++, 50%
+_BRACKETS = "()[]{}"
+_KEPT_SYMBOLS = set(_OPERATORS + _BRACKETS)
+_PLAIN_TOKEN = re.compile(r"[(\[{]([^\s()\[\]{}<>=+*/^%≠≤≥]*)[)\]}]")  # (A), [1]: brackets that change nothing
+_SPACED = re.compile(r" ?([-<>=+*/^%≠≤≥()\[\]{}]) ?")
+
+
+def _superscripts_marked(text: str) -> str:
+    """`text` with each run of superscripts written out after a caret, so that 2³ reads 2^3, not 23."""
+    out, raised = [], False
+    for c in text:
+        is_super = unicodedata.decomposition(c).startswith("<super>")
+        if is_super and not raised:
+            out.append("^")
+        out.append(unicodedata.normalize("NFKC", c) if is_super else c)
+        raised = is_super
+    return "".join(out)
+
+
+def _latin_accents_dropped(text: str) -> str:
+    """`text` without the accents on Latin letters (Café → Cafe); other scripts' marks (й, が) and the strokes of
+    symbols (≠, ≯) are kept."""
+    out, ascii_base = [], False
+    for c in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(c):
+            if not ascii_base:
+                out.append(c)
+            continue
+        out.append(c)
+        ascii_base = c.isascii() and c.isalpha()
+    return unicodedata.normalize("NFKC", "".join(out))
+
+
+def _markdown_dropped(text: str) -> str:
+    """`text` without Markdown's heading marks, list bullets and emphasis (`**Paris**`, `*x*`): the `*` of 2*3
+    stays."""
+    text = re.sub(r"(?m)^\s*(#+|[-*+])\s+", "", text)
+    return " ".join(token.strip("*") if token.strip("*") else token for token in text.split(" "))
+
+
+def _ignored(c: str) -> bool:
+    """Characters votes do not compare: punctuation (quotes, commas, !, ?, «»), currency signs and ASCII symbols,
+    except operators and brackets (`_KEPT_SYMBOLS`); letters, digits and other symbols (√, ∞, °, ×) count."""
+    if c in _KEPT_SYMBOLS:
+        return False
+    category = unicodedata.category(c)
+    return category[0] == "P" or category == "Sc" or (c.isascii() and category[0] == "S")
+
+
+def _number(text: str) -> str | None:
+    """`text` as a canonical number (integers exactly, others to 10 significant digits, -0 as 0); None if it is
+    not one."""
+    if re.fullmatch(r"[+-]?\d+", text):
+        return str(int(text))
+    try:
+        number = float(text) + 0.0  # + 0.0: -0 → 0
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else f"{number:.10g}"
+
+
+def normalise(text: str) -> str:
+    """Answer text reduced to what votes compare: case, spacing, punctuation, currency signs, Markdown emphasis
+    and the accents on Latin letters removed; compatibility forms unified (NFKC: ﬁ → fi, full-width digits →
+    digits); the minus sign − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3);
+    operators and brackets kept (x<2 is not x>2), without the spaces around them, and brackets around a single
+    word dropped ((A) → a); numbers canonical (42.0 → 42, -0 → 0). No other character is dropped, so answers in
+    any script stay apart."""
+    text = _latin_accents_dropped(_superscripts_marked(text))
+    text = text.replace(_MINUS, "-")
+    for slash in _FRACTION_SLASHES:
+        text = text.replace(slash, "/")
+    text = _markdown_dropped(text.casefold().strip())
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,000 → 1000
+    for pair, sign in _DIGRAPHS.items():
+        text = text.replace(pair, sign)
+    text = "".join(" " if _ignored(c) else c for c in text)
+    text = " ".join(text.split())
+    while (unwrapped := _PLAIN_TOKEN.sub(r"\1", text)) != text:
+        text = unwrapped
+    text = _SPACED.sub(r"\1", " ".join(text.split())).rstrip(" .")  # a final full stop; .5 is a decimal point
+    return _number(text) or text
