@@ -17,6 +17,7 @@ from mor.system import ExpertInfo, Hints, Request
 from mor.system.experts.callable import CallableExpert
 from mor.system.experts.errors import ExpertError, RequestError
 from mor.system.experts.openai_chat import OpenAIChatExpert
+from mor.system.integration import ExpertsFailed
 from mor.system.request import MAX_REQUEST_CHARS
 from mor.system.router import RouterWeights, Selection, SystemRouter
 from mor.system.stats import Breaker, ExpertStats
@@ -815,17 +816,27 @@ def test_feedback_moves_traffic_to_the_expert_that_succeeds():
     assert [name for name, _ in system.ranking()] == ["b", "a"]
 
 
-def test_ranking_orders_by_success_rate_then_errors_then_latency():
-    system = make_system(*(expert(name) for name in ("bad", "erring", "slow", "best")))
+def test_ranking_orders_by_success_rate_and_calls_without_error_then_errors_then_latency():
+    system = make_system(*(expert(name) for name in ("broken", "bad", "erring", "slow", "best")))
     stats = system.stats
-    for name in ("erring", "slow", "best"):
-        stats[name].successes = 9
+    for name in ("broken", "erring", "slow", "best"):
+        stats[name].successes, stats[name].calls = 9, 50
     stats["bad"].failures = 9
-    stats["erring"].errors = 3
+    stats["erring"].errors, stats["broken"].errors = 3, 50  # every call of `broken` failed: its feedback is old news
     stats["slow"].latency_ewma_s, stats["best"].latency_ewma_s = 2.0, 0.5
     ranking = system.ranking()
-    assert [name for name, _ in ranking] == ["best", "slow", "erring", "bad"]
+    assert [name for name, _ in ranking] == ["best", "slow", "erring", "bad", "broken"]
     assert ranking[0][1]["success_rate"] == pytest.approx(10 / 11, abs=1e-4)
+    assert ranking[2][1]["reliability"] == pytest.approx(10 / 11 * 47 / 50, abs=1e-4)
+
+
+def test_an_expert_s_error_is_one_line_whatever_its_exception_says():
+    async def failing(question: str):
+        raise ValueError("upstream said:\n  Traceback (most recent call last):\n    File x.py line 3")
+
+    with pytest.raises(ExpertsFailed) as caught:
+        ask(make_system(expert("orders", failing)), "hello")
+    assert str(caught.value) == "integration: every selected expert failed: orders: ValueError: upstream said:"
 
 
 def test_each_expert_runs_at_most_max_concurrency_calls_at_once():

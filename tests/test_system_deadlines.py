@@ -152,13 +152,36 @@ def test_a_timed_out_thread_keeps_its_slot_until_it_ends(blocking):
         return await asyncio.gather(*(system.ask("block") for _ in range(4)), return_exceptions=True)
 
     start = time.perf_counter()
-    assert all("timed out after 0.1 s" in str(r) for r in run(four_at_once()))
+    failed = "integration: every selected expert failed: slow: "
+    errors = sorted(str(r).removeprefix(failed) for r in run(four_at_once()))
+    busy = "busy: its 1 slot(s) stayed taken for 0.1 s; raise its max_concurrency or timeout_s"
+    assert errors == [busy, busy, busy, "timed out after 0.1 s"]
     assert time.perf_counter() - start < 1.0  # the calls waiting for the slot time out too instead of queueing
     assert blocking.peak == 1 and system.stats["slow"].in_flight == 0
-    assert call(system, "slow", "quick").error == "timed out after 0.1 s"  # the thread still holds the slot
+    assert call(system, "slow", "quick").error == "timed out after 0.1 s"  # the thread still holds the slot: hung
+    assert (system.stats["slow"].errors, system.stats["slow"].busy) == (2, 3)  # queued behind a live call: busy
     blocking.wait_idle()
     assert call(system, "slow", "quick").text == "done" and blocking.peak == 1
     assert blocking.names == {"mor-expert-slow_0"}
+
+
+def test_a_busy_expert_that_answers_every_call_is_not_put_in_cooldown():
+    """Calls that wait out their deadline for a slot say the expert is loaded, not failing: they must not open its
+    breaker, or a burst of traffic would shut a healthy expert off for the cooldown."""
+    async def healthy(question: str):
+        await asyncio.sleep(0.3)
+        return "fine", 0.9
+
+    system = system_of(CallableExpert(ExpertInfo("a", max_concurrency=1, timeout_s=0.5), healthy))
+
+    async def burst():
+        return await asyncio.gather(*(system.ask(f"q{i}") for i in range(6)), return_exceptions=True)
+
+    replies = run(burst())
+    assert sum(not isinstance(r, Exception) for r in replies) >= 1
+    stats = system.stats["a"]
+    assert stats.errors == 0 and stats.busy >= 3 and stats.available() and stats.in_flight == 0
+    assert run(system.ask("next")).answer.text == "fine"
 
 
 def test_a_cancelled_call_gives_its_load_back_at_once_and_its_slot_when_its_thread_ends(blocking):

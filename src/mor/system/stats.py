@@ -38,6 +38,7 @@ class ExpertStats:
     failures: int = 0
     errors: int = 0
     refusals: int = 0
+    busy: int = 0
     latency_ewma_s: float = 0.0
     latency_samples: int = 0
     in_flight: int = 0
@@ -52,6 +53,12 @@ class ExpertStats:
         """Posterior mean of the success probability under a uniform Beta(1, 1) prior (0.5 before any call)."""
         return (self.successes + 1) / (self.successes + self.failures + 2)
 
+    @property
+    def reliability(self) -> float:
+        """The success rate times the share of calls that did not fail: what the ranking orders by, so an expert
+        whose calls fail is not ranked first on the strength of its feedback alone."""
+        return self.success_rate * (1 - self.errors / self.calls if self.calls else 1.0)
+
     def available(self, now: float | None = None) -> bool:
         """False while the breaker is open (in cooldown); once it has passed, one trial call at a time."""
         if (time.monotonic() if now is None else now) < self.open_until:
@@ -63,11 +70,14 @@ class ExpertStats:
         self.in_flight += 1
 
     def finished(self, latency_s: float, error: str | None, breaker: Breaker, refused: bool = False,
-                 by_endpoint: bool = False) -> None:
+                 by_endpoint: bool = False, busy: bool = False) -> None:
         """Record a call's outcome; open the breaker after too many consecutive errors. A refusal (`refused`: the
         request was not one the expert can read) is recorded apart, and opens it only in a run of refusals by a
-        remote endpoint (`by_endpoint`)."""
+        remote endpoint (`by_endpoint`); a call that never got a slot (`busy`) only in `busy`."""
         self.in_flight -= 1
+        if busy:
+            self.busy += 1
+            return
         self.latency_samples += 1
         self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
             self.alpha * latency_s + (1 - self.alpha) * self.latency_ewma_s)
@@ -96,6 +106,7 @@ class ExpertStats:
 
     def as_dict(self) -> dict:
         return {"calls": self.calls, "successes": self.successes, "failures": self.failures, "errors": self.errors,
-                "refusals": self.refusals, "success_rate": round(self.success_rate, 4),
+                "refusals": self.refusals, "busy": self.busy, "success_rate": round(self.success_rate, 4),
+                "reliability": round(self.reliability, 4),
                 "latency_ewma_s": self.latency_ewma_s, "in_flight": self.in_flight, "available": self.available(),
                 "last_error": self.last_error}

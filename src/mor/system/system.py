@@ -16,11 +16,12 @@ made.
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
-from mor.errors import check
+from mor.errors import check, first_line
 from mor.system import integration
 from mor.system.decision import Decision
 from mor.system.experts.base import Expert
@@ -73,6 +74,7 @@ class MoRSystem:
         self.stats: dict[str, ExpertStats] = store.load() if store else {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._holding: Counter[str] = Counter()  # calls in a slot now (a timed-out call's thread may hold one on)
         for expert in experts:
             self._attach(expert)
         for field_name, name in (("router.default", self.router.selection.default),
@@ -234,9 +236,11 @@ class MoRSystem:
         """One of the expert's concurrency slots, held until the call ends and every thread it started has too."""
         limit = self._limit(name)
         await limit.acquire()
+        self._holding[name] += 1
         try:
             yield
         finally:
+            self._holding[name] -= 1
             threads.when_done(limit.release)
 
     async def _call(self, name: str, request: Request, reserved: set[str] | None = None) -> Answer:
@@ -262,11 +266,14 @@ class MoRSystem:
             reserved.discard(name)
         else:
             stats.started()
-        start, sent, threads = time.perf_counter(), 0, Threads()
+        start, sent, threads, busy = time.perf_counter(), 0, Threads(), False
+        free, waited = not self._limit(name).locked(), None  # a slot at once; seconds it took to get one
+        loaded = self._holding[name] > 0  # other calls hold slots, not only threads of calls that timed out
         try:
             async with AsyncExitStack() as held:
                 async with asyncio.timeout(expert.deadline_s):
                     await held.enter_async_context(self._slot(name, threads))
+                    waited = time.perf_counter() - start
                     pieces = await held.enter_async_context(
                         aclosing(expert.stream(request) if stream else _whole(expert, request)))
                     with recording(threads):
@@ -278,11 +285,13 @@ class MoRSystem:
                         piece = await anext(pieces)
             answer = piece
         except TimeoutError:
-            answer = Answer(expert=name, error=f"timed out after {expert.deadline_s:g} s", confidence=0.0)
+            error, busy = _timed_out(expert, free, waited, loaded or self._holding[name] > 0)
+            answer = Answer(expert=name, error=error, confidence=0.0, details={"busy": True} if busy else {})
         except Exception as err:  # whatever an adapter raises, the request falls back instead of failing
             refused = bool(getattr(err, "request_error", False))  # it cannot read this request: not a fault
             by_endpoint = {"endpoint_refusal": True} if getattr(err, "endpoint_refusal", False) else {}
-            answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0,
+            log.debug("expert %s failed", name, exc_info=err)
+            answer = Answer(expert=name, error=f"{type(err).__name__}: {first_line(err)}", confidence=0.0,
                             details={"request_error": True, **by_endpoint} if refused else {})
         except BaseException:
             stats.in_flight -= 1
@@ -290,7 +299,7 @@ class MoRSystem:
         latency = time.perf_counter() - start
         was_open_until = stats.open_until
         stats.finished(latency, answer.error, self.breaker, refused=bool(answer.details.get("request_error")),
-                       by_endpoint=bool(answer.details.get("endpoint_refusal")))
+                       by_endpoint=bool(answer.details.get("endpoint_refusal")), busy=busy)
         if stats.open_until > was_open_until:
             log.warning("expert %s: in cooldown for %g s after %d failures and %d refusals in a row; last: %s", name,
                         self.breaker.cooldown_s, stats.consecutive_failures, stats.consecutive_refusals, answer.error)
@@ -311,9 +320,10 @@ class MoRSystem:
             self.store.save(self.stats)
 
     def ranking(self) -> list[tuple[str, dict]]:
-        """Experts from most to least reliable (success rate, then fewer errors, then latency)."""
+        """Experts from most to least reliable (success rate × share of calls without error, then fewer errors,
+        then latency)."""
         return sorted(((n, s.as_dict()) for n, s in self.stats.items() if n in self.experts),
-                      key=lambda item: (-item[1]["success_rate"], item[1]["errors"], item[1]["latency_ewma_s"]))
+                      key=lambda item: (-item[1]["reliability"], item[1]["errors"], item[1]["latency_ewma_s"]))
 
     async def aclose(self) -> None:
         """Save statistics and release every expert's connections."""
@@ -321,6 +331,20 @@ class MoRSystem:
             self.store.save(self.stats)
         for expert in self.experts.values():
             await expert.aclose()
+
+
+def _timed_out(expert: Expert, free: bool, waited: float | None, loaded: bool) -> tuple[str, bool]:
+    """Why a call ran out of time, and whether it was only `busy`: a call that had its whole deadline (a slot was
+    `free` at once), or waited only for slots that threads of timed-out calls hold, says the expert is failing; one
+    that `waited` for a slot (None: never got one) other calls held (`loaded`) says only that it is loaded."""
+    slots, deadline = expert.info.max_concurrency, expert.deadline_s
+    if waited is not None and not free:
+        return (f"busy: timed out after {deadline:g} s, {waited:.2g} s of them waiting for one of its {slots} "
+                "slot(s); raise its max_concurrency or timeout_s"), True
+    if waited is None and loaded:
+        return (f"busy: its {slots} slot(s) stayed taken for {deadline:g} s; raise its max_concurrency or "
+                "timeout_s"), True
+    return f"timed out after {deadline:g} s", False
 
 
 async def _whole(expert: Expert, request: Request) -> AsyncIterator[Answer]:
