@@ -2,8 +2,8 @@
 
 It checks every request body against the official `openai` package's request schema (422 when it does not
 match), answers from `ANSWERS` or by echoing, reports usage and (when asked) logprobs, validates its own reply
-against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "400", "401",
-"413", "garbage" (a 200 that is not a completion), "html" (a 200 that is not JSON) and "sleep:SECONDS" (then
+against `openai`'s `ChatCompletion` model, and plays faults from a per-test script: "500", "429", "408", "400",
+"401", "413", "garbage" (a 200 that is not a completion), "html" (a 200 that is not JSON) and "sleep:SECONDS" (then
 answer). The bodies of the HTTP statuses and "html" carry `LEAK`, a stand-in for an upstream's internal details.
 
 With `"stream": true` it sends the same reply as server-sent `ChatCompletionChunk`s (validated too): the role, one
@@ -36,7 +36,7 @@ from pydantic import TypeAdapter, ValidationError
 ANSWERS = {"What is the capital of France?": "Paris"}
 TOKEN_LOGPROB = -0.25  # every answer token's log-probability, so tests know the confidence to expect
 LEAK = "Traceback at db-7.internal, tenant acme"  # in failure bodies: must reach the log, never a client
-STATUSES = ("500", "429", "400", "401", "413")  # the faults that are an error status with that code
+STATUSES = ("500", "429", "408", "400", "401", "413")  # the faults that are an error status with that code
 SCHEMAS = {stream: TypeAdapter(params) for stream, params in ((False, CompletionCreateParamsNonStreaming),
                                                              (True, CompletionCreateParamsStreaming))}
 REQUEST_KEYS = {key for params in (CompletionCreateParamsNonStreaming, CompletionCreateParamsStreaming)

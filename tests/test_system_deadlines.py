@@ -239,6 +239,24 @@ def test_each_thread_based_expert_blocks_on_threads_of_its_own(tmp_path, name):
     run(expert.aclose())
 
 
+def test_a_predictor_s_feature_function_runs_on_its_threads_within_the_deadline():
+    """`feature_fn` is user code: on the event loop, a slow one would stall every request and outlast the deadline."""
+    threads = []
+
+    def slow_features(text: str) -> list[float]:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.0 if text == "quick" else 1.0)
+        return [0.9]
+
+    classifier = LogisticRegression().fit(np.array([[0.0], [1.0]]), [0, 1])
+    expert = SklearnExpert(ExpertInfo("clf", timeout_s=0.2), classifier, feature_fn=slow_features)
+    system = system_of(expert)
+    assert call(system, "clf", "quick").value == 1 and threads == ["mor-expert-clf_0"]
+    start = time.perf_counter()
+    assert call(system, "clf", "slow").error == "timed out after 0.2 s" and time.perf_counter() - start < 0.6
+    run(expert.aclose())
+
+
 # ---- the HTTP expert from one event loop after another ----
 
 def test_the_http_expert_answers_from_one_event_loop_after_another(llm_server):

@@ -7,14 +7,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 
+import httpx
 import pytest
 
 from fake_llm_server import LEAK, TOKEN_LOGPROB, State
 from mor.errors import ConfigError
 from mor.system import ExpertInfo, Request
 from mor.system.experts.errors import ExpertError, RequestError
-from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert
+from mor.system.experts.openai_chat import DEFAULT_CONFIDENCE, OpenAIChatExpert, _retry_after
 
 CAPITAL = "What is the capital of France?"  # the fake server answers "Paris"
 
@@ -95,10 +97,20 @@ def test_api_key_comes_from_the_named_environment_variable(llm_server, state, mo
         expert(llm_server.url, api_key_env="MOR_TEST_KEY")
 
 
-def test_429_then_success_is_retried(llm_server, state):
-    state.reset("429", "429")
+@pytest.mark.parametrize("status", ["429", "408"])
+def test_429_and_408_then_success_are_retried(llm_server, state, status):
+    state.reset(status, status)
     answer = ask(expert(llm_server.url, retries=2))
     assert answer.text == "Paris" and answer.details["attempts"] == 3 and len(state.bodies) == 3
+
+
+@pytest.mark.parametrize(("value", "low", "high"), [("2", 2.0, 2.0), ("-3", 0.0, 0.0), ("soon", 0.0, 0.0),
+                                                    ("in 3 s", 1.5, 3.0), ("a second ago", 0.0, 0.0)])
+def test_retry_after_is_read_in_seconds_or_as_an_http_date(value, low, high):
+    dates = {"in 3 s": formatdate(time.time() + 3, usegmt=True),
+             "a second ago": formatdate(time.time() - 1, usegmt=True)}
+    response = httpx.Response(503, headers={"retry-after": dates.get(value, value)})
+    assert low <= _retry_after(response) <= high
 
 
 def test_500s_are_retried_then_fail_with_one_line(llm_server, state):

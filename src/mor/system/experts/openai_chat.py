@@ -1,7 +1,8 @@
 """An expert behind any OpenAI-compatible `/v1/chat/completions` endpoint, called with httpx (no `openai` package).
 
-Each attempt has a hard deadline; timeouts, connection errors, 429 and 5xx are retried with exponential backoff
-(a Retry-After header is honoured up to one attempt's timeout); other 4xx fail at once, since sending the same
+Each attempt has a hard deadline; timeouts, connection errors, 408, 409, 429 and 5xx are retried with exponential
+backoff, as the official `openai` client retries them (a Retry-After header, in seconds or as an HTTP date, is
+honoured up to one attempt's timeout); other 4xx fail at once, since sending the same
 request again cannot help. Of those, 400, 413 and 422 say the request does not fit the endpoint (longer than the
 model's context, malformed messages or tools): they raise a RequestError, which the system does not count against
 the expert's health. The whole call's bound, `deadline_s`, covers every attempt and every wait between them,
@@ -15,6 +16,8 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -34,6 +37,8 @@ from mor.system.request import Answer, Cost, Delta, Request
 DEFAULT_CONFIDENCE = 0.6
 # Statuses that blame the request (malformed, too large, past the model's context), not the endpoint.
 REQUEST_STATUSES = frozenset({400, 413, 422})
+# Statuses below 500 that ask to try again: request timeout, conflict (a lock), too many requests.
+RETRY_STATUSES = frozenset({408, 409, 429})
 Result = TypeVar("Result")
 
 
@@ -138,7 +143,7 @@ class OpenAIChatExpert(Expert):
 
     async def _retried(self, attempt: Callable[[], Awaitable[Result]]) -> tuple[Result, int]:
         """`attempt()`'s result and the number of attempts it took: each attempt has `timeout_s`; timeouts,
-        connection errors, 429 and 5xx are retried with backoff, other errors raise at once."""
+        connection errors, 408, 409, 429 and 5xx are retried with backoff, other errors raise at once."""
         for number in range(1, self.retries + 2):
             delay = self.backoff_s * 2 ** (number - 1)
             try:
@@ -189,9 +194,9 @@ class OpenAIChatExpert(Expert):
         raise ExpertError(f"expert {self.name}: the stream from {self.url} failed mid-way ({reason})")
 
     def _check(self, response: httpx.Response) -> None:
-        """Raise for a failed response: `_Retryable` for 429 and 5xx; RequestError for 400, 413 and 422 (this request
-        does not fit the endpoint) and ExpertError for other 4xx, neither retried (sending the same request again
-        cannot help). The reply's body is logged, never put in the error."""
+        """Raise for a failed response: `_Retryable` for 408, 409, 429 and 5xx; RequestError for 400, 413 and 422
+        (this request does not fit the endpoint) and ExpertError for other 4xx, neither retried (sending the same
+        request again cannot help). The reply's body is logged, never put in the error."""
         if response.is_success:
             return
         status = f"HTTP {response.status_code}"
@@ -200,7 +205,7 @@ class OpenAIChatExpert(Expert):
         if response.status_code in REQUEST_STATUSES:
             raise EndpointRefusal(f"{failed}; the endpoint refused this request (too long for the model's context, or "
                                f"malformed messages or tools): shorten or fix the request")
-        if response.status_code != 429 and response.status_code < 500:
+        if response.status_code not in RETRY_STATUSES and response.status_code < 500:
             raise ExpertError(f"{failed}; check the model name, base_url and API key")
         raise _Retryable(reason, min(_retry_after(response), self.timeout_s))
 
@@ -231,8 +236,16 @@ class OpenAIChatExpert(Expert):
 
 
 def _retry_after(response: httpx.Response) -> float:
-    """Seconds the server asks the client to wait (Retry-After in seconds), 0 when absent or not a number."""
+    """Seconds the server asks the client to wait (Retry-After, in seconds or as an HTTP date); 0 when absent,
+    past or unreadable."""
+    value = response.headers.get("retry-after", "0")
     try:
-        return max(0.0, float(response.headers.get("retry-after", 0)))
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return 0.0
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # HTTP dates are in GMT
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -88,13 +88,15 @@ class SklearnExpert(Expert):
         self.n_features: int | None = getattr(estimator, "n_features_in_", None)
 
     async def _answer(self, request: Request) -> Answer:
-        shape, text = (self.n_features,), request.question
-        x = (check_features(self.feature_fn(text), shape, self.name) if self.feature_fn
-             else parse_features(text, shape, self.name))[None]
-        value, confidence, details = await self.in_thread(self._predict, x)
+        value, confidence, details = await self.in_thread(self._predict, request.question)
         return Answer(expert=self.name, value=value, confidence=confidence, details=details)
 
-    def _predict(self, x: np.ndarray) -> tuple[Any, float, dict[str, Any]]:
+    def _predict(self, text: str) -> tuple[Any, float, dict[str, Any]]:
+        """The estimator's answer to the question `text`; on the expert's own thread, with `feature_fn`, which is
+        user code that may take long or block (on the event loop it would stall every request, beyond the deadline)."""
+        shape = (self.n_features,)
+        x = (check_features(self.feature_fn(text), shape, self.name) if self.feature_fn
+             else parse_features(text, shape, self.name))[None]
         if hasattr(self.estimator, "predict_proba"):
             proba = self.estimator.predict_proba(x)[0]
             best = int(np.argmax(proba))
