@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,43 @@ def test_route_eval_out_that_is_not_a_folder_is_one_clear_line(router_and_data, 
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "report.md").read_text() == "an earlier report\n"  # left as it was
+
+
+def test_route_eval_reads_the_router_an_interrupted_save_moved_aside_and_no_saved_state(router_and_data, tmp_path):
+    """A save killed between its renames leaves the router in `.NAME.old`, which loading reads; eval scores the router
+    itself, so it neither reads nor creates the config's state (feedback and load)."""
+    router, data = router_and_data
+    shutil.copytree(router, tmp_path / ".router.old")
+    labels = sorted({json.loads(line)["label"] for line in data.read_text().splitlines()})
+    (tmp_path / "system.yaml").write_text(f"experts:\n  - {{name: all, kind: callable, function: 'builtins:str', "
+                                          f"capabilities: {labels}}}\nstate: {{path: state.sqlite}}\n")
+    for config in ((), ("--config", "system.yaml")):
+        result = mor("route", "eval", "--data", str(data), "--router", "router", *config, cwd=tmp_path)
+        assert result.returncode == 0 and "| accuracy |" in result.stdout, result.stderr
+    assert not (tmp_path / "state.sqlite").exists()
+
+
+def test_route_ask_refuses_a_router_folder_that_is_not_there_instead_of_routing_without_it(system):
+    result = mor("route", "ask", "hi", "--config", "system.yaml", "--router", "nowhere", cwd=system,
+                 pythonpath=system)
+    assert result.returncode == 2 and "router.path: " in result.stderr and "holds no trained router" in result.stderr
+
+
+def test_route_train_refuses_data_it_cannot_train_on_before_it_starts(tmp_path):
+    data = write_jsonl(tmp_path / "one.jsonl", [{"text": f"what is {i} + {i}?", "label": "math"} for i in range(30)])
+    result = mor("route", "train", "--data", str(data), "--out", "router", "--encoder", "tfidf", cwd=tmp_path)
+    assert result.returncode == 2 and "needs at least two labels, found ['math']" in result.stderr
+    assert "Training" not in result.stdout and not (tmp_path / "router").exists()
+
+
+def test_calibrating_on_requests_that_all_carry_tools_says_they_were_left_out(router_and_data, tmp_path):
+    from mor.system.commands import calibrate
+
+    tool = {"type": "function", "function": {"name": "lookup"}}
+    data = write_jsonl(tmp_path / "tools.jsonl", [{"text": f"look up order {i}", "label": "tool", "tools": [tool]}
+                                                  for i in range(80)])
+    with pytest.raises(MorError, match=r"80 of its 80 requests carry tools, which the tools rule routes, leaving 0; "):
+        calibrate(data=data, router=router_and_data[0])
 
 
 def test_writing_an_evaluation_to_a_file_is_a_mor_error(tmp_path):

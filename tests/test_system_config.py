@@ -153,7 +153,7 @@ def test_a_bad_config_is_a_one_line_config_error_naming_the_field(tmp_path, cont
 def test_a_missing_router_folder_is_named(tmp_path):
     path = write_yaml(tmp_path / "system.yaml", {**base(), "router": {"path": "trained"}})
     message = one_line_error(ConfigError, path, within="router.path: ")
-    assert f"{tmp_path.resolve() / 'trained'} is not a folder; train a router first" in message
+    assert f"{tmp_path.resolve() / 'trained'} holds no trained router; train one first" in message
 
 
 @pytest.mark.parametrize(("section", "field"), [("router", "default"), ("integration", "synthesizer")])
@@ -211,7 +211,13 @@ BAD_LINES = {
     "no text": ({"label": "math"}, "request: expected a string or Request, got NoneType"),
     "no messages": ({"messages": [], "label": "math"}, "request: no messages"),
     "message not an object": ({"messages": ["hi"], "label": "math"}, "request.messages[0]: expected an object"),
-    "messages not a list": ({"messages": 5, "label": "math"}, "object is not iterable"),
+    "messages not a list": ({"messages": 5, "label": "math"}, "'messages' must be a JSON array (OpenAI's form)"),
+    "messages a string": ({"messages": "hi", "label": "math"}, "'messages' must be a JSON array"),
+    "tools an object": ({"text": "hi", "tools": {"type": "function"}, "label": "tool"}, "'tools' must be a JSON array"),
+    "part text not a string": ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}],
+                                "label": "math"}, "a content part must be an object whose 'text' is a string"),
+    "parts not objects": ({"messages": [{"role": "user", "content": ["hi"]}], "label": "math"},
+                          "a content part must be an object"),
     "content not text": ({"messages": [{"role": "user", "content": 5}], "label": "math"},
                          "message content must be a string or a list of parts"),
 }

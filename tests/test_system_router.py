@@ -252,6 +252,28 @@ def test_evaluation_scores_routing_and_reports_latency(tfidf_head):
     assert 0 <= result["calibration_error"] < 0.2
 
 
+def test_evaluation_recall_and_macro_f1_are_over_the_labels_the_data_holds(tfidf_head):
+    """A label only routed to has nothing to recall: on math-only data, math's own F1 is the macro-F1."""
+    held_out = [r for r in generated(8, seed=2) if r["label"] == "math"]
+    router = SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels], tfidf_head)
+    requests = [Request.of(r["text"]) for r in held_out] + [Request.of("write a python function to sort a list")]
+    result = evaluate(router, requests, ["math"] * len(requests))
+    assert list(result["recall"]) == ["math"] and "code" in result["labels"]  # the confusion still shows the miss
+    assert result["macro_f1"] == pytest.approx(2 * result["accuracy"] / (1 + result["accuracy"]))
+
+
+def test_evaluation_refuses_labels_no_expert_serves(tfidf_head):
+    router = SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in tfidf_head.labels], tfidf_head)
+    with pytest.raises(MorError, match=r"2 requests are labeled 'maths', which no expert serves \(code, "):
+        evaluate(router, [Request.of("what is 2 + 2?")] * 3, ["maths", "math", "maths"])
+
+
+def test_explaining_a_choice_without_a_head_leaves_the_head_out():
+    router = SystemRouter([ExpertInfo(name="a"), ExpertInfo(name="b", hints=Hints(keywords=["sum"]))])
+    explained = router.route(Request.of("sum these")).explain()
+    assert "head" not in explained and "hints 1.00" in explained
+
+
 def test_evaluation_scores_each_source_and_lists_the_weakest_first(tfidf_head):
     held_out = generated(8, seed=2)
     requests, labels = [Request.of(r["text"]) for r in held_out], [r["label"] for r in held_out]

@@ -37,28 +37,32 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
           seed: int = typer.Option(0, help="Random seed.")) -> None:
     """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults."""
     from mor.system.dataset import read_labeled
-    from mor.system.head import HeadConfig, LabelHead
+    from mor.system.head import HeadConfig, LabelHead, check_labels
 
     requests, labels, _ = read_labeled(data)
     chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs,
               "precision": precision}
     config = HeadConfig(seed=seed, strip_options=not keep_options, plain_copies=plain_copies,
                         **{k: v for k, v in chosen.items() if v is not None})
+    check_labels(labels)
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
-                  f"{' + '.join(config.parts())} features")
+                  f"{' + '.join(config.parts())} features", markup=False, highlight=False, soft_wrap=True)
     head = LabelHead.fit([r.question for r in requests], labels, config)
     head.save(out)
-    console.print(f"Router saved to {out} (temperature {head.temperature:.3f})")
+    console.print(f"Router saved to {out} (temperature {head.temperature:.3f})", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("eval")
 def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router on."),
-          router: Path = typer.Option(DEFAULT_ROUTER, help="Folder written by `mor route train`."),
+          router: Path | None = typer.Option(None, help=f"Folder written by `mor route train` [default: "
+                                                        f"{DEFAULT_ROUTER}]."),
           config: Path | None = typer.Option(None, help="System YAML; none: one expert per label."),
           threads: int = typer.Option(1, min=1, help="CPU threads while routing (latency is per request)."),
           out: Path = typer.Option(Path("runs/route-eval"), help="Folder for route-eval.json and .md.")) -> None:
     """Accuracy, macro-F1, per-label recall, confusion matrix, latency p50/p99 and, where lines name their
-    `source`, accuracy per source; as markdown and JSON."""
+    `source`, accuracy per source; as markdown and JSON. The head, hints and tools decide; saved feedback and load
+    (a config's `state`) are left out, so the score is the router's own."""
     from mor.system.dataset import read_labeled
     from mor.system.evaluation import evaluate, prepare, write
 
@@ -78,11 +82,15 @@ def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: b
     that traffic: on sources unlike its training data the head is over-confident. The head's top label does not
     change; a router whose experts serve several labels or use hints, feedback or min_confidence may choose
     differently. Requests carrying tools are left out: the tools rule routes them."""
+    from mor.system.calibration import MIN_REQUESTS
     from mor.system.dataset import read_labeled
     from mor.system.head import LabelHead
 
     requests, labels, _ = read_labeled(data)
     kept = [(r.question, label) for r, label in zip(requests, labels, strict=True) if not r.tools]
+    if len(kept) < len(labels) and len(kept) < MIN_REQUESTS:
+        raise MorError(f"{data}: {len(labels) - len(kept)} of its {len(labels)} requests carry tools, which the "
+                       f"tools rule routes, leaving {len(kept)}; give at least {MIN_REQUESTS} requests without tools")
     head = LabelHead.load(router)
     result = head.calibrate([text for text, _ in kept], [label for _, label in kept])
     head.save_temperature(router)
@@ -98,7 +106,8 @@ def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: b
 @app.command()
 def ask(question: str = typer.Argument(..., help="The request text."),
         config: Path | None = typer.Option(None, help="System YAML (see configs/route.yaml); none: route only."),
-        router: Path = typer.Option(DEFAULT_ROUTER, help="Trained router folder (when the config names none)."),
+        router: Path | None = typer.Option(None, help=f"Trained router folder (when the config names none) "
+                                                      f"[default: {DEFAULT_ROUTER}, if it holds one]."),
         tools: Path | None = typer.Option(None, help="JSON file with an OpenAI `tools` array to send along."),
         as_json: bool = typer.Option(False, "--json", help="Print the full reply as JSON.")) -> None:
     """Route a request (and, with a config, answer it) and explain the choice."""
@@ -122,12 +131,13 @@ def ask(question: str = typer.Argument(..., help="The request text."),
                   emoji=False, highlight=False, soft_wrap=True)
 
 
-async def _ask(config: Path, router: Path, request):
+async def _ask(config: Path, router: Path | None, request):
     from mor.system.config import build_system, load_config
+    from mor.system.head import is_router
 
     loaded = load_config(config)
-    if loaded.router.path is None and router.is_dir():
-        loaded.router.path = router.resolve()
+    if loaded.router.path is None and (router is not None or is_router(DEFAULT_ROUTER)):
+        loaded.router.path = (router or DEFAULT_ROUTER).resolve()  # one that was asked for must be there
     system = build_system(loaded, str(config))
     try:
         return await system.ask(request)
@@ -135,19 +145,21 @@ async def _ask(config: Path, router: Path, request):
         await system.aclose()
 
 
-def _router(folder: Path, config: Path | None):
-    """The router of a system config, or one with an expert per label of the trained head."""
+def _router(folder: Path | None, config: Path | None):
+    """The router of a system config (without its saved state: feedback and load do not score), or one with an
+    expert per label of the router trained in `folder`."""
     from mor.system.config import build_system, load_config
     from mor.system.experts.base import ExpertInfo
-    from mor.system.head import LabelHead
+    from mor.system.head import LabelHead, is_router
     from mor.system.router import SystemRouter
 
+    folder = folder or DEFAULT_ROUTER
     if config is not None:
         loaded = load_config(config)
-        if loaded.router.path is None:
-            loaded.router.path = folder.resolve()
+        loaded.router.path = loaded.router.path or folder.resolve()
+        loaded.state.path = None
         return build_system(loaded, str(config)).router
-    if not folder.is_dir():
+    if not is_router(folder):
         raise MorError(f"{folder}: no trained router there; run `mor route train --data FILE.jsonl --out {folder}`")
     head = LabelHead.load(folder)
     return SystemRouter([ExpertInfo(name=label, capabilities=[label]) for label in head.labels], head)

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError, check
 from mor.system.experts.registry import build_experts
-from mor.system.head import LabelHead
+from mor.system.head import LabelHead, is_router
 from mor.system.router import RouterWeights, Selection, SystemRouter
 from mor.system.stats import Breaker
 from mor.system.store import StateStore
@@ -103,8 +103,8 @@ def build_system(config: SystemConfig, source: str = "config", head: LabelHead |
         experts = build_experts(config.experts)
         r = config.router
         if head is None and r.path is not None:
-            check(r.path.is_dir(), f"router.path: {r.path} is not a folder; train a router first with "
-                                   f"`mor route train --data FILE.jsonl --out {r.path}`")
+            check(is_router(r.path), f"router.path: {r.path} holds no trained router; train one first with "
+                                     f"`mor route train --data FILE.jsonl --out {r.path}`")
             head = LabelHead.load(r.path)
         check(head is None or not r.min_confidence or r.default is not None,
               f"router.min_confidence: {r.min_confidence} needs router.default, the expert that answers when the "

@@ -41,6 +41,10 @@ def read_labeled(path: str | Path) -> Labeled:
             if not isinstance(row.get("source", ""), str):
                 raise MorError(f"{where}: 'source' must be a string naming where the request came from, got "
                                f"{row['source']!r}; quote it or leave it out")
+            for key in ("messages", "tools", "functions"):
+                if row.get(key) is not None and not isinstance(row[key], list):
+                    raise MorError(f"{where}: '{key}' must be a JSON array (OpenAI's form), got "
+                                   f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}")
             try:
                 tools = as_tools(row.get("tools"), row.get("functions"))
                 if "messages" in row:

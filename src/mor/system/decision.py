@@ -16,8 +16,9 @@ class ExpertScore:
     total: float
     available: bool = True
 
-    def why(self) -> str:
-        parts = [f"head {self.probability:.2f}", f"hints {self.hints:.2f}"]
+    def why(self, head: bool = True) -> str:
+        """The score's parts in words; without the head's probability when the router has no trained head."""
+        parts = [f"head {self.probability:.2f}"] * head + [f"hints {self.hints:.2f}"]
         if self.tools:
             parts.append("request carries tools")
         parts += [f"success rate {self.feedback + 0.5:.2f}", f"load {self.load:.0%}"]
@@ -45,7 +46,7 @@ class Decision:
     def explain(self) -> str:
         """Human-readable: the choice, why, and every expert's score from best to worst."""
         lines = [f"chose {', '.join(self.selected)}" + (f" (fallback: {self.reason})" if self.fallback else "")]
-        lines += [f"  {s.name:<16} score {s.total:+.3f}  ({s.why()})" for s in self.scores]
+        lines += [f"  {s.name:<16} score {s.total:+.3f}  ({s.why(head=bool(self.labels))})" for s in self.scores]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:

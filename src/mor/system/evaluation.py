@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from mor.errors import MorError
+from mor.errors import MorError, check
 from mor.system.calibration import calibration_error
 from mor.system.request import Request
 from mor.system.router import SystemRouter
@@ -28,7 +28,14 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
              sources: list[str | None] | None = None) -> dict:
     """Route every request alone (batch 1) on `threads` CPU threads and score the choices against `labels`; with
     `sources`, also the accuracy on each source's requests, since a router that learned one source's style as its
-    label shows as one weak source long before it moves the overall accuracy."""
+    label shows as one weak source long before it moves the overall accuracy. Per-label recall and macro-F1 are
+    over the labels the data holds (a label only routed to has nothing to recall); a label no expert serves is
+    refused, since no choice could be right."""
+    served = {c for info in router.experts.values() for c in (info.capabilities or [info.name])}
+    unserved = sorted(set(labels) - served)
+    check(not unserved, f"evaluation data: {sum(label in unserved for label in labels)} requests are labeled "
+                        f"{', '.join(map(repr, unserved))}, which no expert serves ({', '.join(sorted(served))}); "
+                        "relabel them, or give an expert that capability", MorError)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -43,12 +50,12 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
             confidence.append(sure)
     finally:
         torch.set_num_threads(previous)
-    names = sorted(set(labels) | set(predicted))
+    truths, names = sorted(set(labels)), sorted(set(labels) | set(predicted))
     ms = 1000 * np.asarray(latency)
     return {"examples": len(labels), "accuracy": accuracy_score(labels, predicted),
-            "macro_f1": f1_score(labels, predicted, average="macro", zero_division=0),
-            "recall": dict(zip(names, recall_score(labels, predicted, labels=names, average=None,
-                                                   zero_division=0).tolist(), strict=True)),
+            "macro_f1": f1_score(labels, predicted, labels=truths, average="macro", zero_division=0),
+            "recall": dict(zip(truths, recall_score(labels, predicted, labels=truths, average=None,
+                                                    zero_division=0).tolist(), strict=True)),
             "calibration_error": calibration_error(np.asarray(confidence), np.asarray(predicted) == np.asarray(labels))
             if router.head is not None else None,
             "labels": names, "confusion": confusion_matrix(labels, predicted, labels=names).tolist(),

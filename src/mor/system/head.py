@@ -86,10 +86,9 @@ class LabelHead:
     def fit(cls, texts: list[str], labels: list[str], config: HeadConfig | None = None) -> "LabelHead":
         """Train on labeled texts; a held-out tenth, unseen by fine-tuning and regression, fits the temperature."""
         config = config or HeadConfig()
+        check_labels(labels)
         names = sorted(set(labels))
-        check(len(names) >= 2, f"router training data: needs at least two labels, found {names}")
         y = np.array([names.index(label) for label in labels])
-        _check_split(names, y)
         texts = _read(texts, config)
         fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y,
                                             random_state=config.seed)
@@ -193,9 +192,9 @@ class LabelHead:
     def load(cls, folder: Path) -> "LabelHead":
         """A saved router; a missing, malformed or mismatched file is a one-line MorError naming it. Where a save
         was killed between its two renames, the router it was replacing is read from where it was moved aside."""
-        aside = _aside(Path(folder))
-        if not (folder / "head.json").is_file() and (aside / "head.json").is_file():
-            folder = aside
+        folder = Path(folder)
+        if not (folder / "head.json").is_file() and (_aside(folder) / "head.json").is_file():
+            folder = _aside(folder)
         check((folder / "head.json").is_file(), f"router {folder}: not a trained router folder (no head.json); "
                                                 f"train one with `mor route train --data FILE.jsonl --out {folder}`",
               MorError)
@@ -207,6 +206,18 @@ class LabelHead:
         weight, bias = _read_linear(folder / "head.safetensors", len(meta["labels"]),
                                     sum(e.dim for e in encoders.values()))
         return cls(meta["labels"], config, encoders, weight, bias, meta["temperature"])
+
+
+def is_router(folder: Path) -> bool:
+    """Whether `folder` holds a trained router, or had one that an interrupted save moved aside (`load` reads it)."""
+    return (folder / "head.json").is_file() or (_aside(folder) / "head.json").is_file()
+
+
+def check_labels(labels: list[str]) -> None:
+    """A one-line error unless the labels can train a head: two or more, and enough of each (`_check_split`)."""
+    names = sorted(set(labels))
+    check(len(names) >= 2, f"router training data: needs at least two labels, found {names}")
+    _check_split(names, np.array([names.index(label) for label in labels]))
 
 
 def _read(texts: list[str], config: HeadConfig) -> list[str]:

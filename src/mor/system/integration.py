@@ -21,12 +21,17 @@ MODES: tuple[str, ...] = ("weighted", "voting", "sequential", "ensemble", "stack
 
 
 class ExpertsFailed(MorError):
-    """No answer to integrate: every expert asked failed; `answers` are their failed answers (for the metrics)."""
+    """No answer to integrate: every expert asked failed; `answers` are their failed answers (for the metrics and
+    the log, whole). The message is one line: each error's first line (a traceback below it stays in the answer)."""
 
     def __init__(self, answers: list[Answer]) -> None:
         super().__init__("integration: every selected expert failed: "
-                         + "; ".join(f"{a.expert}: {a.error}" for a in answers))
+                         + "; ".join(f"{a.expert}: {_first_line(a.error)}" for a in answers))
         self.answers = answers
+
+
+def _first_line(text: str | None) -> str:
+    return next(iter((text or "").strip().splitlines()), "failed")
 
 
 def _usable(answers: list[Answer]) -> list[Answer]:

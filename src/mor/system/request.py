@@ -67,7 +67,11 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        for part in content:
+            check(isinstance(part, dict) and isinstance(part.get("text", ""), str),
+                  f"request: a content part must be an object whose 'text' is a string, like {{'type': 'text', "
+                  f"'text': …}}, got {part!r:.80}")
+        return " ".join(part.get("text", "") for part in content)
     raise ConfigError(f"request: message content must be a string or a list of parts, got {type(content).__name__}")
 
 

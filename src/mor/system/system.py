@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
-from mor.errors import check, first_line
+from mor.errors import check
 from mor.system import integration
 from mor.system.decision import Decision
 from mor.system.experts.base import Expert
@@ -291,7 +291,7 @@ class MoRSystem:
             refused = bool(getattr(err, "request_error", False))  # it cannot read this request: not a fault
             by_endpoint = {"endpoint_refusal": True} if getattr(err, "endpoint_refusal", False) else {}
             log.debug("expert %s failed", name, exc_info=err)
-            answer = Answer(expert=name, error=f"{type(err).__name__}: {first_line(err)}", confidence=0.0,
+            answer = Answer(expert=name, error=f"{type(err).__name__}: {err}", confidence=0.0,
                             details={"request_error": True, **by_endpoint} if refused else {})
         except BaseException:
             stats.in_flight -= 1
