@@ -48,10 +48,11 @@ def test_train_then_eval_write_reports(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (("train", "missing.yaml"), "config file not found"),
     (("train", "missing[b].yaml"), "missing[b].yaml"),  # printed as it is, not read as Rich markup
+    (("train", "."), ".: is a folder; pass the path of a YAML file"),
     (("eval", "nowhere"), "no checkpoint here"),
     (("eval", ".", "--max-steps", "a,b"), "--max-steps: expected comma-separated int values"),
-    (("eval", ".", "--max-steps", "4,0"), "mor eval options: max_steps.1: must be >= 1, got 0"),  # before loading
-    (("eval", ".", "--threshold", "5"), "mor eval options: thresholds.0: must be <= 1, got 5.0"),
+    (("eval", ".", "--max-steps", "4,0"), "mor eval: --max-steps: must be >= 1, got 0"),  # before loading
+    (("eval", ".", "--threshold", "5"), "mor eval: --threshold: must be <= 1, got 5.0"),
     (("eval", ".", "--out", "afile"), "--out: 'afile' is a file; give a folder"),
     (("train", "tiny.yaml", "--out", "afile"), "checkpoint.dir (--out): 'afile' is a file; give a folder"),
     (("train", "tiny.yaml", "--out", "afile/run"), "--out): 'afile/run' inside 'afile', which is a file; give a"),
@@ -92,7 +93,8 @@ def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert process.poll() is None, "the run ended before its first checkpoint was seen; it could not be interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode != 0 and "Traceback" not in err, err  # interrupted, without a traceback
+    assert process.returncode == 130 and "Traceback" not in err, err  # interrupted, without a traceback
+    assert "interrupted: the same command with --resume continues from the last checkpoint" in err
     resumed = mor("train", str(config), "--out", str(tmp_path / "cut"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole = load_file(checkpoint.resolve(tmp_path / "whole") / checkpoint.WEIGHTS)

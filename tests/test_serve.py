@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from mor import cli
-from mor.errors import ConfigError
+from mor.errors import ConfigError, MorError
 from mor.serve import chat, hash_key, load_settings
 from mor.system.experts.predictor import TrainedModel
 from mor.system.store import StateStore
@@ -462,3 +462,26 @@ def test_hash_key_makes_or_hashes_a_key():
 def test_mor_serve_refuses_a_bad_config_before_starting(tmp_path):
     result = CliRunner().invoke(cli.app, ["serve", "--config", str(write_settings(tmp_path, api_keys=[]))])
     assert isinstance(result.exception, ConfigError) and "api_keys: empty" in str(result.exception)
+    config = write_settings(tmp_path, system="nope.yaml")  # the error says which setting names the missing file
+    result = CliRunner().invoke(cli.app, ["serve", "--config", str(config)])
+    assert str(result.exception).startswith(f"{config}: system: {tmp_path.resolve() / 'nope.yaml'}: config file not")
+
+
+def test_mor_serve_refuses_a_port_in_use_or_a_host_it_cannot_resolve_before_starting(tmp_path):
+    """uvicorn would print "startup complete", then fail to bind and exit 3: one line with the fix instead."""
+    config = str(write_settings(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli.app, ["serve", "--config", config, "--host", "127.0.0.1", "--port", str(port)])
+    assert isinstance(result.exception, MorError), result.output
+    assert str(result.exception).startswith(f"mor serve: cannot listen on 127.0.0.1:{port} (Address already in use)")
+    assert "pass another --port" in str(result.exception)
+    result = CliRunner().invoke(cli.app, ["serve", "--config", config, "--host", "192.0.2.1"])  # not this machine's
+    assert isinstance(result.exception, MorError) and "(Cannot assign requested address); give an address of this " \
+        "machine (--host)" in str(result.exception)
+    result = CliRunner().invoke(cli.app, ["serve", "--config", config, "--host", "no-such-host.invalid"])
+    assert isinstance(result.exception, MorError) and "--host: cannot resolve 'no-such-host.invalid'" in str(
+        result.exception)
+

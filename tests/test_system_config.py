@@ -202,7 +202,7 @@ def test_labeled_jsonl_with_text_and_with_messages_and_tools(tmp_path):
 
 
 BAD_LINES = {
-    "invalid JSON": ("{not json", "not valid JSON"),
+    "invalid JSON": ("{not json", "not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
     "missing label": ({"text": "hello"}, "expected an object with a string 'label'"),
     "label not a string": ({"text": "hello", "label": 3}, "expected an object with a string 'label'"),
     "source not a string": ({"text": "hello", "label": "math", "source": 7}, "'source' must be a string"),

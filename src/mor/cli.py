@@ -18,7 +18,7 @@ from mor.system.commands import app as route_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mixture of Reflection: route, reflect, integrate.")
-console = Console()
+console = Console(soft_wrap=True)  # paths and long lines stay whole in logs and pipes
 SUITES: dict[str, tuple[str, dict]] = {  # suite → benchmarks/ module and the options its run() gets
     "depth": ("reasoning_depth", {}), "depth-addition": ("reasoning_depth", {"task": "addition"}),
     "depth-carry": ("reasoning_depth", {"task": "carry"}),
@@ -48,7 +48,12 @@ def train(config: Path | None = typer.Argument(None, help="YAML config; none: th
     if config is None:
         console.print(f"No config given: the built-in main job ({cfg.model.kind} on {cfg.data.task} against "
                       f"{', '.join(cfg.compare)}), in {cfg.checkpoint.dir}")
-    report = run(cfg, resume=resume, console=console)
+    try:
+        report = run(cfg, resume=resume, console=console)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: the same command with --resume continues from the last checkpoint",
+                                   highlight=False, soft_wrap=True)
+        raise
     console.print(f"Report: {escape(str(report))}")
 
 

@@ -109,6 +109,8 @@ def validate(model: type[Model], raw: Any, source: str, prefix: tuple = ()) -> M
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content, or a one-line ConfigError saying where it is broken."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; pass the path of a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass the path of a YAML file (see configs/)")
     try:

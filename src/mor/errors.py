@@ -13,10 +13,13 @@ class ShapeError(MorError, ValueError):
     """A tensor passed to a mor module has the wrong shape or dtype for that module."""
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line (its type name when it has none), for one-line errors."""
+def first_line(error: BaseException | str) -> str:
+    """An exception's message or a text cut to its first line, for one-line errors (an exception without a message
+    gives its type name, an empty text "failed")."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if text:
+        return text.splitlines()[0]
+    return "failed" if isinstance(error, str) else type(error).__name__
 
 
 def check(condition: bool, message: str, error: type[MorError] = ConfigError) -> None:

@@ -1,8 +1,10 @@
 """`mor serve`: run the HTTP service under uvicorn (several workers behind one port with --workers), and
 `mor serve hash-key`: make or hash an API key for the config."""
 
+import errno
 import os
 import secrets
+import socket
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -11,8 +13,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mor.errors import ConfigError, MorError
+
 app = typer.Typer(help="Serve routing systems and trained models over HTTP (OpenAI-compatible).")
-console = Console()
+console = Console(soft_wrap=True)  # paths and long lines stay whole in logs and pipes
 
 
 @app.callback(invoke_without_command=True)
@@ -37,9 +41,13 @@ def run_server(config: Path, host: str | None = None, port: int | None = None, w
 
     settings = load_settings(config)
     if settings.system is not None:
-        load_config(settings.system)
+        try:
+            load_config(settings.system)
+        except ConfigError as err:
+            raise ConfigError(f"{config}: system: {err}") from None
     server = settings.server
     host, port, workers = host or server.host, server.port if port is None else port, workers or server.workers
+    check_bindable(host, port)
     os.environ[CONFIG_ENV] = str(config.resolve())
     with ExitStack() as stack:
         if workers > 1:  # /metrics adds up every worker, and rate limits hold for all of them together
@@ -56,6 +64,25 @@ def run_server(config: Path, host: str | None = None, port: int | None = None, w
         uvicorn.run("mor.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, lifespan="on",
                     timeout_graceful_shutdown=server.graceful_shutdown_s, forwarded_allow_ips=trusted,
                     proxy_headers=trusted is not None, access_log=server.access_log)
+
+
+def check_bindable(host: str, port: int) -> None:
+    """A one-line error now, before the app loads, when uvicorn could not listen on host:port (a port in use, a
+    host that does not resolve or is not this machine's); uvicorn would log it after "startup complete"."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise MorError(f"--host: cannot resolve {host!r} ({err.strerror}); give an address of this machine, e.g. "
+                       "127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            fix = "pass another --port or stop what listens there" if err.errno == errno.EADDRINUSE else \
+                "give an address of this machine (--host) and a port you may use (--port)"
+            raise MorError(f"mor serve: cannot listen on {host}:{port} ({err.strerror}); {fix}") from None
 
 
 @app.command("hash-key")

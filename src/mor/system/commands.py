@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mor.errors import MorError
+from mor.errors import MorError, first_line
 
 app = typer.Typer(no_args_is_help=True, help="Route requests among whole models: train, evaluate, ask.")
-console = Console()
+console = Console(soft_wrap=True)  # paths and long lines stay whole in logs and pipes
 DEFAULT_ROUTER = Path("runs/router")
 
 
@@ -71,6 +71,7 @@ def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router
     system_router = _router(router, config)
     report = write(evaluate(system_router, requests, labels, threads, sources), out, f"Routing on {data.name}")
     console.print(report.read_text(), markup=False, emoji=False, highlight=False, soft_wrap=True)
+    console.print(f"Written to {report} and {report.with_suffix('.json')}", markup=False, highlight=False)
 
 
 @app.command()
@@ -126,7 +127,8 @@ def ask(question: str = typer.Argument(..., help="The request text."),
         print(json.dumps(reply.as_dict(), indent=1, default=str))
         return
     print(reply.answer.content)  # the answer as given: "[/b]", "arr[i]" and "[planets.txt#1]" are text, not markup
-    console.print(f"\n[dim]{escape(reply.decision.explain())}\nanswered by {escape(reply.answer.expert)}, "
+    failed = "".join(f"\n{a.expert} failed: {first_line(a.error or '')}" for a in reply.answers if not a.ok)
+    console.print(f"\n[dim]{escape(reply.decision.explain() + failed)}\nanswered by {escape(reply.answer.expert)}, "
                   f"confidence {reply.answer.confidence:.2f}, {reply.rounds} reflection round(s)[/dim]",
                   emoji=False, highlight=False, soft_wrap=True)
 

@@ -35,7 +35,8 @@ def read_labeled(path: str | Path) -> Labeled:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise MorError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+                raise MorError(f"{where}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); each "
+                               "line must be one JSON object") from None
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
                 raise MorError(f"{where}: expected an object with a string 'label', got {line.strip()[:80]!r}")
             if not isinstance(row.get("source", ""), str):

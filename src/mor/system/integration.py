@@ -12,7 +12,7 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import Any, Literal
 
-from mor.errors import MorError, check
+from mor.errors import MorError, check, first_line
 from mor.system.normalise import normalise
 from mor.system.request import MAX_REQUEST_CHARS, Answer, Cost, Request
 
@@ -26,12 +26,8 @@ class ExpertsFailed(MorError):
 
     def __init__(self, answers: list[Answer]) -> None:
         super().__init__("integration: every selected expert failed: "
-                         + "; ".join(f"{a.expert}: {_first_line(a.error)}" for a in answers))
+                         + "; ".join(f"{a.expert}: {first_line(a.error or '')}" for a in answers))
         self.answers = answers
-
-
-def _first_line(text: str | None) -> str:
-    return next(iter((text or "").strip().splitlines()), "failed")
 
 
 def _usable(answers: list[Answer]) -> list[Answer]:

@@ -1,6 +1,7 @@
 """`mor eval`: rebuild a checkpoint's model from the config saved with it and sweep depth, threshold and size."""
 
 import json
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -8,7 +9,7 @@ from rich.console import Console
 from mor.config import validate
 from mor.data import get_task
 from mor.durable import check_folder
-from mor.errors import check
+from mor.errors import ConfigError, check
 from mor.train import checkpoint
 from mor.train.build import build_model
 from mor.train.config import EvalConfig, saved
@@ -16,6 +17,7 @@ from mor.train.evaluate import check_examples, check_size, evaluate, halting_opt
 from mor.train.report import summary, write_report
 
 FLAGS = {"max_steps": "--max-steps", "thresholds": "--threshold", "stable_steps": "--stable"}
+OPTIONS = {**FLAGS, "sizes": "--size", "examples": "--examples"}
 
 
 def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[int] | None = None,
@@ -28,7 +30,11 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
         check_folder(Path(out), "--out")
     given = {k: v for k, v in {"max_steps": max_steps, "thresholds": thresholds, "sizes": sizes,
                                "stable_steps": stable_steps, "examples": examples}.items() if v is not None}
-    validate(EvalConfig, given, "mor eval options")  # before the checkpoint loads
+    try:
+        validate(EvalConfig, given, "mor eval")  # before the checkpoint loads
+    except ConfigError as err:  # named by the option the user typed: `--threshold`, not `thresholds.0`
+        raise ConfigError(re.sub(r"^mor eval: (\w+)(\.\d+)?:", lambda m: f"mor eval: {OPTIONS[m[1]]}:", str(err))) \
+            from None
     loaded = checkpoint.load(path)
     config = saved(loaded.config, loaded.path / checkpoint.CONFIG)
     task = get_task(config.data.task, **config.data.options)
