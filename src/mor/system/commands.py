@@ -47,7 +47,8 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
     check_labels(labels)
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features", markup=False, highlight=False, soft_wrap=True)
-    head = LabelHead.fit([r.question for r in requests], labels, config)
+    head = LabelHead.fit([r.question for r in requests], labels, config,
+                         report=lambda line: console.print(f"  {line}", markup=False, highlight=False))
     head.save(out)
     console.print(f"Router saved to {out} (temperature {head.temperature:.3f})", markup=False, highlight=False,
                   soft_wrap=True)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -83,8 +84,10 @@ class LabelHead:
         self._blocks = _blocks(weight, [e.dim for e in encoders.values()])
 
     @classmethod
-    def fit(cls, texts: list[str], labels: list[str], config: HeadConfig | None = None) -> "LabelHead":
-        """Train on labeled texts; a held-out tenth, unseen by fine-tuning and regression, fits the temperature."""
+    def fit(cls, texts: list[str], labels: list[str], config: HeadConfig | None = None,
+            report: Callable[[str], None] | None = None) -> "LabelHead":
+        """Train on labeled texts; a held-out tenth, unseen by fine-tuning and regression, fits the temperature.
+        `report` hears how far training is (fine-tuning takes minutes on a CPU)."""
         config = config or HeadConfig()
         check_labels(labels)
         names = sorted(set(labels))
@@ -105,7 +108,10 @@ class LabelHead:
                                            precision=config.precision)
             if config.tune_layers:
                 fine_tune(encoders[part], [texts[i] for i in fit_idx], y[fit_idx].tolist(), len(names),
-                          layers=config.tune_layers, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
+                          layers=config.tune_layers, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed,
+                          report=report)
+        if report:
+            report(f"encoding {len(texts)} requests and fitting the classifier and its temperature")
         features = _features(encoders, texts)
         weight, bias = _linear(_regression(config).fit(features[fit_idx], y[fit_idx]))
         temperature = fit_temperature(np.asarray(features[cal_idx] @ weight.T) + bias, y[cal_idx])

@@ -5,6 +5,8 @@ third of full fine-tuning; tuning only the top layers also keeps the general-pur
 requests unlike the training ones.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -12,8 +14,10 @@ from mor.system.encoders import MiniLMEncoder
 
 
 def fine_tune(encoder: MiniLMEncoder, texts: list[str], labels: list[int], n_labels: int, *, layers: int = 2,
-              epochs: int = 3, batch_size: int = 32, lr: float = 2e-4, seed: int = 0) -> list[float]:
-    """Train the top `layers` layers with a temporary linear head; returns the mean loss of every epoch."""
+              epochs: int = 3, batch_size: int = 32, lr: float = 2e-4, seed: int = 0,
+              report: Callable[[str], None] | None = None) -> list[float]:
+    """Train the top `layers` layers with a temporary linear head; returns the mean loss of every epoch, and tells
+    `report` how far it is (a few lines per run: it takes minutes on a CPU)."""
     torch.manual_seed(seed)
     start = encoder.layers - layers
     encoder.eval()
@@ -43,5 +47,7 @@ def fine_tune(encoder: MiniLMEncoder, texts: list[str], labels: list[int], n_lab
             schedule.step()
             total += loss.item()
         losses.append(total / len(cached))
+        if report:
+            report(f"fine-tuning MiniLM's top {layers} layer(s): epoch {len(losses)}/{epochs}, loss {losses[-1]:.3f}")
     encoder.eval()
     return losses
