@@ -26,6 +26,9 @@ def run(config: RunConfig, resume: bool = False, console: Console | None = None)
     evaluations, notes = {}, [f"Task {config.data.task}, {tc.steps} steps of batch {batch}, seed {tc.seed}; "
                               f"config in {run_dir}/step-*/config.yaml."]
     for trainer in trainers:
+        if trainer.rank == 0:
+            console.print(f"Training {LABELS[trainer.kind]} for {tc.steps} steps in {trainer.run_dir}", markup=False,
+                          highlight=False)
         trainer.fit(resume=resume)
         if trainer.rank != 0:
             continue
