@@ -51,6 +51,21 @@ def test_fixed_depth_records(evaluations):
     assert dense["halting"] == [] and dense["load"] is None and dense["steps_histogram"] is None
 
 
+def test_the_depth_one_moe_is_scored_at_depth_one_only(evaluations):
+    """Run deeper than the one step it was trained for, the MoE would be a model no one trained, and its best depth
+    would stand in the report for "MoE (depth 1)"."""
+    moe = evaluations["MoE (depth 1)"]
+    assert [(r["size"], r["max_steps"]) for r in moe["depth"]] == [(8, 1), (16, 1)]
+    assert moe["halting"] == [] and moe["steps_histogram"] is None and moe["load"] is not None
+
+
+def test_the_steps_histogram_leaves_out_inputs_a_capacity_limit_dropped():
+    from mor.train.evaluate import Pass, steps_histogram
+
+    steps, mask = torch.tensor([[2, 0], [0, 0], [1, 3]]), torch.tensor([[True, False], [False, False], [True, True]])
+    assert steps_histogram(Pass(torch.zeros(3, 2), 1.0, steps, mask), 4) == [0, 1, 1, 0]
+
+
 def test_halting_histogram_and_effectiveness(evaluations):
     mor = evaluations["MoR"]
     rules = {r["rule"] for r in mor["halting"]}

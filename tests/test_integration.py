@@ -115,6 +115,16 @@ def test_conflict_is_zero_for_identical_experts_and_large_for_disagreeing_ones()
     torch.testing.assert_close(conflict(values, torch.tensor([[0.5, 0.5]]), classes=False), torch.tensor([4.0]))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_identical_experts_have_no_conflict_in_half_precision(dtype):
+    """Half-precision weights sum to 1 ± 2⁻⁸: computed in their dtype, that alone made a conflict as large as real
+    disagreement, and a ConflictPolicy escalated inputs for nothing."""
+    same = torch.randn(64, 1, 10).expand(64, 3, 10).to(dtype)
+    w = torch.softmax(torch.randn(64, 3), -1).to(dtype)
+    for classes in (True, False):
+        assert conflict(same, w, classes=classes).abs().max() < 1e-5
+
+
 def test_attention_without_sizes_is_refused():
     with pytest.raises(ConfigError, match="needs query_dim"):
         Integrator("attention")

@@ -87,15 +87,17 @@ def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
     """Weighted Jensen–Shannon divergence (nats) of class answers, or weighted variance of values.
 
     `answers` (N, m, ..., D), `weights` (N, m) summing to 1 over used slots; the result is averaged
-    over positions, (N,).
+    over positions, (N,). Computed in float32 whatever the answers' dtype: bf16 weights sum to 1 ± 2⁻⁸, which alone
+    would give identical experts a conflict of that size.
     """
-    w = normalized(weights)
+    w = normalized(weights.float())
     wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
     if classes:
         probs = softmax(answers.float())
         mixed = (wb * probs).sum(1)
         per_position = entropy(mixed) - (wb[..., 0] * entropy(probs)).sum(1)
     else:
+        answers = answers.float()
         mean = (wb * answers).sum(1, keepdim=True)
         per_position = (wb * (answers - mean).square()).sum(1).mean(-1)
     per_input = per_position.flatten(1).mean(-1) if per_position.dim() > 1 else per_position  # flatten: N may be 0

@@ -72,20 +72,21 @@ def evaluate(model: MoRModel | DenseModel | TokenModel, task: Task, cfg: EvalCon
 def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[int, int] | None) -> dict:
     if isinstance(model, TokenModel):
         return _evaluate_tokens(model, task, cfg)
-    reflective = isinstance(model, MoRModel)
+    routed = isinstance(model, MoRModel)
+    reflective = routed and model.train_steps > 1  # the depth-1 MoE is scored, like dense, at its one depth
     knob = isinstance(task, StreamTask) and task.sizes is not None
     train_sizes = (train_sizes or task.sizes) if knob else None
     train_size = train_sizes[1] if knob else None
     sizes = eval_sizes(task, cfg, train_sizes)
     data = {size: _dataset(task, cfg, size) for size in sizes}
-    train_depth = model.experts[0].train_steps if reflective else len(model.cells)
+    train_depth = model.experts[0].train_steps if routed else len(model.cells)
     depths = sorted({*cfg.max_steps, train_depth}) if reflective else [train_depth]
     own = model.halting if reflective else None
 
     depth, halting, histogram = [], [], None
     for size, (x, y) in data.items():
         for d in depths:
-            run = _pass(model, x, Halting(max_steps=d) if reflective else None, TIMING_RUNS)
+            run = _pass(model, x, Halting(max_steps=d) if routed else None, TIMING_RUNS)
             depth.append({"size": size, "max_steps": d, **score(model, run.output, y), **_cost(run, d),
                           "latency_ms": run.latency_ms})
         for rule in [*_rules(cfg), own] if reflective else []:
@@ -105,7 +106,7 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
         "task": task.name, "train_sizes": list(train_sizes) if train_sizes else None, "train_size": train_size,
         "examples": [len(y) for _, y in data.values()],
         "sizes": sizes, "depth": depth, "halting": halting, "steps_histogram": histogram,
-        "load": _routing(model, task, cfg, train_size) if reflective else None,
+        "load": _routing(model, task, cfg, train_size) if routed else None,
         "effectiveness": effectiveness(depth),
     }
 
@@ -141,10 +142,11 @@ def token_score(logits: Tensor, y: Tensor) -> dict[str, float]:
 
 
 def halting_options(model: nn.Module) -> set[str]:
-    """The `EvalConfig` fields that sweep a model's reflection: all three for a MoRModel, the depth alone for a
-    token model with a reflecting FFN (no halting rules there), none for a model that cannot reflect."""
+    """The `EvalConfig` fields that sweep a model's reflection: all three for a reflecting MoRModel, the depth alone
+    for a token model with a reflecting FFN (no halting rules there), none for a model that does not reflect (dense,
+    or the depth-1 MoE, trained to answer in one step)."""
     if isinstance(model, MoRModel):
-        return {"max_steps", "thresholds", "stable_steps"}
+        return {"max_steps", "thresholds", "stable_steps"} if model.train_steps > 1 else set()
     return {"max_steps"} if any(isinstance(m, ReflectionExpert) for m in model.modules()) else set()
 
 
@@ -270,7 +272,8 @@ def _cost(run: Pass, depth: int) -> dict[str, float]:
 def steps_histogram(run: Pass, max_steps: int) -> list[int]:
     """Examples by the depth they reflected to (most steps over their experts): counts[t - 1] = steps t."""
     steps = (run.steps * run.mask).amax(-1)
-    return torch.bincount(steps - 1, minlength=max(max_steps, int(steps.max()))).tolist()
+    steps = steps[steps > 0]  # an input whose every expert slot a capacity limit dropped reflected not at all
+    return torch.bincount(steps - 1, minlength=max(max_steps, int(steps.max()) if steps.numel() else 0)).tolist()
 
 
 def _routing(model: MoRModel, task: Task, cfg: EvalConfig, size: Size) -> dict:
