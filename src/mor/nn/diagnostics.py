@@ -12,7 +12,8 @@ from torch import Tensor
 class Diagnostics:
     """Per-input record of a MoR forward over N inputs with m expert slots each."""
 
-    weights: Tensor  # (N, m) integration weights actually used
+    weights: Tensor  # (N, m) integration weights (gate mode over classes: the raw gate weights, which the class
+    # mixture renormalises, so with one expert chosen its answer is the output whatever its weight)
     indices: Tensor  # (N, m) chosen experts
     mask: Tensor  # (N, m) slots in use
     steps: Tensor  # (N, m) reflection steps each chosen expert ran (0 in unused slots)
