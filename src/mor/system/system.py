@@ -226,7 +226,7 @@ class MoRSystem:
         """The expert's concurrency limit in the running event loop (a new loop gets new semaphores)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._loop, self._limits = loop, {}
+            self._loop, self._limits, self._holding = loop, {}, Counter()
         if name not in self._limits:
             self._limits[name] = asyncio.Semaphore(self.experts[name].info.max_concurrency)
         return self._limits[name]
