@@ -73,7 +73,7 @@ def _evaluate(model: nn.Module, task: Task, cfg: EvalConfig, train_sizes: tuple[
     if isinstance(model, TokenModel):
         return _evaluate_tokens(model, task, cfg)
     routed = isinstance(model, MoRModel)
-    reflective = routed and model.train_steps > 1  # the depth-1 MoE is scored, like dense, at its one depth
+    reflective = routed and model_kind(model) != "moe"  # the depth-1 MoE is scored, like dense, at its one depth
     knob = isinstance(task, StreamTask) and task.sizes is not None
     train_sizes = (train_sizes or task.sizes) if knob else None
     train_size = train_sizes[1] if knob else None
@@ -146,7 +146,7 @@ def halting_options(model: nn.Module) -> set[str]:
     for a token model with a reflecting FFN (no halting rules there), none for a model that does not reflect (dense,
     or the depth-1 MoE, trained to answer in one step)."""
     if isinstance(model, MoRModel):
-        return {"max_steps", "thresholds", "stable_steps"} if model.train_steps > 1 else set()
+        return {"max_steps", "thresholds", "stable_steps"} if model_kind(model) != "moe" else set()
     return {"max_steps"} if any(isinstance(m, ReflectionExpert) for m in model.modules()) else set()
 
 
