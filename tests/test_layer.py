@@ -336,3 +336,15 @@ def test_a_reflection_banks_per_expert_reference_answers_as_the_bank_does_in_tra
     layer = reflection_layer(experts, 8, k=2, mode="gate").train()
     x = torch.randn(6, 8)
     torch.testing.assert_close(layer(x), naive_forward(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_diagnostics_name_the_inputs_a_capacity_limit_left_unprocessed():
+    torch.manual_seed(0)
+    layer = MoRLayer.swiglu(8, 16, num_experts=2, k=1, capacity_factor=0.5)
+    with torch.no_grad():
+        layer.router.proj.weight.copy_(torch.eye(2, 8))
+    x = torch.zeros(8, 8)
+    x[:, 0] = 1.0  # every input prefers expert 0, which has 2 places
+    y, d = layer(x, return_diagnostics=True)
+    assert d.dropped.tolist() == [False] * 2 + [True] * 6
+    assert (y[d.dropped] == 0).all() and (y[~d.dropped] != 0).any()

@@ -28,6 +28,11 @@ class Diagnostics:
         """Cell evaluations spent on each input: steps summed over its chosen experts, (N,)."""
         return (self.steps * self.mask).sum(-1)
 
+    @property
+    def dropped(self) -> Tensor:
+        """Inputs no expert processed, because a capacity limit dropped every one of their slots: (N,) bool."""
+        return ~self.mask.any(-1)
+
 
 def merge(parts: list[Diagnostics]) -> dict[str, Tensor]:
     """Summed auxiliary losses of several layers' diagnostics (e.g. every MoR FFN of a transformer)."""
