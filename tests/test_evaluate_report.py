@@ -9,7 +9,16 @@ import torch
 
 from mor.data import get_task
 from mor.errors import ConfigError
-from mor.nn import DenseModel, Halting, MoRModel, ReflectionExpert, TokenModel, moe_baseline
+from mor.nn import (
+    DenseModel,
+    Halting,
+    MLPCell,
+    MoRModel,
+    ReflectionExpert,
+    TokenModel,
+    moe_baseline,
+)
+from mor.nn.reflection import fixed_depth
 from mor.train.config import EvalConfig
 from mor.train.evaluate import evaluate, mutual_information, routing_counts, routing_matrix
 from mor.train.report import summary, write_report
@@ -195,6 +204,23 @@ def test_token_models_are_scored_in_bits_per_char_by_reflection_depth(chars, tok
     assert json.loads(json.dumps(token_evaluations)) == token_evaluations
     with pytest.raises(ConfigError, match=r"eval\.sizes \(--size\): a token model is evaluated"):
         evaluate(token_models["dense"], chars, EvalConfig(examples=8, sizes=[32]))
+
+
+@pytest.mark.parametrize("ffn", ["mor", "moe", "dense"])
+def test_a_token_models_compute_counts_every_blocks_experts_per_token(chars, ffn):
+    torch.manual_seed(0)
+    model = TokenModel(chars.in_dim, dim=16, depth=2, heads=2, max_len=16, ffn=ffn, num_experts=3, k=2, hidden=16)
+    ev = evaluate(model, chars, EvalConfig(examples=4, max_steps=[1, 3], seed=7))
+    per_token = {r["max_steps"]: r["compute"] for r in ev["depth"]}
+    assert per_token == ({1: 4, 3: 12} if ffn == "mor" else {1: 4} if ffn == "moe" else {1: 2})
+    if ffn == "mor":  # what the cells really run: every token through 2 blocks × 2 experts × 3 steps
+        rows = []
+        for cell in (m for m in model.modules() if isinstance(m, MLPCell)):
+            cell.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+        x, _ = chars.eval_set(4, seed=7)
+        with fixed_depth(model, 3), torch.no_grad():
+            model.eval()(x)
+        assert sum(rows) / x.numel() == per_token[3]
 
 
 def test_report_and_summary_of_token_models(tmp_path, token_evaluations):

@@ -27,6 +27,7 @@ from mor.nn.diagnostics import Diagnostics
 from mor.nn.losses import NATS_PER_BIT
 from mor.nn.models import DenseModel, MoRModel, count_parameters
 from mor.nn.reflection import Halting, ReflectionExpert, fixed_depth
+from mor.nn.router import Router
 from mor.nn.transformer import TokenModel
 from mor.train.config import EvalConfig
 
@@ -124,14 +125,21 @@ def _evaluate_tokens(model: TokenModel, task: Task, cfg: EvalConfig) -> dict:
     for d in sorted({*cfg.max_steps, train_depth}) if experts else [1]:
         with fixed_depth(model, d):
             run = _pass(model, x, None, TIMING_RUNS)
-        depth.append({"size": None, "max_steps": d, **token_score(run.output, y), **_cost(run, d),
-                      "latency_ms": run.latency_ms, "token_latency_ms": run.latency_ms / x.shape[1]})
+        depth.append({"size": None, "max_steps": d, **token_score(run.output, y), "mean_steps": float(d),
+                      "compute": float(ffn_evaluations(model, d)), "latency_ms": run.latency_ms,
+                      "token_latency_ms": run.latency_ms / x.shape[1]})
     return {
         "model": {"kind": model_kind(model), "train_depth": train_depth, "classes": True,
                   "parameters": count_parameters(model), "halting": None},
         "task": task.name, "train_sizes": None, "train_size": None, "examples": [len(y)], "sizes": [None],
         "depth": depth, "halting": [], "steps_histogram": None, "load": None, "effectiveness": effectiveness(depth),
     }
+
+
+def ffn_evaluations(model: TokenModel, depth: int) -> int:
+    """Cell evaluations per token: each block's k experts (one dense FFN) at one step each, `depth` in a mor FFN."""
+    router = next((m for m in model.modules() if isinstance(m, Router)), None)
+    return len(model.blocks) * (router.k if router is not None else 1) * (depth if model.ffn_kind == "mor" else 1)
 
 
 def token_score(logits: Tensor, y: Tensor) -> dict[str, float]:

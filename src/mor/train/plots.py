@@ -7,7 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mor.train.records import at_train_depth, depth_rows, own_rule, size_label
+from mor.train.records import at_train_depth, depth_rows, is_token_eval, own_rule, size_label
 
 LOSS_TERMS = ("loss", "task", "ponder", "halting_kl", "critic", "consistency", "load_balance", "z_loss")
 
@@ -112,7 +112,8 @@ def cost_figure(evaluations: dict[str, dict]) -> Figure:
                 ax.plot([r["max_steps"] for r in rows], [r[key] for r in rows], "-" if i == 0 else "--",
                         marker="o", color=f"C{i}", alpha=1 - 0.6 * j / max(1, len(ev["sizes"])),
                         label=f"{name}, {size_label(size)}")
-    for ax, label in zip(axes, ("cell evaluations per example", "latency per example (ms)"), strict=True):
+    per = "token" if is_token_eval(next(iter(evaluations.values()))) else "example"
+    for ax, label in zip(axes, (f"cell evaluations per {per}", "latency per example (ms)"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set(xlabel="reflection steps", ylabel=label)
