@@ -16,6 +16,7 @@ from mor.train import checkpoint
 from mor.train.config import load, parse
 from mor.train.evaluate import evaluate, token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
+from mor.train.schedule import lr_factor
 from mor.train.trainer import Trainer
 
 FAST = {"model": {"dim": 8, "train_steps": 3, "halting": {"max_steps": 3}},
@@ -47,6 +48,8 @@ BAD = [
     ("data:\n  task: csv\n", "data.path: task 'csv' needs option 'path'"),
     ("checkpoint:\n  keep_last: 0\n", "checkpoint.keep_last: must be >= 1"),
     ("train:\n  steps: 10\n  upcycle: 10\n", "train.upcycle: must be < train.steps (10), got 10"),
+    ("train:\n  steps: 100\n  warmup: 10\n  restarts: 500\n", "train.restarts: 500 restarts leave fewer than 2 "
+                                                              "of the 90 steps after warmup to each cosine cycle"),
     ("- just\n- a list\n", "expected a YAML mapping"),
     ("train: [unclosed\n", "not valid YAML at line"),
     ("eval:\n  max_steps: []\n", "eval.max_steps: List should have at least 1 item"),
@@ -336,6 +339,8 @@ def test_metrics_hold_every_loss_term_and_eval_lines(tmp_path):
     assert [r["step"] for r in evals] == [8, 16, 24]
     assert {"task", "ponder", "halting_kl", "critic", "load_balance", "z_loss", "lr"} <= set(train[0])
     assert {"accuracy", "position_accuracy", "mean_steps"} <= set(evals[0])
+    cfg = config(tmp_path).train
+    assert [r["lr"] for r in train] == pytest.approx([cfg.lr * lr_factor(r["step"] - 1, cfg) for r in train])
 
 
 def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):

@@ -121,7 +121,11 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
 
     @model_validator(mode="after")
-    def _upcycle_fits(self) -> "TrainConfig":
+    def _phases_fit(self) -> "TrainConfig":
+        cycles, decay = self.restarts + 1, self.steps - min(self.warmup, self.steps)
+        if self.schedule == "cosine" and self.restarts and decay < 2 * cycles:
+            raise ValueError(f"train.restarts: {self.restarts} restarts leave fewer than 2 of the {decay} steps after "
+                             f"warmup to each cosine cycle; use at most {max(0, decay // 2 - 1)} restarts")
         if self.upcycle >= self.steps:
             raise ValueError(f"train.upcycle: must be < train.steps ({self.steps}), got {self.upcycle}; the "
                              f"experts need steps of their own after starting as copies")

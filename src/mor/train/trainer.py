@@ -148,7 +148,7 @@ class Trainer:
                 examples += self.config.data.batch_size * tc.grad_accum
                 if self.step % tc.log_every == 0:
                     self._log(metrics, {"kind": "train", "step": self.step, **logged,
-                                        "lr": self.scheduler.get_last_lr()[0], "examples_per_s": examples / training_s})
+                                        "examples_per_s": examples / training_s})
                     training_s, examples = 0.0, 0
                 improved = stop = False
                 if self.step % tc.eval_every == 0 or self.step == tc.steps:
@@ -167,7 +167,7 @@ class Trainer:
         return last_eval
 
     def _train_step(self) -> dict[str, float]:
-        """One optimiser step over `grad_accum` micro-batches; returns the mean of each loss term."""
+        """One optimiser step over `grad_accum` micro-batches; returns the mean of each loss term and the rate used."""
         tc = self.config.train
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -185,11 +185,12 @@ class Trainer:
         if tc.clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used, before the schedule moves on
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return totals
+        return {**totals, "lr": lr}
 
     def _autocast(self):
         precision = self.config.train.precision
