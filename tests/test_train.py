@@ -11,6 +11,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from mor.data import get_task
 from mor.errors import CheckpointError, ConfigError
 from mor.train import checkpoint
 from mor.train.config import load, parse
@@ -83,6 +84,14 @@ def test_a_config_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes("# café\ntrain: {steps: 5}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.yaml: cannot read it as UTF-8 text .*save the config as UTF-8"):
         load(path)
+
+
+def test_numbers_written_with_an_exponent_are_numbers_everywhere_in_a_config(tmp_path):
+    path = tmp_path / "exponents.yaml"
+    path.write_text("data:\n  task: regimes\n  noise: 5e-2\ntrain:\n  lr: 1E-3\n  steps: 2e3\n")
+    cfg = load(path)
+    assert cfg.data.options == {"noise": 0.05} and cfg.train.lr == 0.001 and cfg.train.steps == 2000
+    get_task(cfg.data.task, **cfg.data.options)  # the strict check of task options takes it
 
 
 @pytest.mark.parametrize("text,message", BAD)

@@ -3,6 +3,7 @@
 Every error names the field, the bad value and the fix, e.g. `train.lr: must be > 0, got -1`.
 """
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -62,7 +63,7 @@ def _has_bool(value: Any) -> bool:
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key repeated in one mapping: PyYAML would silently keep the last one, so
     a second `train:` section would throw the first away. Keys are compared as written, before merge keys (`<<:`)
-    bring in others that a mapping may override."""
+    bring in others that a mapping may override. Exponents without a dot (`5e-2`) are numbers, as in YAML 1.2."""
 
     def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
         node = super().compose_mapping_node(anchor)
@@ -76,6 +77,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
                                 f"later one would silently replace the earlier; merge them into one", key.start_mark)
             seen[key.tag, key.value] = key.start_mark
         return node
+
+
+UniqueKeyLoader.add_implicit_resolver(  # YAML 1.2 reads 1e-3 as a number; PyYAML (1.1) would read text
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def error_line(error: dict) -> str:
