@@ -328,6 +328,19 @@ def test_table_errors(table, tmp_path):
     raises("breast_cancer", get_task("breast_cancer").split, "holdout")
 
 
+def test_a_parquet_file_given_as_csv_and_numbers_with_placeholders_are_refused(table, tmp_path):
+    from mor.data.tabular import TabularTask
+
+    table.to_parquet(tmp_path / "pets.csv")
+    assert "is a Parquet file; set task: parquet" in raises("data.path", get_task, "csv",
+                                                            path=str(tmp_path / "pets.csv"), target="label")
+    placeholder = table.assign(size=table["size"].astype(object).where(table.index % 20 != 3, "?"))
+    message = raises("data", TabularTask, placeholder, "label")
+    assert "column 'size' of table holds numbers but for 3 values like '?'" in message
+    words = table.assign(size=np.where(table.index % 4 == 0, "many", "1"))  # a quarter words: a category column
+    assert TabularTask(words, "label").in_dim == 2 + 3
+
+
 def test_tables_that_cannot_be_learned_as_given_are_refused(table):
     from mor.data.tabular import TabularTask
 

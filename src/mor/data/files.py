@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mor.data.tabular import TabularTask
 
 READERS = {"csv": "read_csv", "parquet": "read_parquet"}  # file format → pandas reader
+PARQUET_MAGIC = b"PAR1"  # the first bytes of every Parquet file
 
 
 def read_table(path: str | Path, file_format: str = "csv") -> "pd.DataFrame":
@@ -25,6 +26,9 @@ def read_table(path: str | Path, file_format: str = "csv") -> "pd.DataFrame":
     check(file_format in READERS, f"data.format: expected one of {', '.join(READERS)}, got {file_format!r}")
     path = Path(path)
     check(path.is_file(), f"data.path: no file at '{path}'; give the path of an existing {file_format} file")
+    with path.open("rb") as file:
+        parquet = file.read(4) == PARQUET_MAGIC
+    check(file_format == "parquet" or not parquet, f"data.path: '{path}' is a Parquet file; set task: parquet")
     try:
         frame = getattr(pd, READERS[file_format])(path)
     except pd.errors.EmptyDataError:

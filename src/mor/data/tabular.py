@@ -47,6 +47,7 @@ class TabularTask(DatasetTask):
                                     "drop or fill those rows first")
         for column in (*features, target):
             _check_finite(frame[column], column, name)
+            _check_numbers_not_text(frame[column], column, name)
         check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
                                     f"({labels.tolist()[0]!r}); there is nothing to learn — choose another target")
         self.kind = _infer_kind(labels, target) if kind is None else kind
@@ -102,6 +103,23 @@ def _check_finite(column: pd.Series, field: str, name: str) -> None:
         infinite = int(np.isinf(column.to_numpy(dtype=np.float64)).sum())
         check(not infinite, f"data: column {field!r} of {name} has {infinite} infinite values; "
                             "replace or drop those rows first")
+
+
+NUMERIC_SHARE = 0.9  # a text column whose values are this much numbers is numbers with a few placeholders
+
+
+def _check_numbers_not_text(column: pd.Series, field: str, name: str) -> None:
+    """Refuse a column of numbers with a few placeholders ('?', '-'): pandas reads it as text, so every number
+    would become a category of its own."""
+    if pd.api.types.is_numeric_dtype(column) or column.dropna().empty:
+        return
+    given = column.dropna()
+    numbers = pd.to_numeric(given.astype(str), errors="coerce").notna()
+    if numbers.mean() >= NUMERIC_SHARE and not numbers.all():
+        odd = list(dict.fromkeys(given[~numbers].astype(str)))
+        raise ConfigError(f"data: column {field!r} of {name} holds numbers but for {int((~numbers).sum())} values "
+                          f"like {', '.join(map(repr, odd[:3]))}, so it reads as text and each number would be a "
+                          f"category; leave those cells empty (missing) or drop the column with data.columns")
 
 
 MANY_CLASSES = 50  # a numeric target with more distinct integers than this may be a quantity: the user says which
