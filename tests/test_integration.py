@@ -139,4 +139,30 @@ def test_a_float16_class_mixture_of_confident_experts_has_a_finite_log():
     half = integrator(answers.half(), weights.half(), mask).output
     assert torch.isfinite(half).all()
     mixed = (weights[..., None] * softmax(answers)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-9)
-    assert torch.equal(integrator(answers, weights, mask).output, torch.log(mixed.clamp_min(1e-9)))  # float32 as before
+    torch.testing.assert_close(integrator(answers, weights, mask).output, torch.log(mixed))
+
+
+@pytest.mark.parametrize("mode", ["gate", "confidence"])
+def test_a_class_all_experts_rule_out_keeps_its_log_probability_and_gradient(mode):
+    """Clamping the mixture at 1e-9 before the log capped the loss at 20.7 and cut the gradient of confidently
+    wrong inputs, the ones training most needs to correct."""
+    answers = torch.tensor([[[0.0, 30.0], [0.0, 25.0]], [[0.0, 30.0], [0.0, 25.0]]], dtype=torch.float64,
+                           requires_grad=True)
+    weights = torch.tensor([[0.75, 0.25], [1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    out = Integrator(mode, classes=True)(answers, weights, torch.ones(2, 2, dtype=torch.bool),
+                                         torch.ones(2, 2, dtype=torch.float64)).output
+    exact = torch.log((weights[..., None] / weights.sum(1, keepdim=True)[..., None]
+                       * torch.softmax(answers, -1)).sum(1))
+    torch.testing.assert_close(out, exact)
+    assert out[:, 0].max() < -24
+    answer_grad, weight_grad = torch.autograd.grad(out[:, 0].sum(), (answers, weights))
+    assert answer_grad.abs().sum() > 1 and torch.isfinite(weight_grad).all() and weight_grad[0].abs().sum() > 0
+
+
+def test_an_input_whose_every_slot_was_dropped_gets_finite_class_scores_and_gradients():
+    answers = torch.randn(2, 2, 3, requires_grad=True)
+    weights = torch.tensor([[0.5, 0.5], [0.0, 0.0]], requires_grad=True)
+    out = Integrator("gate", classes=True)(answers, weights, torch.tensor([[True, True], [False, False]])).output
+    assert torch.equal(out[1], torch.full((3,), math.log(1e-9)))
+    out.sum().backward()
+    assert torch.isfinite(answers.grad).all() and torch.isfinite(weights.grad).all()

@@ -7,6 +7,7 @@ distribution; values and features as a weighted sum. Conflict is the weighted Je
 classes and the weighted variance for values.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mor.errors import check
-from mor.nn.functional import eps, lifted, normalized, softmax
+from mor.nn.functional import eps, lifted, log_softmax, normalized, softmax
 from mor.nn.losses import entropy
 
 Mode = Literal["gate", "confidence", "attention"]
@@ -69,18 +70,25 @@ class Integrator(nn.Module):
                 query: Tensor | None = None, with_conflict: bool = False) -> Integrated:
         w = self.weigh(weights, mask, confidence, query, answers)
         wb = w.view(*w.shape, *([1] * (answers.dim() - 2)))
-        if self.classes:
-            lw = lifted(w).view_as(wb)
-            mixed = (lw * softmax(answers)).sum(1) / lw.sum(1).clamp_min(eps(lw.dtype))
-            output = torch.log(mixed.clamp_min(eps(mixed.dtype)))
-        else:
-            output = (wb * answers).sum(1)
+        output = mixture_log_probs(answers, lifted(w).view_as(wb)) if self.classes else (wb * answers).sum(1)
         return Integrated(output=output, weights=w,
                           conflict=self.conflict(answers.detach(), w.detach()) if with_conflict else None)
 
     def conflict(self, answers: Tensor, weights: Tensor) -> Tensor:
         """Disagreement among the selected experts per input (N,): 0 when they agree."""
         return conflict(answers, weights, self.classes)
+
+
+def mixture_log_probs(answers: Tensor, weights: Tensor) -> Tensor:
+    """log Σ_m share_m · softmax(answers_m), in log space so that a class every expert all but rules out keeps its
+    true log-probability and gradient (a clamped log would cut both off). `weights` (N, m, 1…) broadcast over the
+    answers (N, m, …, D); an input whose weights are all 0 (every slot dropped) gets log(eps) for every class."""
+    share = weights / weights.sum(1, keepdim=True).clamp_min(eps(weights.dtype))
+    used = share > 0
+    anything = used.any(1, keepdim=True)
+    log_share = torch.where(used, share, 1.0).log().masked_fill(~used, float("-inf"))
+    mixed = torch.logsumexp(torch.where(anything, log_share, 0.0) + log_softmax(answers), dim=1)
+    return torch.where(anything.squeeze(1), mixed, math.log(eps(mixed.dtype)))
 
 
 def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
