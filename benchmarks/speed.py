@@ -86,7 +86,7 @@ class Plan:
 
 FULL = Plan(threads=(1, 2), train_steps=2000, max_steps=None, step_rounds=30, rounds={1: 100, EXAMPLES: 20},
             layer_rounds=15, warmup=3)
-QUICK = Plan(threads=(1,), train_steps=20, max_steps=32, step_rounds=5, rounds={1: 10, EXAMPLES: 3},
+QUICK = Plan(threads=(1,), train_steps=20, max_steps=32, step_rounds=5, rounds={1: 10, EXAMPLES: 5},
              layer_rounds=3, warmup=1)
 
 
@@ -281,6 +281,17 @@ def relative(ratio: float, what: str) -> str:
     return f"{ratio:.2f}× faster than {what}" if ratio >= 1 else f"{1 / ratio:.2f}× slower than {what}"
 
 
+def versus(t: dict, name: str) -> str:
+    """A candidate's paired speed-up over the baseline of timing `t` in words; where the ratio of the two medians
+    points the other way, the rounds cannot tell them apart, and the sentence says so instead of picking a side."""
+    base, paired = t["baseline"], t["speedup"][name]["median"]
+    of_medians = t["median_s"][base] / t["median_s"][name]
+    if (paired >= 1) != (of_medians >= 1):
+        return (f"level with {base} within this run's noise (paired rounds {paired:.2f}×, "
+                f"ratio of medians {of_medians:.2f}×)")
+    return relative(paired, base)
+
+
 def ms(seconds: float) -> str:
     """Seconds as milliseconds, three significant digits."""
     return f"{seconds * 1e3:.3g}"
@@ -392,15 +403,15 @@ def verdicts(results: dict) -> list[str]:
     for s in results["settings"]:
         label, t = setting_label(s, gpu), s["training"]
         lines.append(f"Training, {label}: at matched FLOPs, " + "; ".join(
-            f"{LABELS[k]} is {relative(t['speedup'][k]['median'], 'dense')}" for k in t["speedup"])
+            f"{LABELS[k]} is {versus(t, k)}" for k in t["speedup"])
             + f" (MoR {t['examples_per_s']['mor']:,.0f}, dense {t['examples_per_s']['dense']:,.0f} examples/s). "
             f"Routing's cost, MoR against the single reflection expert (the same FLOPs, no router), ratio of "
             f"medians: MoR is {relative(t['median_s']['reflection'] / t['median_s']['mor'], 'it')}.")
         for b, t in s["latency"].items():
-            lines.append(f"Inference at batch {b}, {label}: MoR takes {ms(t['median_s']['mor'])} ms per example, "
-                         f"{relative(t['speedup']['mor']['median'], 'dense')} ({ms(t['median_s']['dense'])} ms); "
-                         + "; ".join(f"{LABELS[k]} is {relative(t['speedup'][k]['median'], 'dense')}"
-                                     for k in t["speedup"] if k != "mor") + ".")
+            per = "per example" if int(b) == 1 else f"per example (amortised: the call's time / {b})"
+            lines.append(f"Inference at batch {b}, {label}: MoR takes {ms(t['median_s']['mor'])} ms {per}, "
+                         f"{versus(t, 'mor')} ({ms(t['median_s']['dense'])} ms); "
+                         + "; ".join(f"{LABELS[k]} is {versus(t, k)}" for k in t["speedup"] if k != "mor") + ".")
         for kind, by_batch in s["halting"].items():
             for b, h in by_batch.items():
                 theory = results["halting_profile"][kind]["step_fraction"][b]

@@ -83,3 +83,11 @@ def test_quick_run_includes_the_layer_benchmark(quick):
     for row in saved["layer"]:
         assert {"mor", "dense"} <= set(row["tokens_per_s"]) and all(map(positive, row["tokens_per_s"].values()))
     assert "## Layer: MoRLayer vs dense SwiGLU" in markdown
+
+
+def test_a_verdict_does_not_pick_a_side_the_medians_contradict():
+    agree = {"baseline": "dense", "median_s": {"dense": 2.0, "mor": 1.0}, "speedup": {"mor": {"median": 1.8}}}
+    assert speed.versus(agree, "mor") == "1.80× faster than dense"
+    torn = {"baseline": "dense", "median_s": {"dense": 0.151, "mor": 0.144}, "speedup": {"mor": {"median": 0.73}}}
+    assert speed.versus(torn, "mor") == ("level with dense within this run's noise (paired rounds 0.73×, "
+                                         "ratio of medians 1.05×)")
