@@ -20,6 +20,15 @@ def test_bad_input_gives_a_clear_error_without_traceback(args, message):
     assert message in output and "Traceback" not in output
 
 
+def test_bench_refuses_an_out_it_cannot_write_before_running_anything(tmp_path):
+    (tmp_path / "afile").write_text("kept\n")
+    result = mor("bench", "layer", "--quick", "--out", str(tmp_path / "afile"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--out: '{tmp_path / 'afile'}' is a file; give a folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert (tmp_path / "afile").read_text() == "kept\n"
+
+
 TINY = """model: {dim: 8, train_steps: 3, halting: {max_steps: 3}}
 data: {task: prefix_sum, sizes: [4, 8], batch_size: 16}
 train: {steps: 6, eval_every: 3, log_every: 3, warmup: 2}

@@ -64,7 +64,7 @@ def router_and_data(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("out,message", [
     ("report.md", "--out: 'report.md' is a file; give a folder"),  # an existing file
-    ("report.md/eval", "--out: cannot make the folder 'report.md/eval'"),  # a folder that cannot be made
+    ("report.md/eval", "--out: 'report.md/eval' inside 'report.md', which is a file; give a folder"),
 ])
 def test_route_eval_out_that_is_not_a_folder_is_one_clear_line(router_and_data, tmp_path, out, message):
     router, data = router_and_data

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mor.durable import make_folder
 from mor.errors import MorError
 from mor.serve.commands import app as serve_app
 from mor.system.commands import app as route_app
@@ -96,6 +97,7 @@ def bench(suite: str = typer.Argument(..., help=f"Suite to run: {', '.join(SUITE
     """Run a benchmark suite (or all) from the repository's benchmarks/ folder and print its markdown tables."""
     if suite != "all" and suite not in SUITES:
         raise MorError(f"mor bench: unknown suite {suite!r}; choose one of: {', '.join(SUITES)}, all")
+    make_folder(out, "--out")  # a bad --out fails now, not after minutes of benchmarking
     for name in SUITES if suite == "all" else [suite]:
         module, options = SUITES[name]
         _load_benchmark(module).run(quick=quick, out_dir=str(out), **options)

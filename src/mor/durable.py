@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from mor.errors import check
+from mor.errors import MorError, check
 
 
 def sync(path: Path) -> None:
@@ -36,3 +36,15 @@ def check_folder(path: Path, option: str) -> None:
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     inside = "" if existing == path else f" inside '{existing}', which"
     check(existing is None or existing.is_dir(), f"{option}: '{path}'{inside} is a file; give a folder")
+
+
+def make_folder(path: Path, option: str) -> Path:
+    """Make the output folder `path` (given as `option`) before any work is done, or raise a one-line error saying
+    what to give instead."""
+    check_folder(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MorError(f"{option}: cannot make the folder '{path}' ({err.strerror or err}); give a folder you can "
+                       f"write to") from None
+    return path

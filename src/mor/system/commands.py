@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mor.durable import make_folder
 from mor.errors import MorError, first_line
 
 app = typer.Typer(no_args_is_help=True, help="Route requests among whole models: train, evaluate, ask.")
@@ -65,10 +66,10 @@ def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router
     `source`, accuracy per source; as markdown and JSON. The head, hints and tools decide; saved feedback and load
     (a config's `state`) are left out, so the score is the router's own."""
     from mor.system.dataset import read_labeled
-    from mor.system.evaluation import evaluate, prepare, write
+    from mor.system.evaluation import evaluate, write
 
     requests, labels, sources = read_labeled(data)
-    prepare(out)  # a bad --out fails now, not after the evaluation
+    make_folder(out, "--out")  # a bad --out fails now, not after the evaluation
     system_router = _router(router, config)
     report = write(evaluate(system_router, requests, labels, threads, sources), out, f"Routing on {data.name}")
     console.print(report.read_text(), markup=False, emoji=False, highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from mor.durable import make_folder
 from mor.errors import MorError, check
 from mor.system.calibration import calibration_error
 from mor.system.request import Request
@@ -103,21 +104,9 @@ def _maybe(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def prepare(out: Path) -> Path:
-    """Make the report folder `out` (given as --out), or raise a one-line MorError saying what to give instead."""
-    if out.exists() and not out.is_dir():
-        raise MorError(f"--out: '{out}' is a file; give a folder (route-eval.json and route-eval.md go in it)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise MorError(f"--out: cannot make the folder '{out}' ({err.strerror or err}); "
-                       f"give a folder you can write to") from None
-    return out
-
-
 def write(result: dict, out: Path, title: str) -> Path:
     """Write route-eval.json and route-eval.md into the folder `out`; returns the markdown report's path."""
-    report = prepare(out) / "route-eval.md"
+    report = make_folder(out, "--out") / "route-eval.md"
     try:
         (out / "route-eval.json").write_text(json.dumps(result, indent=1))
         report.write_text(markdown(result, title))
