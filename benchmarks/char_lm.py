@@ -275,7 +275,7 @@ def versus(bits: dict[str, float]) -> str:
     gap = bits["mor"] - bits[rival]
     if gap < 0:
         return f"MoR FFN wins by {-gap:.3f} bits/char ({-gap / bits[rival]:.1%}) over the {LABELS[rival]}"
-    return (f"MoR FFN does NOT win: the {LABELS[rival]} is {gap:.3f} bits/char ({gap / bits['mor']:.1%}) lower "
+    return (f"MoR FFN does NOT win: the {LABELS[rival]} is {gap:.3f} bits/char ({gap / bits[rival]:.1%}) lower "
             f"({bits[rival]:.3f} vs {bits['mor']:.3f})")
 
 

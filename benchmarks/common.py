@@ -157,7 +157,7 @@ def md_machine(info: dict, other_cores: float | None = None) -> str:
         return line
     line += f" Other processes kept {other_cores:.2f} cores busy on average during the run."
     if other_cores > 0.2:
-        line += " **Warning: the machine was shared; multi-thread rows are the least reliable.**"
+        line += " **Warning: the machine was shared, so this run's timings are less reliable.**"
     return line
 
 

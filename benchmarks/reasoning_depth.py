@@ -41,6 +41,7 @@ KINDS = ("mor", "reflection", "moe", "dense")
 TRAIN_SIZES = (8, 32)
 SIZES = (32, 128, 512)
 MAX_STEPS = 600
+SEED_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one line style per seed, colour per kind
 DIMS = range(4, 257)  # widths searched when matching a baseline's parameters to MoR's
 DEPTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 320, 400, 500, 600)  # the fixed-depth sweep
 RULES = (Halting(max_steps=MAX_STEPS, threshold=0.99), Halting(max_steps=MAX_STEPS, stable_steps=20),
@@ -263,8 +264,8 @@ def markdown(results: dict) -> str:
         f"Trained on {TRAIN_SIZES[0]}–{TRAIN_SIZES[1]} bits for {p['steps']} steps of batch 64, "
         f"seeds 0–{p['seeds'] - 1}; "
         f"evaluated on {', '.join(f'{n} fresh instances of {s} bits' for s, n in p['examples'].items())}. "
-        "Accuracy is the fraction of instances entirely right. Baselines have MoR's parameter count "
-        f"(widths: {', '.join(f'{NAMES[k]} {d}' for k, d in results['dims'].items())}).",
+        "Accuracy is the fraction of instances entirely right. Each baseline takes the whole width whose parameter "
+        f"count is nearest MoR's: {matched_counts(results['jobs'])}.",
         "## Every seed\n\nAccuracy under the first adaptive rule (" + rules[0] + "); the last column is the best "
         "fixed depth at the largest size (an oracle choice of depth, for reference).",
         md_table(["model", "seed", "parameters", "train s", "eval s", *(f"{s} bits" for s in sizes),
@@ -274,6 +275,15 @@ def markdown(results: dict) -> str:
         md_table(["model", "seed", "bits", "best fixed @ depth", *(f"{r}: accuracy in steps" for r in rules)],
                  halting_rows(results["jobs"], sizes)),
         "## Against the goals", "\n".join(verdicts(results))])
+
+
+def matched_counts(jobs: list[dict]) -> str:
+    """Each kind's width and parameters, with the share by which a baseline misses MoR's count."""
+    by_kind = {r["kind"]: r for r in jobs}  # every seed of a kind has its width and count
+    mor = by_kind["mor"]["parameters"]
+    return ", ".join(f"{NAMES[k]} width {by_kind[k]['dim']}, {by_kind[k]['parameters']:,} parameters"
+                     + ("" if k == "mor" else f" ({by_kind[k]['parameters'] / mor - 1:+.1%})")
+                     for k in KINDS if k in by_kind)
 
 
 def figure(results: dict) -> Figure:
@@ -286,7 +296,8 @@ def figure(results: dict) -> Figure:
             if "fixed" in m:
                 depths = sorted(int(d) for d in m["fixed"])
                 ax.plot(depths, [m["fixed"][d] for d in depths], color="C0" if r["kind"] == "mor" else "C1",
-                        alpha=0.8, label=f"{r['kind']} seed {r['seed']}")
+                        linestyle=SEED_STYLES[r["seed"] % len(SEED_STYLES)], alpha=0.8,
+                        label=f"{r['kind']} seed {r['seed']}")
         ax.set(title=f"{size} bits", xlabel="reflection steps", ylabel="accuracy", ylim=(-0.02, 1.02))
     fig.axes[0].legend(fontsize=6)
     fig.tight_layout()

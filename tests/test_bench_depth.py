@@ -26,6 +26,9 @@ def test_quick_run_scores_every_kind_and_seed_at_every_size(tmp_path):
     assert markdown.count("| MoR (2 experts, top-1) |") == 2 + 2 * len(plan["examples"])
     assert "## Against the goals" in markdown and "of 2 seeds" in markdown and "| train s | eval s |" in markdown
     assert "The accuracy goal under each adaptive rule" in markdown
+    dense = next(j for j in results["jobs"] if j["kind"] == "dense")
+    miss = dense["parameters"] / parameters["mor"] - 1  # the nearest whole width misses MoR's count: say by how much
+    assert f"width {dense['dim']}, {dense['parameters']:,} parameters ({miss:+.1%})" in markdown
 
 
 def test_the_accuracy_goal_is_counted_under_each_rule():
