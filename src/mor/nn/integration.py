@@ -7,7 +7,6 @@ distribution; values and features as a weighted sum. Conflict is the weighted Je
 classes and the weighted variance for values.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,15 +79,19 @@ class Integrator(nn.Module):
 
 
 def mixture_log_probs(answers: Tensor, weights: Tensor) -> Tensor:
-    """log Σ_m share_m · softmax(answers_m), in log space so that a class every expert all but rules out keeps its
-    true log-probability and gradient (a clamped log would cut both off). `weights` (N, m, 1…) broadcast over the
+    """log Σ_m share_m · softmax(answers_m). Where the mixture underflows the log's guard (a class every expert all
+    but rules out) it is taken in log space, so that class keeps its true log-probability and gradient, which the
+    clamped log cut off; elsewhere the direct form, bit for bit as before. `weights` (N, m, 1…) broadcast over the
     answers (N, m, …, D); an input whose weights are all 0 (every slot dropped) gets log(eps) for every class."""
-    share = weights / weights.sum(1, keepdim=True).clamp_min(eps(weights.dtype))
+    total = weights.sum(1, keepdim=True).clamp_min(eps(weights.dtype))
+    mixed = (weights * softmax(answers)).sum(1) / total.squeeze(1)
+    direct = torch.log(mixed.clamp_min(eps(mixed.dtype)))
+    share = weights / total
     used = share > 0
     anything = used.any(1, keepdim=True)
     log_share = torch.where(used, share, 1.0).log().masked_fill(~used, float("-inf"))
-    mixed = torch.logsumexp(torch.where(anything, log_share, 0.0) + log_softmax(answers), dim=1)
-    return torch.where(anything.squeeze(1), mixed, math.log(eps(mixed.dtype)))
+    exact = torch.logsumexp(torch.where(anything, log_share, 0.0) + log_softmax(answers), dim=1)
+    return torch.where((mixed > eps(mixed.dtype)) | ~anything.squeeze(1), direct, exact)
 
 
 def conflict(answers: Tensor, weights: Tensor, classes: bool) -> Tensor:
