@@ -164,6 +164,24 @@ def test_an_own_rule_that_only_ties_a_baseline_is_not_called_a_win(evaluations):
     assert "beats every baseline at every size" not in text
 
 
+def test_regression_is_ranked_on_mse_not_on_the_share_within_tolerance(tmp_path):
+    """On values "accuracy" is only the share within ±0.1: a model with more answers near the target and a worse
+    mean squared error used to be reported the winner."""
+    torch.manual_seed(0)
+    task = get_task("regimes")
+    cfg = EvalConfig(examples=64, max_steps=[1, 2], seed=7)
+    runs = {name: evaluate(model, task, cfg) for name, model in
+            (("MoR", MoRModel(task.in_dim, 1, dim=8, task="regression", train_steps=2)),
+             ("dense", DenseModel(task.in_dim, 1, dim=8, depth=2, task="regression")))}
+    for name, accuracy, mse in (("MoR", 0.149, 0.641), ("dense", 0.134, 0.634)):
+        for r in runs[name]["depth"] + runs[name]["halting"]:
+            r["accuracy"], r["mse"] = accuracy, mse
+    text = write_report(tmp_path, "t", tmp_path / "missing.jsonl", runs).read_text()
+    assert "| best MSE @ depth | R² (best) | MSE @ training depth | own rule: MSE |" in text
+    assert "MoR does NOT beat dense: best MSE 0.641" in text and "beats every baseline" not in text
+    assert "Evaluation — MSE" in summary(runs) and "does NOT beat dense" in summary(runs)
+
+
 @pytest.fixture(scope="module")
 def chars():
     return get_task("chars", max_chars=20_000, context=16)

@@ -23,9 +23,21 @@ def depth_rows(ev: dict, size: int | None) -> list[dict]:
     return sorted((r for r in ev["depth"] if r["size"] == size), key=lambda r: r["max_steps"])
 
 
+def ranked_on(ev: dict) -> tuple[str, str, bool]:
+    """The metric that ranks `ev`'s rows: its key, its name in reports, and whether higher is better. Accuracy for
+    classes; mean squared error for values, whose "accuracy" is only the share within a tolerance."""
+    return ("mse", "MSE", False) if "mse" in ev["depth"][0] else ("accuracy", "accuracy", True)
+
+
+def better(ev: dict, mine: float, theirs: float) -> bool:
+    """Whether `mine` beats `theirs` on `ev`'s ranking metric."""
+    return mine > theirs if ranked_on(ev)[2] else mine < theirs
+
+
 def best_depth(ev: dict, size: int | None) -> dict | None:
-    """The most accurate fixed depth at `size`, the shallowest among ties."""
-    return max(depth_rows(ev, size), key=lambda r: (r["accuracy"], -r["max_steps"]), default=None)
+    """The fixed depth at `size` best on the ranking metric, the shallowest among ties."""
+    key, _, higher = ranked_on(ev)
+    return max(depth_rows(ev, size), key=lambda r: (r[key] if higher else -r[key], -r["max_steps"]), default=None)
 
 
 def at_train_depth(ev: dict, size: int | None) -> dict | None:

@@ -10,7 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mor.train import plots
-from mor.train.records import at_train_depth, best_depth, depth_rows, is_token_eval, own_rule, read_metrics, size_label
+from mor.train.records import (
+    at_train_depth,
+    best_depth,
+    better,
+    depth_rows,
+    is_token_eval,
+    own_rule,
+    ranked_on,
+    read_metrics,
+    size_label,
+)
 
 
 def write_report(run_dir: Path, title: str, metrics_path: Path, evaluations: dict[str, dict],
@@ -63,14 +73,15 @@ def summary(evaluations: dict[str, dict]) -> str:
 
 
 def _accuracy_lines(evaluations: dict[str, dict]) -> list[str]:
-    lines = ["Evaluation — accuracy: best fixed depth @ depth | own halting rule in mean steps"]
+    key, metric, _ = ranked_on(next(iter(evaluations.values())))
+    lines = [f"Evaluation — {metric}: best fixed depth @ depth | own halting rule in mean steps"]
     for size in next(iter(evaluations.values()))["sizes"]:
         lines.append(f"{size_label(size)}:")
         for name, ev in evaluations.items():
             best, own = best_depth(ev, size), own_rule(ev, size)
-            text = f"  {name:<18} {_num(best['accuracy'])} @ {best['max_steps']}" if best else f"  {name:<18} —"
+            text = f"  {name:<18} {_num(best[key])} @ {best['max_steps']}" if best else f"  {name:<18} —"
             if own:
-                text += f" | {_num(own['accuracy'])} in {own['mean_steps']:.1f} steps"
+                text += f" | {_num(own[key])} in {own['mean_steps']:.1f} steps"
             lines.append(text)
     return lines
 
@@ -94,20 +105,22 @@ def _shortfalls(evaluations: dict[str, dict]) -> list[str]:
                 out.append(f"{main_name} {'ties' if mine == theirs else 'does NOT beat'} {name}: {_num(mine)} vs "
                            f"{_num(theirs)} bits/char at training depth")
         return out
+    key, metric, higher = ranked_on(main)
+    metric = "" if higher else f"{metric} "  # accuracy goes without saying
     for size in main["sizes"]:
         mine, own = best_depth(main, size), own_rule(main, size)
         for name, ev in baselines:
             theirs = best_depth(ev, size)
             if mine is None or theirs is None:
                 continue
-            against = f"{name}'s best {_num(theirs['accuracy'])} (depth {theirs['max_steps']})"
-            if mine["accuracy"] <= theirs["accuracy"]:
-                verb = "ties" if mine["accuracy"] == theirs["accuracy"] else "does NOT beat"
-                out.append(f"{size_label(size)}: {main_name} {verb} {name}: best {_num(mine['accuracy'])} "
+            against = f"{name}'s best {_num(theirs[key])} (depth {theirs['max_steps']})"
+            if not better(main, mine[key], theirs[key]):
+                verb = "ties" if mine[key] == theirs[key] else "does NOT beat"
+                out.append(f"{size_label(size)}: {main_name} {verb} {name}: best {metric}{_num(mine[key])} "
                            f"(depth {mine['max_steps']}) vs {against}")
-            if own and own["accuracy"] <= theirs["accuracy"]:
-                verb = "ties" if own["accuracy"] == theirs["accuracy"] else "does NOT beat"
-                out.append(f"{size_label(size)}: {main_name} with its own halting rule ({_num(own['accuracy'])} in "
+            if own and not better(main, own[key], theirs[key]):
+                verb = "ties" if own[key] == theirs[key] else "does NOT beat"
+                out.append(f"{size_label(size)}: {main_name} with its own halting rule ({metric}{_num(own[key])} in "
                            f"{own['mean_steps']:.1f} steps) {verb} {against}")
     return out
 
@@ -129,27 +142,32 @@ def _models_table(evaluations: dict[str, dict]) -> list[str]:
 
 def _headline(evaluations: dict[str, dict]) -> list[str]:
     main_name, main = next(iter(evaluations.items()))
+    key, metric, higher = ranked_on(main)
+    second = "position_accuracy" if higher else "r2"
     rows = []
     for size in main["sizes"]:
         for name, ev in evaluations.items():
             best, train, own = best_depth(ev, size), at_train_depth(ev, size), own_rule(ev, size)
             spent = own or train or best
             rows.append([size_label(size), f"**{name}**" if name == main_name else name,
-                         f"{_num(best['accuracy'])} @ {best['max_steps']}" if best else "—",
-                         _num(best["position_accuracy"]) if best else "—",
-                         f"{_num(train['accuracy'])} @ {train['max_steps']}" if train else "—",
-                         _num(own["accuracy"]) if own else "—", f"{own['mean_steps']:.1f}" if own else "—",
+                         f"{_num(best[key])} @ {best['max_steps']}" if best else "—",
+                         _num(best[second]) if best else "—",
+                         f"{_num(train[key])} @ {train['max_steps']}" if train else "—",
+                         _num(own[key]) if own else "—", f"{own['mean_steps']:.1f}" if own else "—",
                          f"{spent['compute']:.1f}" if spent else "—"])
     shortfalls = _shortfalls(evaluations)
     verdict = ([f"### Where {main_name} does not beat a baseline", "", *(f"- {s}" for s in shortfalls), ""]
                if shortfalls else [f"{main_name} beats every baseline at every size, on best fixed depth and "
                                    "with its own halting rule.", ""] if len(evaluations) > 1
                else ["No baseline was evaluated, so nothing here is a comparison.", ""])
+    meaning = ("Accuracy is the fraction of examples entirely right; position accuracy counts positions." if higher
+               else "MSE is the mean squared error on standardised targets (lower is better); R² is 1 − SSE/SST.")
     return ["## Headline", "",
-            "Accuracy is the fraction of examples entirely right; position accuracy counts positions. "
-            "Compute is cell evaluations per example under the model's own rule (else its training depth).", "",
-            *_table(["size", "model", "best accuracy @ depth", "position acc. (best)", "accuracy @ training depth",
-                     "own rule: accuracy", "own rule: mean steps", "compute / example"], rows), *verdict]
+            f"{meaning} Compute is cell evaluations per example under the model's own rule (else its training "
+            "depth).", "",
+            *_table(["size", "model", f"best {metric} @ depth", "position acc. (best)" if higher else "R² (best)",
+                     f"{metric} @ training depth", f"own rule: {metric}", "own rule: mean steps",
+                     "compute / example"], rows), *verdict]
 
 
 def _lm_headline(evaluations: dict[str, dict]) -> list[str]:
