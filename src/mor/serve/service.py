@@ -22,6 +22,7 @@ from mor.serve.schemas import Readiness
 from mor.serve.served_model import ServedModel
 from mor.serve.settings import ServeSettings
 from mor.system.config import load_system
+from mor.system.decision import Decision
 from mor.system.integration import ExpertsFailed
 from mor.system.reply import Reply, StreamBroken
 from mor.system.request import Answer, Delta
@@ -113,7 +114,7 @@ class Service:
         try:
             reply = await work
         except ExpertsFailed as err:
-            self._record_calls(err.answers)
+            self._record_failed(err)
             raise
         self._record(reply)
         return reply
@@ -131,7 +132,7 @@ class Service:
                     pieces.put_nowait(piece)
             except BaseException as err:  # handed to the reader, which would otherwise wait for a reply forever
                 if isinstance(err, ExpertsFailed):
-                    self._record_calls(err.answers)
+                    self._record_failed(err)
                 pieces.put_nowait(err)
                 if not isinstance(err, Exception):
                     raise
@@ -155,11 +156,20 @@ class Service:
     def _record(self, reply: Reply) -> None:
         """Count the reply's experts and reflection in the metrics."""
         m = self.metrics
-        for name in reply.decision.selected:
-            m.selected.labels(name).inc()
+        self._record_selected(reply.decision)
         self._record_calls(reply.answers)
         m.reflection_steps.labels(self.settings.model_name).observe(reply.answer.steps)
         m.reflection_rounds.observe(reply.rounds)
+
+    def _record_failed(self, err: ExpertsFailed) -> None:
+        """Count a request whose every expert failed: the router's selection for it and the failed calls."""
+        self._record_selected(err.decision)
+        self._record_calls(err.answers)
+
+    def _record_selected(self, decision: Decision | None) -> None:
+        """Count the experts the router selected."""
+        for name in decision.selected if decision else ():
+            self.metrics.selected.labels(name).inc()
 
     def _record_calls(self, answers: list[Answer]) -> None:
         """Count each expert call by its outcome; a failure's whole text goes to the log (clients see its first

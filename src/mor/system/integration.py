@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from mor.errors import MorError, check, first_line
+from mor.system.decision import Decision
 from mor.system.normalise import normalise
 from mor.system.request import MAX_REQUEST_CHARS, Answer, Cost, Request
 
@@ -22,12 +23,14 @@ MODES: tuple[str, ...] = ("weighted", "voting", "sequential", "ensemble", "stack
 
 class ExpertsFailed(MorError):
     """No answer to integrate: every expert asked failed; `answers` are their failed answers (for the metrics and
-    the log, whole). The message is one line: each error's first line (a traceback below it stays in the answer)."""
+    the log, whole), `decision` the routing decision they answered, once the system has set it. The message is one
+    line: each error's first line (a traceback below it stays in the answer)."""
 
     def __init__(self, answers: list[Answer]) -> None:
         super().__init__("integration: every selected expert failed: "
                          + "; ".join(f"{a.expert}: {first_line(a.error or '')}" for a in answers))
         self.answers = answers
+        self.decision: Decision | None = None
 
 
 def _usable(answers: list[Answer]) -> list[Answer]:

@@ -166,7 +166,11 @@ class MoRSystem:
         fallback = decision.fallback or not any(a.ok and a.expert in decision.selected for a in answers)
         syntheses: list[Answer] = []
         first = len(answers)  # the first round's answers; in `sequential` mode, the chain
-        combined = await self._integrate(request, answers, syntheses, first)
+        try:
+            combined = await self._integrate(request, answers, syntheses, first)
+        except integration.ExpertsFailed as err:
+            err.decision = decision  # what was selected counts in the metrics even when nothing answered
+            raise
         rounds = 0
         while combined.confidence < self.reflection.min_confidence and rounds < self.reflection.rounds:
             asked = {a.expert for a in answers}
