@@ -175,6 +175,12 @@ def test_requests_without_a_valid_key_get_401(server):
     assert httpx.get(server.root + "/healthz").status_code == 200  # operations endpoints take no key
 
 
+def test_the_401_for_a_missing_key_says_how_to_send_one_without_being_redacted(server):
+    response = httpx.get(server.root + "/v1/models")
+    message = "missing API key; send the header 'Authorization: Bearer <your key>'"
+    assert response.status_code == 401 and clean(response)["message"] == message
+
+
 def test_a_body_over_the_limit_gets_413_by_length_or_while_streamed(server):
     def counted() -> float:  # refused before routing, yet counted under the endpoint it was sent to
         text = httpx.get(server.root + "/metrics").text
@@ -241,6 +247,12 @@ BAD = [
     ("/v1/chat/completions", {"model": "mor", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, 400, "n",
      "n: must be <= 1, got 2"),
     ("/v1/chat/completions", '{"model": "mor", ', 400, "body", "not valid JSON"),
+    ("/v1/predict", '{"model": "tiny", "inputs": [[[' + "1" * 5000 + ', 1]]]}', 400, "body",
+     "body: not valid JSON (a number of more than"),
+    ("/v1/route", '{"messages": ' + "[" * 3000 + "]" * 3000 + "}", 400, "body",
+     "body: not valid JSON (nested too deeply)"),
+    ("/v1/chat/completions", '{"model": "mor", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+     400, "temperature", "temperature: must be a finite number"),
     ("/v1/route", {"messages": "hello"}, 400, "messages", "must be a valid list"),
 ]
 

@@ -258,6 +258,11 @@ def test_rate_limits_that_are_not_finite_and_positive_are_refused(tmp_path, wher
     assert f"{field}.requests_per_s: must be" in message, message
 
 
+def test_a_rate_so_slow_its_wait_would_overflow_is_refused_naming_the_field(tmp_path):
+    message = refused(tmp_path, failed_auth_limit={"requests_per_s": 1e-320, "burst": 1})
+    assert "failed_auth_limit.requests_per_s: must be >= 1e-06, got 1e-320" in message, message
+
+
 @pytest.mark.parametrize("server,field", [({"graceful_shutdown_s": float("inf")}, "server.graceful_shutdown_s"),
                                           ({"graceful_shutdown_s": float("nan")}, "server.graceful_shutdown_s"),
                                           ({"host": ""}, "server.host")], ids=["inf-grace", "nan-grace", "empty-host"])

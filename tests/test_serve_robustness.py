@@ -168,6 +168,20 @@ def test_expert_calls_are_counted_when_every_expert_failed(tmp_path):
         assert f'mor_expert_activations_total{{expert="{name}",outcome="error"}} 2.0' in metrics, metrics
 
 
+def test_the_routers_selection_is_counted_when_every_expert_failed_but_not_for_route(tmp_path):
+    system = system_file(tmp_path, [{"name": "b", "kind": "callable", "function": "test_serve_robustness:broken"}])
+
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[list[int], str]:
+        codes = [(await client.post("/v1/chat/completions", json={"model": "mor", **ASK, **extra})).status_code
+                 for extra in ({}, {"stream": True})]
+        codes.append((await client.post("/v1/route", json=ASK)).status_code)  # explains; selects for no answer
+        return codes, service.metrics.render().decode()
+
+    codes, metrics = run(write_settings(tmp_path, system=str(system)), body)
+    assert codes == [502, 502, 200]
+    assert 'mor_expert_selected_total{expert="b"} 2.0' in metrics, metrics
+
+
 # ---- a legacy `functions` array counts as carrying tools ----
 
 def test_a_legacy_functions_array_routes_like_tools(tmp_path):
@@ -287,6 +301,8 @@ def _ask(root: str, stream: bool) -> None:
     ("open /etc/mor/key.yaml failed; GET https://gpu.corp:8443/health: 503", "open …/key.yaml failed; GET <url>: 503"),
     ("upstream at (http://[fd00::7]:9000/v1).", "upstream at (<url>)."),
     ("see /v1/models for the names", "see /v1/models for the names"),
+    ("/srv/home dir/j+doe@corp/~x/run=1,lr=0.1/best: no checkpoint here; see /v1/models",
+     "…/best: no checkpoint here; see /v1/models"),
 ])
 def test_public_messages_hide_urls_and_paths(message, shown):
     assert public(message) == shown
@@ -333,6 +349,38 @@ def test_an_upstream_url_is_not_shown_in_a_failed_experts_error(tmp_path):
     (failed,) = [a for a in reply.json()["mor"]["answers"] if a["expert"] == "llm"]
     assert reply.status_code == 200 and "POST <url> failed" in failed["error"], failed
     assert str(port) not in reply.text and "127.0.0.1" not in reply.text
+
+
+def test_readiness_and_503s_name_a_missing_checkpoint_by_its_field_not_its_path(tmp_path):
+    folder = tmp_path / "home dir" / "j+doe@corp" / "runs"
+    path = write_settings(tmp_path, system=None, models=[{"name": "m1", "checkpoint": str(folder / "main")}])
+
+    async def body(client: httpx.AsyncClient, service: Service) -> tuple[httpx.Response, httpx.Response]:
+        return await client.get("/readyz"), await client.post("/v1/predict", json={"model": "m1", "inputs": [[1]]})
+
+    ready, predicted = run(path, body)
+    reason = "models[0].checkpoint: no checkpoint here; give a run folder (with latest.json), RUN/best, or a step-*"
+    assert ready.status_code == 503 and ready.json()["checks"]["model:m1"].startswith(reason), ready.text
+    message = one_line_error(predicted)["message"]
+    assert predicted.status_code == 503 and message.startswith(f"model 'm1' is not available: {reason}"), message
+    for response in (ready, predicted):
+        assert "home dir" not in response.text and "doe" not in response.text and "runs" not in response.text
+
+
+def test_a_body_that_is_not_json_gets_401_without_a_key_and_counts_against_the_failure_limit(tmp_path):
+    path = write_settings(tmp_path, system=None, failed_auth_limit={"requests_per_s": 0.5, "burst": 2})
+    broken, deep = '{"model": "tiny", ', '{"inputs": ' + "[" * 3000 + "]" * 3000 + "}"  # JSON's error; FastAPI's
+    bare = {"Authorization": "", "Content-Type": "application/json"}
+    keyed = {**AUTH, "Content-Type": "application/json"}  # the right key, from an address already refused
+
+    async def body(client: httpx.AsyncClient, service: Service) -> list[tuple[int, str]]:
+        service.limiter.clock = Clock()
+        replies = [await client.post("/v1/predict", content=content, headers=headers)
+                   for content, headers in [(broken, bare), (deep, bare), (broken, bare), (broken, keyed)]]
+        return [(r.status_code, r.json()["error"]["code"]) for r in replies]
+
+    assert run(path, body) == [(401, "missing_api_key"), (401, "missing_api_key"), (429, "rate_limit_exceeded"),
+                               (429, "rate_limit_exceeded")]
 
 
 # ---- finding 12: anonymous callers need a rate limit ----

@@ -2,6 +2,8 @@
 the schema (status codes, content types, headers, bodies), for generated valid and invalid requests of every
 operation, plus the schema's own examples."""
 
+import json
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,8 @@ from test_serve_support import KEY, serve, train_tiny, write_settings
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]
 ANONYMOUS = ServeSettings(allow_anonymous=True, rate_limit={"requests_per_s": 1, "burst": 1})
-SCHEMA = schemathesis.openapi.from_dict(create_app(ANONYMOUS).openapi())
+OPENAPI = create_app(ANONYMOUS).openapi()
+SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 OPERATIONS = {op.ok().label: op.ok() for op in SCHEMA.get_all_operations()}
 TAKE_INPUT = [label for label in sorted(OPERATIONS) if label.startswith("POST") or "{" in label]
 CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + \
@@ -40,6 +43,13 @@ def root(tmp_path_factory) -> str:
 def test_every_operation_is_covered():
     assert set(OPERATIONS) == {"POST /v1/chat/completions", "POST /v1/route", "POST /v1/predict", "GET /v1/models",
                                "GET /v1/models/{model}", "GET /healthz", "GET /readyz", "GET /metrics"}
+
+
+def test_only_fastapis_own_422_is_left_out_and_predicts_non_finite_output_422_stays():
+    responses = {path: operation["responses"] for path, item in OPENAPI["paths"].items() for operation in item.values()}
+    assert responses["/v1/predict"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert [path for path, codes in responses.items() if "422" in codes] == ["/v1/predict"]
+    assert "HTTPValidationError" not in json.dumps(OPENAPI)
 
 
 @pytest.mark.parametrize("label,mode", CASES, ids=[f"{label} {mode.value}" for label, mode in CASES])

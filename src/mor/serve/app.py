@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from mor.memory import frozen_heap
-from mor.serve import catalog, chat, errors, health, page, predict, routing
+from mor.serve import auth, catalog, chat, errors, health, page, predict, routing
 from mor.serve.limits import BodyLimit
 from mor.serve.metrics import RequestMetrics
 from mor.serve.service import Service
@@ -46,7 +46,7 @@ def create_app(settings: ServeSettings, shared_limits: Path | None = None) -> Fa
                   description="Mixture of Reflection: OpenAI-compatible chat over routed experts, routing "
                               "explanations, and micro-batched predictions from trained mor.nn models.")
     app.state.service = service
-    errors.install(app)
+    errors.install(app, auth.authenticate)
     for module in modules:
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)
@@ -61,13 +61,22 @@ def app_from_env() -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict:
-    """The OpenAPI schema without FastAPI's default 422 responses: validation errors here are 400 `ErrorBody`s."""
+    """The OpenAPI schema without FastAPI's default 422 responses (validation errors here are 400 `ErrorBody`s); a
+    422 an endpoint documents itself stays."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         for path in schema["paths"].values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.get("responses", {})
+                if _fastapis_422(responses.get("422", {})):
+                    del responses["422"]
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _fastapis_422(response: dict) -> bool:
+    """Whether `response` is the 422 FastAPI documents for every endpoint with inputs (an `HTTPValidationError`)."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return schema.get("$ref") == "#/components/schemas/HTTPValidationError"

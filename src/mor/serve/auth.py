@@ -18,6 +18,8 @@ from mor.serve.settings import ApiKey, RateLimit
 
 bearer = HTTPBearer(auto_error=False, description="an API key whose SHA-256 is in the config's api_keys")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# The key's place in the hint is not a run of letters: `errors.public` would take "Bearer YOUR_KEY" for a credential.
+MISSING = "missing API key; send the header 'Authorization: Bearer <your key>'"
 
 
 class Keyring:
@@ -46,8 +48,7 @@ async def authorize(request: Request,
     _failures(limiter.wait, keyring, address)  # before any key is checked: see the module's docstring
     if credentials is None:
         if not keyring.allow_anonymous:
-            _refuse(limiter, keyring, address, "missing API key; send the header 'Authorization: Bearer YOUR_KEY'",
-                    "missing_api_key")
+            _refuse(limiter, keyring, address, MISSING, "missing_api_key")
         caller, limit = f"anonymous@{address}", None
     else:
         key = keyring.identify(credentials.credentials)
@@ -57,6 +58,13 @@ async def authorize(request: Request,
         caller, limit = key.name, key.rate_limit
     _limit(limiter.take(caller, limit), f"rate limit exceeded for {caller}")
     return caller
+
+
+async def authenticate(request: Request) -> None:
+    """`authorize` for a /v1 request refused before FastAPI ran its dependencies (a body that is not JSON): a caller
+    without a valid key gets its 401, counted against its address, or 429, never a word about its body."""
+    if request.url.path.startswith("/v1/"):
+        await authorize(request, await bearer(request))
 
 
 def _refuse(limiter: RateLimiter, keyring: Keyring, address: str, message: str, code: str) -> None:

@@ -6,6 +6,8 @@ server's) are cut from every message a client sees.
 """
 
 import re
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +19,8 @@ from mor.config import error_line
 from mor.redact import redact
 from mor.serve.schemas import ErrorBody
 
-PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-]+/)+([\w.\-]+)")
+# Folder names may hold single spaces, @, +, ~ and the like: all of them are cut, up to the path's last "/".
+PATH = re.compile(r"(?<![\w.:/])/(?:[\w.\-+@~%,=]+(?: [\w.\-+@~%,=]+)*/)+([\w.\-+@~%,=]+)")
 # A scheme starts only where a run of scheme characters starts: matching could otherwise start at each character of a
 # long run such as "a.a.a.…" and scan to its end every time, quadratic time on text a caller chose.
 URL = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[\w:.%]+\])?[^\s'\"<>()\[\]{}]*(?<![.,;:!?])")
@@ -27,6 +30,7 @@ TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permis
          405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
          502: "upstream_error", 503: "unavailable_error"}
 REASON_CHARS = 200  # an expert's failure as a client sees it: at most this many characters of its first line
+PARSE_ERROR = "There was an error parsing the body"  # FastAPI's detail for a body its JSON reader gave up on
 
 
 class ApiError(Exception):
@@ -80,20 +84,40 @@ def field_name(loc: tuple[Any, ...]) -> str:
     return text or "body"
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into an OpenAI-format error body."""
+def unparsable(cause: BaseException | None) -> str:
+    """Why FastAPI could not read a body as JSON, which its own error does not say."""
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(cause, ValueError):  # Python's limit on the digits of an integer
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
+    return "cannot be parsed"
+
+
+def install(app: FastAPI, authenticate: Callable[[Request], Awaitable[None]]) -> None:
+    """Register the handlers that turn every failure into an OpenAI-format error body; `authenticate` checks the
+    caller of a request whose body could not be parsed, as FastAPI parses bodies before running any dependency."""
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError) -> JSONResponse:
         return error_response(err.status, err.message, param=err.param, code=err.code, headers=err.headers)
 
+    async def not_json(request: Request, reason: str) -> JSONResponse:
+        """400 for a body that is not JSON, only once its caller is authenticated (else its 401 or 429): a caller
+        without a key learns nothing of the service, and counts against its address's failure limit."""
+        try:
+            await authenticate(request)
+        except ApiError as err:
+            return await api_error(request, err)
+        return error_response(400, f"body: not valid JSON ({reason})", param="body", code="invalid_json")
+
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = max(err.errors(), key=lambda e: len(e["loc"]))  # of a union's members, the one that got furthest
         field = field_name(tuple(first["loc"]))
         if first["type"] == "json_invalid":
-            return error_response(400, f"body: not valid JSON ({first['ctx'].get('error', 'parse error')})",
-                                  param="body", code="invalid_json")
+            return await not_json(request, first["ctx"].get("error", "parse error"))
         more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
         if first["type"] == "too_short":
             need = first["ctx"]["min_length"]
@@ -104,7 +128,9 @@ def install(app: FastAPI) -> None:
         return error_response(400, line + more, param=field, code="invalid_value")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        if err.status_code == 400 and err.detail == PARSE_ERROR:
+            return await not_json(request, unparsable(err.__cause__))
         message = {404: "no such endpoint; see /docs for the API", 405: "method not allowed on this endpoint"}
         return error_response(err.status_code, message.get(err.status_code, str(err.detail)),
                               headers=getattr(err, "headers", None))

@@ -34,16 +34,23 @@ class ServedModel:
             self.trained = TrainedModel(spec.checkpoint, f"models[{index}]")
         except MorError as err:
             log.error("model %s: %s", spec.name, err)
-            self.reason = public(f"models[{index}].checkpoint: {err}")
+            self.reason = self._unloadable(index, str(err))
         except Exception as err:  # unforeseen (bad files raise MorError): unready too, the traceback goes to the log
             log.exception("model %s: cannot load %s", spec.name, spec.checkpoint)
             reason = f"{type(err).__name__}: {first_line(err)[:160]}"
-            self.reason = public(f"models[{index}].checkpoint: cannot load it ({reason}); "
-                                 f"check the checkpoint's files or train it again")
+            self.reason = self._unloadable(index, f"cannot load it ({reason}); check the checkpoint's files or train "
+                                                  f"it again")
         batching = spec.batching or batching
         size = batching.max_batch if batching.enabled else 1
         self.batcher: MicroBatcher[np.ndarray, tuple[Prediction, int]] = MicroBatcher(
             self._forward, size, batching.max_wait_ms / 1000)
+
+    def _unloadable(self, index: int, reason: str) -> str:
+        """Why the model cannot serve, as /readyz (which takes no key) and its 503s show it: the checkpoint named by
+        its config field, not by its path, which would show the server's files."""
+        field = f"models[{index}].checkpoint"
+        reason = public(reason.replace(str(self.spec.checkpoint), field))
+        return reason if reason.startswith(f"models[{index}]") else f"{field}: {reason}"
 
     @property
     def ready(self) -> bool:

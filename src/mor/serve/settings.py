@@ -16,12 +16,14 @@ from mor.errors import ConfigError
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 # What a browser sends as Origin: scheme://host[:port], the host a name, an IPv4 address or a bracketed IPv6 one.
 ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(\[[0-9A-Fa-f:.]+\]|[^/?#:\s@\[\]]+)(:[0-9]{1,5})?")
+MIN_RATE = 1e-6  # requests per second, about one in 12 days: slower is a typo, and at 1e-320 a 429's wait overflows
 
 
 class RateLimit(Strict):
     """A token bucket per caller: `burst` requests at once, refilled at `requests_per_s`."""
 
-    requests_per_s: float = Field(gt=0, allow_inf_nan=False)
+    requests_per_s: float = Field(ge=MIN_RATE, allow_inf_nan=False,
+                                  description=f"at least {MIN_RATE} (about one in 12 days)")
     burst: int = Field(ge=1)
 
 
