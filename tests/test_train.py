@@ -167,6 +167,31 @@ def test_a_resume_may_not_change_the_seed_that_draws_the_validation_examples(tmp
         Trainer(config(tmp_path, train={"steps": 16}, eval={"seed": 7})).fit(resume=True)
 
 
+def test_a_data_file_that_changed_since_training_is_refused_by_eval_and_resume(tmp_path):
+    """Rows added to a CSV re-split and re-scale it: test rows could be training rows, with no word said."""
+    table = tmp_path / "t.csv"
+    rows = [f"{i % 7},{(i * 3) % 11},{i % 2}" for i in range(80)]
+    table.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    data = {"task": "csv", "path": str(table), "target": "label", "batch_size": 16}
+    Trainer(config(run, data=data, model={"cell": "mlp"}, train={"steps": 8})).fit()
+    assert evaluate_checkpoint(run, console=Console(quiet=True)).is_file()  # unchanged data: evaluated
+    table.write_text(table.read_text() + "\n".join(rows[:20]) + "\n")
+    with pytest.raises(CheckpointError, match=r"the task's data differ from those it was trained on .*data\.path"):
+        evaluate_checkpoint(run, console=Console(quiet=True))
+    with pytest.raises(CheckpointError, match=r"resume with the data the run was trained on"):
+        Trainer(config(run, data=data, model={"cell": "mlp"}, train={"steps": 16})).fit(resume=True)
+
+
+def test_a_chars_corpus_fingerprint_follows_its_files(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world, " * 200)
+    first = get_task("chars", root=str(tmp_path), context=8).fingerprint()
+    assert get_task("chars", root=str(tmp_path), context=8).fingerprint() == first
+    (tmp_path / "a.txt").write_text("hello world! " * 200)
+    assert get_task("chars", root=str(tmp_path), context=8).fingerprint() != first
+    assert get_task("prefix_sum").fingerprint() is None  # the config and seeds make generated data
+
+
 @pytest.mark.parametrize("seed,train,message", [
     (0, {}, "eval.seed: 0 draws test examples with the generator of training batch 0 (micro-batch 0)"),
     (257 * 3 - 1, {}, "eval.seed: 770 draws validation examples with the generator of training batch 3"),

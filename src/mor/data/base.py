@@ -6,8 +6,9 @@ a stream whose instances come from hidden groups that evaluation may see. A `Dat
 table split once, by seed, into train / val / test tensors.
 """
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -38,6 +39,11 @@ class Task(ABC):
     @abstractmethod
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Batch]:
         """Endless training batches (x, y), the same ones for the same seed."""
+
+    def fingerprint(self) -> str | None:
+        """A digest of the data read from outside the config (a file, a folder), so a checkpoint can tell they
+        changed since it was trained; None where the config and seeds alone make the data."""
+        return None
 
 
 class StreamTask(Task):
@@ -118,6 +124,19 @@ class DatasetTask(Task):
         loader = self.loader("train", batch_size, seed)
         while True:
             yield from loader
+
+    def fingerprint(self) -> str:
+        """A digest of every split as the model sees it: it changes with the rows, their split or preprocessing."""
+        return digest(t for name in SPLITS for t in self.split(name))
+
+
+def digest(tensors: Iterable[Tensor]) -> str:
+    """A short SHA-256 of the tensors' shapes, dtypes and values."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_seed(seed: int, field: str = "data.seed") -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mor.data.base import Batch, StreamTask
+from mor.data.base import Batch, StreamTask, digest
 from mor.errors import ConfigError, check
 
 UNKNOWN = "\ufffd"  # id 0: characters not seen in the training text
@@ -69,6 +69,10 @@ class Chars(StreamTask):
         short = min(self.ids, key=lambda split: len(self.ids[split]))
         check(context < len(self.ids[short]), f"data.context: windows of {context} need more than the "
               f"{len(self.ids[short])} characters of {short} text; use a smaller context or more text (data.max_chars)")
+
+    def fingerprint(self) -> str:
+        """A digest of each split's ids and the vocabulary: it changes when the files under `root` do."""
+        return digest([*self.ids.values(), torch.tensor([ord(char) for char in "".join(self.vocab)])])
 
     def encode(self, text: str) -> Tensor:
         """Character ids of `text`, (len(text),)."""

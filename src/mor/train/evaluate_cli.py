@@ -38,6 +38,8 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     loaded = checkpoint.load(path)
     config = saved(loaded.config, loaded.path / checkpoint.CONFIG)
     task = get_task(config.data.task, **config.data.options)
+    checkpoint.check_data(loaded.state, task.fingerprint(), loaded.path, "evaluate it on the data it was trained on, "
+                                                                        "or train again")
     model = build_model(config.model, task)
     checkpoint.restore(model, loaded.weights, loaded.path)
     sweeps = halting_options(model)
