@@ -218,13 +218,22 @@ def test_a_trajectory_gives_every_halting_rule_what_the_adaptive_run_gives():
 
 
 def test_halting_kl_stays_finite_in_float16_where_a_step_has_probability_zero():
-    logits = torch.tensor([[9.0], [0.0], [0.0]])
-    p = halting_distribution(logits.half())
+    p32 = torch.tensor([[0.9999], [1e-4], [0.0]])
+    p = p32.half()
     assert (p == 0).any() and torch.isfinite(halting_kl(p)).all()
-    p32 = halting_distribution(logits)
     torch.testing.assert_close(halting_kl(p).float(), halting_kl(p32), atol=1e-2, rtol=0)
     literal = (p32 * (torch.log(p32.clamp_min(1e-9)) - torch.log(geometric_prior(3, 0.2)[:, None]))).sum(0)
     assert torch.equal(halting_kl(p32), literal)  # float32 as before
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_halting_distribution_of_low_precision_logits_sums_to_one(dtype):
+    """In bfloat16 the p_t summed to 1 ± 2 %, misweighting the expected answer and the ponder loss."""
+    logits = torch.randn(16, 256, generator=torch.Generator().manual_seed(0)) - 2
+    p = halting_distribution(logits.to(dtype))
+    assert p.dtype == torch.float32
+    torch.testing.assert_close(p.sum(0), torch.ones(256))
+    torch.testing.assert_close(p, halting_distribution(logits.to(dtype).float()))
 
 
 def test_training_steps_count_the_warm_up_steps_the_cell_ran_too():

@@ -170,3 +170,14 @@ def test_a_capacity_drop_leaves_the_kept_assignment_its_share():
     top = routing.probs.topk(2, dim=-1).values
     assert kept_alone.any()
     torch.testing.assert_close(routing.weights[kept_alone].sum(-1), (top[:, 0] / top.sum(-1))[kept_alone])
+
+
+def test_the_balance_loss_of_bfloat16_probabilities_is_taken_in_float32():
+    """In bfloat16 the loss moved in steps of 2⁻⁷ near 1, so a slight imbalance (1.003) read as perfectly flat."""
+    from mor.nn.losses import load_balance_loss
+
+    probs = torch.softmax(torch.randn(512, 4, generator=torch.Generator().manual_seed(0)) * 0.3, -1)
+    counts = torch.bincount(probs.argmax(-1), minlength=4)
+    exact = load_balance_loss(probs, counts)
+    low = load_balance_loss(probs.bfloat16(), counts)
+    assert low.dtype == torch.float32 and abs(low - exact) < 2e-3 * abs(exact - 1) + 1e-4

@@ -14,8 +14,10 @@ from mor.nn.functional import eps, log_softmax, softmax
 def load_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
     """Switch-Transformer balance loss E·Σ f_e·P_e: 1.0 when routing is uniform, larger when it collapses.
 
-    `probs` (N, E) are router probabilities (rows summing to 1), `counts` (E,) the assignments per expert.
+    `probs` (N, E) are router probabilities (rows summing to 1), `counts` (E,) the assignments per expert. In float32
+    whatever their dtype, as the z-loss: in bfloat16 the loss moves in steps of 2⁻⁷ near 1 and reads flat.
     """
+    probs = probs.float()
     if probs.shape[0] == 0:  # no inputs (zero tokens): nothing to balance, and a mean over none is NaN
         return probs.sum()
     num_experts = probs.shape[-1]
@@ -31,8 +33,9 @@ def router_z_loss(logits: Tensor) -> Tensor:
 
 
 def halting_distribution(halt_logits: Tensor) -> Tensor:
-    """PonderNet halting distribution p_t = λ_t·Π_{s<t}(1-λ_s) over (T, N) logits; the last step takes the rest."""
-    lam = torch.sigmoid(halt_logits)
+    """PonderNet halting distribution p_t = λ_t·Π_{s<t}(1-λ_s) over (T, N) logits; the last step takes the rest.
+    In float32 whatever the logits' dtype: in bfloat16 (autocast) the p_t summed to 1 ± 2 %."""
+    lam = torch.sigmoid(halt_logits.float())
     lam = torch.cat([lam[:-1], torch.ones_like(lam[-1:])])
     not_halted = torch.cumprod(torch.cat([torch.ones_like(lam[:1]), 1 - lam[:-1]]), dim=0)
     return lam * not_halted
