@@ -76,13 +76,16 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
         call = {"id": "call_1", "type": "function",
                 "function": {"name": body["tools"][0]["function"]["name"], "arguments": "{}"}}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    words = (message["content"] or "").split()
+    words, finish = (message["content"] or "").split(), "tool_calls" if body.get("tools") else "stop"
+    if body.get("max_tokens") and len(words) > body["max_tokens"]:  # cut at the limit, as a model would be
+        words, finish = words[:body["max_tokens"]], "length"
+        message["content"] = " ".join(words)
     logprobs = ({"content": [{"token": w, "logprob": TOKEN_LOGPROB, "bytes": None, "top_logprobs": []}
                              for w in words], "refusal": None} if body.get("logprobs") else None)
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
     reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
              "choices": [{"index": 0, "message": message, "logprobs": logprobs,
-                          "finish_reason": "tool_calls" if body.get("tools") else "stop"}],
+                          "finish_reason": finish}],
              "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
                        "total_tokens": prompt + len(words)}}
     ChatCompletion.model_validate(reply)

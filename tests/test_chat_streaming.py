@@ -173,3 +173,20 @@ def test_systems_that_need_the_whole_answer_stream_it_post_hoc(tmp_path, llm_ser
     assert mor["answered_by"] == "llm" and mor["confidence"] == pytest.approx(math.exp(TOKEN_LOGPROB))
     assert upstream.bodies and all("stream" not in b for b in upstream.bodies)
     assert len(upstream.bodies) == len(mor["experts"])
+
+
+def test_an_answer_the_upstream_cut_at_its_token_limit_says_length(tmp_path, llm_server, upstream):
+    """A client must see that an answer was cut short; "stop" would pass a truncated answer off as whole."""
+    path = system_yaml(tmp_path, llm_server.url)
+    content = yaml.safe_load(path.read_text())
+    for expert in content["experts"]:
+        expert["max_tokens"] = 2
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    with serve(write_settings(tmp_path, system=str(path))) as server:
+        chunks = ask(server, WORDS)
+        whole = connect(server).chat.completions.create(model="mor", messages=[{"role": "user", "content": WORDS}])
+        called = connect(server).chat.completions.create(model="mor", tools=TOOLS,
+                                                         messages=[{"role": "user", "content": "look it up"}])
+    assert text_of(chunks) == whole.choices[0].message.content == "echo: stream"
+    assert last(chunks).choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+    assert called.choices[0].finish_reason == "tool_calls"

@@ -29,6 +29,7 @@ from mor.serve.schemas import (
     Choice,
     ChunkChoice,
     Delta,
+    FinishReason,
     RouteRequest,
     Usage,
 )
@@ -81,7 +82,14 @@ async def chat_completions(body: ChatRequest, caller: Caller,
     message = AssistantMessage(content=reply.answer.content or (None if calls else ""), tool_calls=calls)
     return ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(reply),
                           mor=extension(reply), choices=[Choice(index=0, message=message,
-                                                                finish_reason="tool_calls" if calls else "stop")])
+                                                                finish_reason=finish_reason(reply, calls))])
+
+
+def finish_reason(reply: Reply, calls: list | None) -> FinishReason:
+    """Why the answer ended: its tool calls, else the upstream model's own reason where it is one a client acts on
+    ("length": cut at its token limit; "content_filter"), else "stop"."""
+    upstream = reply.answer.details.get("finish_reason")
+    return "tool_calls" if calls else upstream if upstream in ("length", "content_filter") else "stop"
 
 
 async def _resumed(first: Part, rest: AsyncIterator[Part]) -> AsyncIterator[Part]:
@@ -112,7 +120,7 @@ async def _stream(parts: AsyncIterator[Part], model: str, completion_id: str, cr
             yield event([ChunkChoice(delta=Delta(content=piece))])
         if calls:
             yield event([ChunkChoice(delta=Delta(tool_calls=[{"index": i, **c} for i, c in enumerate(calls)]))])
-    yield event([ChunkChoice(delta=Delta(), finish_reason="tool_calls" if calls else "stop")], mor=extension(reply))
+    yield event([ChunkChoice(delta=Delta(), finish_reason=finish_reason(reply, calls))], mor=extension(reply))
     if usage:
         yield event([], usage=_usage(reply))
 

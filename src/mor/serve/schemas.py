@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Number = int | float
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # OpenAI's, less the deprecated function_call
 
 
 class ContentPart(BaseModel):
@@ -135,7 +136,7 @@ class AssistantMessage(BaseModel):
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "tool_calls"]
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -164,7 +165,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "tool_calls"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: None = None
 
 
