@@ -1,11 +1,12 @@
 """Typed request and response bodies: OpenAI chat completions (with the `mor` extension), models, routing,
 prediction, health and errors. Unknown request fields of the OpenAI schema are accepted and ignored."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 Number = int | float
+Feature = Annotated[float, Strict()]  # a JSON number: not "1" or true, which lax parsing would take for 1.0
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # OpenAI's, less the deprecated function_call
 
 
@@ -63,7 +64,7 @@ class ChatRequest(BaseModel):
     functions: list[FunctionSpec] | None = Field(None, description="OpenAI's deprecated function calling; "
                                                                   "read as function tools")
     tool_choice: str | dict[str, Any] | None = None
-    stream: bool | None = False
+    stream: Annotated[bool, Strict()] | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1, description="only one choice is produced")
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
@@ -223,7 +224,7 @@ class PredictRequest(BaseModel):
         {"model": "prefix-sum", "inputs": [[[1, 1], [0, 1], [1, 1], [1, 1]]]}]})
 
     model: str = Field(min_length=1)
-    inputs: list[list[float] | list[list[float]]] = Field(
+    inputs: list[list[Feature] | list[list[Feature]]] = Field(
         min_length=1, description="vectors [x1, …, xd] or sequences [[x1, …, xd], …], as the model was trained")
 
 
