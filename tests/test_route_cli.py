@@ -89,6 +89,20 @@ def test_route_eval_reads_the_router_an_interrupted_save_moved_aside_and_no_save
     assert not (tmp_path / "state.sqlite").exists()
 
 
+def test_route_eval_scores_the_router_given_by_flag_over_the_configs(router_and_data, tmp_path):
+    """--router used to lose silently to the config's router.path, so eval scored another router than the one named."""
+    router, data = router_and_data
+    shutil.copytree(router, tmp_path / "router")
+    labels = sorted({json.loads(line)["label"] for line in data.read_text().splitlines()})
+    for named in ("router", "nowhere"):
+        (tmp_path / f"{named}.yaml").write_text(f"experts:\n  - {{name: all, kind: callable, function: 'builtins:str',"
+                                                f" capabilities: {labels}}}\nrouter: {{path: {named}}}\n")
+    result = mor("route", "eval", "--data", str(data), "--router", "router", "--config", "nowhere.yaml", cwd=tmp_path)
+    assert result.returncode == 0 and "| accuracy |" in result.stdout, result.stderr
+    result = mor("route", "eval", "--data", str(data), "--router", "nowhere", "--config", "router.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "holds no trained router" in result.stderr, result.stderr
+
+
 def test_route_ask_refuses_a_router_folder_that_is_not_there_instead_of_routing_without_it(system):
     result = mor("route", "ask", "hi", "--config", "system.yaml", "--router", "nowhere", cwd=system,
                  pythonpath=system)

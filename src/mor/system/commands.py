@@ -57,7 +57,8 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
 
 @app.command("eval")
 def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router on."),
-          router: Path | None = typer.Option(None, help=f"Folder written by `mor route train` [default: "
+          router: Path | None = typer.Option(None, help=f"Folder written by `mor route train`, used over the "
+                                                        f"config's router.path [default: the config's, else "
                                                         f"{DEFAULT_ROUTER}]."),
           config: Path | None = typer.Option(None, help="System YAML; none: one expert per label."),
           threads: int = typer.Option(1, min=1, help="CPU threads while routing (latency is per request)."),
@@ -109,8 +110,9 @@ def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: b
 @app.command()
 def ask(question: str = typer.Argument(..., help="The request text."),
         config: Path | None = typer.Option(None, help="System YAML (see configs/route.yaml); none: route only."),
-        router: Path | None = typer.Option(None, help=f"Trained router folder (when the config names none) "
-                                                      f"[default: {DEFAULT_ROUTER}, if it holds one]."),
+        router: Path | None = typer.Option(None, help=f"Trained router folder, used over the config's router.path "
+                                                      f"[default: the config's, else {DEFAULT_ROUTER} if it holds "
+                                                      f"one]."),
         tools: Path | None = typer.Option(None, help="JSON file with an OpenAI `tools` array to send along."),
         as_json: bool = typer.Option(False, "--json", help="Print the full reply as JSON.")) -> None:
     """Route a request (and, with a config, answer it) and explain the choice."""
@@ -140,8 +142,8 @@ async def _ask(config: Path, router: Path | None, request):
     from mor.system.head import is_router
 
     loaded = load_config(config)
-    if loaded.router.path is None and (router is not None or is_router(DEFAULT_ROUTER)):
-        loaded.router.path = (router or DEFAULT_ROUTER).resolve()  # one that was asked for must be there
+    if router is not None or (loaded.router.path is None and is_router(DEFAULT_ROUTER)):
+        loaded.router.path = (router or DEFAULT_ROUTER).resolve()  # --router wins; one asked for must be there
     system = build_system(loaded, str(config))
     try:
         return await system.ask(request)
@@ -157,12 +159,13 @@ def _router(folder: Path | None, config: Path | None):
     from mor.system.head import LabelHead, is_router
     from mor.system.router import SystemRouter
 
-    folder = folder or DEFAULT_ROUTER
     if config is not None:
         loaded = load_config(config)
-        loaded.router.path = loaded.router.path or folder.resolve()
+        if folder is not None or loaded.router.path is None:  # --router wins over the config's router.path
+            loaded.router.path = (folder or DEFAULT_ROUTER).resolve()
         loaded.state.path = None
         return build_system(loaded, str(config)).router
+    folder = folder or DEFAULT_ROUTER
     if not is_router(folder):
         raise MorError(f"{folder}: no trained router there; run `mor route train --data FILE.jsonl --out {folder}`")
     head = LabelHead.load(folder)
