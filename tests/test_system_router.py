@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from mor.system.head import HELD_OUT, HeadConfig, LabelHead, fit_temperature
 from mor.system.minilm import MiniLMRouting
 from mor.system.request import Request
 from mor.system.router import Selection, SystemRouter
+from mor.system.stats import ExpertStats
 from mor.system.style import plain
 from routing_data import SHARED, generated, write_jsonl
 
@@ -428,3 +430,27 @@ async def _ask_and_close(system, question):
         return await system.ask(question)
     finally:
         await system.aclose()
+
+
+class _SplitHead:
+    """A head unsure which of llm's labels a request is, and sure it is one of them."""
+
+    labels = ("code", "creative", "knowledge", "math", "reasoning", "tool")
+
+    def proba(self, texts: list[str]) -> np.ndarray:
+        return np.array([[0.29, 0.28, 0.05, 0.05, 0.28, 0.05]] * len(texts))
+
+
+def test_min_confidence_weighs_the_chosen_experts_probability_and_skips_a_default_in_cooldown():
+    """The head's best single label (0.29) is below 0.3, yet llm, which serves three of them, fits with 0.90: the
+    request went to the default. And a default in cooldown was chosen over ready experts."""
+    experts = [ExpertInfo(name="llm", capabilities=["code", "creative", "reasoning", "tool"]),
+               ExpertInfo(name="sympy", capabilities=["math"]), ExpertInfo(name="docs", capabilities=["knowledge"])]
+    router = SystemRouter(experts, _SplitHead(), selection=Selection(min_confidence=0.3, default="docs"))
+    decision = router.route(Request.of("write a function that tells a story"))
+    assert decision.selected == ["llm"] and not decision.fallback and decision.confidence == pytest.approx(0.9)
+    strict = SystemRouter(experts, _SplitHead(), selection=Selection(min_confidence=0.95, default="docs"))
+    decision = strict.route(Request.of("write a function that tells a story"))
+    assert decision.fallback and decision.selected == ["docs"] and "probability for llm, 0.90" in decision.reason
+    cooling = {"docs": ExpertStats(open_until=time.monotonic() + 60)}
+    assert strict.route(Request.of("write a function that tells a story"), cooling).selected == ["llm"]

@@ -112,10 +112,11 @@ class SystemRouter:
             chosen = [s for s in ready if s.total >= sel.threshold] or ready[:1]
         else:
             chosen = ready[:sel.top_k]
-        best = max(labels.values(), default=1.0)  # the head's confidence in what the request is
-        if best < sel.min_confidence and not chosen[0].tools and sel.default:  # carrying tools is a strong signal
-            return self._fallback(scores, labels, f"best head probability {best:.2f} is below "
-                                                  f"min_confidence {sel.min_confidence}")
+        sure = chosen[0].probability if labels else 1.0  # the head's probability that the chosen expert fits
+        default_ready = any(s.name == sel.default and s.available for s in scores)  # else the others are better
+        if sure < sel.min_confidence and not chosen[0].tools and default_ready:  # carrying tools is a strong signal
+            return self._fallback(scores, labels, f"the head's probability for {chosen[0].name}, {sure:.2f}, is "
+                                                  f"below min_confidence {sel.min_confidence}")
         return Decision([s.name for s in chosen], scores, labels)
 
     def _shuffle_ties(self, ready: list[ExpertScore]) -> list[ExpertScore]:
