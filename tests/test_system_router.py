@@ -67,13 +67,15 @@ def test_temperature_is_fitted_on_held_out_data_not_left_at_one(rows, copies, mo
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     tfidf_head = LabelHead.fit(texts, labels, HeadConfig(encoder="tfidf", plain_copies=copies))
     y = np.array([tfidf_head.labels.index(label) for label in labels])
-    # the stratified held-out tenth, and a regression fitted on the other nine tenths (with their plain copies,
-    # when asked) only, recomputed here; the held-out tenth's copies are not used to fit or to calibrate
+    # the stratified held-out tenth, and TF-IDF features and a regression fitted on the other nine tenths (with
+    # their plain copies, when asked) only, recomputed here; the held-out tenth's copies are not used to fit or to
+    # calibrate, and its words shape neither the vocabulary nor the IDF
     fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=HELD_OUT, stratify=y, random_state=0)
     copied = [i for i in fit_idx if plain(texts[i]) != texts[i]] if copies else []
     assert len(copied) > len(fit_idx) / 2 or not copies  # the generated requests have capitals and punctuation
-    features = sparse.csr_matrix(tfidf_head.encoders["tfidf"].encode(texts + [plain(texts[i]) for i in copied]))
+    every = texts + [plain(texts[i]) for i in copied]
     fit_rows, fit_y = [*fit_idx, *range(len(texts), len(texts) + len(copied))], [*y[fit_idx], *y[copied]]
+    features = sparse.csr_matrix(TfidfEncoder().fit([every[i] for i in fit_rows]).encode(every))
     regression = LogisticRegression(C=HeadConfig().c, max_iter=3000).fit(features[fit_rows], fit_y)
 
     def temperature_on(idx: np.ndarray) -> float:
@@ -118,7 +120,8 @@ def test_minilm_head_fine_tunes_its_top_layer_and_round_trips(rows, tmp_path):
 def test_routing_logits_equal_the_regression_on_all_features_side_by_side(rows):
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     head = LabelHead.fit(texts, labels, HeadConfig(encoder="minilm+tfidf", tune_layers=0, max_tokens=32))
-    whole = np.asarray(head_module._features(head.encoders, texts[:8]) @ head.weight.T) + head.bias
+    features = sparse.hstack([sparse.csr_matrix(e.encode(texts[:8])) for e in head.encoders.values()], format="csr")
+    whole = np.asarray(features @ head.weight.T) + head.bias
     assert list(head.encoders) == ["minilm", "tfidf"] and np.allclose(head.logits(texts[:8]), whole, atol=1e-5)
 
 

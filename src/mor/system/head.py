@@ -112,9 +112,13 @@ class LabelHead:
                           report=report)
         if report:
             report(f"encoding {len(texts)} requests and fitting the classifier and its temperature")
-        features = _features(encoders, texts)
-        weight, bias = _linear(_regression(config).fit(features[fit_idx], y[fit_idx]))
-        temperature = fit_temperature(np.asarray(features[cal_idx] @ weight.T) + bias, y[cal_idx])
+        parts = {name: sparse.csr_matrix(e.encode(texts)) for name, e in encoders.items()}
+        features = sparse.hstack(list(parts.values()), format="csr")
+        if "tfidf" in parts:  # the temperature's rows stay unseen by the vocabulary and IDF too, not only the weights
+            parts["tfidf"] = sparse.csr_matrix(TfidfEncoder().fit([texts[i] for i in fit_idx]).encode(texts))
+        held = sparse.hstack(list(parts.values()), format="csr")
+        weight, bias = _linear(_regression(config).fit(held[fit_idx], y[fit_idx]))
+        temperature = fit_temperature(np.asarray(held[cal_idx] @ weight.T) + bias, y[cal_idx])
         return cls(names, config, encoders, *_linear(_regression(config).fit(features, y)), temperature)
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -327,10 +331,5 @@ def _blocks(weight: np.ndarray, dims: list[int]) -> list[np.ndarray]:
     non-zeros, where the whole (labels, dim) transpose would be copied on every request."""
     edges = np.cumsum([0, *dims])
     return [np.ascontiguousarray(weight[:, a:b].T) for a, b in pairwise(edges)]
-
-
-def _features(encoders: dict, texts: list[str]) -> sparse.csr_matrix:
-    """All encoders' features side by side (each part has unit norm per text), for training."""
-    return sparse.hstack([sparse.csr_matrix(e.encode(texts)) for e in encoders.values()], format="csr")
 
 
