@@ -289,6 +289,21 @@ def test_a_matching_pattern_is_a_full_hint():
     assert decision.scores[0].hints == 1.0 and decision.scores[0].total == pytest.approx(0.2)
 
 
+def test_example_requests_are_a_hint_by_their_word_overlap():
+    """`hints.examples` was accepted and never read: an expert described by examples alone scored 0."""
+    sheets = ExpertInfo("sheets", hints=Hints(examples=["Sum column B of the budget sheet", "Sort rows by date"]))
+    decision = route([sheets, info("other")], "sum column B of the budget sheet")
+    assert decision.selected == ["sheets"] and decision.scores[0].hints == 1.0
+    partly = Hints(examples=["Sum column B of the budget sheet"]).score("sum column C")
+    assert partly == pytest.approx(2 / 8)  # {sum, column} shared of {sum, column, b, c, of, the, budget, sheet}
+
+
+def test_explain_lists_the_winner_of_a_tie_first():
+    for seed in range(6):
+        decision = SystemRouter([info("a"), info("b")], seed=seed).route(Request.of("anything"))
+        assert decision.explain().splitlines()[1].split()[0] == decision.selected[0]
+
+
 def test_a_request_with_tools_goes_to_a_tool_capable_expert():
     experts = [info("chat", keywords=["weather"]), info("agent", capabilities=["tool"])]
     assert route(experts, "What is the weather in Paris?").selected == ["chat"]

@@ -117,7 +117,8 @@ class SystemRouter:
         if sure < sel.min_confidence and not chosen[0].tools and default_ready:  # carrying tools is a strong signal
             return self._fallback(scores, labels, f"the head's probability for {chosen[0].name}, {sure:.2f}, is "
                                                   f"below min_confidence {sel.min_confidence}")
-        return Decision([s.name for s in chosen], scores, labels)
+        names = [s.name for s in chosen]  # listed first: a tie broken at random shows who won it
+        return Decision(names, sorted(scores, key=lambda s: s.name not in names), labels)
 
     def _shuffle_ties(self, ready: list[ExpertScore]) -> list[ExpertScore]:
         """Experts with the same score in random order, so equal experts share the traffic."""

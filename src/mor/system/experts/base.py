@@ -26,6 +26,7 @@ class Hints:
 
     def __post_init__(self) -> None:
         self._keywords = [k.lower() for k in self.keywords]
+        self._examples = [words for e in self.examples if (words := _words(e))]
         self._patterns = []
         for p in self.patterns:
             try:
@@ -35,13 +36,20 @@ class Hints:
                                   f"fix or remove it") from e
 
     def score(self, text: str) -> float:
-        """Fraction of signal found in `text`: 1 if a pattern matches, else the share of keywords present (≤ 1)."""
+        """Fraction of signal found in `text`: 1 if a pattern matches, else the larger of the share of keywords
+        present (twice it, at most 1) and the word overlap (Jaccard) with the closest example request."""
         if any(p.search(text) for p in self._patterns):
             return 1.0
-        if not self._keywords:
-            return 0.0
         lowered = text.lower()
-        return min(1.0, 2 * sum(k in lowered for k in self._keywords) / len(self._keywords))
+        keywords = min(1.0, 2 * sum(k in lowered for k in self._keywords) / len(self._keywords)) if self._keywords \
+            else 0.0
+        words = _words(lowered)
+        return max([keywords, *(len(words & e) / len(words | e) for e in self._examples)])
+
+
+def _words(text: str) -> set[str]:
+    """The distinct lower-case words of `text`."""
+    return set(re.findall(r"\w+", text.lower()))
 
 
 @dataclass
