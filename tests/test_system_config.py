@@ -208,7 +208,13 @@ BAD_LINES = {
     "source not a string": ({"text": "hello", "label": "math", "source": 7}, "'source' must be a string"),
     "not an object": (["hello", "math"], "expected an object with a string 'label'"),
     "empty text": ({"text": "   ", "label": "math"}, "request: every message is empty"),
-    "no text": ({"label": "math"}, "request: expected a string or Request, got NoneType"),
+    "no text": ({"label": "math"}, "give the request as 'text' (a string) or 'messages' (OpenAI's array), found "
+                                   "neither"),
+    "messages null": ({"messages": None, "label": "math"}, "found neither"),
+    "text and messages": ({"text": "hi", "messages": [{"role": "user", "content": "hi"}], "label": "math"},
+                          "or 'messages' (OpenAI's array), not both"),
+    "label with a space": ({"text": "hi", "label": "math "}, "label 'math ' is empty or has spaces around it"),
+    "empty label": ({"text": "hi", "label": ""}, "label '' is empty"),
     "no messages": ({"messages": [], "label": "math"}, "request: no messages"),
     "message not an object": ({"messages": ["hi"], "label": "math"}, "request.messages[0]: expected an object"),
     "messages not a list": ({"messages": 5, "label": "math"}, "'messages' must be a JSON array (OpenAI's form)"),
@@ -230,6 +236,12 @@ def test_a_bad_line_is_a_one_line_error_naming_file_and_line(tmp_path, line, exp
         read_labeled(path)
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{path}:3: ") and expected in message, message
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes('\ufeff{"text": "fine", "label": "math"}\n'.encode())
+    assert read_labeled(path).labels == ["math"]
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path):

@@ -27,7 +27,7 @@ def read_labeled(path: str | Path) -> Labeled:
         for number, raw in enumerate(lines, 1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM (Windows editors) is no text
             except UnicodeDecodeError:
                 raise MorError(f"{where}: not UTF-8 text; save the file as UTF-8") from None
             if not line.strip():
@@ -39,6 +39,13 @@ def read_labeled(path: str | Path) -> Labeled:
                                "line must be one JSON object") from None
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
                 raise MorError(f"{where}: expected an object with a string 'label', got {line.strip()[:80]!r}")
+            if not row["label"] or row["label"] != row["label"].strip():
+                raise MorError(f"{where}: label {row['label']!r} is empty or has spaces around it, which would make "
+                               f"it a label of its own; write it as the other lines do")
+            given = [key for key in ("text", "messages") if row.get(key) is not None]
+            if len(given) != 1:
+                raise MorError(f"{where}: give the request as 'text' (a string) or 'messages' (OpenAI's array), "
+                               + ("not both" if given else "found neither"))
             if not isinstance(row.get("source", ""), str):
                 raise MorError(f"{where}: 'source' must be a string naming where the request came from, got "
                                f"{row['source']!r}; quote it or leave it out")
@@ -48,10 +55,10 @@ def read_labeled(path: str | Path) -> Labeled:
                                    f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}")
             try:
                 tools = as_tools(row.get("tools"), row.get("functions"))
-                if "messages" in row:
+                if given == ["messages"]:
                     requests.append(Request(tuple(row["messages"]), tools))
                 else:
-                    requests.append(Request.of(row.get("text"), list(tools)))
+                    requests.append(Request.of(row["text"], list(tools)))
             except (ConfigError, TypeError) as err:
                 raise MorError(f"{where}: {err}") from None
             labels.append(row["label"])
