@@ -298,6 +298,11 @@ def test_example_requests_are_a_hint_by_their_word_overlap():
     assert partly == pytest.approx(2 / 8)  # {sum, column} shared of {sum, column, b, c, of, the, budget, sheet}
 
 
+def test_a_capability_listed_twice_is_refused_as_it_would_count_twice():
+    with pytest.raises(ConfigError, match=r"expert m: capabilities list math more than once"):
+        ExpertInfo("m", capabilities=["math", "code", "math"])
+
+
 def test_explain_lists_the_winner_of_a_tie_first():
     for seed in range(6):
         decision = SystemRouter([info("a"), info("b")], seed=seed).route(Request.of("anything"))

@@ -69,6 +69,9 @@ class ExpertInfo:
               f"expert name {self.name!r}: use letters, digits, '_', '-' or '.'")
         check(self.max_concurrency >= 1, f"expert {self.name}: max_concurrency must be ≥ 1, got {self.max_concurrency}")
         check(self.timeout_s > 0, f"expert {self.name}: timeout_s must be > 0, got {self.timeout_s}")
+        twice = sorted({c for c in self.capabilities if self.capabilities.count(c) > 1})
+        check(not twice, f"expert {self.name}: capabilities list {', '.join(twice)} more than once, which would add "
+                         f"the head's probability for it again; list each once")
 
 
 class Expert(abc.ABC):
