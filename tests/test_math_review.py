@@ -83,3 +83,27 @@ def test_a_refusal_quotes_at_most_the_start_of_a_huge_number(math_expert):
     with pytest.raises(RequestError, match=r"is too large to compute") as caught:
         ask(math_expert, "what is 1000e306")  # inside the exponent limit, past a float once multiplied out
     assert len(str(caught.value)) < 250
+
+
+def test_math_does_not_call_an_incomplete_set_of_roots_exact(math_expert):
+    """SymPy leaves out roots it cannot write in radicals: 'x = 3' for (x - 3)(x^5 - x + 1) = 0 came at confidence 1."""
+    for question, shown, count in [("solve (x - 3)(x^5 - x + 1) = 0", "x = 3", "6 distinct values of x"),
+                                   ("solve x^2 + y = 3, x + y^5 = 1", "x = 2, y = -1", "10 distinct values of y")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.confidence) == (shown, 0.5) and count in answer.details["checked"]
+    answer = ask(math_expert, "solve exp(x) = -1")  # x = iπ + 2πik: SymPy names one
+    assert answer.confidence == 0.5 and "periodic" in answer.details["checked"]
+    for question in ("solve x^3 = 8", "solve x^2 = 4, y = x", "solve (x-1)^2 = 0", "solve 2^x = 8",
+                     "solve a*x = 3 for x"):
+        assert ask(math_expert, question).confidence == 1.0, question  # complete sets stay exact
+
+
+def test_math_refuses_numbers_side_by_side_and_reads_typeset_signs(math_expert):
+    """'1 000 000 + 1' was 1 (a product of 1, 0 and 0), '3 1/2' was 3/2 and log(2,512) was log(2512)."""
+    for question in ("what is 1 000 000 + 1", "solve 5x = 1 000", "what is 12 500 / 5", "what is 3 1/2 + 1"):
+        with pytest.raises(RequestError, match="reads as two numbers side by side; write one number without spaces"):
+            ask(math_expert, question)
+    for question, value in [("what is 7 − 2", 5), ("what is 8 ÷ 2", 4), ("what is 12,500 / 5", 2500),
+                            ("what is log(8,2)", 3)]:
+        answer = ask(math_expert, question)
+        assert float(answer.value) == pytest.approx(value) and answer.confidence == 1.0, question

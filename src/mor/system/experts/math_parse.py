@@ -14,9 +14,10 @@ or holding a thread for minutes. A number with more digits than Python converts 
 so is a number in scientific notation past the range of a float or below 1e-4300 ("1e999999"), before SymPy spends a
 minute building it; an exact power ("3*10^400") is bounded like any other.
 
-"6 x 7" and "6 × 7" are products when every variable 'x' of a question to evaluate (not the x in 'exp') stands
-between two numbers and there is no '=' or named variable; otherwise 'x' is the variable, as in "2 x 3 = 12" or
-"6 x 7 + x".
+Two numbers side by side ("1 000 000", "3 1/2") are refused: a spaced number, a mixed number and a product read
+alike. "÷" and "−" are read as "/" and "-". "6 x 7" and "6 × 7" are products when every variable 'x' of a question
+to evaluate (not the x in 'exp') stands between two numbers and there is no '=' or named variable; otherwise 'x' is
+the variable, as in "2 x 3 = 12" or "6 x 7 + x".
 """
 
 import math
@@ -58,7 +59,11 @@ RESPECT_TO = re.compile(r"\s*(?:with respect to|wrt)\s+(?P<var>[a-z])$|\s+d(?P<d
 INTERVAL = re.compile(r"\s+from\s+(?P<a>\S+)\s+to\s+(?P<b>\S+)$", re.IGNORECASE)
 ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=!\s]*")
 # Digits in comma-separated groups of exactly three ("12,500", "1,000,000"): one number, not a list.
-THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
+# Not right after a function's bracket: "log(2,512)" is log of 2 to base 512.
+THOUSANDS = re.compile(r"(?<![\w.])(?<![a-zA-Z]\()\d{1,3}(?:,\d{3})+(?![\d,])")
+# Two numbers side by side ("1 000 000", "3 1/2"): one number with spaced digits, a mixed number or a product?
+SPACED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s+\.?\d")
+SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-"})  # the typeset times, division and minus signs
 SPLIT = re.compile(r",|;|\band\b")
 # An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
 TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
@@ -95,7 +100,7 @@ class Reader:
         return RequestError(f"expert {self.expert}: {why}; ask e.g. 'solve 2x + 3 = 11' or 'integrate x^2 from 0 to 1'")
 
     def read(self, question: str) -> Problem:
-        text = " ".join(question.split()).rstrip("?. ").replace("×", "*")  # not '!': "what is 5!" is a factorial
+        text = " ".join(question.split()).rstrip("?. ").translate(SIGNS)  # not '!': "what is 5!" is a factorial
         text = THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
         if len(text) > self.max_chars:
             raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
@@ -115,6 +120,9 @@ class Reader:
             text = text[:found.start()] + text[found.end():]
         if operation == "evaluate" and variable is None:
             text = times(text)
+        if spaced := SPACED.search(text):
+            raise self.fail(f"{spaced.group()!r} reads as two numbers side by side; write one number without spaces "
+                            f"(1000000), a mixed number as 3 + 1/2, or a product with '*'")
         if "!=" in text:
             raise self.fail(f"cannot read {text[:60]!r} as math ('!=' is not an equation; for a factorial in an "
                             f"equation write 'n! = m' with a space)")

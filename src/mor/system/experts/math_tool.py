@@ -5,9 +5,10 @@ Confidence: 1.0 when the check covers the whole answer (solutions substituted ba
 simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
 to the function, a number agrees with an independent high-precision recomputation or quadrature); 0.9 when the
 answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
-checked, as for the solutions of a periodic equation (sin(x) = 0), of which SymPy lists only a few; 0 when the
-check failed. A question it cannot read, or whose answer holds a number longer than Python writes out
-(`sys.get_int_max_str_digits()`), raises a RequestError.
+checked, as for the solutions of a periodic equation (sin(x) = 0), of which SymPy lists only a few, or of a
+polynomial equation with roots it cannot write out (x^5 - x + 1 = 0); 0 when the check failed. A question it cannot
+read, or whose answer holds a number longer than Python writes out (`sys.get_int_max_str_digits()`), raises a
+RequestError.
 
 SymPy runs on one of the expert's worker threads under `time_limit_s`. A thread cannot be stopped: a timed-out
 computation keeps its thread and its concurrency slot until it ends, so the reader's limits on length, exponents and
@@ -106,9 +107,36 @@ def solve(problem: Problem) -> Result:
         return Result("no solution found", [], UNCHECKED, "no solution to substitute back")
     text = " or ".join(", ".join(f"{k} = {shown(v)}" for k, v in s.items()) for s, _ in kept)
     confidence, checked = min(c for _, c in kept), "solutions substituted back into the equations"
-    if any(f.has(*unknowns) for e in problem.expressions for f in e.atoms(TrigonometricFunction)):
+    if periodic(problem.expressions, unknowns, [s for s, _ in kept]):
         confidence, checked = min(confidence, UNCHECKED), f"{checked}; the set may be incomplete (periodic equation)"
+    expected, last = distinct_solutions(problem.expressions, unknowns), unknowns[-1]
+    if expected is not None and len({s.get(last) for s, _ in kept}) < expected:
+        confidence = min(confidence, UNCHECKED)
+        checked = f"{checked}; incomplete: {expected} distinct values of {last} solve it, SymPy wrote out fewer"
     return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], confidence, checked)
+
+
+def periodic(expressions: list[sympy.Expr], unknowns: list[sympy.Symbol], solutions: list[dict]) -> bool:
+    """Whether the equations have infinitely many solutions of which SymPy lists a few: a trigonometric function of
+    an unknown, or a complex solution of an unknown in an exponent (exp(x) = -1: x = iπ + 2πik)."""
+    if any(f.has(*unknowns) for e in expressions for f in e.atoms(TrigonometricFunction)):
+        return True
+    exponent = any(p.exp.has(*unknowns) for e in expressions for p in e.atoms(sympy.Pow, sympy.exp))
+    return exponent and any(not v.is_real for s in solutions for v in s.values())
+
+
+def distinct_solutions(expressions: list[sympy.Expr], unknowns: list[sympy.Symbol]) -> int | None:
+    """How many distinct values the last unknown takes over the complex numbers, for polynomial equations with
+    finitely many solutions and no other symbols (the squarefree degree of a lex Gröbner basis's last polynomial);
+    None where that cannot be told. SymPy's solve drops roots it cannot write in radicals without a word."""
+    if set().union(*(e.free_symbols for e in expressions)) - set(unknowns) or \
+            not all(e.is_polynomial(*unknowns) for e in expressions):
+        return None
+    basis = sympy.groebner(expressions, *unknowns, order="lex")
+    last = basis.exprs[-1] if basis.exprs else None
+    if last is None or not basis.is_zero_dimensional or last.free_symbols != {unknowns[-1]}:
+        return None
+    return sympy.degree(sympy.sqf_part(last), unknowns[-1])
 
 
 def evaluate(problem: Problem) -> Result:
