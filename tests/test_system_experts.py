@@ -164,6 +164,27 @@ def test_mor_model_expert_answers_sequences_per_position(tmp_path):
     assert answer.details["probability"] == pytest.approx(float(output.softmax(-1).max(-1).values.mean()))
 
 
+def test_a_table_models_answers_are_in_the_targets_own_names_and_units(tmp_path):
+    """A classifier answered 0 for 'large', a regressor its standardised target (-0.07 for a price of 175,000)."""
+    from mor.data import get_task
+
+    rows = [f"{size},{'large' if size > 150 else 'small'},{1000 * size + 50_000}" for size in range(100, 200, 2)]
+    (tmp_path / "homes.csv").write_text("size,kind,price\n" + "\n".join(rows) + "\n")
+    for target, run, kind in (("kind", "classes", "classification"), ("price", "values", "regression")):
+        options = {"path": str(tmp_path / "homes.csv"), "target": target, "columns": ["size"], "kind": kind}
+        model, task = save_run(tmp_path / run, {"task": "csv", **options}), get_task("csv", **options)
+        x = task.split("test")[0][:3]
+        answers = [ask(MorModelExpert(ExpertInfo(run), tmp_path / run), json.dumps(row)) for row in x.tolist()]
+        with torch.no_grad():
+            output = model(x)
+        if target == "kind":
+            assert [a.text for a in answers] == [task.classes[i] for i in output.argmax(-1).tolist()]
+            assert [a.value for a in answers] == output.argmax(-1).tolist()
+        else:
+            prices = task.target_scaler.inverse_transform(output.double().numpy())[:, 0]
+            assert [a.value for a in answers] == pytest.approx(prices.tolist()) and abs(prices).min() > 1000
+
+
 def test_mor_model_expert_refuses_a_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint here"):
         MorModelExpert(ExpertInfo("mor"), tmp_path)

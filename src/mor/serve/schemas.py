@@ -232,7 +232,8 @@ class PredictOutput(BaseModel):
     """One input's answer and the diagnostics of the forward pass that made it."""
 
     prediction: Number | list[Number] | list[list[Number]] = Field(
-        description="class index or value; one per position for sequence models")
+        description="class index or value (in the target's units); one per position for sequence models")
+    label: str | None = Field(None, description="the class's name, for a classifier trained on a table")
     confidence: float
     steps: int = Field(description="reflection steps (the most any chosen expert ran)")
     experts: list[int] | None = Field(None, description="the model's experts that answered")

@@ -149,6 +149,8 @@ def _numbers(value: Any) -> Iterator[float]:
 
 def _output(prediction: Prediction, batch_size: int) -> PredictOutput:
     details = prediction.details
-    return PredictOutput(prediction=prediction.value, confidence=prediction.confidence, steps=prediction.steps,
+    label = details.get("label")
+    return PredictOutput(prediction=prediction.value, label=None if label is None else str(label),
+                         confidence=prediction.confidence, steps=prediction.steps,
                          experts=details.get("experts"), expert_steps=details.get("steps"),
                          conflict=details.get("conflict"), batch_size=batch_size)

@@ -135,6 +135,8 @@ class TrainedModel:
         self.model.eval()
         self.shape: tuple[int | None, ...] = (None, task.in_dim) if task.sequence else (task.in_dim,)
         self.classes, self.default_confidence = task.kind == "classification", default_confidence
+        self.names: list | None = getattr(task, "classes", None)  # a table's class names, by index
+        self.scaler = getattr(task, "target_scaler", None)  # a table's targets are learned standardised
         self.source = f"{loaded.path} ({config.model.kind} on {config.data.task})"
 
     @torch.inference_mode()
@@ -151,6 +153,8 @@ class TrainedModel:
             top = output.softmax(-1).max(-1)
             values, confidences = top.indices.tolist(), top.values.reshape(n, -1).mean(-1).tolist()
         else:
+            if self.scaler is not None:  # back to the target's own units
+                output = torch.from_numpy(self.scaler.inverse_transform(output.double().reshape(n, -1).numpy()))
             values, confidences = (output[..., 0] if output.shape[-1] == 1 else output).tolist(), None
         read = {}
         if diagnostics is not None:
@@ -162,6 +166,8 @@ class TrainedModel:
         predictions = []
         for i in range(n):
             details: dict[str, Any] = {"model": self.source}
+            if self.names is not None:
+                details["label"] = self.names[values[i]]
             confidence, steps = self.default_confidence, 1
             if confidences is not None:
                 confidence = details["probability"] = confidences[i]
@@ -187,5 +193,6 @@ class MorModelExpert(Expert):
     async def _answer(self, request: Request) -> Answer:
         x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name))[None]
         (prediction,) = await self.in_thread(self.trained.predict, x)
-        return Answer(expert=self.name, value=prediction.value, confidence=prediction.confidence,
-                      steps=prediction.steps, details=prediction.details)
+        label = prediction.details.get("label")
+        return Answer(expert=self.name, text=None if label is None else str(label), value=prediction.value,
+                      confidence=prediction.confidence, steps=prediction.steps, details=prediction.details)
