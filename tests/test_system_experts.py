@@ -107,6 +107,14 @@ def test_sklearn_regressor_uses_the_declared_confidence_and_a_feature_function()
     assert answer.value == pytest.approx(3.0) and answer.confidence == 0.3
 
 
+def test_sklearn_sees_the_features_as_sent_not_rounded_to_float32():
+    from sklearn.linear_model import LinearRegression
+
+    x = np.arange(100_000_000, 100_000_100, dtype=np.float64)[:, None]  # ids, timestamps: past float32's 7 digits
+    regressor = LinearRegression().fit(x, x[:, 0] - 100_000_000)
+    assert ask(SklearnExpert(ExpertInfo("ids"), regressor), "[100000037]").value == pytest.approx(37.0, abs=1e-6)
+
+
 def test_sklearn_refuses_bad_features_and_unfitted_models():
     expert = SklearnExpert(ExpertInfo("clf"), fitted_classifier())
     fails(expert, "[1, 2, 3]", r"shape \[3\], expected \[4\]", RequestError)

@@ -32,23 +32,23 @@ from mor.train.config import saved
 DEFAULT_CONFIDENCE = 0.5
 
 
-def parse_features(text: str, shape: tuple[int | None, ...], expert: str) -> np.ndarray:
+def parse_features(text: str, shape: tuple[int | None, ...], expert: str, dtype: type = np.float64) -> np.ndarray:
     """The JSON array in `text` (from its first '[' to its last ']') as features of `shape`; see `check_features`."""
     start, end = text.find("["), text.rfind("]")
     try:
         data = json.loads(text[start:end + 1]) if start >= 0 else None
     except ValueError:
         data = None
-    return check_features(data, shape, expert)
+    return check_features(data, shape, expert, dtype)
 
 
-def check_features(data: Any, shape: tuple[int | None, ...], expert: str) -> np.ndarray:
-    """`data` as a finite float32 array of `shape` (None: any length), or a one-line RequestError saying what to
-    send."""
+def check_features(data: Any, shape: tuple[int | None, ...], expert: str, dtype: type = np.float64) -> np.ndarray:
+    """`data` as a finite array of `dtype` and `shape` (None: any length), or a one-line RequestError saying what to
+    send. float64 for scikit-learn, which rounding to float32 would feed other numbers (100000037 → 100000040)."""
     rows = "a list of rows of " if len(shape) == 2 else ""
     hint = f"send {rows}{shape[-1] or 'the'} features as a JSON array, e.g. [0.5, -1.2, …]"
     try:
-        array = np.asarray(data, dtype=np.float32)
+        array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError):
         array = np.empty(0)
     if data is None or array.ndim != len(shape) or array.size == 0:
@@ -191,7 +191,7 @@ class MorModelExpert(Expert):
         self.trained = TrainedModel(checkpoint, f"expert {info.name}", default_confidence)
 
     async def _answer(self, request: Request) -> Answer:
-        x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name))[None]
+        x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name, np.float32))[None]
         (prediction,) = await self.in_thread(self.trained.predict, x)
         label = prediction.details.get("label")
         return Answer(expert=self.name, text=None if label is None else str(label), value=prediction.value,
