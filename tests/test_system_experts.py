@@ -456,6 +456,9 @@ def test_transformers_expert_uses_the_chat_template_when_there_is_one(tiny_lm, t
     expert = TransformersExpert(ExpertInfo("chat"), tmp_path / "chat", max_new_tokens=2)
     ids = expert.prompt_ids(Request.of("where is the cat"))
     assert expert.tokenizer.convert_ids_to_tokens(ids[0]) == ["user", "where", "is", "the", "cat", "assistant"]
+    parts = Request(({"role": "user", "content": [{"type": "text", "text": "where is"}, {"type": "text",
+                                                                                        "text": "the cat"}]},))
+    assert torch.equal(expert.prompt_ids(parts), ids)  # OpenAI's list of parts reads as its text, not as a repr
 
 
 def test_transformers_generation_does_not_block_the_event_loop(tiny_lm):

@@ -43,6 +43,11 @@ class Request:
         return "\n".join(_content_text(m.get("content")) for m in self.messages)
 
     @cached_property
+    def text_messages(self) -> tuple[dict[str, Any], ...]:
+        """The messages with each content as its text (parts joined), for chat templates that take strings."""
+        return tuple({**m, "content": _content_text(m.get("content"))} for m in self.messages)
+
+    @cached_property
     def question(self) -> str:
         """The last user message with text (else the last message with text): what the router reads and a
         single-turn expert (math, retrieval) answers."""

@@ -44,7 +44,7 @@ class TransformersExpert(Expert):
     def prompt_ids(self, request: Request) -> torch.Tensor:
         """The prompt's token ids, (1, n): chat template when the tokenizer has one, else plain text."""
         if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+            text = self.tokenizer.apply_chat_template(list(request.text_messages), add_generation_prompt=True,
                                                       tokenize=False)
             return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         return self.tokenizer(request.text, return_tensors="pt").input_ids
