@@ -563,3 +563,35 @@ def test_registry_refuses_infinite_and_nan_numbers(text, field):
         build_experts(yaml.safe_load(text))
     message = str(caught.value)
     assert message.startswith(f"experts[0].{field}: must be a finite number, got ") and "\n" not in message
+
+
+NOT_A_FUNCTION = 7
+
+
+def broken_estimator():
+    raise RuntimeError("model file missing")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"name": "a", "kind": ["math"]}, "experts[0].kind: must be one of openai"),
+    ({"name": "a", "kind": "sklearn", "estimator": "test_system_experts:broken_estimator"},
+     "experts[0].estimator: test_system_experts:broken_estimator raised RuntimeError: model file missing"),
+    ({"name": "a", "kind": "transformers", "path": ".", "device": "banana"},
+     "experts[0]: expert a: device 'banana' is not one this machine has"),
+])
+def test_expert_specs_that_cannot_build_are_one_line_errors_naming_the_field(spec, message):
+    """These were tracebacks (unhashable kind, the factory's own error) or built an expert that failed every call."""
+    from mor.system.experts.registry import build_expert
+
+    with pytest.raises(ConfigError) as caught:
+        build_expert(spec, "experts[0]")
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_feature_function_that_is_not_one_is_refused_when_the_expert_is_built():
+    from mor.system.experts.registry import build_expert
+
+    spec = {"name": "a", "kind": "sklearn", "estimator": "sklearn.dummy:DummyClassifier",
+            "feature_fn": "test_system_experts:NOT_A_FUNCTION"}
+    with pytest.raises(ConfigError, match=r"^experts\[0\]\.feature_fn: 'test_system_experts:NOT_A_FUNCTION' is not "):
+        build_expert(spec, "experts[0]")

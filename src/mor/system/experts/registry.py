@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mor.config import validate
-from mor.errors import ConfigError, MorError, check
+from mor.errors import ConfigError, MorError, check, first_line
 from mor.system.experts.base import Expert, ExpertInfo, Hints
 
 IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -104,9 +104,18 @@ class SklearnSpec(ExpertSpec):
     def options(self, where: str) -> dict[str, Any]:
         options = super().options(where)
         estimator = load_object(options["estimator"], f"{where}.estimator")
-        options["estimator"] = estimator() if inspect.isfunction(estimator) else estimator
+        if inspect.isfunction(estimator):
+            try:
+                estimator = estimator()
+            except Exception as err:  # the user's factory: say which field's code failed, in one line
+                raise ConfigError(f"{where}.estimator: {options['estimator']} raised {type(err).__name__}: "
+                                  f"{first_line(err)}") from None
+        options["estimator"] = estimator
         if "feature_fn" in options:
-            options["feature_fn"] = load_object(options["feature_fn"], f"{where}.feature_fn")
+            path = options["feature_fn"]
+            options["feature_fn"] = load_object(path, f"{where}.feature_fn")
+            check(callable(options["feature_fn"]), f"{where}.feature_fn: {path!r} is not a function; give one that "
+                                                   f"turns the question text into features")
         return options
 
 
@@ -145,7 +154,7 @@ def build_expert(spec: dict[str, Any], where: str = "expert") -> Expert:
     """The expert `spec` describes; `where` names it in errors (e.g. `experts[2]`)."""
     check(isinstance(spec, dict), f"{where}: expected a mapping with 'name' and 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
-    check(kind in SPECS, f"{where}.kind: must be one of {', '.join(SPECS)}, got {kind!r}")
+    check(isinstance(kind, str) and kind in SPECS, f"{where}.kind: must be one of {', '.join(SPECS)}, got {kind!r}")
     parsed = validate(SPECS[kind], spec, "", prefix=(where,))
     try:
         return parsed.build(where)

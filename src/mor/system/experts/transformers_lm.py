@@ -27,6 +27,8 @@ class TransformersExpert(Expert):
         check(max_new_tokens >= 1, f"expert {info.name}: max_new_tokens must be ≥ 1, got {max_new_tokens}")
         check(path.is_dir(), f"expert {info.name}: model folder {path} does not exist; point path at a folder "
                              f"written by save_pretrained")
+        check(usable_device(device), f"expert {info.name}: device {device!r} is not one this machine has; use "
+                                     f"'cpu', or 'cuda:N' for a GPU that is there")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
@@ -68,3 +70,14 @@ class TransformersExpert(Expert):
                                   pad_token_id=self.pad_id)
         scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
         return out.sequences[0, ids.shape[1]:].tolist(), scores.tolist()
+
+
+def usable_device(device: str) -> bool:
+    """Whether torch can put a model on `device` here: 'cpu', or a CUDA (or MPS) device that is present."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        return False
+    if where.type == "cuda":
+        return torch.cuda.is_available() and (where.index or 0) < torch.cuda.device_count()
+    return where.type == "cpu" or (where.type == "mps" and torch.backends.mps.is_available())
