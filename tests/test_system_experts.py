@@ -390,6 +390,9 @@ def test_retrieval_refuses_an_unknown_stopword_list_in_one_line(tmp_path):
 def test_retrieval_refuses_a_missing_or_empty_folder(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         RetrievalExpert(ExpertInfo("docs"), tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match=r"notes\.txt is a file; give the folder of documents"):
+        RetrievalExpert(ExpertInfo("docs"), tmp_path / "notes.txt")
     with pytest.raises(ConfigError, match=r"no text in \.txt or \.md files"):
         RetrievalExpert(ExpertInfo("docs"), tmp_path)
 

@@ -46,8 +46,8 @@ class RetrievalExpert(Expert):
         super().__init__(info)
         folder = Path(folder)
         check(top_k >= 1, f"expert {info.name}: top_k must be ≥ 1, got {top_k}")
-        check(folder.is_dir(), f"expert {info.name}: document folder {folder} does not exist; create it or fix "
-                               f"the path")
+        check(folder.is_dir(), f"expert {info.name}: document folder {folder} "
+                               f"{'is a file' if folder.exists() else 'does not exist'}; give the folder of documents")
         self.passages = read_passages(folder)
         check(bool(self.passages), f"expert {info.name}: no text in .txt or .md files under {folder}; add documents")
         self.top_k, self.stopwords = min(top_k, len(self.passages)), stopwords
