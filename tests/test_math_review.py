@@ -107,3 +107,18 @@ def test_math_refuses_numbers_side_by_side_and_reads_typeset_signs(math_expert):
                             ("what is log(8,2)", 3)]:
         answer = ask(math_expert, question)
         assert float(answer.value) == pytest.approx(value) and answer.confidence == 1.0, question
+
+
+def test_a_question_sympy_would_work_on_for_hours_is_killed_at_the_limit_and_frees_the_expert():
+    """In a thread it ran on after its timeout (189 s of CPU in 200 s) and held the only slot: every later question
+    failed with 'SymPy took longer'. In a child process it is killed at the limit."""
+    import multiprocessing
+    import time
+
+    expert = MathExpert(ExpertInfo("math", max_concurrency=1), time_limit_s=1.0)
+    started = time.perf_counter()
+    with pytest.raises(RequestError, match="SymPy took longer than 1 s"):
+        ask(expert, "solve sin(x)^5 + cos(x)^3 + tan(x) = 1")
+    assert time.perf_counter() - started < 5
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert ask(expert, "what is 1+1").value == 2

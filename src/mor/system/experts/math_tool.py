@@ -10,12 +10,11 @@ polynomial equation with roots it cannot write out (x^5 - x + 1 = 0); 0 when the
 read, or whose answer holds a number longer than Python writes out (`sys.get_int_max_str_digits()`), raises a
 RequestError.
 
-SymPy runs on one of the expert's worker threads under `time_limit_s`. A thread cannot be stopped: a timed-out
-computation keeps its thread and its concurrency slot until it ends, so the reader's limits on length, exponents and
-sizes are what keep it from running on for long in the background.
+SymPy runs in a child process killed at `time_limit_s` (`sandbox`): a thread could not be stopped, and one question
+that runs on for hours ("solve sin(x)^5 + cos(x)^3 + tan(x) = 1") would keep a core and a concurrency slot. The
+reader's limits on length, exponents and sizes refuse what would fill memory before SymPy starts.
 """
 
-import asyncio
 import math
 import random
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.errors import ExpertError
 from mor.system.experts.math_parse import Problem, Reader, digits, too_long
+from mor.system.experts.sandbox import preload, run_killable
 from mor.system.request import Answer, Request
 
 EXACT, SAMPLED, UNCHECKED, FAILED = 1.0, 0.9, 0.5, 0.0
@@ -65,26 +65,26 @@ class MathExpert(Expert):
 
     async def _answer(self, request: Request) -> Answer:
         try:
-            async with asyncio.timeout(self.time_limit_s):
-                problem, result = await self.in_thread(self.work, request.question)
+            problem, result = await run_killable(work, self.reader, request.question, timeout_s=self.time_limit_s)
         except TimeoutError:
             raise self.reader.fail(f"SymPy took longer than {self.time_limit_s:g} s") from None
         return Answer(expert=self.name, text=result.text, value=result.value, confidence=result.confidence,
                       details={"operation": problem.operation, "check": CHECKS[result.confidence],
                                "checked": result.checked, "input": [str(e) for e in problem.expressions]})
 
-    def work(self, question: str) -> tuple[Problem, Result]:
-        """Read, compute and check `question` (blocking; `_answer` runs it in a thread)."""
-        problem = self.reader.read(question)
-        try:
-            return problem, OPERATIONS[problem.operation](problem)
-        except ExpertError:
-            raise
-        except TooLong as err:
-            raise self.reader.fail(str(err)) from None
-        except Exception as err:  # SymPy raises many types (NotImplementedError, PolynomialError, …)
-            raise self.reader.fail(f"SymPy could not {problem.operation} it ({type(err).__name__}: "
-                                   f"{' '.join(str(err).split())[:120]})") from None
+
+def work(reader: Reader, question: str) -> tuple[Problem, Result]:
+    """Read, compute and check `question` (blocking; `MathExpert` runs it in a child process)."""
+    problem = reader.read(question)
+    try:
+        return problem, OPERATIONS[problem.operation](problem)
+    except ExpertError:
+        raise
+    except TooLong as err:
+        raise reader.fail(str(err)) from None
+    except Exception as err:  # SymPy raises many types (NotImplementedError, PolynomialError, …)
+        raise reader.fail(f"SymPy could not {problem.operation} it ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:120]})") from None
 
 
 def solve(problem: Problem) -> Result:
@@ -189,6 +189,7 @@ def integrate(problem: Problem) -> Result:
 OPERATIONS = {"solve": solve, "evaluate": evaluate, "simplify": evaluate, "diff": differentiate,
               "integrate": integrate, "factor": lambda p: transform(p, sympy.factor(p.expressions[0])),
               "expand": lambda p: transform(p, sympy.expand(p.expressions[0]))}
+preload([__name__])  # the fork server imports SymPy and this module once, not each child
 
 
 def default_variable(problem: Problem) -> sympy.Symbol:
