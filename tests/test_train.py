@@ -387,7 +387,7 @@ def test_dataset_tasks_train_from_shuffled_epochs(tmp_path):
     size = split_x.shape[0]
     assert torch.unique(split_x, dim=0).shape[0] == size  # distinct rows, so a row tells where it came from
     batches = [trainer.batch_at(step, 0) for step in range(2 * size // 32 + 1)]  # two epochs and a bit
-    xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    xs, ys = torch.cat([b[0] for b in batches]).cpu(), torch.cat([b[1] for b in batches]).cpu()  # on the model's device
     epochs = [(xs[e * size:(e + 1) * size], ys[e * size:(e + 1) * size]) for e in range(2)]
     for x, y in epochs:  # each epoch is the whole training split once, labels kept with their rows, shuffled
         order = (x[:, None] == split_x[None]).all(-1).float().argmax(-1)
@@ -607,7 +607,7 @@ def test_a_run_stopped_early_is_scored_with_its_best_checkpoint_and_says_so(tmp_
     scored = []
 
     def scoring(model, *args):
-        scored.append({k: v.clone() for k, v in model.state_dict().items()})
+        scored.append({k: v.cpu().clone() for k, v in model.state_dict().items()})  # checkpoints load on the CPU
         return evaluate(model, *args)
 
     monkeypatch.setattr(runs, "evaluate", scoring)
