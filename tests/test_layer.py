@@ -131,6 +131,20 @@ def test_cuda_bf16_widths_the_grouped_kernel_cannot_align_take_the_fused_path(mo
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_top_k_layer_never_makes_the_host_wait_for_the_gpu():
+    layer = MoRLayer.swiglu(64, 128, 8, k=2).to("cuda", torch.bfloat16)
+    x = torch.randn(256, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.cuda.set_sync_debug_mode("error")  # a device-to-host copy or a stream sync now raises
+    try:
+        with torch.no_grad():
+            layer.eval()(x)
+        layer.train()(x).float().square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.grad is not None and layer.router.proj.weight.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_autocast_on_fp32_weights_runs_and_matches_fp32():
     """Autocast over an fp32 layer: its inputs stay fp32, so this is the fused path, not torch's grouped kernel
     (see the bf16 tests below for that)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mor.nn.router import Routing
+from mor.nn.router import Routing, expert_counts
 
 
 @dataclass
@@ -27,16 +27,17 @@ class Dispatch:
         n, m = routing.indices.shape
         flat = routing.indices.reshape(-1)
         used = routing.mask.reshape(-1)
-        slots = torch.arange(n * m, device=flat.device) if bool(used.all()) else used.nonzero().squeeze(1)
+        slots = torch.arange(n * m, device=flat.device) if routing.full else used.nonzero().squeeze(1)
         experts = flat[slots]
         order = torch.argsort(experts, stable=True)
         slots = slots[order]
-        counts = torch.bincount(experts, minlength=routing.probs.shape[-1])
+        counts = expert_counts(experts, routing.probs.shape[-1])
         return cls(tokens=torch.div(slots, m, rounding_mode="floor"), slots=slots, counts=counts, n=n, m=m)
 
     @property
     def sizes(self) -> list[int]:
-        """Assignments per expert as Python ints, to split the sorted slice."""
+        """Assignments per expert as Python ints, to split the sorted slice (on a GPU, the host waits for them;
+        torch's grouped-matmul kernel reads `counts` on the device instead)."""
         return self.counts.tolist()
 
     def gather(self, x: Tensor) -> Tensor:

@@ -52,7 +52,7 @@ class SwiGLUExperts(nn.Module):
         self.w_up = nn.Parameter(torch.randn(num_experts, dim, hidden) * dim**-0.5)
         self.w_out = nn.Parameter(torch.randn(num_experts, hidden, dim) * hidden**-0.5)
 
-    def forward(self, x: Tensor, sizes: list[int]) -> ExpertOutput:
+    def forward(self, x: Tensor, sizes: list[int] | Tensor) -> ExpertOutput:
         gate, up = grouped_mm(x, self.w_gate, sizes), grouped_mm(x, self.w_up, sizes)
         return self._output(grouped_mm(F.silu(gate) * up, self.w_out, sizes))
 

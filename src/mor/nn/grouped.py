@@ -49,10 +49,11 @@ def grouped_kernel(x: Tensor, *widths: int) -> bool:
             and torch.cuda.get_device_capability(x.device) >= (8, 0))
 
 
-def grouped_mm(x: Tensor, weight: Tensor, sizes: list[int]) -> Tensor:
-    """Rows of `x` (A, K), grouped by expert in blocks of `sizes`, times `weight[e]` (E, K, N) → (A, N)."""
+def grouped_mm(x: Tensor, weight: Tensor, sizes: list[int] | Tensor) -> Tensor:
+    """Rows of `x` (A, K), grouped by expert in blocks of `sizes`, times `weight[e]` (E, K, N) → (A, N).
+    `sizes` may be a tensor on `x`'s device, which torch's kernel reads there: the host need not wait for it."""
     weight = weight.to(x.dtype)
     if grouped_kernel(x, weight.shape[-1]):
-        offsets = torch.tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
+        offsets = torch.as_tensor(sizes, device=x.device).cumsum(0).to(torch.int32)
         return F.grouped_mm(x, weight, offs=offsets)
-    return _GroupedMM.apply(x, weight, sizes)
+    return _GroupedMM.apply(x, weight, sizes.tolist() if isinstance(sizes, Tensor) else sizes)

@@ -67,9 +67,12 @@ class MoRLayer(nn.Module):
 
     def _gate(self, flat: Tensor, weights: Tensor, dispatch: Dispatch) -> tuple[Tensor, ExpertOutput]:
         """Classic MoE integration: one weighted scatter-add, no (N, m, D) slot tensor in the graph."""
-        if hasattr(self.experts, "mixture") and not grouped_kernel(flat, self.experts.hidden):  # else torch's kernel
+        if not hasattr(self.experts, "mixture"):
+            out = self.experts(dispatch.gather(flat), dispatch.sizes)
+        elif grouped_kernel(flat, self.experts.hidden):  # torch's kernel, which reads the sizes on the GPU
+            out = self.experts(dispatch.gather(flat), dispatch.counts)
+        else:
             return self.experts.mixture(flat, dispatch, weights)
-        out = self.experts(dispatch.gather(flat), dispatch.sizes)
         return dispatch.combine(out.answer, weights), out
 
 

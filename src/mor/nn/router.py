@@ -32,17 +32,31 @@ class Routing:
     aux: dict[str, Tensor] = field(default_factory=dict)  # load_balance, z_loss
     load: Tensor | None = None  # (E,) fraction of inputs sent to each expert
     entropy: Tensor | None = None  # () mean routing entropy in nats
+    full: bool = False  # every slot in use, known without reading `mask` (top-k without a capacity limit)
 
     def rows(self, select: Tensor) -> "Routing":
         """The same decision for the inputs `select` picks (a boolean mask or indices); the batch statistics
         (load, entropy, aux losses) are left out, as they describe the whole batch."""
         return Routing(weights=self.weights[select], indices=self.indices[select], mask=self.mask[select],
-                       probs=self.probs[select], logits=self.logits[select])
+                       probs=self.probs[select], logits=self.logits[select], full=self.full)
 
     @property
     def counts(self) -> Tensor:
         """Number of inputs each expert receives, (E,)."""
-        return torch.bincount(self.indices[self.mask], minlength=self.probs.shape[-1])
+        return chosen_counts(self.indices, self.mask, self.probs.shape[-1])
+
+
+def expert_counts(ids: Tensor, num_experts: int) -> Tensor:
+    """How many of `ids` name each expert, (E,). An index_add, not bincount, which reads the largest id back to
+    the host and so makes it wait for a GPU."""
+    ids = ids.reshape(-1)
+    return ids.new_zeros(num_experts).index_add_(0, ids, torch.ones_like(ids))
+
+
+def chosen_counts(indices: Tensor, mask: Tensor, num_experts: int) -> Tensor:
+    """How many of the slots `mask` keeps name each expert, (E,), without a boolean index (another host wait):
+    unkept slots count towards an extra expert, dropped."""
+    return expert_counts(torch.where(mask, indices, num_experts), num_experts + 1)[:num_experts]
 
 
 class Router(nn.Module):
@@ -104,11 +118,12 @@ class Router(nn.Module):
         if self.normalize and self.slots > 1:
             weights = torch.where(chosen.sum(-1, keepdim=True) > 1, normalized(weights), weights)
         weights = weights * mask  # a capacity drop leaves the kept assignments their shares (GShard)
-        routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits)
+        routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits,
+                          full=self.threshold is None and self.capacity_factor is None)
         counts = routing.counts
         # the balance loss counts the router's own choices, before a capacity limit drops any (Switch, GShard):
         # counting only the kept ones would hide the imbalance exactly when it costs dropped inputs
-        wanted = counts if mask is chosen else torch.bincount(indices[chosen], minlength=self.num_experts)
+        wanted = counts if mask is chosen else chosen_counts(indices, chosen, self.num_experts)
         dist = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True)
         routing.aux = {"load_balance": load_balance_loss(dist, wanted), "z_loss": router_z_loss(logits)}
         with torch.no_grad():
