@@ -80,13 +80,15 @@ def mixtral(cfg: Config, implementation: str) -> nn.Module:
                                                experts_implementation=implementation))
 
 
-def build(cfg: Config, device: str) -> dict[str, tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+def build(cfg: Config, device: str, dtype: torch.dtype = torch.float32,
+          ) -> dict[str, tuple[nn.Module, Callable[[Tensor], Tensor]]]:
     """Each layer with a call mapping (tokens, dim) → (tokens, dim); Mixtral wants (batch, seq, dim)."""
     layers = {"mor": init_(MoRLayer.swiglu(cfg.dim, cfg.hidden, cfg.experts, k=cfg.k)),
               "dense": init_(SwiGLU(cfg.dim, cfg.k * cfg.hidden))}
     if MixtralSparseMoeBlock is not None:
         layers |= {f"mixtral_{impl}": init_(mixtral(cfg, impl)) for impl in ("eager", "grouped_mm")}
-    return {name: (m.to(device), on_sequence(m) if name.startswith("mixtral") else m) for name, m in layers.items()}
+    return {name: (m.to(device, dtype), on_sequence(m) if name.startswith("mixtral") else m)
+            for name, m in layers.items()}
 
 
 def on_sequence(block: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -135,23 +137,31 @@ def active_params(cfg: Config) -> dict[str, int]:
     return {"sparse": cfg.dim * cfg.experts + cfg.k * expert, "dense": cfg.k * expert}
 
 
+def settings(threads: list[int], gpu: bool = True) -> list[tuple[str, int | None, torch.dtype]]:
+    """(device, CPU threads, dtype) to time on: fp32 on the CPU at each thread count and, when `gpu` and a GPU is
+    present, fp32 and bf16 there (bf16 is what torch's grouped-matmul kernel takes, and what GPUs train MoE in)."""
+    cuda = [("cuda", None, d) for d in (torch.float32, torch.bfloat16)] if gpu and torch.cuda.is_available() else []
+    return [("cpu", t, torch.float32) for t in threads] + cuda
+
+
 def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, notes: list[str],
                allocator: str = DEFAULT_ALLOCATOR) -> list[dict]:
-    """Every config × device × thread count × pass, as result rows (`allocator` names the malloc setting)."""
-    devices = [("cpu", t) for t in threads] + ([("cuda", None)] if torch.cuda.is_available() else [])
+    """Every config × setting × pass, as result rows; `allocator` names the malloc setting, which a GPU's memory
+    does not use, so the GPU is timed with the default one only."""
     rows = []
     for cfg in configs:
-        for device, n_threads in devices:
+        for device, n_threads, dtype in settings(threads, gpu=allocator == DEFAULT_ALLOCATOR):
             if n_threads is not None:
                 torch.set_num_threads(n_threads)
-            layers = build(cfg, device)
+            layers = build(cfg, device, dtype)
             torch.manual_seed(SEED)
-            x = torch.randn(cfg.tokens, cfg.dim, device=device)
-            g = torch.randn(cfg.tokens, cfg.dim, device=device)
+            x = torch.randn(cfg.tokens, cfg.dim, device=device, dtype=dtype)
+            g = torch.randn(cfg.tokens, cfg.dim, device=device, dtype=dtype)
             grouped = probe(layers, x, notes)
             for backward in (False, True):
                 times = time_pass(layers, x, g, backward, rounds, device)
                 row = {"config": asdict(cfg), "device": device, "threads": n_threads, "allocator": allocator,
+                       "dtype": str(dtype).removeprefix("torch."),
                        "pass": "forward+backward" if backward else "forward", "rounds": rounds,
                        "active_params": active_params(cfg), "grouped_mm_kernel": grouped,
                        "median_s": {n: statistics.median(t) for n, t in times.items()}}
@@ -160,7 +170,8 @@ def run_layers(configs: tuple[Config, ...], threads: list[int], rounds: int, not
                 if "mixtral_grouped_mm" in times:
                     row["mor_vs_mixtral_grouped_mm"] = paired_ratio(times["mixtral_grouped_mm"], times["mor"])
                 rows.append(row)
-                print(f"  {cfg.name} {device} threads={n_threads} {allocator} {row['pass']}: " + ", ".join(
+                print(f"  {cfg.name} {device} {row['dtype']} threads={n_threads} {allocator} {row['pass']}: "
+                      + ", ".join(
                     f"{n} {v / 1e3:.1f}k tok/s" for n, v in row["tokens_per_s"].items()), flush=True)
     return rows
 
@@ -227,17 +238,18 @@ def markdown(results: dict) -> str:
         tps, vs = r["tokens_per_s"], r["vs_dense"]
         cfg = r["config"]
         rows.append([f"{cfg['name']} (d={cfg['dim']}, h={cfg['hidden']}, E={cfg['experts']}, {cfg['tokens']} tok)",
-                     r["device"], str(r["threads"] or "–"), r["allocator"], r["pass"],
+                     r["device"], r["dtype"], str(r["threads"] or "–"), r["allocator"], r["pass"],
                      *[f"{tps[n] / 1e3:.1f}k" if n in tps else "skipped" for n in LAYERS],
                      *[fmt_ratio(vs[n]) if n in vs else "–" for n in LAYERS if n != "dense"],
                      fmt_ratio(r["mor_vs_mixtral_grouped_mm"]) if "mor_vs_mixtral_grouped_mm" in r else "–"])
-    header = ["config", "device", "threads", "malloc", "pass", *[f"{v} tok/s" for v in LAYERS.values()],
+    header = ["config", "device", "dtype", "threads", "malloc", "pass", *[f"{v} tok/s" for v in LAYERS.values()],
               *[f"{v} vs dense" for n, v in LAYERS.items() if n != "dense"], "MoRLayer vs Mixtral grouped_mm"]
     first, h = results["layers"][0], results["halting"]
-    kernels = {r["device"]: r["grouped_mm_kernel"] for r in results["layers"]}
+    kernels = {f"{r['device']} in {r['dtype']}": r["grouped_mm_kernel"] for r in results["layers"]}
     lines = [
         "# Layer speed", "", md_machine(results["machine"], results["other_load_cores"]), "",
-        f"fp32, top-{first['config']['k']}, {first['rounds']} rounds per row after 3 warm-up calls per layer; each "
+        f"Top-{first['config']['k']}, fp32 on the CPU, fp32 and bf16 on a GPU; {first['rounds']} rounds per row "
+        "after 3 warm-up calls per layer; each "
         "round runs every layer once in a rotating order. tokens/s = tokens / median seconds per call. "
         "Forward: eval mode under torch.no_grad. Forward+backward: train mode, `y.backward(g)` with a fixed random g, "
         "input requires grad, grads set to None before each call (untimed).",

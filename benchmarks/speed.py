@@ -303,8 +303,8 @@ def speed_cell(t: dict, name: str) -> str:
 
 
 def layer_rows(layers: list[dict]) -> list[list[str]]:
-    """One row per device × threads × pass of the layer part: tokens/s and MoRLayer's paired ratios."""
-    return [[r["device"], str(r["threads"] or "–"), r["pass"],
+    """One row per device × dtype × threads × pass of the layer part: tokens/s and MoRLayer's paired ratios."""
+    return [[r["device"], r["dtype"], str(r["threads"] or "–"), r["pass"],
              *[f"{r['tokens_per_s'][n] / 1e3:.1f}k" if n in r["tokens_per_s"] else "skipped"
                for n in layer_speed.LAYERS],
              fmt_ratio(r["vs_dense"]["mor"]),
@@ -335,7 +335,7 @@ def markdown(results: dict) -> str:
         f"{small.tokens} tokens), {plan['layer_rounds']} rounds, run by benchmarks/layer_speed.py; `mor bench layer` "
         "has both shapes and more rounds. Speed-ups are MoRLayer's.",
         *[f"Note: {n}" for n in results["notes"]], "",
-        md_table(["device", "threads", "pass", *[f"{v} tok/s" for v in layer_speed.LAYERS.values()],
+        md_table(["device", "dtype", "threads", "pass", *[f"{v} tok/s" for v in layer_speed.LAYERS.values()],
                   "MoRLayer vs dense", "MoRLayer vs Mixtral grouped_mm"], layer_rows(results["layer"])), "",
         "## Training throughput", "",
         f"Optimiser steps on a fixed batch of {recipe['train_batch']} strings: forward and loss, backward, gradient "
@@ -397,7 +397,7 @@ def verdicts(results: dict) -> list[str]:
     gpu, lines = results["machine"].get("gpu"), []
     for r in results["layer"]:
         mixtral = r.get("mor_vs_mixtral_grouped_mm")
-        lines.append(f"Layer, {setting_label(r, gpu)}, {r['pass']}: "
+        lines.append(f"Layer, {setting_label(r, gpu)}, {r['dtype']}, {r['pass']}: "
                      f"MoRLayer is {relative(r['vs_dense']['mor']['median'], 'a dense SwiGLU of its active size')}"
                      + (f" and {relative(mixtral['median'], 'the Mixtral grouped_mm block')}." if mixtral else "."))
     for s in results["settings"]:
