@@ -13,7 +13,7 @@ from rich.console import Console
 
 from mor.data import get_task
 from mor.errors import CheckpointError, ConfigError
-from mor.train import checkpoint
+from mor.train import checkpoint, devices
 from mor.train.config import load, parse
 from mor.train.evaluate import evaluate, token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
@@ -331,7 +331,6 @@ def test_throughput_counts_training_steps_not_evaluations(tmp_path, monkeypatch)
 
 
 def test_each_process_takes_its_own_gpu_and_the_cpu_when_a_machine_has_fewer_gpus_than_processes(monkeypatch):
-    import mor.train.devices as devices
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -345,7 +344,6 @@ def test_each_process_takes_its_own_gpu_and_the_cpu_when_a_machine_has_fewer_gpu
 
 
 def test_a_checkpoint_from_a_machine_with_more_gpus_restores_the_training_gpus_state(monkeypatch):
-    import mor.train.devices as devices
 
     restored = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
@@ -618,6 +616,7 @@ def test_a_run_stopped_early_is_scored_with_its_best_checkpoint_and_says_so(tmp_
     assert all(torch.equal(v, scored[0][k]) for k, v in checkpoint.load(tmp_path / "best").weights.items())
     assert f"MoR stopped early at step {stopped} (1 evaluations without gain)" in report
     assert f"scored with its best checkpoint, step {best}." in report and "steps of batch 16 × 2 accumulated" in report
+    assert f"seed 0, on {devices.described(devices.training_device())};" in report
 
 
 def test_validation_never_draws_the_reported_test_examples(tmp_path, monkeypatch):

@@ -18,6 +18,12 @@ def training_device() -> torch.device:
     return gpu
 
 
+def described(device: torch.device) -> str:
+    """'the CPU' or 'cuda:0 (NVIDIA H200)': where a run trained, which its report names, since a GPU's arithmetic
+    differs in the last bits and a long training can end elsewhere."""
+    return "the CPU" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def process_group(device: torch.device) -> tuple[int, int]:
     """(rank, world size); joins the process group when launched by torchrun: NCCL on GPUs, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -6,6 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mor.train.config import RunConfig
+from mor.train.devices import described
 from mor.train.evaluate import evaluate
 from mor.train.report import summary, write_report
 from mor.train.trainer import Trainer
@@ -23,8 +24,8 @@ def run(config: RunConfig, resume: bool = False, console: Console | None = None)
                  for kind in config.compare]
     tc = config.train
     batch = f"{config.data.batch_size}" + (f" × {tc.grad_accum} accumulated" if tc.grad_accum > 1 else "")
-    evaluations, notes = {}, [f"Task {config.data.task}, {tc.steps} steps of batch {batch}, seed {tc.seed}; "
-                              f"config in {run_dir}/step-*/config.yaml."]
+    evaluations, notes = {}, [f"Task {config.data.task}, {tc.steps} steps of batch {batch}, seed {tc.seed}, on "
+                              f"{described(trainers[0].device)}; config in {run_dir}/step-*/config.yaml."]
     for trainer in trainers:
         if trainer.rank == 0:
             console.print(f"Training {LABELS[trainer.kind]} for {tc.steps} steps in {trainer.run_dir}", markup=False,
