@@ -17,6 +17,7 @@ from mor.train import checkpoint, devices
 from mor.train.config import load, parse
 from mor.train.evaluate import evaluate, token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
+from mor.train.resume import config_change
 from mor.train.schedule import lr_factor
 from mor.train.trainer import Trainer
 
@@ -181,6 +182,31 @@ def test_a_data_file_that_changed_since_training_is_refused_by_eval_and_resume(t
         evaluate_checkpoint(run, console=Console(quiet=True))
     with pytest.raises(CheckpointError, match=r"resume with the data the run was trained on"):
         Trainer(config(run, data=data, model={"cell": "mlp"}, train={"steps": 16})).fit(resume=True)
+
+
+def test_a_relative_data_path_is_saved_absolute_so_eval_finds_it_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    rows = [f"{i % 7},{(i * 3) % 11},{i % 2}" for i in range(80)]
+    (tmp_path / "data" / "t.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path / "data")
+    run = tmp_path / "run"
+    data = {"task": "csv", "path": "t.csv", "target": "label", "batch_size": 16}
+    Trainer(config(run, data=data, model={"cell": "mlp"}, train={"steps": 8})).fit()
+    assert yaml.safe_load(checkpoint.load(run).config)["data"]["path"] == str(tmp_path / "data" / "t.csv")
+    Trainer(config(run, data=data, model={"cell": "mlp"}, train={"steps": 10})).fit(resume=True)  # same config
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_checkpoint(run, console=Console(quiet=True)).is_file()
+
+
+def test_a_run_saved_with_a_relative_data_path_still_resumes_from_its_folder(tmp_path, monkeypatch):
+    """Runs trained before paths were saved absolute hold the relative path; the same config resumes them."""
+    (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(80)) + "\n")
+    monkeypatch.chdir(tmp_path)
+    data = {"task": "csv", "path": "t.csv", "target": "label", "batch_size": 16}
+    old = config(tmp_path / "run", data=data, model={"cell": "mlp"})
+    new = config(tmp_path / "run", data={**data, "path": str(tmp_path / "t.csv")}, model={"cell": "mlp"})
+    assert config_change(old, new) is None
+    assert "data.target" in config_change(old, config(tmp_path / "run", data={**data, "target": "a"}))
 
 
 def test_a_chars_corpus_fingerprint_follows_its_files(tmp_path):

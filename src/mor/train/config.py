@@ -80,6 +80,13 @@ class DataConfig(Strict):
         """The task's own options: every key besides task and batch_size."""
         return dict(self.model_extra or {})
 
+    def resolved(self) -> "DataConfig":
+        """This config with relative file and folder options (`path`, `root`) made absolute against the working
+        folder, where they are read; a run saves it so that `mor eval` finds its data from any folder."""
+        paths = {key: str(Path(value).absolute()) for key, value in self.options.items()
+                 if key in ("path", "root") and isinstance(value, str)}
+        return self.model_copy(update=paths) if paths else self
+
 
 class LossConfig(Strict):
     """Weight of each loss term; see `mor.nn.LossWeights`."""

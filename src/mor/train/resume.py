@@ -12,6 +12,7 @@ RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.early_
 def config_change(before: RunConfig, now: RunConfig) -> str | None:
     """The first setting (in sorted order) that differs between a checkpoint's config and this run's, other than
     those a resumed run may change; None when there is none."""
+    before, now = (c.model_copy(update={"data": c.data.resolved()}) for c in (before, now))  # as older runs saved
     old, new = _flat(before.model_dump(mode="json")), _flat(now.model_dump(mode="json"))
     for key in sorted(old.keys() | new.keys()):
         if (not key.startswith(RESUMABLE) or key == "eval.seed") and old.get(key) != new.get(key):

@@ -52,7 +52,7 @@ class Trainer:
                  console: Console | None = None, task: Task | None = None):
         self.kind = kind or config.model.kind
         self.config = config.model_copy(update={"model": config.model.model_copy(update={"kind": self.kind}),
-                                                "compare": []})  # what this run trains, saved with it
+                                                "data": config.data.resolved(), "compare": []})  # saved with it
         self.run_dir = Path(run_dir or config.checkpoint.dir)
         check_folder(self.run_dir, "checkpoint.dir (--out)")
         self.console = console or Console()
