@@ -90,3 +90,16 @@ def test_retrieval_skips_a_file_it_cannot_read_and_keeps_the_rest(tmp_path, capl
         expert = RetrievalExpert(ExpertInfo("docs"), tmp_path)
     assert [p.source for p in expert.passages] == ["open.txt#1"]
     assert skipped(caplog)["locked.txt"].endswith("skipped: Permission denied")
+
+
+def test_retrieval_cuts_a_file_without_blank_lines_into_passages_of_at_most_2000_characters(tmp_path):
+    """A log without blank lines was one passage: any match answered with the whole file."""
+    lines = [f"{i:05d} worker {i % 7} finished job {i}" for i in range(2_000)] + ["00042 the kraken woke up"]
+    (tmp_path / "log.txt").write_text("\n".join(lines))
+    (tmp_path / "long.txt").write_text(" ".join(["word"] * 1_500))  # one line of 7,499 characters
+    expert = RetrievalExpert(ExpertInfo("docs"), tmp_path)
+    assert all(len(p.text) <= 2_000 for p in expert.passages) and len(expert.passages) > 30
+    log = [p.text for p in expert.passages if p.source.startswith("log.txt")]
+    assert "\n".join(log).split("\n") == lines  # cut at line ends: every line kept whole, in order
+    answer = ask(expert, "kraken")
+    assert "00042 the kraken woke up" in answer.text and len(answer.text) < 2_100

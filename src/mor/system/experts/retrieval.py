@@ -1,7 +1,8 @@
 """An expert that answers from a local folder of documents with BM25 retrieval (the `bm25s` library).
 
-Documents are the .txt and .md files under the folder, split into paragraphs at blank lines; the index is built
-once, when the expert is made. A file is read as UTF-8 (BOM optional), as UTF-16 if it starts with a UTF-16 BOM, else
+Documents are the .txt and .md files under the folder, split into paragraphs at blank lines, and paragraphs longer
+than 2,000 characters (a log without blank lines, say) into pieces at line ends; the index is built once, when the
+expert is made. A file is read as UTF-8 (BOM optional), as UTF-16 if it starts with a UTF-16 BOM, else
 as Windows-1252 (Latin-1) legacy text; one holding NUL or other control bytes, or that none of these decodes, is not
 text (an image renamed .txt, say) and is skipped with a warning in the log, so its bytes are never an answer.
 
@@ -27,6 +28,7 @@ from mor.system.request import Answer, Request
 log = logging.getLogger("mor.system")
 
 SUFFIXES = (".txt", ".md")
+PASSAGE_CHARS = 2_000  # a passage is an answer: longer paragraphs are cut into pieces
 CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # C0 controls but for \t \n \v \f \r: never in legacy text
 
 
@@ -63,6 +65,17 @@ def decode(data: bytes) -> str:
     return text
 
 
+def pieces(paragraph: str, limit: int = PASSAGE_CHARS) -> list[str]:
+    """`paragraph` in pieces of at most `limit` characters, cut at the last line end that fits, else the last
+    space, else at the limit."""
+    out = []
+    while len(paragraph) > limit:
+        cut = max(paragraph.rfind("\n", 0, limit + 1), 0) or max(paragraph.rfind(" ", 0, limit + 1), 0) or limit
+        out.append(paragraph[:cut].strip())
+        paragraph = paragraph[cut:].strip()
+    return [*out, paragraph]
+
+
 def read_text(path: Path) -> str | None:
     """The text of `path`, or None, with a warning naming it and why, when it cannot be read or is not text."""
     try:
@@ -81,7 +94,7 @@ def read_passages(folder: Path) -> tuple[list[Passage], list[str]]:
         if text is None:
             skipped.append(name)
             continue
-        paragraphs = (p.strip() for p in re.split(r"\n\s*\n", text))
+        paragraphs = (piece for p in re.split(r"\n\s*\n", text) for piece in pieces(p.strip()))
         passages += [Passage(p, f"{name}#{n}") for n, p in enumerate((p for p in paragraphs if p), start=1)]
     return passages, skipped
 
