@@ -1,5 +1,6 @@
 """The math expert after review: exponent notation past a float's range is refused before SymPy builds the number,
-'6 x 7' stays a product beside 'exp', and solutions of periodic equations are never called complete."""
+'6 x 7' stays a product beside 'exp', solutions of periodic equations are never called complete, an identity names
+where it is undefined and a divergent integral is said to diverge."""
 
 import asyncio
 import json
@@ -122,3 +123,43 @@ def test_a_question_sympy_would_work_on_for_hours_is_killed_at_the_limit_and_fre
     assert time.perf_counter() - started < 5
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
     assert ask(expert, "what is 1+1").value == 2
+
+
+def test_math_excludes_where_an_identity_is_undefined(math_expert):
+    """'x/x = 1' was 'true for every value' at confidence 1, though x/x is undefined at x = 0: the evaluated parse and
+    simplify had cancelled the division. The unevaluated question's denominators and logarithms name the exceptions."""
+    for question, text in [("solve x/x = 1", "true for every value except where x = 0"),
+                           ("solve (x^2-1)/(x-1) = x + 1", "true for every value except where x = 1"),
+                           ("solve x/x + y/y = 2", "true for every value except where x = 0 or y = 0"),
+                           ("solve tan(x)*cos(x) = sin(x)", "true for every value except where cos(x) = 0"),
+                           ("solve log(x) - log(x) = 0", "true for every value except where x = 0")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.confidence) == (text, 1.0), question
+    assert ask(math_expert, "solve x/x = 1").value == {"except": ["x = 0"]}
+    for question, text in [("solve x + 1 = 1 + x", "true for every value"), ("solve exp(x)/exp(x) = 1",
+                                                                             "true for every value"),
+                           ("solve 2x/2 = x", "true for every value"), ("solve 6/2 = 3", "true")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.value, answer.confidence) == (text, True, 1.0), question
+
+
+def test_math_says_a_divergent_integral_diverges_in_one_line(math_expert):
+    """'integrate 1/x^2 from -1 to 1' was refused with SymPy's 'TypeError: cannot unpack non-iterable ComplexInfinity
+    object' (quadrature on the pole) and 'integrate 1/x from 0 to 1' answered a bare 'oo'. A divergence is checked by
+    an antiderivative, differentiated back, that is unbounded at a bound or a pole; a convergent one still checks."""
+    for question, text, value in [("integrate 1/x from 0 to 1", "the integral diverges to oo", "oo"),
+                                  ("integrate 1/x^2 from -1 to 1", "the integral diverges to oo", "oo"),
+                                  ("integrate -1/x from 0 to 1", "the integral diverges to -oo", "-oo"),
+                                  ("integrate 1/x from -1 to 1", "the integral diverges", "diverges"),
+                                  ("integrate sin(x) from 0 to oo", "the integral diverges", "diverges"),
+                                  ("integrate 1/log(x) from 0 to 2", "the integral diverges", "diverges")]:
+        answer = ask(math_expert, question)
+        assert (answer.text, answer.value, answer.confidence) == (text, value, 1.0), question
+        assert "unbounded at a bound or a singular point" in answer.details["checked"]
+    answer = ask(math_expert, "integrate 1/x from 0 to a")  # symbolic bounds: SymPy's word, unchecked
+    assert (answer.text, answer.confidence) == ("the integral diverges", 0.5)
+    for question, value, confidence in [("integrate e^(-x) from 0 to oo", 1, 1.0),
+                                        ("integrate 1/sqrt(x) from 0 to 1", 2, 1.0),
+                                        ("integrate 1/sqrt(abs(x)) from -1 to 1", 4, 0.5)]:  # a node on the pole
+        answer = ask(math_expert, question)
+        assert (answer.value, answer.confidence) == (value, confidence), question

@@ -3,7 +3,8 @@ integrates, then checks its own answer by another route.
 
 Confidence: 1.0 when the check covers the whole answer (solutions substituted back give exactly 0,
 simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
-to the function, a number agrees with an independent high-precision recomputation or quadrature); 0.9 when the
+to the function, a number agrees with an independent high-precision recomputation or quadrature, a divergent
+integral's antiderivative, differentiated back, is unbounded at a bound or a pole); 0.9 when the
 answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
 checked, as for the solutions of a periodic equation (sin(x) = 0), of which SymPy lists only a few, or of a
 polynomial equation with roots it cannot write out (x^5 - x + 1 = 0); 0 when the check failed. A question it cannot
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sympy
+from sympy.calculus.singularities import singularities
 from sympy.functions.elementary.trigonometric import TrigonometricFunction
+from sympy.solvers.solvers import denoms
 
 from mor.errors import check
 from mor.system.experts.base import Expert, ExpertInfo
@@ -32,6 +35,10 @@ from mor.system.request import Answer, Request
 
 EXACT, SAMPLED, UNCHECKED, FAILED = 1.0, 0.9, 0.5, 0.0
 CHECKS = {EXACT: "exact", SAMPLED: "sampled", UNCHECKED: "unchecked", FAILED: "failed"}
+# What SymPy gives for a definite integral that diverges: infinite, undefined (oo - oo), or oscillating bounds.
+DIVERGENT = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan, sympy.AccumBounds)
+# Functions undefined where a cosine vanishes: written over cos (tan(x) = cos(x - pi/2)/cos(x)), the denominator shows.
+POLES = (sympy.tan, sympy.cot, sympy.sec, sympy.csc)
 
 
 @dataclass
@@ -92,7 +99,7 @@ def solve(problem: Problem) -> Result:
     equation (sin(x) = 0) stay unchecked: SymPy lists a few of its infinitely many, which substituting back misses."""
     reduced = [sympy.simplify(e) for e in problem.expressions]
     if all(r == 0 for r in reduced):
-        return Result("true for every value" if problem.symbols else "true", True, EXACT, "both sides simplify equal")
+        return identity(problem)
     if any(r.is_number and r != 0 for r in reduced):
         text, value = ("no solution", []) if problem.symbols else ("false", False)
         return Result(text, value, EXACT, "an equation simplifies to a contradiction")
@@ -114,6 +121,35 @@ def solve(problem: Problem) -> Result:
         confidence = min(confidence, UNCHECKED)
         checked = f"{checked}; incomplete: {expected} distinct values of {last} solve it, SymPy wrote out fewer"
     return Result(text, [{str(k): plain(v) for k, v in s.items()} for s, _ in kept], confidence, checked)
+
+
+def identity(problem: Problem) -> Result:
+    """An equation whose sides simplify equal: true for every value except where the question is undefined. x/x = 1
+    fails at x = 0, which the evaluated parse (x/x is 1 at once) and simplify lose, so the unevaluated one is read."""
+    excluded = exclusions(problem.unevaluated)
+    if not excluded:
+        return Result("true for every value" if problem.symbols else "true", True, EXACT, "both sides simplify equal")
+    return Result(f"true for every value except where {' or '.join(excluded)}", {"except": excluded}, EXACT,
+                  "both sides simplify equal; excluded where a denominator or a logarithm's argument is 0")
+
+
+def exclusions(expressions: list[sympy.Expr]) -> list[str]:
+    """Where the (unevaluated) expressions are undefined: a denominator (tan, cot, sec, csc written over cos) or a
+    logarithm's argument is 0. Each zero as 'x = 0' where it has one variable and finitely many written out, else
+    as 'cos(x) = 0'."""
+    vanishing = set()
+    for e in expressions:
+        vanishing |= denoms(e) | {f.args[0] for f in e.atoms(sympy.log)}
+        vanishing |= set().union(*(denoms(f.rewrite(sympy.cos)) for f in e.atoms(*POLES)))
+    excluded = []
+    for d in sorted({sympy.simplify(d) for d in vanishing if d.free_symbols}, key=str):
+        symbol = next(iter(d.free_symbols)) if len(d.free_symbols) == 1 else None
+        zeros = sympy.solveset(d, symbol) if symbol else None
+        if isinstance(zeros, sympy.FiniteSet) and not zeros.has(sympy.CRootOf):  # roots it can write out
+            excluded += [f"{symbol} = {shown(z)}" for z in zeros]
+        elif zeros != sympy.S.EmptySet:
+            excluded.append(f"{shown(d)} = 0")
+    return list(dict.fromkeys(excluded))
 
 
 def periodic(expressions: list[sympy.Expr], unknowns: list[sympy.Symbol], solutions: list[dict]) -> bool:
@@ -174,16 +210,58 @@ def integrate(problem: Problem) -> Result:
         value = sympy.integrate(f, (v, *problem.bounds))
         if value.has(sympy.Integral):
             raise ValueError("no closed form")
+        if value.has(*DIVERGENT):
+            return diverges(value, unbounded(f, v, problem.bounds))
         quadrature = sympy.Integral(f, (v, *problem.bounds))  # the less reliable side: a miss leaves it unchecked
         if value.free_symbols:  # bounds or integrand with other variables: quadrature at sample points
             return Result(shown(value), plain(value), max(sampled(value, quadrature), UNCHECKED), "numeric quadrature")
-        agree = close(value, quadrature.evalf(30), 1e-6)
+        numeric = quadrature_value(quadrature)
+        if numeric is None and (confirmed := unbounded(f, v, problem.bounds)) > UNCHECKED:  # a principal value
+            return diverges(sympy.nan, confirmed)  # SymPy gives li(2) for 1/log(x) from 0 to 2, a pole at 1
+        agree = numeric is not None and close(value, numeric, 1e-6)
         return Result(number_text(value), plain(value), EXACT if agree else UNCHECKED, "numeric quadrature")
     antiderivative = sympy.integrate(f, v)
     if antiderivative.has(sympy.Integral):
         raise ValueError("no closed-form antiderivative")
     return Result(f"{shown(antiderivative)} + C", plain(antiderivative), same(sympy.diff(antiderivative, v), f),
                   "differentiated back to the integrand")
+
+
+def quadrature_value(integral: sympy.Integral) -> sympy.Expr | None:
+    """A definite integral by 30-digit numeric quadrature, or None where a node lands on a pole (1/sqrt(abs(x)) from
+    -1 to 1 at 0), for which SymPy's evalf raises TypeError or ZeroDivisionError."""
+    try:
+        return integral.evalf(30)
+    except (TypeError, ZeroDivisionError):
+        return None
+
+
+def diverges(value: sympy.Expr, confidence: float) -> Result:
+    """A divergent definite integral (SymPy's value oo, -oo, zoo, nan or AccumBounds) as a one-line answer, with the
+    confidence `unbounded` gives it: quadrature cannot check a divergence."""
+    infinite = value in (sympy.oo, -sympy.oo)
+    checked = ("an antiderivative, differentiated back, is unbounded at a bound or a singular point" if
+               confidence > UNCHECKED else "SymPy's value; quadrature cannot check a divergence")
+    return Result(f"the integral diverges to {value}" if infinite else "the integral diverges",
+                  plain(value) if infinite else "diverges", confidence, checked)
+
+
+def unbounded(f: sympy.Expr, v: sympy.Symbol, bounds: tuple[sympy.Expr, sympy.Expr]) -> float:
+    """How surely the integral of f over real bounds diverges: what differentiating an antiderivative back earns,
+    when it has an infinite or no limit at a bound or on a side of a singular point of f between them; else
+    UNCHECKED (symbolic bounds, singular points SymPy cannot list, no antiderivative, or only finite limits)."""
+    if not all(b.is_extended_real for b in bounds):
+        return UNCHECKED
+    low, high = sorted(bounds, key=lambda b: sympy.N(b, 30))
+    antiderivative = sympy.integrate(f, v)
+    points = singularities(f, v, sympy.Interval(low, high))
+    if antiderivative.has(sympy.Integral) or not points.is_finite_set:
+        return UNCHECKED
+    sides = [(low, "+"), (high, "-"), *((p, side) for p in points for side in "+-" if low < p < high)]
+    limits = [sympy.limit(antiderivative, v, p, side) for p, side in sides]
+    if not any(lim.is_infinite or isinstance(lim, sympy.AccumBounds) for lim in limits):
+        return UNCHECKED
+    return max(same(sympy.diff(antiderivative, v), f), UNCHECKED)
 
 
 OPERATIONS = {"solve": solve, "evaluate": evaluate, "simplify": evaluate, "diff": differentiate,
