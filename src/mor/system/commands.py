@@ -154,7 +154,7 @@ async def _ask(config: Path, router: Path | None, request):
 def _router(folder: Path | None, config: Path | None):
     """The router of a system config (without its saved state: feedback and load do not score), or one with an
     expert per label of the router trained in `folder`."""
-    from mor.system.config import build_system, load_config
+    from mor.system.config import load_config, routing_only
     from mor.system.experts.base import ExpertInfo
     from mor.system.head import LabelHead, is_router
     from mor.system.router import SystemRouter
@@ -163,8 +163,7 @@ def _router(folder: Path | None, config: Path | None):
         loaded = load_config(config)
         if folder is not None or loaded.router.path is None:  # --router wins over the config's router.path
             loaded.router.path = (folder or DEFAULT_ROUTER).resolve()
-        loaded.state.path = None
-        return build_system(loaded, str(config)).router
+        return routing_only(loaded, str(config))
     folder = folder or DEFAULT_ROUTER
     if not is_router(folder):
         raise MorError(f"{folder}: no trained router there; run `mor route train --data FILE.jsonl --out {folder}`")

@@ -3,6 +3,8 @@
 Errors name the field, e.g. `configs/route.yaml: router.top_k: must be >= 1, got 0`.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +12,8 @@ from pydantic import Field, model_validator
 
 from mor.config import Strict, read_yaml, validate
 from mor.errors import ConfigError, check
-from mor.system.experts.registry import build_experts
+from mor.system.experts.base import ExpertInfo
+from mor.system.experts.registry import build_experts, declared_experts
 from mor.system.head import LabelHead, is_router
 from mor.system.router import RouterWeights, Selection, SystemRouter
 from mor.system.stats import Breaker
@@ -35,6 +38,14 @@ class RouterConfig(Strict):
     threshold: float | None = Field(None, allow_inf_nan=False)
     min_confidence: float = Field(Selection.min_confidence, ge=0, le=1)
     default: str | None = None
+
+    @model_validator(mode="after")
+    def _top_k_or_threshold(self) -> "RouterConfig":
+        """Threshold routing picks every expert above it, so a top_k given beside it would be silently ignored."""
+        if self.threshold is not None and "top_k" in self.model_fields_set:
+            raise ValueError("router.top_k: router.threshold picks every expert scoring above it, so top_k is not "
+                             "read; remove one of them")
+        return self
 
 
 class IntegrationConfig(Strict):
@@ -99,22 +110,47 @@ def load_config(path: str | Path) -> SystemConfig:
 
 def build_system(config: SystemConfig, source: str = "config", head: LabelHead | None = None) -> MoRSystem:
     """The system a config describes; `head` overrides `router.path` (e.g. one just trained)."""
-    try:
+    with _from(source):
         experts = build_experts(config.experts)
-        r = config.router
-        if head is None and r.path is not None:
-            check(is_router(r.path), f"router.path: {r.path} holds no trained router; train one first with "
-                                     f"`mor route train --data FILE.jsonl --out {r.path}`")
-            head = LabelHead.load(r.path)
-        check(head is None or not r.min_confidence or r.default is not None,
-              f"router.min_confidence: {r.min_confidence} needs router.default, the expert that answers when the "
-              "head is less sure; set router.default or remove min_confidence")
-        router = SystemRouter([e.info for e in experts], head, RouterWeights(**r.weights.model_dump()),
-                              Selection(r.top_k, r.threshold, r.min_confidence, r.default))
-        _check_capabilities(router)
+        router = build_router(config.router, [e.info for e in experts], head)
         store = StateStore(config.state.path, config.state.save_every_s) if config.state.path else None
         return MoRSystem(experts, router, Combine(**config.integration.model_dump()),
                          Reflection(**config.reflection.model_dump()), Breaker(**config.breaker.model_dump()), store)
+
+
+def routing_only(config: SystemConfig, source: str = "config") -> SystemRouter:
+    """The router a config describes, over what its experts declare: routing calls no expert, so none is built (no
+    API key read, no model loaded, nothing to close)."""
+    with _from(source):
+        return build_router(config.router, declared_experts(config.experts))
+
+
+def build_router(r: RouterConfig, experts: list[ExpertInfo], head: LabelHead | None = None) -> SystemRouter:
+    """The router of section `r` over `experts`; `head` overrides `router.path`."""
+    if head is None and r.path is not None:
+        check(is_router(r.path), f"router.path: {r.path} holds no trained router; train one first with "
+                                 f"`mor route train --data FILE.jsonl --out {r.path}`")
+        head = LabelHead.load(r.path)
+    check(head is None or not r.min_confidence or r.default is not None,
+          f"router.min_confidence: {r.min_confidence} needs router.default, the expert that answers when the "
+          "head is less sure; set router.default or remove min_confidence")
+    check(head is not None or not r.min_confidence,
+          f"router.min_confidence: {r.min_confidence} compares the trained head's probability, but there is no "
+          "head; set router.path (or --router) to a trained router, or remove min_confidence")
+    names = [e.name for e in experts]
+    check(r.default is None or r.default in names, f"router.default: {r.default!r} is not an expert; experts are: "
+                                                   f"{', '.join(names)}")
+    router = SystemRouter(experts, head, RouterWeights(**r.weights.model_dump()),
+                          Selection(r.top_k, r.threshold, r.min_confidence, r.default))
+    _check_capabilities(router)
+    return router
+
+
+@contextmanager
+def _from(source: str) -> Iterator[None]:
+    """Config errors raised inside name the file (`source`) they come from."""
+    try:
+        yield
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
 

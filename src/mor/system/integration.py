@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 from mor.errors import MorError, check, first_line
 from mor.system.decision import Decision
@@ -128,7 +128,7 @@ def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None
     answered, else (none given, one of them failed, or another expert answered in its place) the
     confidence-weighted mean of the answers there are: a fitted formula with a term missing is not a prediction.
     An answer that is not a finite number counts as failed, so one broken predictor does not fail the request."""
-    answers = [a if not a.ok or _finite(a.value) else _not_numeric(a) for a in answers]
+    answers = [numeric(a) for a in answers]
     ok = _usable(answers)
     fitted = bool(coefficients) and sorted(a.expert for a in ok) == sorted(coefficients)
     if fitted:
@@ -143,11 +143,12 @@ def stacking(answers: list[Answer], coefficients: dict[str, float] | None = None
     return combined
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _not_numeric(answer: Answer) -> Answer:
+def numeric(answer: Answer) -> Answer:
+    """`answer`, or, when it is not a finite number, a failed one saying so: stacking combines numeric predictors
+    only, and one that answers otherwise is failing (the system falls back and counts it against its breaker)."""
+    value = answer.value
+    if not answer.ok or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)):
+        return answer
     return replace(answer, confidence=0.0, error=f"answered {answer.content[:40]!r}, not a finite number; stacking "
                                                  "combines numeric predictors only")
 
@@ -193,7 +194,8 @@ def synthesis_request(request: Request, answers: list[Answer]) -> Request | None
 
     When it would exceed `MAX_REQUEST_CHARS`, each answer is cut to its share of the room the conversation leaves
     (saying so in the prompt); None when the conversation leaves too little room (`_MIN_KEPT` characters an
-    answer), and the system integrates the answers `weighted` instead of synthesising them."""
+    answer, or none for the prompt itself, however short the answers), and the system integrates the answers
+    `weighted` instead of synthesising them."""
     usable = _usable(answers)
 
     def prompt(contents: list[str]) -> str:
@@ -210,6 +212,8 @@ def synthesis_request(request: Request, answers: list[Answer]) -> Request | None
         if None in cut:
             return None
         contents = cut
+    if fixed + len(prompt(contents)) > MAX_REQUEST_CHARS:  # the conversation and the prompt alone are too long
+        return None
     return Request(messages=(*request.messages, {"role": "user", "content": prompt(contents)}), tools=request.tools)
 
 

@@ -2,9 +2,9 @@
 Markdown, Unicode forms, number formats), while anything that changes what the answer says (operators, brackets,
 digits, letters of any script) is kept."""
 
-import math
 import re
 import unicodedata
+from decimal import Decimal, InvalidOperation
 
 _MINUS, _FRACTION_SLASHES = "\u2212", ("\u2044", "\u2215")  # − and ⁄ ∕: the minus and slashes of maths
 _DIGRAPHS = {"!=": "≠", "<=": "≤", ">=": "≥", "==": "="}  # one sign each, so x != 1 does not read x = 1
@@ -12,6 +12,8 @@ _OPERATORS = ".-/^<>=+*%#≠≤≥"  # ASCII symbols that change what an answer 
 _BRACKETS = "()[]{}"
 _KEPT_SYMBOLS = set(_OPERATORS + _BRACKETS)
 _PLAIN_TOKEN = re.compile(r"[(\[{]([^\s()\[\]{}<>=+*/^%≠≤≥]*)[)\]}]")  # (A), [1]: brackets that change nothing
+_LABEL = re.compile(r"^([^\s()\[\]{}<>=+*/^%≠≤≥]+) ?\)(?= |$)")  # B), 1) Paris: an option's label, as (B) and B
+_PLAIN_EXPONENTS = range(-100, 101)  # numbers written out in full (1e20 → 100000000000000000000); others as 1e200
 _SPACED = re.compile(r" ?([-<>=+*/^%≠≤≥()\[\]{}]) ?")
 
 
@@ -58,17 +60,23 @@ def _ignored(c: str) -> bool:
 
 
 def _number(text: str) -> str | None:
-    """`text` as a canonical number (integers exactly, others to 10 significant digits, -0 as 0); None if it is
-    not one."""
-    if re.fullmatch(r"[+-]?\d+", text):
-        return str(int(text))
+    """`text` as a canonical number, exact (no rounding: 1.00000000001 is not 1): trailing zeros and exponents
+    written one way (2.50 → 2.5, 1e20 → 100000000000000000000, 1e200 stays 1e200), -0 as 0; None if it is not one."""
     try:
-        number = float(text) + 0.0  # + 0.0: -0 → 0
-    except ValueError:
+        number = Decimal(text)
+    except InvalidOperation:
         return None
-    if not math.isfinite(number):
+    if not number.is_finite():
         return None
-    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else f"{number:.10g}"
+    sign, digits, exponent = number.as_tuple()
+    written = "".join(map(str, digits)).lstrip("0")
+    if not written:
+        return "0"
+    significant = written.rstrip("0")
+    exponent += len(written) - len(significant)
+    if exponent in _PLAIN_EXPONENTS:
+        return format(Decimal((sign, tuple(map(int, significant)), exponent)), "f")
+    return f"{'-' * sign}{significant}e{exponent}"
 
 
 def normalise(text: str) -> str:
@@ -76,8 +84,8 @@ def normalise(text: str) -> str:
     and the accents on Latin letters removed; compatibility forms unified (NFKC: ﬁ → fi, full-width digits →
     digits); the minus sign − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3);
     operators and brackets kept (x<2 is not x>2), without the spaces around them, and brackets around a single
-    word dropped ((A) → a); numbers canonical (42.0 → 42, -0 → 0). No other character is dropped, so answers in
-    any script stay apart."""
+    word dropped ((A) → a), as is the lone bracket of a leading label (B) → b); numbers canonical and exact
+    (42.0 → 42, 1e3 → 1000, -0 → 0). No other character is dropped, so answers in any script stay apart."""
     text = _latin_accents_dropped(_superscripts_marked(text))
     text = text.replace(_MINUS, "-")
     for slash in _FRACTION_SLASHES:
@@ -88,6 +96,7 @@ def normalise(text: str) -> str:
         text = text.replace(pair, sign)
     text = "".join(" " if _ignored(c) else c for c in text)
     text = " ".join(text.split())
+    text = _LABEL.sub(r"\1", text)  # before unwrapping, which would make f(x)) read as a label fx)
     while (unwrapped := _PLAIN_TOKEN.sub(r"\1", text)) != text:
         text = unwrapped
     text = _SPACED.sub(r"\1", " ".join(text.split())).rstrip(" .")  # a final full stop; .5 is a decimal point

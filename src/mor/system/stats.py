@@ -31,7 +31,8 @@ class Breaker:
 
 @dataclass
 class ExpertStats:
-    """What one expert has done so far; `successes`/`failures` also carry feedback from users."""
+    """What one expert has done so far: its calls (`calls`, `errors`, `refusals`, `busy`, latency, breaker state),
+    and in `successes`/`failures` the verdicts `feedback()` gave on its answers, which calls alone never move."""
 
     calls: int = 0
     successes: int = 0
@@ -50,7 +51,9 @@ class ExpertStats:
 
     @property
     def success_rate(self) -> float:
-        """Posterior mean of the success probability under a uniform Beta(1, 1) prior (0.5 before any call)."""
+        """Posterior mean of the success probability from feedback (`successes`, `failures`) under a uniform
+        Beta(1, 1) prior: 0.5 before any feedback, however many calls succeeded or failed (`reliability` also
+        weighs the calls that failed)."""
         return (self.successes + 1) / (self.successes + self.failures + 2)
 
     @property
@@ -82,8 +85,7 @@ class ExpertStats:
         self.latency_ewma_s = latency_s if self.latency_samples == 1 else (
             self.alpha * latency_s + (1 - self.alpha) * self.latency_ewma_s)
         if error is None:
-            self.consecutive_failures = self.consecutive_refusals = 0
-            self.open_until = 0.0
+            self.close_breaker()
             return
         self.last_error = error
         if refused:
@@ -96,6 +98,11 @@ class ExpertStats:
             tripped = self.consecutive_failures >= breaker.failures_to_open
         if tripped:
             self.open_until = time.monotonic() + breaker.cooldown_s
+
+    def close_breaker(self) -> None:
+        """Forget the failures and refusals in a row, and any cooldown: after a success, or for a new adapter."""
+        self.consecutive_failures = self.consecutive_refusals = 0
+        self.open_until = 0.0
 
     def feedback(self, success: bool) -> None:
         """A user's or checker's verdict on an answer this expert gave."""

@@ -77,6 +77,9 @@ class MoRSystem:
         self._holding: Counter[str] = Counter()  # calls in a slot now (a timed-out call's thread may hold one on)
         for expert in experts:
             self._attach(expert)
+        missing = [name for name in self.router.experts if name not in self.experts]
+        check(not missing, f"router: expert(s) {', '.join(missing)} have no adapter; give their experts or remove "
+                           "them from the router")
         for field_name, name in (("router.default", self.router.selection.default),
                                  ("integration.synthesizer", self.combine.synthesizer)):
             check(name is None or name in self.experts, f"{field_name}: {name!r} is not an expert; "
@@ -84,6 +87,19 @@ class MoRSystem:
         for name in self.combine.coefficients:  # a misspelt name would silently weigh its expert 0
             check(name in self.experts, f"integration.coefficients.{name}: no expert of that name; experts are: "
                                         f"{', '.join(self.experts)}")
+        self._check_stacking()
+
+    def _check_stacking(self) -> None:
+        """Stacking coefficients apply only when exactly their experts answer: refuse settings under which they
+        never would, rather than silently answer with a mean."""
+        fitted, selection = len(self.combine.coefficients), self.router.selection
+        if not fitted:
+            return
+        check(selection.threshold is not None or selection.top_k >= fitted,
+              f"router.top_k: {selection.top_k} expert(s) answer, but integration.coefficients combine {fitted}; "
+              f"set router.top_k to {fitted}")
+        check(not self.reflection.rounds, f"reflection.rounds: {self.reflection.rounds}, but a stacking formula "
+                                          "takes exactly the experts it was fitted on; set reflection.rounds to 0")
 
     def _attach(self, expert: Expert) -> None:
         if expert.name not in self.router.experts:
@@ -92,9 +108,11 @@ class MoRSystem:
         self.stats.setdefault(expert.name, ExpertStats())
 
     def register(self, expert: Expert) -> None:
-        """Add an expert while running; the router scores it from the next request on."""
+        """Add an expert while running; the router scores it from the next request on. One registered under the
+        name of a removed one keeps its history (calls, feedback) but not its circuit breaker: it is a new adapter."""
         check(expert.name not in self.experts, f"expert {expert.name!r} is registered already; remove it first")
         self._attach(expert)
+        self.stats[expert.name].close_breaker()
 
     def remove(self, name: str) -> Expert:
         """Take an expert out of routing; returns it so the caller can close it."""
@@ -209,7 +227,8 @@ class MoRSystem:
     async def _integrate(self, request: Request, answers: list[Answer], syntheses: list[Answer], first: int) -> Answer:
         """The answers combined by the configured mode, `first` of them from the first round (the rest from
         reflection); an ensemble's synthesis call is added to `syntheses`. An ensemble whose synthesis request cannot
-        fit `MAX_REQUEST_CHARS` even with the answers cut is integrated `weighted`."""
+        fit `MAX_REQUEST_CHARS` even with the answers cut, or whose synthesizer is in cooldown, is integrated
+        `weighted`."""
         mode = self.combine.mode
         if mode == "voting":
             return integration.voting(answers)
@@ -217,7 +236,7 @@ class MoRSystem:
             return integration.stacking(answers, self.combine.coefficients, self.combine.intercept)
         if mode == "sequential":
             return integration.sequential(answers[:first], answers[first:])
-        if mode == "ensemble" and sum(a.ok for a in answers) > 1:
+        if mode == "ensemble" and sum(a.ok for a in answers) > 1 and self.stats[self.combine.synthesizer].available():
             synthesis = integration.synthesis_request(request, answers)
             if synthesis is not None:
                 fused = await self._call(self.combine.synthesizer, synthesis)
@@ -287,7 +306,7 @@ class MoRSystem:
                     yield piece
                     with recording(threads):
                         piece = await anext(pieces)
-            answer = piece
+            answer = integration.numeric(piece) if self.combine.mode == "stacking" else piece
         except TimeoutError:
             error, busy = _timed_out(expert, free, waited, loaded or self._holding[name] > 0)
             answer = Answer(expert=name, error=error, confidence=0.0, details={"busy": True} if busy else {})
@@ -316,8 +335,9 @@ class MoRSystem:
         yield answer
 
     def feedback(self, expert: str, success: bool, request: str | None = None) -> None:
-        """Record whether an expert's answer was right; the router prefers experts that succeed."""
-        check(expert in self.experts, f"feedback: unknown expert {expert!r}; experts are: {', '.join(self.experts)}")
+        """Record whether an expert's answer was right; the router prefers experts that succeed. An expert removed
+        since it answered keeps its statistics, so feedback on it is kept too."""
+        check(expert in self.stats, f"feedback: unknown expert {expert!r}; experts are: {', '.join(self.experts)}")
         self.stats[expert].feedback(success)
         if self.store:
             self.store.record_feedback(expert, success, request)

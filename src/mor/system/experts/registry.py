@@ -9,6 +9,8 @@ libraries (transformers, torch, sympy, bm25s) load only when used.
 import importlib
 import inspect
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -150,28 +152,59 @@ SPECS: dict[str, type[ExpertSpec]] = {"openai": OpenAISpec, "transformers": Tran
                                       "math": MathSpec, "retrieval": RetrievalSpec}
 
 
-def build_expert(spec: dict[str, Any], where: str = "expert") -> Expert:
-    """The expert `spec` describes; `where` names it in errors (e.g. `experts[2]`)."""
+def parse_spec(spec: dict[str, Any], where: str = "expert") -> ExpertSpec:
+    """`spec` validated as its kind's spec; `where` names it in errors (e.g. `experts[2]`)."""
     check(isinstance(spec, dict), f"{where}: expected a mapping with 'name' and 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
     check(isinstance(kind, str) and kind in SPECS, f"{where}.kind: must be one of {', '.join(SPECS)}, got {kind!r}")
-    parsed = validate(SPECS[kind], spec, "", prefix=(where,))
+    return validate(SPECS[kind], spec, "", prefix=(where,))
+
+
+@contextmanager
+def located(where: str) -> Iterator[None]:
+    """Errors raised inside say where in the config they come from, once (adapters name only the expert)."""
     try:
-        return parsed.build(where)
-    except MorError as err:  # adapters name the expert; say where in the config it is, once
+        yield
+    except MorError as err:
         raise type(err)(str(err) if str(err).startswith(where) else f"{where}: {err}") from None
+
+
+def build_expert(spec: dict[str, Any], where: str = "expert") -> Expert:
+    """The expert `spec` describes; `where` names it in errors (e.g. `experts[2]`)."""
+    parsed = parse_spec(spec, where)
+    with located(where):
+        return parsed.build(where)
 
 
 def build_experts(specs: list[dict[str, Any]], where: str = "experts") -> list[Expert]:
     """Every expert of a config's list, refusing two with the same name."""
-    check(isinstance(specs, list), f"{where}: expected a list of expert specs, got {type(specs).__name__}")
     experts: list[Expert] = []
-    for i, spec in enumerate(specs):
-        expert = build_expert(spec, f"{where}[{i}]")
-        check(all(e.name != expert.name for e in experts),
-              f"{where}[{i}].name: {expert.name!r} is already used; give each expert its own name")
-        experts.append(expert)
+    for i, spec in enumerate(_listed(specs, where)):
+        experts.append(_new(build_expert(spec, f"{where}[{i}]"), experts, f"{where}[{i}]"))
     return experts
+
+
+def declared_experts(specs: list[dict[str, Any]], where: str = "experts") -> list[ExpertInfo]:
+    """What every expert of a config's list declares to the router, validated as `build_experts` validates it but
+    without making any adapter: routing alone reads no API key and loads no model."""
+    infos: list[ExpertInfo] = []
+    for i, spec in enumerate(_listed(specs, where)):
+        parsed = parse_spec(spec, f"{where}[{i}]")
+        with located(f"{where}[{i}]"):
+            infos.append(_new(parsed.info(), infos, f"{where}[{i}]"))
+    return infos
+
+
+def _listed(specs: Any, where: str) -> list[dict[str, Any]]:
+    check(isinstance(specs, list), f"{where}: expected a list of expert specs, got {type(specs).__name__}")
+    return specs
+
+
+def _new(expert: Any, before: list, where: str) -> Any:
+    """`expert` (anything with a `name`), refused when one of `before` has its name."""
+    check(all(e.name != expert.name for e in before),
+          f"{where}.name: {expert.name!r} is already used; give each expert its own name")
+    return expert
 
 
 def load_object(path: str, where: str) -> Any:
