@@ -163,3 +163,29 @@ def test_math_says_a_divergent_integral_diverges_in_one_line(math_expert):
                                         ("integrate 1/sqrt(abs(x)) from -1 to 1", 4, 0.5)]:  # a node on the pole
         answer = ask(math_expert, question)
         assert (answer.value, answer.confidence) == (value, confidence), question
+
+
+SCRIPT = """
+import asyncio
+from mor.system import ExpertInfo, Request
+from mor.system.experts.math_tool import MathExpert
+
+try:
+    answer = asyncio.run(MathExpert(ExpertInfo("sympy")).answer(Request.of("Solve x^2 - 5x + 6 = 0")))
+    print("after the call:", answer.content)
+except RuntimeError as err:
+    print("after the call:", err)
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_so_and_does_not_run_again_in_the_worker(tmp_path):
+    """The worker imports the script again, as multiprocessing does; it used to run the whole script a second time
+    (calling experts, recording feedback) and answer the first one correctly, with no word said."""
+    import subprocess
+    import sys
+
+    (tmp_path / "unguarded.py").write_text(SCRIPT)
+    run = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.stdout.count("after the call:") == 1, run.stdout  # the worker stopped before the script went on
+    assert 'put the script\'s top-level code under `if __name__ == "__main__":`' in run.stdout
+    assert "mor: the script ran again inside the worker process" in run.stderr
