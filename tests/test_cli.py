@@ -77,6 +77,16 @@ def test_train_and_eval_errors_are_one_line(tmp_path, args, message):
     assert message in output and "Traceback" not in output and len(output.splitlines()) == 1
 
 
+def test_an_interrupt_before_the_first_checkpoint_says_that_resume_starts_over(tmp_path):
+    from mor.cli import _interrupted
+
+    assert _interrupted(tmp_path, 250) == ("interrupted before the first checkpoint (one every 250 steps, and at each "
+                                           "better evaluation): the same command with --resume starts again from "
+                                           "step 0")
+    (tmp_path / "latest.json").write_text("{}")
+    assert _interrupted(tmp_path, 250).endswith("continues from the last checkpoint")
+
+
 @pytest.mark.slow  # about 40 s on 2 cores: a real process interrupted mid-run; CI runs it
 def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     import signal

@@ -37,7 +37,7 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    namespace: dict = {}
+    namespace: dict = {"__name__": "__main__"}  # as a script runs them, guarded parts included
     for block in BLOCKS[: index + 1]:  # later blocks may use names from earlier ones
         exec(compile(block, f"README.md example {index}", "exec"), namespace)
     if "system" in namespace:  # the routing example kept its state in the temporary folder, not the repository

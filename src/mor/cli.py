@@ -52,10 +52,20 @@ def train(config: Path | None = typer.Argument(None, help="YAML config; none: th
     try:
         report = run(cfg, resume=resume, console=console)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: the same command with --resume continues from the last checkpoint",
-                                   highlight=False, soft_wrap=True)
+        Console(stderr=True).print(_interrupted(cfg.checkpoint.dir, cfg.checkpoint.every), highlight=False,
+                                   soft_wrap=True)
         raise
     console.print(f"Report: {escape(str(report))}")
+
+
+def _interrupted(run_dir: Path, every: int) -> str:
+    """What --resume will do after an interrupt: continue from the last checkpoint, or start over without one."""
+    from mor.train.checkpoint import LATEST
+
+    if (run_dir / LATEST).is_file():
+        return "interrupted: the same command with --resume continues from the last checkpoint"
+    return (f"interrupted before the first checkpoint (one every {every} steps, and at each better evaluation): "
+            "the same command with --resume starts again from step 0")
 
 
 @app.command("eval")
