@@ -254,6 +254,8 @@ def test_evaluation_scores_routing_and_reports_latency(tfidf_head):
     wrong = evaluate(router, requests, ["math"] * len(labels))
     assert wrong["accuracy"] == pytest.approx(labels.count("math") / len(labels))
     assert "| accuracy | macro-F1 | calibration error |" in markdown(result, "t")
+    assert f"p99 of {len(labels)} requests lies between the two slowest" in markdown(result, "t")  # too few
+    assert "lies between" not in markdown({**result, "examples": 101}, "t")
     assert 0 <= result["calibration_error"] < 0.2
 
 

@@ -88,6 +88,8 @@ def markdown(result: dict, title: str) -> str:
              "| accuracy | macro-F1 | calibration error | latency p50 | latency p99 |", "|---|---|---|---|---|",
              f"| {result['accuracy']:.2%} | {result['macro_f1']:.4f} | {_maybe(result['calibration_error'])} | "
              f"{lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
+             *(["", f"p99 of {result['examples']} requests lies between the two slowest: too few to estimate it."]
+               if result["examples"] <= 100 else []),
              "", "| label | recall |", "|---|---|"]
     lines += [f"| {n} | {r:.2%} |" for n, r in result["recall"].items()]
     if result.get("sources"):
