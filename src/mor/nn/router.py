@@ -5,7 +5,8 @@ auxiliary losses that keep it balanced (Switch load balance, ST-MoE z-loss) and 
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -21,7 +22,8 @@ class Routing:
     """One routing decision for N inputs over E experts, with m = the most experts an input may use.
 
     Slots are ordered by score, best first; `mask` marks the slots in use (all of them in top-k mode
-    without a capacity limit).
+    without a capacity limit). The batch statistics (`aux`, `load`, `entropy`) are computed when first read, so an
+    inference forward that reads none of them launches none of their kernels.
     """
 
     weights: Tensor  # (N, m) integration weights of the selected experts, 0 in unused slots
@@ -29,10 +31,9 @@ class Routing:
     mask: Tensor  # (N, m) bool, slot in use
     probs: Tensor  # (N, E) router probabilities
     logits: Tensor  # (N, E) router logits (noisy in training when noise is on)
-    aux: dict[str, Tensor] = field(default_factory=dict)  # load_balance, z_loss
-    load: Tensor | None = None  # (E,) fraction of inputs sent to each expert
-    entropy: Tensor | None = None  # () mean routing entropy in nats
+    chosen: Tensor | None = None  # (N, m) the router's own choices, before a capacity limit; None: no statistics
     full: bool = False  # every slot in use, known without reading `mask` (top-k without a capacity limit)
+    sigmoid: bool = False  # sigmoid scores, which the statistics renormalise into a distribution
 
     def rows(self, select: Tensor) -> "Routing":
         """The same decision for the inputs `select` picks (a boolean mask or indices); the batch statistics
@@ -40,10 +41,42 @@ class Routing:
         return Routing(weights=self.weights[select], indices=self.indices[select], mask=self.mask[select],
                        probs=self.probs[select], logits=self.logits[select], full=self.full)
 
-    @property
+    @cached_property
     def counts(self) -> Tensor:
         """Number of inputs each expert receives, (E,)."""
         return chosen_counts(self.indices, self.mask, self.probs.shape[-1])
+
+    @cached_property
+    def aux(self) -> dict[str, Tensor]:
+        """Switch load-balance and ST-MoE z-loss of the batch; {} for a `rows` selection."""
+        if self.chosen is None:
+            return {}
+        # the balance loss counts the router's own choices, before a capacity limit drops any (Switch, GShard):
+        # counting only the kept ones would hide the imbalance exactly when it costs dropped inputs
+        wanted = self.counts if self.mask is self.chosen else chosen_counts(self.indices, self.chosen,
+                                                                            self.probs.shape[-1])
+        return {"load_balance": load_balance_loss(self._distribution, wanted), "z_loss": router_z_loss(self.logits)}
+
+    @cached_property
+    def load(self) -> Tensor | None:
+        """(E,) fraction of inputs sent to each expert; None for a `rows` selection."""
+        if self.chosen is None:
+            return None
+        with torch.no_grad():
+            return self.counts.float() / max(self.probs.shape[0], 1)
+
+    @cached_property
+    def entropy(self) -> Tensor | None:
+        """() mean routing entropy in nats; None for a `rows` selection."""
+        if self.chosen is None:
+            return None
+        with torch.no_grad():
+            dist = self._distribution
+            return entropy(dist.float()).mean() if dist.shape[0] else dist.new_zeros(())
+
+    @property
+    def _distribution(self) -> Tensor:
+        return self.probs / self.probs.sum(-1, keepdim=True) if self.sigmoid else self.probs
 
 
 def expert_counts(ids: Tensor, num_experts: int) -> Tensor:
@@ -118,17 +151,10 @@ class Router(nn.Module):
         if self.normalize and self.slots > 1:
             weights = torch.where(chosen.sum(-1, keepdim=True) > 1, normalized(weights), weights)
         weights = weights * mask  # a capacity drop leaves the kept assignments their shares (GShard)
-        routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits,
-                          full=self.threshold is None and self.capacity_factor is None)
-        counts = routing.counts
-        # the balance loss counts the router's own choices, before a capacity limit drops any (Switch, GShard):
-        # counting only the kept ones would hide the imbalance exactly when it costs dropped inputs
-        wanted = counts if mask is chosen else chosen_counts(indices, chosen, self.num_experts)
-        dist = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True)
-        routing.aux = {"load_balance": load_balance_loss(dist, wanted), "z_loss": router_z_loss(logits)}
-        with torch.no_grad():
-            routing.load = counts.float() / max(x.shape[0], 1)
-            routing.entropy = entropy(dist.float()).mean() if x.shape[0] else dist.new_zeros(())
+        routing = Routing(weights=weights, indices=indices, mask=mask, probs=probs, logits=logits, chosen=chosen,
+                          full=self.threshold is None and self.capacity_factor is None, sigmoid=self.score == "sigmoid")
+        if torch.is_grad_enabled():  # the losses' graph is built now, in the forward's grad mode, not when read
+            routing.aux  # noqa: B018
         return routing
 
     def _selection_mask(self, top: Tensor) -> Tensor:
