@@ -366,7 +366,7 @@ def test_float32_loss_gradients_and_outputs_are_bit_identical_with_the_literal_g
     (lambda: MoRModel(8, 3, train_steps=0), ConfigError, r"MoRModel: dim \(64\) and train_steps \(0\)"),
     (lambda: MoRModel(8, 3, dim=0), ConfigError, r"MoRModel: dim \(0\)"),
     (lambda: DenseModel(8, 3, depth=-1), ConfigError, r"DenseModel: dim \(64\) and depth \(-1\)"),
-    (lambda: MoRModel(8, 3, dim=30, cell="transformer"), ConfigError, r"dim \(30\) must be a multiple of heads"),
+    (lambda: MoRModel(8, 3, dim=30, cell="transformer"), ConfigError, r"dim \(30\) must be a multiple of 2 × heads"),
     (lambda: MoRModel(8, 3, dim=8).eval()(torch.randn(2, 0, 8)), ShapeError, r"\(and L >= 1\), got \(2, 0, 8\)"),
     (lambda: MoRModel(8, 3, dim=8).experts[0](torch.tensor(1.0)), ShapeError, r"no empty dimension, got \(\)"),
     (lambda: MoRModel(8, 3, dim=8).loss(torch.randn(4, 8), torch.full((4,), 7)), ShapeError,

@@ -3,6 +3,7 @@
 A cell returns an update, not a new state: `ReflectionExpert` adds it to the state (a residual step).
 """
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,24 +40,42 @@ class ConvCell(nn.Module):
 
 
 class TransformerCell(nn.Module):
-    """Pre-norm self-attention plus MLP over positions (n, L, H); `causal` masks future positions."""
+    """Pre-norm self-attention plus MLP over positions (n, L, H); `causal` masks future positions. Queries and keys
+    carry rotary position embeddings (RoFormer), so attention knows order, relative and at any length: without
+    them a sequence cell would be blind to order (a permuted input gives the permuted output)."""
 
     def __init__(self, dim: int, heads: int = 4, hidden: int | None = None, causal: bool = False):
         super().__init__()
-        check(heads >= 1 and dim % heads == 0,
-              f"TransformerCell: dim ({dim}) must be a multiple of heads ({heads}); change one of them")
-        self.causal = causal
+        check(heads >= 1 and dim % heads == 0 and dim // heads % 2 == 0,
+              f"TransformerCell: dim ({dim}) must be a multiple of 2 × heads ({heads}), so each head's width is even "
+              "for its rotary pairs; change one of them")
+        self.heads, self.causal = heads, causal
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden or 2 * dim), nn.GELU(), nn.Linear(hidden or 2 * dim, dim))
 
     def forward(self, h: Tensor) -> Tensor:
         _check_sequences("TransformerCell", h)  # a 2-D input would be one sequence of the whole batch
-        a = self.norm1(h)
-        a, _ = self.attn(a, a, a, need_weights=False, is_causal=self.causal,
-                         attn_mask=nn.Transformer.generate_square_subsequent_mask(h.shape[1], device=h.device)
-                         if self.causal else None)
+        n, length, dim = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        angles = rotary_angles(length, dim // self.heads, h.device)
+        a = F.scaled_dot_product_attention(rotated(q, angles), rotated(k, angles), v, is_causal=self.causal)
+        a = self.proj(a.transpose(1, 2).reshape(n, length, dim))
         return a + self.mlp(self.norm2(h + a))
+
+
+def rotary_angles(length: int, width: int, device: torch.device) -> Tensor:
+    """(L, width/2) angles position × 10000^(-2i/width): each pair of a head's channels turns at its own rate."""
+    rates = 10000.0 ** -(torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+    return torch.arange(length, device=device, dtype=torch.float32)[:, None] * rates
+
+
+def rotated(x: Tensor, angles: Tensor) -> Tensor:
+    """`x` (..., L, width) with its two halves' channel pairs rotated by `angles`; a dot product of rotated queries
+    and keys then depends on their positions' difference only."""
+    first, second = x.float().chunk(2, dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
 
 
 def _check_sequences(name: str, h: Tensor) -> None:
