@@ -1,5 +1,6 @@
 """Two-process DDP training (gloo, CPU) against one process on the same global batch."""
 
+import json
 import subprocess
 import sys
 
@@ -33,6 +34,9 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=2e-5, rtol=1e-4, msg=name)
+    logged = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+               if '"train"' in line] for run in ("one", "two")]  # the whole batch's loss, not rank 0's shard
+    assert len(logged[0]) == 4 and logged[1] == pytest.approx(logged[0], rel=1e-4)
 
 
 def test_each_process_takes_its_own_shard_of_the_global_batch(tmp_path):

@@ -394,3 +394,16 @@ def test_a_token_model_refuses_ids_and_targets_it_cannot_read(tokens, targets, m
 def test_trajectory_takes_depths_as_any_sequence():
     model = MoRModel(8, 3, dim=8).eval()
     assert model.trajectory(torch.randn(2, 8), (2, 3)).answers.shape == (2, 2, 3)
+
+
+def test_token_model_sizes_and_target_ids_out_of_range_are_one_line_errors():
+    """They were a ZeroDivisionError (heads=0), an IndexError (num_experts=0) or cross-entropy's IndexError."""
+    from mor.nn.transformer import TokenModel
+
+    for sizes in ({"heads": 0}, {"num_experts": 0}, {"depth": 0}, {"max_len": 0}):
+        with pytest.raises(ConfigError, match=r"TokenModel: vocab \(10\), dim \(16\), .* must all be >= 1"):
+            TokenModel(10, dim=16, **{"heads": 2, **sizes})
+    model = TokenModel(10, dim=16, depth=1, heads=2, max_len=8, hidden=16)
+    for bad in (10, -1):
+        with pytest.raises(ShapeError, match=rf"target ids must be in \[0, 10\), got {bad} to {bad}"):
+            model.loss(torch.zeros(2, 8, dtype=torch.long), torch.full((2, 8), bad))

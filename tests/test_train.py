@@ -209,6 +209,12 @@ def test_a_run_saved_with_a_relative_data_path_still_resumes_from_its_folder(tmp
     assert "data.target" in config_change(old, config(tmp_path / "run", data={**data, "target": "a"}))
 
 
+def test_a_corpus_too_short_to_split_says_how_short(tmp_path):
+    (tmp_path / "a.txt").write_text("ab")
+    with pytest.raises(ConfigError, match=r"^data\.root: 2 character\(s\) under .*, fewer than the 3 parts to split"):
+        get_task("chars", root=str(tmp_path), context=1)
+
+
 def test_a_chars_corpus_fingerprint_follows_its_files(tmp_path):
     (tmp_path / "a.txt").write_text("hello world, " * 200)
     first = get_task("chars", root=str(tmp_path), context=8).fingerprint()
@@ -535,6 +541,13 @@ def test_token_models_train_on_chars_validate_in_bits_per_char_and_evaluate(tmp_
 def test_token_models_refuse_settings_they_would_ignore(tmp_path, name, value):
     with pytest.raises(ConfigError, match=rf"^model\.{name}: token models \(task 'chars'\) always use"):
         Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, name: value}))
+
+
+@pytest.mark.parametrize("halting", [{"threshold": 0.01}, {"stable_steps": 2}])
+def test_token_models_refuse_halting_rules_nothing_trains_them_for(tmp_path, halting):
+    """An untrained critic stopped every token at step 1 in validation, which chose the best checkpoint."""
+    with pytest.raises(ConfigError, match=r"^model\.halting: token models \(task 'chars'\) reflect to a fixed depth"):
+        Trainer(config(tmp_path, data=CHARS, model={**TINY_LM, "halting": {"max_steps": 3, **halting}}))
 
 
 @pytest.mark.parametrize("data", [CHARS, FAST["data"]], ids=["tokens", "sequences"])

@@ -4,6 +4,7 @@ User errors print as one line (`error: …`) with exit code 2; `--debug` shows t
 """
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,7 +56,8 @@ def train(config: Path | None = typer.Argument(None, help="YAML config; none: th
         Console(stderr=True).print(_interrupted(cfg.checkpoint.dir, cfg.checkpoint.every), highlight=False,
                                    soft_wrap=True)
         raise
-    console.print(f"Report: {escape(str(report))}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the process that wrote it says so
+        console.print(f"Report: {escape(str(report))}")
 
 
 def _interrupted(run_dir: Path, every: int) -> str:

@@ -54,8 +54,10 @@ class Chars(StreamTask):
         check(root.is_dir(), f"data.root: no folder at '{root}'; give a folder of text files")
         text = _read(root, patterns, max_chars)
         parts = 3 if test_fraction else 2
-        check(len(text) >= parts, f"data.patterns: no text in files matching {patterns} under '{root}'; "
-                                  "check the folder and the glob patterns")
+        check(len(text) > 0, f"data.patterns: no text in files matching {patterns} under '{root}'; "
+                             "check the folder and the glob patterns")
+        check(len(text) >= parts, f"data.root: {len(text)} character(s) under '{root}', fewer than the {parts} "
+                                  "parts to split (train, val and test); give more text")
         cuts, n = [0], len(text)
         for i, held in enumerate((val_fraction + test_fraction, test_fraction)[:parts - 1]):  # each part non-empty
             cuts.append(min(max(int(n * (1 - held)), cuts[-1] + 1), n - parts + i + 1))

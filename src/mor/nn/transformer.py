@@ -55,6 +55,9 @@ class TokenModel(nn.Module):
                  halting: Halting | None = None):
         super().__init__()
         check(ffn in ("dense", "moe", "mor"), f"TokenModel: ffn must be 'dense', 'moe' or 'mor', got {ffn!r}")
+        check(min(vocab, dim, depth, heads, max_len, num_experts, hidden) >= 1,
+              f"TokenModel: vocab ({vocab}), dim ({dim}), depth ({depth}), heads ({heads}), max_len ({max_len}), "
+              f"num_experts ({num_experts}) and hidden ({hidden}) must all be >= 1")
         check(dim % heads == 0, f"TokenModel: dim ({dim}) must be divisible by heads ({heads})")
         self.max_len, self.ffn_kind = max_len, ffn
         self.embed, self.pos = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
@@ -99,6 +102,10 @@ class TokenModel(nn.Module):
             raise ShapeError(f"TokenModel.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit "
                              f"token ids of shape {tuple(x.shape)}; give the next token's id at every position, "
                              f"integers of shape {tuple(x.shape)}")
+        vocab = self.head.out_features
+        if y.numel() and not (int(y.min()) >= 0 and int(y.max()) < vocab):
+            raise ShapeError(f"TokenModel.loss: target ids must be in [0, {vocab}), got {int(y.min())} to "
+                             f"{int(y.max())}; give ids of the model's vocabulary")
         logits, aux = self(x)
         parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())

@@ -41,6 +41,9 @@ def token_model(cfg: ModelConfig, task: Task, kind: str) -> TokenModel:
         check(value in (fixed, ModelConfig.model_fields[name].default),
               f"model.{name}: token models (task {task.name!r}) always use {fixed!r}, got {value!r}; remove "
               f"model.{name}, it applies to vector and sequence tasks")
+    check(cfg.halting.threshold is None and cfg.halting.stable_steps is None,
+          f"model.halting: token models (task {task.name!r}) reflect to a fixed depth, since nothing trains their "
+          "critic or halting head; remove halting.threshold and halting.stable_steps (max_steps sets the depth)")
     return TokenModel(task.in_dim, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, max_len=task.sizes[1], ffn=kind,
                       num_experts=cfg.num_experts, k=cfg.k, hidden=cfg.hidden, train_steps=cfg.train_steps,
                       halting=halting_rule(cfg))

@@ -191,7 +191,16 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {**totals, "lr": lr}
+        return {**self._whole_batch(totals), "lr": lr}
+
+    def _whole_batch(self, totals: dict[str, float]) -> dict[str, float]:
+        """This process's loss terms averaged over all processes (equal shards of the batch), so that a torchrun
+        run logs the loss of its whole batch, as one process would, not rank 0's shard."""
+        if self.world == 1:
+            return totals
+        values = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(totals, (values / self.world).tolist(), strict=True))
 
     def _autocast(self):
         precision = self.config.train.precision
@@ -264,7 +273,8 @@ class Trainer:
 
     def _resume(self) -> None:
         if not (self.run_dir / checkpoint.LATEST).exists():
-            self.console.print(f"{self.run_dir}: no checkpoint yet, starting from step 0")
+            if self.rank == 0:
+                self.console.print(f"{self.run_dir}: no checkpoint yet, starting from step 0")
             return
         loaded = checkpoint.load(self.run_dir)
         change = config_change(saved(loaded.config, loaded.path / checkpoint.CONFIG), self.config)
