@@ -74,7 +74,7 @@ class Routing:
             dist = self._distribution
             return entropy(dist.float()).mean() if dist.shape[0] else dist.new_zeros(())
 
-    @property
+    @cached_property
     def _distribution(self) -> Tensor:
         return self.probs / self.probs.sum(-1, keepdim=True) if self.sigmoid else self.probs
 

@@ -102,10 +102,10 @@ class TokenModel(nn.Module):
             raise ShapeError(f"TokenModel.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit "
                              f"token ids of shape {tuple(x.shape)}; give the next token's id at every position, "
                              f"integers of shape {tuple(x.shape)}")
-        vocab = self.head.out_features
-        if y.numel() and not (int(y.min()) >= 0 and int(y.max()) < vocab):
-            raise ShapeError(f"TokenModel.loss: target ids must be in [0, {vocab}), got {int(y.min())} to "
-                             f"{int(y.max())}; give ids of the model's vocabulary")
+        vocab, (low, high) = self.head.out_features, (int(v) for v in y.aminmax()) if y.numel() else (0, 0)
+        if low < 0 or high >= vocab:
+            raise ShapeError(f"TokenModel.loss: target ids must be in [0, {vocab}), got {low} to {high}; give ids "
+                             "of the model's vocabulary")
         logits, aux = self(x)
         parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())
