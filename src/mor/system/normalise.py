@@ -5,16 +5,19 @@ digits, letters of any script) is kept."""
 import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 _MINUS, _FRACTION_SLASHES = "\u2212", ("\u2044", "\u2215")  # − and ⁄ ∕: the minus and slashes of maths
 _DIGRAPHS = {"!=": "≠", "<=": "≤", ">=": "≥", "==": "="}  # one sign each, so x != 1 does not read x = 1
 _OPERATORS = ".-/^<>=+*%#≠≤≥"  # ASCII symbols that change what an answer says: 3.5, -3, 1/2, 2^3, x<2, C++, 50%
 _BRACKETS = "()[]{}"
 _KEPT_SYMBOLS = set(_OPERATORS + _BRACKETS)
-_PLAIN_TOKEN = re.compile(r"[(\[{]([^\s()\[\]{}<>=+*/^%≠≤≥]*)[)\]}]")  # (A), [1]: brackets that change nothing
+_PLAIN_TOKEN = re.compile(r"(?<!\w)[(\[{]([^\s()\[\]{}<>=+*/^%≠≤≥]*)[)\]}]")  # (A), [1]; not f(x): a call
 _LABEL = re.compile(r"^([^\s()\[\]{}<>=+*/^%≠≤≥]+) ?\)(?= |$)")  # B), 1) Paris: an option's label, as (B) and B
 _PLAIN_EXPONENTS = range(-100, 101)  # numbers written out in full (1e20 → 100000000000000000000); others as 1e200
 _SPACED = re.compile(r" ?([-<>=+*/^%≠≤≥()\[\]{}]) ?")
+_SPACED_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")  # 1 000 000, SI style: only a whole answer
+_RATIO = re.compile(r"(-?\d+)/(-?\d+)")
 
 
 def _superscripts_marked(text: str) -> str:
@@ -65,7 +68,7 @@ def _number(text: str) -> str | None:
     try:
         number = Decimal(text)
     except InvalidOperation:
-        return None
+        return _ratio(text)
     if not number.is_finite():
         return None
     sign, digits, exponent = number.as_tuple()
@@ -79,13 +82,39 @@ def _number(text: str) -> str | None:
     return f"{'-' * sign}{significant}e{exponent}"
 
 
+def _ratio(text: str) -> str | None:
+    """A fraction of integers in lowest terms, exact, as a decimal where it has one (2/4 → 0.5, 6/3 → 2, 2/6 →
+    1/3); None if `text` is not one or divides by zero."""
+    match = _RATIO.fullmatch(text)
+    if match is None or int(match[2]) == 0:
+        return None
+    ratio = Fraction(int(match[1]), int(match[2]))
+    places = _decimal_places(ratio.denominator)
+    if places is None:
+        return f"{ratio.numerator}/{ratio.denominator}"
+    return _number(str(Decimal(ratio.numerator * 10**places // ratio.denominator).scaleb(-places)))
+
+
+def _decimal_places(denominator: int) -> int | None:
+    """How many digits 1/denominator has after the point, or None if they never end (a prime factor other than
+    2 and 5)."""
+    counts = []
+    for factor in (2, 5):
+        counts.append(0)
+        while denominator % factor == 0:
+            denominator //= factor
+            counts[-1] += 1
+    return max(counts) if denominator == 1 else None
+
+
 def normalise(text: str) -> str:
     """Answer text reduced to what votes compare: case, spacing, punctuation, currency signs, Markdown emphasis
     and the accents on Latin letters removed; compatibility forms unified (NFKC: ﬁ → fi, full-width digits →
     digits); the minus sign − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3);
     operators and brackets kept (x<2 is not x>2), without the spaces around them, and brackets around a single
-    word dropped ((A) → a), as is the lone bracket of a leading label (B) → b); numbers canonical and exact
-    (42.0 → 42, 1e3 → 1000, -0 → 0). No other character is dropped, so answers in any script stay apart."""
+    word dropped ((A) → a; a call's stay: f(x) is not fx), as is the lone bracket of a leading label (B) → b);
+    numbers canonical and exact (42.0 → 42, 1e3 → 1000, 1 000 → 1000, -0 → 0, 2/4 → 0.5, 2/6 → 1/3).
+    No other character is dropped, so answers in any script stay apart."""
     text = _latin_accents_dropped(_superscripts_marked(text))
     text = text.replace(_MINUS, "-")
     for slash in _FRACTION_SLASHES:
@@ -99,5 +128,8 @@ def normalise(text: str) -> str:
     text = _LABEL.sub(r"\1", text)  # before unwrapping, which would make f(x)) read as a label fx)
     while (unwrapped := _PLAIN_TOKEN.sub(r"\1", text)) != text:
         text = unwrapped
-    text = _SPACED.sub(r"\1", " ".join(text.split())).rstrip(" .")  # a final full stop; .5 is a decimal point
+    text = " ".join(text.split()).rstrip(" .")  # a final full stop; .5 is a decimal point
+    if _SPACED_THOUSANDS.fullmatch(text):
+        text = text.replace(" ", "")
+    text = _SPACED.sub(r"\1", text)
     return _number(text) or text
