@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from mor.errors import ConfigError
+from mor.errors import ConfigError, ShapeError
 from mor.nn import (
     Halting,
     Integrator,
@@ -362,3 +362,42 @@ def test_diagnostics_name_the_inputs_a_capacity_limit_left_unprocessed():
     y, d = layer(x, return_diagnostics=True)
     assert d.dropped.tolist() == [False] * 2 + [True] * 6
     assert (y[d.dropped] == 0).all() and (y[~d.dropped] != 0).any()
+
+
+PADDED = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_a_padding_mask_gives_the_real_tokens_what_they_get_alone_and_padding_nothing(reflect):
+    torch.manual_seed(0)
+    layer = (reflection_layer(ReflectionExperts(ReflectionExpert(MLPCell(8), 8, 8, dim=8, classes=False)
+                                                for _ in range(3)), 8, k=2)
+             if reflect else MoRLayer.swiglu(8, 16, num_experts=3, k=2)).train()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    y, d = layer(x, return_diagnostics=True, mask=PADDED)
+    alone = x.detach()[PADDED].requires_grad_()
+    y_alone, d_alone = layer(alone, return_diagnostics=True)
+    torch.testing.assert_close(y[PADDED], y_alone)
+    assert y[~PADDED].eq(0).all() and d.indices.shape == d_alone.indices.shape == (9, 2)
+    for name, value in d_alone.aux.items():  # the router's losses and statistics count the real tokens only
+        torch.testing.assert_close(d.aux[name], value)
+    torch.testing.assert_close(d.load, d_alone.load)
+    assert not torch.allclose(layer(x, return_diagnostics=True)[1].load, d.load)
+    (y.square().sum() + sum(d.aux.values())).backward()
+    (y_alone.square().sum() + sum(d_alone.aux.values())).backward()
+    torch.testing.assert_close(x.grad[PADDED], alone.grad)
+    assert x.grad[~PADDED].eq(0).all()
+
+
+def test_a_padding_mask_of_only_padding_gives_zeros_and_finite_losses():
+    layer = MoRLayer.swiglu(8, 16, num_experts=3, k=2).train()
+    y, d = layer(torch.randn(2, 4, 8), return_diagnostics=True, mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert y.eq(0).all() and y.shape == (2, 4, 8)
+    assert all(torch.isfinite(v) for v in d.aux.values())
+
+
+@pytest.mark.parametrize("mask", [torch.ones(3, 4, dtype=torch.bool), torch.ones(3, 5)], ids=["shape", "dtype"])
+def test_a_padding_mask_that_does_not_fit_the_input_is_one_clear_error(mask):
+    layer = MoRLayer.swiglu(8, 16, num_experts=3, k=2)
+    with pytest.raises(ShapeError, match=r"mask must be bool of shape \(3, 5\).*got"):
+        layer(torch.randn(3, 5, 8), mask=mask)

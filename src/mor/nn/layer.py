@@ -1,11 +1,12 @@
 """MoRLayer: router → sorted dispatch → expert bank → integrator, on any (..., d) input.
 
 Usable as the FFN of a transformer block: tokens are flattened, each routed to its experts, and the
-integrated answers put back in the input's shape.
+integrated answers put back in the input's shape. A padding `mask` keeps pad tokens out of routing altogether.
 """
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from mor.errors import ShapeError, check
@@ -39,10 +40,28 @@ class MoRLayer(nn.Module):
         """The classic sparse MoE FFN: `num_experts` SwiGLU experts of width `hidden`, top-k gating."""
         return cls(Router(dim, num_experts, k, **router_kwargs), SwiGLUExperts(num_experts, dim, hidden))
 
-    def forward(self, x: Tensor, return_diagnostics: bool = False) -> Tensor | tuple[Tensor, Diagnostics]:
+    def forward(self, x: Tensor, return_diagnostics: bool = False, mask: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Diagnostics]:
+        """(..., dim) → (..., out_dim). `mask` (bool, x.shape[:-1], e.g. an attention mask) marks the real tokens:
+        padding is not routed, costs no expert compute, counts in no router loss or statistic and gets output 0;
+        the diagnostics then describe the real tokens alone, in order."""
         if x.dim() == 0 or x.shape[-1] != self.router.proj.in_features:
             raise ShapeError(f"MoRLayer: last dimension must be {self.router.proj.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
+        if mask is None:
+            return self._forward(x, return_diagnostics)
+        if mask.shape != x.shape[:-1] or mask.dtype != torch.bool:
+            raise ShapeError(f"MoRLayer: mask must be bool of shape {tuple(x.shape[:-1])} (the input's without its "
+                             f"last dimension), got {mask.dtype} of shape {tuple(mask.shape)}")
+        keep = mask.reshape(-1)
+        out = self._forward(x.reshape(-1, x.shape[-1])[keep], return_diagnostics)
+        y = out[0] if return_diagnostics else out
+        full = y.new_zeros(keep.numel(), y.shape[-1]).index_put((keep,), y)
+        full = full.reshape(*x.shape[:-1], y.shape[-1])
+        return (full, out[1]) if return_diagnostics else full
+
+    def _forward(self, x: Tensor, return_diagnostics: bool) -> Tensor | tuple[Tensor, Diagnostics]:
+        """The forward over every position of `x`."""
         flat = x.reshape(-1, x.shape[-1])
         routing = self.router(flat)
         dispatch = Dispatch.of(routing)
