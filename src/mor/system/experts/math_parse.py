@@ -1,7 +1,8 @@
 """Reading a math question into a `Problem` with SymPy's parser, never `eval`, refusing what could run away.
 
-The question is cut into an operation ("solve", "simplify", "derivative of", …), the expressions or equations
-and an optional variable or interval. Numbers with thousands separators ("12,500") are read as one number before
+The question is cut into an operation ("solve", "simplify", "derivative of", "limit of", …), the expressions or
+equations and an optional variable, interval or, for a limit, the point approached ("as x -> 0", "lim x->0+ …",
+"as x approaches infinity", "from the left"). Numbers with thousands separators ("12,500") are read as one number before
 anything is cut at commas. Only digits, letters, operators, brackets, '=', ',' and '!' (factorial) are accepted,
 every word of two letters or more must be a known function (a question's variable is one letter, so "x^3 at x = 2"
 or "2 to 3" is refused, not read as products of variables: write 'x*y', not 'xy'), and powers and factorials are
@@ -50,10 +51,18 @@ NAMESPACE = {name: getattr(sympy, name) for name in ("Integer", "Float", "Ration
 PREFIX = re.compile(r"^(?:(?:please|can you|could you|what is|what's|whats|find|compute|calculate|evaluate|give|"
                     r"tell me|the|value of|result of)\s+)*", re.IGNORECASE)
 OPERATION = re.compile(r"^(?P<op>solve|simplify|factori[sz]e|factor|expand|differentiate|derivative of|"
-                       r"d/d(?P<dvar>[a-z])|integrate|integral of|antiderivative of)\s+", re.IGNORECASE)
+                       r"d/d(?P<dvar>[a-z])|integrate|integral of|antiderivative of|limit of|limit|lim)(?:\s+|(?=_))",
+                       re.IGNORECASE)
 OPERATIONS = {"solve": "solve", "simplify": "simplify", "factor": "factor", "factorise": "factor",
               "factorize": "factor", "expand": "expand", "differentiate": "diff", "derivative of": "diff",
-              "integrate": "integrate", "integral of": "integrate", "antiderivative of": "integrate"}
+              "integrate": "integrate", "integral of": "integrate", "antiderivative of": "integrate",
+              "limit of": "limit", "limit": "limit", "lim": "limit"}
+# Where a limit's variable goes: "as x -> 0", "as x approaches oo", "x→0+" after 'lim', "x -> 0 from the left".
+_TENDS = r"(?P<var>[a-z])\s*(?:->|→|approaches|tends to|goes to)\s*(?P<point>-?(?:infinity|inf|oo|[\w.]+?))"
+_SIDE = r"(?:(?P<sign>[+-])|\s+from\s+(?:the\s+)?(?P<side>right|left|above|below))?"
+APPROACH_AFTER = re.compile(r"\s+as\s+" + _TENDS + _SIDE + "$", re.IGNORECASE)
+APPROACH_BEFORE = re.compile(r"^_?[({]?\s*" + _TENDS + _SIDE + r"\s*[)}]?\s+", re.IGNORECASE)
+SIDES = {"+": "+", "right": "+", "above": "+", "-": "-", "left": "-", "below": "-"}
 FOR_VARIABLE = re.compile(r"^for\s+(?P<var>[a-z])\s*:\s*|\s+for\s+(?P<end>[a-z])$", re.IGNORECASE)
 RESPECT_TO = re.compile(r"\s*(?:with respect to|wrt)\s+(?P<var>[a-z])$|\s+d(?P<d>[a-z])$", re.IGNORECASE)
 INTERVAL = re.compile(r"\s+from\s+(?P<a>\S+)\s+to\s+(?P<b>\S+)$", re.IGNORECASE)
@@ -63,7 +72,7 @@ ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=!\s]*")
 THOUSANDS = re.compile(r"(?<![\w.])(?<![a-zA-Z]\()\d{1,3}(?:,\d{3})+(?![\d,])")
 # Two numbers side by side ("1 000 000", "3 1/2"): one number with spaced digits, a mixed number or a product?
 SPACED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s+\.?\d")
-SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-"})  # the typeset times, division and minus signs
+SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "∞": "oo"})  # typeset times, division, minus and infinity
 SPLIT = re.compile(r",|;|\band\b")
 # An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
 TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
@@ -85,6 +94,7 @@ class Problem:
     unevaluated: list[sympy.Expr]
     variable: sympy.Symbol | None = None
     bounds: tuple[sympy.Expr, sympy.Expr] | None = None
+    approach: tuple[sympy.Expr, str] | None = None  # a limit's point and side: '+', '-' or '+-' (both)
     symbols: list[sympy.Symbol] = field(default_factory=list)
 
 
@@ -110,12 +120,13 @@ class Reader:
             op = match["op"].lower()
             operation, variable = ("diff", match["dvar"]) if match["dvar"] else (OPERATIONS[op], None)
             text = text[match.end():]
-        bounds = None
+        bounds = approach = None
         if operation == "integrate" and (interval := INTERVAL.search(text)):
             bounds = (self.parse(interval["a"])[1], self.parse(interval["b"])[1])
             text = text[:interval.start()]
-        pattern = FOR_VARIABLE if operation in ("solve", "evaluate") else RESPECT_TO
-        if found := pattern.search(text):
+        if operation == "limit":
+            text, variable, approach = self.approach(text)
+        elif found := (FOR_VARIABLE if operation in ("solve", "evaluate") else RESPECT_TO).search(text):
             variable = next(v for v in found.groupdict().values() if v)
             text = text[:found.start()] + text[found.end():]
         if operation == "evaluate" and variable is None:
@@ -141,7 +152,18 @@ class Reader:
         unevaluated = [u for _, u in sides]
         symbols = sorted(set().union(*(e.free_symbols for e in unevaluated)), key=str)
         return Problem(operation, expressions, unevaluated, sympy.Symbol(variable) if variable else None, bounds,
-                       symbols)
+                       approach, symbols)
+
+    def approach(self, text: str) -> tuple[str, str, tuple[sympy.Expr, str]]:
+        """A limit's expression, variable and (point, side) from 'E as x -> a' or 'x -> a E' (side '+' or '-' when
+        written as 'a+', 'a-' or 'from the right/left', else '+-')."""
+        found = APPROACH_AFTER.search(text) or APPROACH_BEFORE.search(text)
+        if found is None:
+            raise self.fail(f"cannot tell where the limit of {text[:60]!r} is taken (write 'as x -> 0' after it, "
+                            f"or 'lim x->0+' before it)")
+        point = re.sub(r"(?i)^(-?)(?:infinity|inf)$", r"\1oo", found["point"])
+        side = SIDES.get((found["sign"] or found["side"] or "").lower(), "+-")
+        return text[:found.start()] + text[found.end():], found["var"], (self.parse(point)[1], side)
 
     def split(self, text: str) -> list[str]:
         """`text` cut at ',', ';' and 'and' outside brackets (so 'log(x, 2)' stays whole)."""

@@ -1,15 +1,16 @@
-"""A SymPy tool expert that works offline: it solves, simplifies, factors, expands, evaluates, differentiates and
-integrates, then checks its own answer by another route.
+"""A SymPy tool expert that works offline: it solves, simplifies, factors, expands, evaluates, differentiates,
+integrates and takes limits, then checks its own answer by another route.
 
 Confidence: 1.0 when the check covers the whole answer (solutions substituted back give exactly 0,
 simplify(original − result) == 0, an integral differentiates back to the integrand, a derivative integrates back
 to the function, a number agrees with an independent high-precision recomputation or quadrature, a divergent
 integral's antiderivative, differentiated back, is unbounded at a bound or a pole); 0.9 when the
-answer only agrees at sample points (a numeric identity check, finite differences); 0.5 when it could not be
-checked, as for the solutions of a periodic equation (sin(x) = 0), of which SymPy lists only a few, or of a
-polynomial equation with roots it cannot write out (x^5 - x + 1 = 0); 0 when the check failed. A question it cannot
-read, or whose answer holds a number longer than Python writes out (`sys.get_int_max_str_digits()`), raises a
-RequestError.
+answer only agrees at sample points (a numeric identity check, finite differences, a limit against the function's
+values ever closer to the point); 0.5 when it could not be checked, as for the solutions of a periodic equation
+(sin(x) = 0), of which SymPy lists only a few, of a polynomial equation with roots it cannot write out
+(x^5 - x + 1 = 0), a limit approached too slowly to tell (1/log(x) as x → ∞) or an oscillation (sin(1/x) at 0);
+0 when the check failed. A question it cannot read, or whose answer holds a number longer than Python writes out
+(`sys.get_int_max_str_digits()`), raises a RequestError.
 
 SymPy runs in a child process killed at `time_limit_s` (`sandbox`): a thread could not be stopped, and one question
 that runs on for hours ("solve sin(x)^5 + cos(x)^3 + tan(x) = 1") would keep a core and a concurrency slot. The
@@ -19,6 +20,7 @@ reader's limits on length, exponents and sizes refuse what would fill memory bef
 import math
 import random
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import sympy
@@ -58,7 +60,8 @@ class TooLong(Exception):
 class MathExpert(Expert):
     """Answers questions like 'solve 2x + 3 = 11', 'x^2 - 5x + 6 = 0', 'solve x + y = 3, x - y = 1',
     'simplify (x^2-1)/(x-1)', 'factor x^2 - 1', 'what is 17*23 + 4', 'derivative of sin(x)*x',
-    'integrate x^2' and 'integrate x^2 from 0 to 1'; see `mor.system.experts.math_parse` for the limits."""
+    'integrate x^2', 'integrate x^2 from 0 to 1' and 'limit of sin(x)/x as x -> 0'; see
+    `mor.system.experts.math_parse` for the limits."""
 
     def __init__(self, info: ExpertInfo, *, time_limit_s: float = 5.0, max_chars: int = 500,
                  max_exponent: int = 1000, max_degree: int = 200, max_size: int = 10_000,
@@ -264,8 +267,72 @@ def unbounded(f: sympy.Expr, v: sympy.Symbol, bounds: tuple[sympy.Expr, sympy.Ex
     return max(same(sympy.diff(antiderivative, v), f), UNCHECKED)
 
 
+def limit(problem: Problem) -> Result:
+    """A limit: from the side asked, or from both, which must agree (else the answer names each side's), checked
+    against the function's values ever closer to the point. An oscillation (sin(1/x) at 0) is named with its bounds
+    and left unchecked."""
+    f, v, (point, side) = problem.expressions[0], problem.variable, problem.approach
+    if point.is_infinite:  # one way to approach ±∞: from below oo, from above -oo
+        side = "-" if point == sympy.oo else "+"
+    sides = {s: sympy.limit(f, v, point, s) for s in (("+", "-") if side == "+-" else (side,))}
+    if any(value.has(sympy.nan) for value in sides.values()):
+        raise ValueError(f"SymPy gives {next(iter(sides.values()))}")
+    confidence = min(UNCHECKED if isinstance(value, sympy.AccumBounds) else approached(f, v, point, s, value)
+                     for s, value in sides.items())
+    checked = "the function's values ever closer to the point"
+    value = next(iter(sides.values()))
+    if len(set(sides.values())) > 1:
+        text = ", ".join(f"from the {SIDE_NAMES[s]} {limit_text(value)}" for s, value in sides.items())
+        return Result(f"the limit does not exist: {text}", {SIDE_NAMES[s]: plain(value) for s, value in sides.items()},
+                      confidence, checked)
+    if isinstance(value, sympy.AccumBounds):
+        return Result(f"the limit does not exist: {limit_text(value)}", "does not exist", confidence,
+                      "SymPy's bounds; sampling cannot check an oscillation")
+    return Result(limit_text(value), plain(value), confidence, checked)
+
+
+def limit_text(value: sympy.Expr) -> str:
+    """A one-sided limit as text: a number or expression, or an oscillation with its bounds."""
+    if isinstance(value, sympy.AccumBounds):
+        return f"it oscillates within [{shown(value.min)}, {shown(value.max)}]"
+    return number_text(value) if value.is_number else shown(value)
+
+
+def approached(f: sympy.Expr, v: sympy.Symbol, point: sympy.Expr, side: str, value: sympy.Expr) -> float:
+    """How f's values at 1e-8, 1e-12 and 1e-16 from `point` on `side` (or at ±1e8, ±1e12, ±1e16 for ±∞), other
+    symbols at a seeded random value, bear `value` out: SAMPLED when the last is within 1e-6 of a finite value, or
+    the values grow past 1e6 in its direction for an infinite one; UNCHECKED when they move towards it too slowly
+    to tell (1/log(x) as x → ∞) or cannot be evaluated; FAILED when they settle elsewhere or move away."""
+    rng = random.Random(0)
+    at = {s: sympy.Float(rng.uniform(0.3, 2.7), 60) for s in sorted((f.free_symbols | value.free_symbols) - {v},
+                                                                      key=str)}
+    f, value, point = f.subs(at), value.subs(at), point.subs(at)
+    ten = sympy.Float(10, 60)
+    if point.is_infinite:
+        points = [(1 if point == sympy.oo else -1) * ten ** k for k in (8, 12, 16)]
+    else:
+        points = [point + (1 if side == "+" else -1) * ten ** -k for k in (8, 12, 16)]
+    samples = [f.subs(v, p).evalf(60) for p in points]
+    if not all(s.is_number and s.is_finite for s in samples):
+        return UNCHECKED
+    if value.is_infinite:
+        growing = all(abs(b) > abs(a) for a, b in pairwise(samples))
+        direction = {sympy.oo: 1, -sympy.oo: -1}.get(value)  # zoo: complex infinity, any direction
+        right_way = direction is None or all(sympy.sign(sympy.re(s)) == direction for s in samples)
+        if not (growing and right_way):
+            return FAILED
+        return SAMPLED if abs(samples[-1]) > 1e6 else UNCHECKED
+    if close(samples[-1], value, 1e-6):
+        return SAMPLED
+    if close(samples[-1], samples[-2], 1e-6):  # settled, elsewhere
+        return FAILED
+    distances = [abs(s - value) for s in samples]
+    return UNCHECKED if all(b < a for a, b in pairwise(distances)) else FAILED
+
+
+SIDE_NAMES = {"+": "right", "-": "left"}
 OPERATIONS = {"solve": solve, "evaluate": evaluate, "simplify": evaluate, "diff": differentiate,
-              "integrate": integrate, "factor": lambda p: transform(p, sympy.factor(p.expressions[0])),
+              "integrate": integrate, "limit": limit, "factor": lambda p: transform(p, sympy.factor(p.expressions[0])),
               "expand": lambda p: transform(p, sympy.expand(p.expressions[0]))}
 preload([__name__])  # the fork server imports SymPy and this module once, not each child
 
