@@ -189,3 +189,17 @@ def test_a_script_without_a_main_guard_is_told_so_and_does_not_run_again_in_the_
     assert run.stdout.count("after the call:") == 1, run.stdout  # the worker stopped before the script went on
     assert 'put the script\'s top-level code under `if __name__ == "__main__":`' in run.stdout
     assert "mor: the script ran again inside the worker process" in run.stderr
+
+
+@pytest.mark.parametrize(("question", "value"), [("what is 15% of 80", 12), ("15 % of (80+20)", 15),
+                                                 ("2.5% of 1,000", 25), (".5% of 200", 1), ("what is 50%", "1/2"),
+                                                 ("3 + 10%", "31/10"), ("solve x = 20% of 300", [{"x": 60}])])
+def test_math_reads_percentages_as_exact_fractions(math_expert, question, value):
+    answer = ask(math_expert, question)
+    assert answer.value == value and answer.confidence == 1.0
+
+
+@pytest.mark.parametrize("question", ["5 % 3", "%", "what is % of 5"])
+def test_math_refuses_a_percent_sign_that_is_not_a_percentage(math_expert, question):
+    with pytest.raises(RequestError, match="unexpected characters"):
+        ask(math_expert, question)

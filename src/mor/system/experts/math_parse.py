@@ -15,6 +15,8 @@ or holding a thread for minutes. A number with more digits than Python converts 
 so is a number in scientific notation past the range of a float or below 1e-4300 ("1e999999"), before SymPy spends a
 minute building it; an exact power ("3*10^400") is bounded like any other.
 
+A percentage is read as a fraction ("15% of 80" is 15/100*80, "x = 20%" is x = 20/100).
+
 Two numbers side by side ("1 000 000", "3 1/2") are refused: a spaced number, a mixed number and a product read
 alike. "÷" and "−" are read as "/" and "-". "6 x 7" and "6 × 7" are products when every variable 'x' of a question
 to evaluate (not the x in 'exp') stands between two numbers and there is no '=' or named variable; otherwise 'x' is
@@ -74,6 +76,9 @@ THOUSANDS = re.compile(r"(?<![\w.])(?<![a-zA-Z]\()\d{1,3}(?:,\d{3})+(?![\d,])")
 SPACED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s+\.?\d")
 SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "∞": "oo"})  # typeset times, division, minus and infinity
 SPLIT = re.compile(r",|;|\band\b")
+# A percentage, "15% of 80" or "2.5%" where a number ends; not "5 % 3", which may mean a remainder.
+PERCENT = re.compile(r"(?<![\w.])(?=\.?\d)(\d*)(?:\.(\d+))?\s*%(?:\s*(?P<of>of)\b|(?=\s*(?:$|[-+*/^)=,;])))",
+                     re.IGNORECASE)
 # An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
 TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
 # The variable x, not the letter inside a function name ("exp"); "2x" is 2 times x.
@@ -112,6 +117,7 @@ class Reader:
     def read(self, question: str) -> Problem:
         text = " ".join(question.split()).rstrip("?. ").translate(SIGNS)  # not '!': "what is 5!" is a factorial
         text = THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
+        text = PERCENT.sub(percent, text)
         if len(text) > self.max_chars:
             raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
         text = PREFIX.sub("", text)
@@ -277,6 +283,13 @@ def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:
         n, t = int(node.args[1]), args[0]
         return math.exp(math.lgamma(n + t) - math.lgamma(n + 1) - math.lgamma(t))
     return max(args, default=1.0)
+
+
+def percent(match: re.Match) -> str:
+    """A `PERCENT` match as an exact fraction ("2.5%" → "(25/1000)"), times what follows "of"."""
+    whole, decimals = match[1], match[2] or ""
+    fraction = f"({int(whole + decimals or '0')}/{100 * 10 ** len(decimals)})"
+    return fraction + "*" if match["of"] else fraction
 
 
 def times(text: str) -> str:
