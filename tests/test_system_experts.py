@@ -598,3 +598,62 @@ def test_a_feature_function_that_is_not_one_is_refused_when_the_expert_is_built(
             "feature_fn": "test_system_experts:NOT_A_FUNCTION"}
     with pytest.raises(ConfigError, match=r"^experts\[0\]\.feature_fn: 'test_system_experts:NOT_A_FUNCTION' is not "):
         build_expert(spec, "experts[0]")
+
+
+# ---- adapters after review ----
+
+def test_a_callable_that_hands_out_one_answer_object_gets_it_back_unchanged_each_time():
+    canned = Answer(expert="x", text="pong", confidence=0.9, details={"source": "faq"})
+    expert = CallableExpert(ExpertInfo("faq", cost_per_call=0.01), lambda question: canned)
+    answers = [ask(expert, "ping") for _ in range(3)]
+    assert [a.cost.money for a in answers] == [0.01] * 3 and canned.cost.money == 0 and canned.expert == "x"
+    answers[0].details["seen"] = True
+    assert canned.details == {"source": "faq"}
+
+
+def test_a_callable_whose_first_parameter_may_be_a_request_gets_the_request():
+    def last_role(request: Request | None) -> str:
+        return request.messages[-1]["role"]
+
+    assert ask(CallableExpert(ExpertInfo("role"), last_role), "hello").text == "user"
+
+
+def test_a_pipeline_fitted_on_named_columns_answers_features_in_its_column_order():
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = make_classification(n_samples=80, n_features=3, n_informative=3, n_redundant=0, random_state=0)
+    frame = pd.DataFrame(x, columns=["age", "bmi", "bp"])
+    model = make_pipeline(ColumnTransformer([("scale", StandardScaler(), ["bp", "age", "bmi"])]),
+                          LogisticRegression()).fit(frame, y)
+    answer = ask(SklearnExpert(ExpertInfo("risk"), model), json.dumps(x[0].tolist()))
+    assert answer.value == model.predict(frame.iloc[:1])[0]
+    assert answer.confidence == pytest.approx(model.predict_proba(frame.iloc[:1]).max())
+
+
+def test_a_classifier_of_several_outputs_is_refused_when_the_expert_is_made():
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, np.stack([x[:, 0] > 0, x[:, 1] > 0], 1))
+    with pytest.raises(ConfigError, match=r"predicts several outputs at once.*one expert per output"):
+        SklearnExpert(ExpertInfo("multi"), model)
+
+
+def test_messages_a_chat_template_refuses_are_the_requests_fault(tiny_lm, tmp_path):
+    import shutil
+
+    from mor.system.experts.transformers_lm import TransformersExpert
+
+    shutil.copytree(tiny_lm, tmp_path / "gemma")
+    config = json.loads((tmp_path / "gemma" / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    (tmp_path / "gemma" / "tokenizer_config.json").write_text(json.dumps(config))
+    expert = TransformersExpert(ExpertInfo("gemma"), tmp_path / "gemma", max_new_tokens=2)
+    request = Request(({"role": "system", "content": "be brief"}, {"role": "user", "content": "where is the cat"}))
+    with pytest.raises(RequestError, match=r"chat template refuses these messages \(System role not supported\)"):
+        ask(expert, request)
+    assert ask(expert, "where is the cat").ok

@@ -1,7 +1,9 @@
 """An expert that is a plain Python function: the quickest way to put a rule, a lookup or a script in a mixture."""
 
+import dataclasses
 import inspect
 import numbers
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +18,11 @@ DEFAULT_CONFIDENCE = 0.5
 
 class CallableExpert(Expert):
     """Wraps `fn`, sync (run on the expert's worker threads) or async. It gets the request's question text, or the
-    `Request` itself when its first parameter is annotated `Request`. It returns a string (→ text), a number
-    (→ value; numpy scalars become plain int or float), an `Answer`, or a `(string or number, confidence)` pair;
-    bare strings and numbers get `default_confidence`. To turn down a request it cannot read without the refusal
-    counting against the expert's health, it raises `RequestError`; any other exception counts as a failure.
+    `Request` itself when its first parameter is annotated `Request` (or `Request | None`). It returns a string
+    (→ text), a number (→ value; numpy scalars become plain int or float), an `Answer` (copied: the function may
+    hand the same one out again), or a `(string or number, confidence)` pair; bare strings and numbers get
+    `default_confidence`. To turn down a request it cannot read without the refusal counting against the expert's
+    health, it raises `RequestError`; any other exception counts as a failure.
     """
 
     def __init__(self, info: ExpertInfo, fn: Callable[..., Any], *,
@@ -40,11 +43,11 @@ class CallableExpert(Expert):
         return self._to_answer(result)
 
     def _to_answer(self, result: Any) -> Answer:
-        if isinstance(result, Answer):
-            result.expert, result.value = self.name, _plain(result.value)
+        if isinstance(result, Answer):  # a copy: the function may hand out the same Answer again (a lookup table)
             check(0 <= result.confidence <= 1, f"expert {self.name}: confidence must be in [0, 1], "
                                                f"got {result.confidence}", ExpertError)
-            return result
+            return dataclasses.replace(result, expert=self.name, value=_plain(result.value),
+                                       details=dict(result.details))
         confidence = self.default_confidence
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], numbers.Real):
             result, confidence = result
@@ -67,9 +70,13 @@ def _plain(value: Any) -> Any:
 
 
 def _takes_request(fn: Callable[..., Any]) -> bool:
-    """Whether `fn`'s first parameter is annotated `Request` (string annotations are resolved)."""
+    """Whether `fn`'s first parameter is annotated `Request`, alone or in a union (`Request | None`, Optional);
+    string annotations are resolved."""
     try:
         parameters = list(inspect.signature(fn, eval_str=True).parameters.values())
     except (ValueError, TypeError, NameError):  # builtins without a signature, unresolvable annotations
         return False
-    return bool(parameters) and parameters[0].annotation is Request
+    if not parameters:
+        return False
+    annotation = parameters[0].annotation
+    return annotation is Request or Request in typing.get_args(annotation)

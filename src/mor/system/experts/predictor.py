@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
@@ -68,10 +69,11 @@ def _plain(value: Any) -> Any:
 
 
 class SklearnExpert(Expert):
-    """A fitted scikit-learn estimator. Classifiers with `predict_proba` answer the most probable class with its
-    probability as confidence; others (regressors) answer `predict` with `default_confidence`. `feature_fn`
-    turns the question text into the feature vector (raising RequestError for text it cannot read); by default the
-    question is a JSON array.
+    """A fitted scikit-learn estimator (one output). Classifiers with `predict_proba` answer the most probable class
+    with its probability as confidence; others (regressors) answer `predict` with `default_confidence`. An estimator
+    fitted on a DataFrame gets the features as one, under the column names it was fitted with, in that order.
+    `feature_fn` turns the question text into the feature vector (raising RequestError for text it cannot read); by
+    default the question is a JSON array.
     """
 
     def __init__(self, info: ExpertInfo, estimator: BaseEstimator,
@@ -84,8 +86,12 @@ class SklearnExpert(Expert):
             raise ConfigError(f"expert {info.name}: {type(estimator).__name__} is not a fitted estimator "
                               f"({err}); fit it first") from None
         check(0 <= default_confidence <= 1, f"expert {info.name}: default_confidence must be in [0, 1]")
+        check(not isinstance(getattr(estimator, "classes_", None), list),
+              f"expert {info.name}: {type(estimator).__name__} predicts several outputs at once; an expert gives "
+              f"one answer, so make one expert per output")
         self.estimator, self.feature_fn, self.default_confidence = estimator, feature_fn, default_confidence
         self.n_features: int | None = getattr(estimator, "n_features_in_", None)
+        self.columns: np.ndarray | None = getattr(estimator, "feature_names_in_", None)  # fitted on a DataFrame
 
     async def _answer(self, request: Request) -> Answer:
         value, confidence, details = await self.in_thread(self._predict, request.question)
@@ -97,6 +103,8 @@ class SklearnExpert(Expert):
         shape = (self.n_features,)
         x = (check_features(self.feature_fn(text), shape, self.name) if self.feature_fn
              else parse_features(text, shape, self.name))[None]
+        if self.columns is not None:  # columns chosen by name (a ColumnTransformer) need them named
+            x = pd.DataFrame(x, columns=self.columns)
         if hasattr(self.estimator, "predict_proba"):
             proba = self.estimator.predict_proba(x)[0]
             best = int(np.argmax(proba))

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mor.errors import ConfigError, check, first_line
@@ -44,10 +45,15 @@ class TransformersExpert(Expert):
             else self.tokenizer.eos_token_id
 
     def prompt_ids(self, request: Request) -> torch.Tensor:
-        """The prompt's token ids, (1, n): chat template when the tokenizer has one, else plain text."""
+        """The prompt's token ids, (1, n): chat template when the tokenizer has one, else plain text. Messages the
+        template refuses (a system role Gemma's does not take, roles that do not alternate) are the request's fault."""
         if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(list(request.text_messages), add_generation_prompt=True,
-                                                      tokenize=False)
+            try:
+                text = self.tokenizer.apply_chat_template(list(request.text_messages), add_generation_prompt=True,
+                                                          tokenize=False)
+            except TemplateError as err:
+                raise RequestError(f"expert {self.name}: the model's chat template refuses these messages "
+                                   f"({first_line(err)}); send them as the model's template expects") from None
             return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         return self.tokenizer(request.text, return_tensors="pt").input_ids
 
