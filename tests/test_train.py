@@ -656,6 +656,12 @@ def test_a_run_stopped_early_is_scored_with_its_best_checkpoint_and_says_so(tmp_
     assert f"MoR stopped early at step {stopped} (1 evaluations without gain)" in report
     assert f"scored with its best checkpoint, step {best}." in report and "steps of batch 16 × 2 accumulated" in report
     assert f"seed 0, on {devices.described(devices.training_device())};" in report
+    said = io.StringIO()  # `mor eval RUN` scores the checkpoint the report scored, and says so
+    evaluated = json.loads((evaluate_checkpoint(tmp_path, console=Console(file=said)).parent / "eval.json").read_text())
+    assert list(evaluated) == [f"mor @ step {best}"] and "stopped early: scoring its best checkpoint" in said.getvalue()
+    assert list(json.loads((evaluate_checkpoint(tmp_path / f"step-{stopped:08d}", out=tmp_path / "last",
+                                                console=Console(quiet=True)).parent / "eval.json").read_text())) \
+        == [f"mor @ step {stopped}"]
 
 
 def test_validation_never_draws_the_reported_test_examples(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from mor.train.build import build_model
 from mor.train.config import EvalConfig, saved
 from mor.train.evaluate import check_examples, check_size, evaluate, halting_options, model_kind
 from mor.train.report import summary, write_report
+from mor.train.trainer import stopped_early
 
 FLAGS = {"max_steps": "--max-steps", "thresholds": "--threshold", "stable_steps": "--stable"}
 OPTIONS = {**FLAGS, "sizes": "--size", "examples": "--examples"}
@@ -24,7 +25,8 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
                         thresholds: list[float] | None = None, sizes: list[int] | None = None,
                         stable_steps: list[int] | None = None, examples: int | None = None,
                         console: Console | None = None) -> Path:
-    """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report."""
+    """Evaluate the checkpoint at `path` with the run's eval settings, overridden where given; returns the report.
+    A run folder whose training stopped early is scored at its best checkpoint, as its training report was."""
     console = console or Console()
     if out is not None:
         check_folder(Path(out), "--out")
@@ -37,6 +39,12 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
             from None
     loaded = checkpoint.load(path)
     config = saved(loaded.config, loaded.path / checkpoint.CONFIG)
+    run_folder = (Path(path) / checkpoint.LATEST).is_file()
+    if run_folder and stopped_early(loaded.state["step"], loaded.state.get("stale", 0), config.train):
+        last = loaded.path.name
+        loaded = checkpoint.load(Path(path) / "best")
+        console.print(f"The run stopped early: scoring its best checkpoint, {loaded.path.name}, as its report did "
+                      f"(give {Path(path) / last} for the last one).", markup=False, highlight=False)
     task = get_task(config.data.task, **config.data.options)
     checkpoint.check_data(loaded.state, task.fingerprint(), loaded.path, "evaluate it on the data it was trained on, "
                                                                         "or train again")
@@ -61,3 +69,4 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
     report = write_report(out, f"mor eval: {loaded.path}", loaded.path.parent / "metrics.jsonl", results)
     console.print(summary(results), markup=False, highlight=False)
     return report
+

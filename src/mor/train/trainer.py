@@ -26,7 +26,7 @@ from mor.errors import CheckpointError, check
 from mor.nn import MoRModel
 from mor.train import checkpoint
 from mor.train.build import build_model, loss_weights
-from mor.train.config import RunConfig, dump, saved
+from mor.train.config import RunConfig, TrainConfig, dump, saved
 from mor.train.devices import process_group, rng_state, set_rng_state, training_device
 from mor.train.evaluate import check_examples, check_size, score, sized, token_score
 from mor.train.resume import config_change
@@ -253,8 +253,7 @@ class Trainer:
     @property
     def stopped_early(self) -> bool:
         """Whether early stopping ended training before `train.steps`."""
-        tc = self.config.train
-        return bool(tc.early_stop and self.stale >= tc.early_stop) and self.step < tc.steps
+        return stopped_early(self.step, self.stale, self.config.train)
 
     def restore_best(self) -> int:
         """Load the best checkpoint's weights into the model, as early stopping promises; returns its step."""
@@ -328,3 +327,8 @@ def _step_of(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
+
+
+def stopped_early(step: int, stale: int, train: TrainConfig) -> bool:
+    """Whether a run at `step`, `stale` evaluations without gain, was ended by early stopping before `train.steps`."""
+    return bool(train.early_stop and stale >= train.early_stop) and step < train.steps
