@@ -8,11 +8,14 @@ model's context, malformed messages or tools): they raise a RequestError, which 
 the expert's health. The whole call's bound, `deadline_s`, covers every attempt and every wait between them,
 so a system that bounds the call by it leaves room for the retries. A streamed call (`stream`) is an attempt up to
 its first delta, retried the same way; after that the server may take up to the timeout between chunks, and a
-failure ends the stream. The API key is read from the environment variable the config names, never from the config
-itself.
+failure ends the stream; so does an error event. A reply with neither text nor tool calls (filtered, or out of
+tokens) is an ExpertError too, so the system falls back. A reply without usage is priced from what it reported and
+marked `details["usage"] = "missing"`. The API key is read from the environment variable the config names, never from
+the config itself; base_url and the key are checked when the expert is made.
 """
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,12 +27,12 @@ from typing import Any, TypeVar
 import httpx
 
 from mor.errors import check
-from mor.redact import remember
+from mor.redact import redact, remember
 from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.confidence import from_logprobs
-from mor.system.experts.errors import EndpointRefusal, ExpertError
+from mor.system.experts.errors import EndpointRefusal, ExpertError, RequestError
 from mor.system.experts.openai_stream import StreamedCompletion
-from mor.system.experts.openai_wire import Completion, parse, snippet, withheld
+from mor.system.experts.openai_wire import Completion, Usage, parse, snippet, withheld
 from mor.system.request import Answer, Cost, Delta, Request
 
 # Confidence when the server returns no logprobs: a middling prior that says "unjudged", below what a
@@ -40,6 +43,7 @@ REQUEST_STATUSES = frozenset({400, 413, 422})
 # Statuses below 500 that ask to try again: request timeout, conflict (a lock), too many requests.
 RETRY_STATUSES = frozenset({408, 409, 429})
 Result = TypeVar("Result")
+log = logging.getLogger("mor.system")
 
 
 class _Retryable(Exception):
@@ -57,7 +61,8 @@ class OpenAIChatExpert(Expert):
     the n-th after `backoff_s`·2ⁿ⁻¹ seconds. Prices are money per 1000 tokens. With `logprobs` the server is asked
     for token log-probabilities and confidence is their geometric-mean probability; without them (or when the
     server sends none) it is `default_confidence`. Pass `client` to share one httpx.AsyncClient among experts
-    (it is then not closed by `aclose`); an own client is made in each event loop that uses the expert.
+    (it is then not closed by `aclose`, and `timeout_s` still bounds each request, whatever the client's own timeout);
+    an own client is made in each event loop that uses the expert.
     """
 
     def __init__(self, info: ExpertInfo, base_url: str, model: str, *, api_key_env: str | None = None,
@@ -66,8 +71,9 @@ class OpenAIChatExpert(Expert):
                  default_confidence: float = DEFAULT_CONFIDENCE, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(info)
         where = f"expert {info.name}"
-        check(base_url.startswith(("http://", "https://")),
-              f"{where}: base_url must start with http:// or https://, got {base_url!r}")
+        problem = _url_problem(base_url)
+        check(problem is None, f"{where}: base_url {problem}, got {base_url!r}; write it as "
+                               f"http(s)://host[:port]/path, e.g. http://localhost:8000/v1")
         check(retries >= 0 and backoff_s >= 0, f"{where}: retries and backoff_s must be ≥ 0")
         check(price_in >= 0 and price_out >= 0, f"{where}: price_in and price_out must be ≥ 0")
         check(0 <= default_confidence <= 1, f"{where}: default_confidence must be in [0, 1]")
@@ -80,13 +86,16 @@ class OpenAIChatExpert(Expert):
         self.price_in, self.price_out, self.default_confidence = price_in, price_out, default_confidence
         self._headers = {}
         if api_key_env:
-            key = os.environ.get(api_key_env)
-            check(bool(key), f"{where}: environment variable {api_key_env} (api_key_env) is not set; "
+            key = os.environ.get(api_key_env, "").strip()  # a key read from a file keeps its newline
+            check(bool(key), f"{where}: environment variable {api_key_env} (api_key_env) is not set or empty; "
                              f"export the API key in it")
+            check(all("!" <= c <= "~" for c in key), f"{where}: the API key in environment variable {api_key_env} "
+                  f"(api_key_env) holds whitespace, control or non-ASCII characters; set it to the key alone")
             remember(key)
             self._headers["Authorization"] = f"Bearer {key}"
         self._client, self._owns_client = client, client is None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned_usage = False
 
     @property
     def deadline_s(self) -> float:
@@ -128,18 +137,36 @@ class OpenAIChatExpert(Expert):
         yield self._priced(self._made(reply.whole(), attempts), start)
 
     def _made(self, completion: Completion, attempts: int) -> Answer:
-        """The Answer a completion gives: its text or tool calls, logprob confidence, tokens and money."""
-        choice, usage = completion.choices[0], completion.usage
+        """The Answer a completion gives: its text or tool calls, logprob confidence, tokens and money. A completion
+        with neither text nor tool calls raises an ExpertError, so the system falls back (a RequestError when the
+        endpoint's filter emptied it, which is no fault of the expert's)."""
+        choice = completion.choices[0]
+        if not (choice.message.content or "").strip() and not choice.message.tool_calls:
+            filtered = choice.finish_reason == "content_filter"  # the request's doing, not the expert's health
+            raise (RequestError if filtered else ExpertError)(
+                f"expert {self.name}: the endpoint returned no content (finish_reason {choice.finish_reason}); "
+                f"{'rephrase the request' if filtered else 'raise max_tokens if it ran out'}")
         tokens = (choice.logprobs.content or []) if choice.logprobs else []
         details: dict[str, Any] = {"model": completion.model, "finish_reason": choice.finish_reason,
                                    "attempts": attempts}
         if choice.message.tool_calls:
             details["tool_calls"] = choice.message.tool_calls
-        money = (usage.prompt_tokens * self.price_in + usage.completion_tokens * self.price_out) / 1000
         return Answer(expert=self.name, text=choice.message.content,
                       confidence=from_logprobs([t.logprob for t in tokens], self.default_confidence),
-                      cost=Cost(tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, money=money),
-                      details=details)
+                      cost=self._cost(completion.usage or Usage(), details), details=details)
+
+    def _cost(self, usage: Usage, details: dict[str, Any]) -> Cost:
+        """Tokens and money from the counts the server reported. When it left one out, the cost is unknown: what it
+        did report is kept, `details["usage"]` says "missing", and the first time a warning is logged."""
+        if usage.prompt_tokens is None or usage.completion_tokens is None:
+            details["usage"] = "missing"
+            if not self._warned_usage:
+                self._warned_usage = True
+                log.warning("%s: the endpoint did not report its token usage, so this expert's cost is unknown "
+                            "(missing counts are taken as 0); have the server report usage", self._where)
+        tokens_in, tokens_out = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        return Cost(tokens_in=tokens_in, tokens_out=tokens_out,
+                    money=(tokens_in * self.price_in + tokens_out * self.price_out) / 1000)
 
     async def _retried(self, attempt: Callable[[], Awaitable[Result]]) -> tuple[Result, int]:
         """`attempt()`'s result and the number of attempts it took: each attempt has `timeout_s`; timeouts,
@@ -151,6 +178,9 @@ class OpenAIChatExpert(Expert):
                     return await attempt(), number
             except (TimeoutError, httpx.TimeoutException):
                 reason = f"timed out after {self.timeout_s:g} s"
+            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as err:  # the same request fails the same way
+                raise ExpertError(f"expert {self.name}: POST {self.url} could not be sent ({type(err).__name__}: "
+                                  f"{snippet(redact(str(err)))}); check base_url and the client's headers") from None
             except httpx.TransportError as err:
                 reason = f"connection failed ({type(err).__name__}: {snippet(str(err))})"
             except _Retryable as err:
@@ -162,15 +192,15 @@ class OpenAIChatExpert(Expert):
 
     async def _post(self, body: dict[str, Any]) -> Completion:
         """One attempt at a whole completion."""
-        response = await self._http().post(self.url, json=body, headers=self._headers)
+        response = await self._http().post(self.url, json=body, headers=self._headers, timeout=self.timeout_s)
         self._check(response)
         return parse(Completion, self._json(response), self._where)
 
     async def _open(self, body: dict[str, Any]) -> tuple[StreamedCompletion, Delta | None]:
         """One attempt at a streamed completion: the stream, read up to its first delta (None: it had none)."""
         client = self._http()
-        response = await client.send(client.build_request("POST", self.url, json=body, headers=self._headers),
-                                     stream=True)
+        request = client.build_request("POST", self.url, json=body, headers=self._headers, timeout=self.timeout_s)
+        response = await client.send(request, stream=True)
         try:
             if not response.is_success:
                 await response.aread()
@@ -223,7 +253,7 @@ class OpenAIChatExpert(Expert):
         to the loop that opened them; one left from an earlier loop is dropped, as it cannot be closed from here."""
         loop = asyncio.get_running_loop()
         if self._owns_client and self._loop is not loop:
-            self._client, self._loop = httpx.AsyncClient(timeout=self.timeout_s), loop
+            self._client, self._loop = httpx.AsyncClient(), loop
         return self._client
 
     async def aclose(self) -> None:
@@ -233,6 +263,24 @@ class OpenAIChatExpert(Expert):
             if client is not None and loop is asyncio.get_running_loop():
                 await client.aclose()
         await super().aclose()
+
+
+def _url_problem(base_url: str) -> str | None:
+    """What makes `base_url` unusable for HTTP requests, or None when nothing does: httpx would only find out per
+    request, as a retried connection failure or a bare exception."""
+    if any(c.isspace() or not c.isprintable() for c in base_url):
+        return "holds whitespace or control characters"
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as err:
+        return f"is not a URL ({err})"
+    if url.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not url.host:
+        return "names no host"
+    if url.port is not None and not 0 <= url.port <= 65535:
+        return f"has port {url.port}, outside 0-65535"
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -1,5 +1,6 @@
 """A chat completion streamed as server-sent events: read event by event from an httpx response, each delta passed
-on and folded into the whole completion (text, tool calls, logprobs, usage, finish reason)."""
+on and folded into the whole completion (text, tool calls, logprobs, usage, finish reason). An error event (the
+server's generation failed) ends the stream with an ExpertError, so a cut-short answer is never taken as whole."""
 
 import json
 
@@ -33,10 +34,12 @@ class StreamedCompletion:
         self._text: list[str] = []
         self._calls: dict[int, dict] = {}
         self._logprobs: list[float] = []
-        self._usage, self._model, self._finish = Usage(), "", None
+        self._usage: Usage | None = None
+        self._model, self._finish = "", None
 
     async def next_delta(self) -> Delta | None:
-        """The next delta that carries text or tool calls; None once the stream has ended with `data: [DONE]`."""
+        """The next delta that carries text or tool calls; None once the stream has ended with `data: [DONE]`. An
+        error event raises an ExpertError; what it said goes to the log, not into the error."""
         while (data := await self._event()) != DONE:
             try:
                 event = json.loads(data)
@@ -44,7 +47,12 @@ class StreamedCompletion:
                 failure = "sent an event that is not JSON"
                 raise ExpertError(f"{self.where} {failure} ({withheld(self.where, failure, data)}); is it "
                                   f"OpenAI-compatible?") from None
-            if delta := self._fold(parse(Chunk, event, self.where)):
+            chunk = parse(Chunk, event, self.where)
+            if chunk.error is not None:
+                failure = f"sent an error event after {self.deltas} delta(s)"
+                raise ExpertError(f"{self.where} {failure} ({withheld(self.where, failure, data)}): its answer was cut "
+                                  f"short; check the server")
+            if delta := self._fold(chunk):
                 self.deltas += 1
                 return delta
         return None

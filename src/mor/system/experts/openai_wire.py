@@ -1,6 +1,7 @@
 """The parts of OpenAI's chat-completions format the HTTP expert reads: whole completions and streamed chunks.
 
-Other fields are ignored, so the replies of any OpenAI-compatible server validate.
+Other fields are ignored, and usage and its token counts may be absent or null (unknown), so the replies of any
+OpenAI-compatible server validate.
 """
 
 import logging
@@ -34,8 +35,10 @@ class Choice(BaseModel):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    """Token counts as the server reported them; None where it did not."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class Completion(BaseModel):
@@ -43,7 +46,7 @@ class Completion(BaseModel):
 
     model: str = ""
     choices: list[Choice] = Field(min_length=1)
-    usage: Usage = Usage()
+    usage: Usage | None = None
 
 
 class FunctionDelta(BaseModel):
@@ -72,11 +75,13 @@ class ChunkChoice(BaseModel):
 
 
 class Chunk(BaseModel):
-    """One server-sent event of a streamed completion; the usage comes in a last chunk without choices."""
+    """One server-sent event of a streamed completion; the usage comes in a last chunk without choices. A server
+    whose generation fails mid-stream (OpenAI, vLLM) sends an event with an `error` instead."""
 
     model: str = ""
     choices: list[ChunkChoice] = []
     usage: Usage | None = None
+    error: Any = None
 
 
 Part = TypeVar("Part", Completion, Chunk)
