@@ -19,9 +19,11 @@ from mor.nn import (
     moe_baseline,
 )
 from mor.nn.reflection import fixed_depth
+from mor.train import plots
 from mor.train.config import EvalConfig
-from mor.train.evaluate import evaluate, mutual_information, routing_counts, routing_matrix
+from mor.train.evaluate import effectiveness, evaluate, mutual_information, routing_counts, routing_matrix
 from mor.train.report import summary, write_report
+from mor.train.trainer import Trainer
 
 CFG = EvalConfig(examples=64, sizes=[8, 16], max_steps=[1, 2, 4], thresholds=[0.9], stable_steps=[2], seed=7)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -254,3 +256,21 @@ def test_report_and_summary_of_token_models(tmp_path, token_evaluations):
         r["bits_per_char"] = 99.0
     assert "MoR does NOT beat dense: 99.000 vs" in write_report(tmp_path, "chars", tmp_path / "none", worse).read_text()
     assert "MoR does NOT beat MoE: 99.000 vs" in summary(worse)
+
+
+def test_a_regression_reports_depth_gains_halting_and_plots_in_mse_not_in_the_share_within_tolerance(tmp_path):
+    torch.manual_seed(0)
+    task = get_task("regimes")
+    ev = evaluate(MoRModel(task.in_dim, 1, dim=8, task="regression", train_steps=2), task,
+                  EvalConfig(examples=64, max_steps=[1, 2], seed=7))
+    for r in ev["depth"]:  # the share within tolerance falls while MSE falls too: the gain is the MSE's
+        r["accuracy"], r["mse"] = {1: (0.5, 0.8), 2: (0.4, 0.6)}[r["max_steps"]]
+    ev["effectiveness"] = effectiveness(ev["depth"])
+    assert {round(r["per_step"], 6) for r in ev["effectiveness"]} == {0.2}
+    text = write_report(tmp_path, "t", tmp_path / "missing.jsonl", {"MoR": ev}).read_text()
+    assert "MSE removed (standardised targets; negative: MSE grew) per extra reflection step" in text
+    assert "| size | rule | MSE | R² | mean steps |" in text and "+0.2000" in text
+    figure = plots.accuracy_figure({"MoR": ev})
+    assert figure.axes[0].get_ylabel() == "MSE (standardised targets)"
+    assert sorted(figure.axes[0].lines[0].get_ydata()) == [0.6, 0.8]
+    assert "val MSE 0.6000" in Trainer._status({"loss": 1.0}, {"accuracy": 0.4, "mse": 0.6})

@@ -323,12 +323,14 @@ def mutual_information(counts: Tensor) -> float:
 
 
 def effectiveness(depth: list[dict]) -> list[dict]:
-    """Reflection depth effectiveness: accuracy gained per extra step between consecutive depths, per size."""
+    """Reflection depth effectiveness per size: what each extra step between consecutive depths gained, in accuracy
+    for classes and in MSE removed for values (positive: better either way)."""
     out = []
+    key, sign = ("mse", -1) if "mse" in depth[0] else ("accuracy", 1)
     for size in dict.fromkeys(r["size"] for r in depth):
         rows = sorted((r for r in depth if r["size"] == size), key=lambda r: r["max_steps"])
         for a, b in pairwise(rows):
-            gain = b["accuracy"] - a["accuracy"]
+            gain = sign * (b[key] - a[key])
             out.append({"size": size, "from": a["max_steps"], "to": b["max_steps"], "gain": gain,
                         "per_step": gain / (b["max_steps"] - a["max_steps"])})
     return out

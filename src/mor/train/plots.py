@@ -7,7 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mor.train.records import at_train_depth, depth_rows, is_token_eval, own_rule, size_label
+from mor.train.records import at_train_depth, depth_rows, is_token_eval, own_rule, ranked_on, size_label
 
 LOSS_TERMS = ("loss", "task", "ponder", "halting_kl", "critic", "consistency", "load_balance", "z_loss")
 
@@ -49,25 +49,30 @@ def training_figure(records: list[dict]) -> Figure:
 
 
 def accuracy_figure(evaluations: dict[str, dict]) -> Figure:
+    """The ranking metric (accuracy for classes, MSE for values) against reflection depth, per size."""
     main_name, main = next(iter(evaluations.items()))
+    key, metric, higher = ranked_on(main)
     figure, axes = _grid(len(main["sizes"]))
     for ax, size in zip(axes, main["sizes"], strict=True):
         for i, (name, ev) in enumerate(evaluations.items()):
             rows, color = depth_rows(ev, size), f"C{i}"
             if len(rows) > 1 and ev["model"]["train_depth"] > 1:
-                ax.plot([r["max_steps"] for r in rows], [r["accuracy"] for r in rows], "-" if i == 0 else "--",
+                ax.plot([r["max_steps"] for r in rows], [r[key] for r in rows], "-" if i == 0 else "--",
                         marker="o", color=color, label=name)
             else:
                 row = at_train_depth(ev, size) or (rows[0] if rows else None)
                 if row:
-                    ax.axhline(row["accuracy"], ls=":", color=color, label=name)
-                    ax.plot(row["max_steps"], row["accuracy"], "s", color=color)
+                    ax.axhline(row[key], ls=":", color=color, label=name)
+                    ax.plot(row["max_steps"], row[key], "s", color=color)
         own = own_rule(main, size)
         if own:
-            ax.plot(own["mean_steps"], own["accuracy"], "*", ms=14, color="C0", label=f"{main_name} own rule")
+            ax.plot(own["mean_steps"], own[key], "*", ms=14, color="C0", label=f"{main_name} own rule")
         ax.axvline(main["model"]["train_depth"], color="grey", lw=0.8, label="training depth")
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="reflection steps", ylabel="accuracy", ylim=(-0.02, 1.02), title=size_label(size))
+        ax.set(xlabel="reflection steps", ylabel=metric if higher else f"{metric} (standardised targets)",
+               title=size_label(size))
+        if higher:
+            ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     return figure
 

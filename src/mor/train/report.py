@@ -191,15 +191,18 @@ def _lm_headline(evaluations: dict[str, dict]) -> list[str]:
 
 
 def _effectiveness(evaluations: dict[str, dict]) -> list[str]:
+    higher = ranked_on(next(iter(evaluations.values())))[2]
+    gained = "Accuracy points gained" if higher else "MSE removed (standardised targets; negative: MSE grew)"
     out = ["## Reflection depth effectiveness", "",
-           "Accuracy points gained per extra reflection step between consecutive depths.", ""]
+           f"{gained} per extra reflection step between consecutive depths.", ""]
     for name, ev in evaluations.items():
         steps = list(dict.fromkeys((r["from"], r["to"]) for r in ev["effectiveness"]))
         if not steps:
             continue
         by = {(r["size"], r["from"], r["to"]): r["per_step"] for r in ev["effectiveness"]}
-        rows = [[size_label(size), *(f"{100 * by[(size, a, b)]:+.2f}" if (size, a, b) in by else "—" for a, b in steps)]
-                for size in ev["sizes"]]
+        scale, digits = (100, 2) if higher else (1, 4)
+        rows = [[size_label(size), *(f"{scale * by[(size, a, b)]:+.{digits}f}" if (size, a, b) in by else "—"
+                                     for a, b in steps)] for size in ev["sizes"]]
         out += [f"**{name}**", "", *_table(["size", *(f"{a}→{b}" for a, b in steps)], rows)]
     return out
 
@@ -207,13 +210,14 @@ def _effectiveness(evaluations: dict[str, dict]) -> list[str]:
 def _halting_table(name: str, ev: dict) -> list[str]:
     if not ev["halting"]:
         return []
-    rows = [[size_label(r["size"]), r["rule"] + (" (own)" if r["own"] else ""), _num(r["accuracy"]),
-             _num(r["position_accuracy"]), f"{r['mean_steps']:.1f}", f"{r['fraction_of_max']:.2f}",
+    key, metric, higher = ranked_on(ev)
+    second, second_name = ("position_accuracy", "position acc.") if higher else ("r2", "R²")
+    rows = [[size_label(r["size"]), r["rule"] + (" (own)" if r["own"] else ""), _num(r[key]),
+             _num(r[second]), f"{r['mean_steps']:.1f}", f"{r['fraction_of_max']:.2f}",
              f"{r['compute']:.1f}"] for r in ev["halting"]]
     return [f"## Halting ({name})", "",
             "Adaptive rules at the largest depth: critic confidence ≥ τ, an answer unchanged for k steps, or both.",
-            "", *_table(["size", "rule", "accuracy", "position acc.", "mean steps", "fraction of max", "compute"],
-                        rows)]
+            "", *_table(["size", "rule", metric, second_name, "mean steps", "fraction of max", "compute"], rows)]
 
 
 def _routing_text(evaluations: dict[str, dict]) -> list[str]:

@@ -314,7 +314,9 @@ class Trainer:
         parts = [f"loss {logged['loss']:.3f}"]
         if "bits_per_char" in last_eval:
             parts.append(f"val {last_eval['bits_per_char']:.3f} bits/char")
-        if "accuracy" in last_eval:
+        if "mse" in last_eval:  # values: the share within a tolerance is no accuracy to show
+            parts.append(f"val MSE {last_eval['mse']:.4f}")
+        elif "accuracy" in last_eval:
             parts.append(f"val acc {last_eval['accuracy']:.1%}")
         if "mean_steps" in last_eval:
             parts.append(f"val steps {last_eval['mean_steps']:.1f}")
