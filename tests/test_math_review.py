@@ -203,3 +203,12 @@ def test_math_reads_percentages_as_exact_fractions(math_expert, question, value)
 def test_math_refuses_a_percent_sign_that_is_not_a_percentage(math_expert, question):
     with pytest.raises(RequestError, match="unexpected characters"):
         ask(math_expert, question)
+
+
+@pytest.mark.parametrize(("question", "text"), [("integrate x^2 from 0 to 1 dx", "1/3"),
+                                                ("integrate t^2 from 0 to 3 dt", "9"),
+                                                ("integrate x^2 from 0 to 1 with respect to x", "1/3"),
+                                                ("∫ x^2 dx", "x**3/3 + C"), ("∫ x^2 from 0 to 1 dx", "1/3")])
+def test_math_reads_the_variable_of_integration_after_the_bounds_and_the_integral_sign(math_expert, question, text):
+    answer = ask(math_expert, question)
+    assert answer.text == text and answer.confidence == 1.0

@@ -74,7 +74,7 @@ ALLOWED = re.compile(r"[0-9a-zA-Z+\-*/^().,;=!\s]*")
 THOUSANDS = re.compile(r"(?<![\w.])(?<![a-zA-Z]\()\d{1,3}(?:,\d{3})+(?![\d,])")
 # Two numbers side by side ("1 000 000", "3 1/2"): one number with spaced digits, a mixed number or a product?
 SPACED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s+\.?\d")
-SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "∞": "oo"})  # typeset times, division, minus and infinity
+SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "∞": "oo", "∫": "integrate "})  # typeset signs, as words
 SPLIT = re.compile(r",|;|\band\b")
 # A percentage, "15% of 80" or "2.5%" where a number ends; not "5 % 3", which may mean a remainder.
 PERCENT = re.compile(r"(?<![\w.])(?=\.?\d)(\d*)(?:\.(\d+))?\s*%(?:\s*(?P<of>of)\b|(?=\s*(?:$|[-+*/^)=,;])))",
@@ -127,6 +127,8 @@ class Reader:
             operation, variable = ("diff", match["dvar"]) if match["dvar"] else (OPERATIONS[op], None)
             text = text[match.end():]
         bounds = approach = None
+        if operation == "integrate" and not INTERVAL.search(text) and (found := RESPECT_TO.search(text)):
+            variable, text = found["var"] or found["d"], text[:found.start()]  # "… from 0 to 1 dx"
         if operation == "integrate" and (interval := INTERVAL.search(text)):
             bounds = (self.parse(interval["a"])[1], self.parse(interval["b"])[1])
             text = text[:interval.start()]
