@@ -1,7 +1,15 @@
 """A table with a target column as a finite task: split once by seed (stratified for classes), preprocessed
-by scikit-learn transformers fitted on the training split only, so val and test stay unseen."""
+by scikit-learn transformers fitted on the training split only, so val and test stay unseen.
 
-from collections.abc import Sequence
+Columns of pandas' nullable dtypes are read as numpy ones first, an unnamed row counter (the index pandas writes
+with a CSV) is left out of the features with a warning on the `mor.data` logger, and what cannot be learned as
+given is refused in one line that names the column and, for bad values, the rows: missing targets, infinite
+values, numbers with placeholders, ID-like text columns, classes too small to stratify.
+"""
+
+import logging
+import re
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +24,8 @@ from sklearn.utils.multiclass import type_of_target
 from mor.data.base import SPLITS, Batch, DatasetTask, Kind, check_seed
 from mor.errors import ConfigError, check, first_line
 
+log = logging.getLogger("mor.data")
+
 
 class TabularTask(DatasetTask):
     """Rows of `frame` → features (N, in_dim) float32 and targets: class ids (N,) or standardised values (N, 1).
@@ -24,7 +34,8 @@ class TabularTask(DatasetTask):
     value and one-hot encoded (categories unseen in training encode as all zeros). `kind` None infers the
     task from the target column. Class ids follow the sorted classes of the whole column (`classes`), so
     every class has an id; regression targets are standardised with `target_scaler`, fitted on train.
-    Fitted pieces stay inspectable: `preprocessor`, `target_scaler`, and `rows`, each split's row positions.
+    Fitted pieces stay inspectable: `columns`, the frame's columns the features come from; `preprocessor` and
+    its `feature_names`; `target_scaler`; and `rows`, each split's row positions.
     """
 
     sequence = False
@@ -33,23 +44,11 @@ class TabularTask(DatasetTask):
                  kind: Kind | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                  stratify: bool = True):
         self.name = name
-        available = ", ".join(map(str, frame.columns))
-        check(target in frame.columns, f"data.target: no column {target!r} in {name}; available: {available}")
-        features = ([c for c in frame.columns if c != target] if columns is None
-                    else [columns] if isinstance(columns, str) else list(columns))
-        missing = [c for c in features if c not in frame.columns or c == target]
-        check(not missing and features,
-              f"data.columns: {missing or 'none given'} are not feature columns of {name}; available: {available}")
-        check(len(set(features)) == len(features), f"data.columns: {features} names a column twice; list each once")
+        frame = _numpy_dtypes(frame)
+        features = _feature_columns(frame, target, columns, name)
         check_seed(seed)
         labels = frame[target]
-        check(labels.notna().all(), f"data.target: column {target!r} has {labels.isna().sum()} missing values; "
-                                    "drop or fill those rows first")
-        for column in (*features, target):
-            _check_finite(frame[column], column, name)
-            _check_numbers_not_text(frame[column], column, name)
-        check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
-                                    f"({labels.tolist()[0]!r}); there is nothing to learn — choose another target")
+        _check_values(frame, target, features, name)
         self.kind = _infer_kind(labels, target) if kind is None else kind
         check(self.kind in ("classification", "regression"),
               f"data.kind: expected 'classification' or 'regression', got {self.kind!r}")
@@ -57,8 +56,11 @@ class TabularTask(DatasetTask):
         check(classes or pd.api.types.is_numeric_dtype(labels),
               f"data.kind: column {target!r} of {name} is not numeric, so it cannot be a regression target; "
               f"use kind: classification")
-        self.rows = _split(len(frame), labels if classes and stratify else None, seed, val_fraction, test_fraction)
+        self.rows = _split(len(frame), labels if classes and stratify else None, seed, val_fraction, test_fraction,
+                           name)
         x = _with_values(frame[features], self.rows["train"], name)
+        _check_not_ids(x, self.rows["train"], name)
+        self.columns = list(x.columns)
         try:
             self.preprocessor = _preprocessor(x).fit(x.iloc[self.rows["train"]])
             encoded = {split: self.preprocessor.transform(x.iloc[rows]) for split, rows in self.rows.items()}
@@ -88,6 +90,88 @@ class TabularTask(DatasetTask):
         return self._data[name]
 
 
+def _some(items: Iterable, limit: int = 5) -> str:
+    """The first `limit` items joined by commas, and how many there are in all when that is more: one-line errors
+    stay short however many values are wrong."""
+    items = list(items)
+    shown = ", ".join(map(str, items[:limit]))
+    return shown if len(items) <= limit else f"{shown}, …, {len(items)} in all"
+
+
+def _rows(mask: np.ndarray) -> str:
+    """The rows where `mask` holds, numbered as a spreadsheet or a CSV file counts them: the header is row 1."""
+    numbers = np.flatnonzero(mask) + 2
+    return f"row{'s' * (len(numbers) > 1)} {_some(numbers.tolist())}, the header being row 1"
+
+
+def _shown(column: Hashable) -> str:
+    """A column name as written, or quoted when plain text would hide what it is (spaces around it, a comma, no
+    text, not a string)."""
+    plain = isinstance(column, str) and column and column == column.strip() and "," not in column
+    return column if plain else repr(column)
+
+
+def _numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the columns of pandas' nullable dtypes (`convert_dtypes()`: string, boolean, Int64, Float64,
+    missing as pd.NA) read as a CSV reads them, numpy ones with NaN: scikit-learn cannot compare pd.NA."""
+    nullable = [c for c in frame.columns if getattr(frame[c].dtype, "na_value", None) is pd.NA]
+    if not nullable:
+        return frame
+    frame = frame.copy()
+    for column in nullable:
+        values = frame[column].to_numpy(dtype=object, na_value=np.nan)
+        frame[column] = pd.Series(values, index=frame.index).infer_objects()
+    return frame
+
+
+def _feature_columns(frame: pd.DataFrame, target: str, columns: Sequence[str] | str | None, name: str) -> list:
+    """The columns the features come from: `columns` as given, else every column but the target and an unnamed
+    row counter, which is left out with a warning."""
+    available = _some(map(_shown, frame.columns), limit=30)
+    spaced = [c for c in frame.columns if isinstance(c, str) and c != target and c.strip() == str(target).strip()]
+    hint = f"; column {spaced[0]!r} has spaces around its name: set data.target: {spaced[0]!r}" if spaced else ""
+    check(target in frame.columns, f"data.target: no column {target!r} in {name}; available: {available}{hint}")
+    if columns is None:
+        counters = [c for c in frame.columns if c != target and _is_row_counter(frame[c])]
+        for column in counters:
+            log.warning("data: column %r of %s only counts the rows, like the index pandas writes with a CSV, so it "
+                        "is left out of the features; name it in data.columns to keep it", column, name)
+        features = [c for c in frame.columns if c != target and c not in counters]
+    else:
+        features = [columns] if isinstance(columns, str) else list(columns)
+    missing = [c for c in features if c not in frame.columns or c == target]
+    check(not missing and features,
+          f"data.columns: {missing or 'none given'} are not feature columns of {name}; available: {available}")
+    check(len(set(features)) == len(features), f"data.columns: {features} names a column twice; list each once")
+    return features
+
+
+UNNAMED = re.compile(r"Unnamed: \d+")  # how pandas names a column whose header cell is empty
+
+
+def _is_row_counter(column: pd.Series) -> bool:
+    """An unnamed column of the integers 0..n-1 or 1..n in some order: a saved index, which tells nothing about a
+    row but its place in the file (and the target, in a file sorted by it)."""
+    if not (isinstance(column.name, str) and UNNAMED.fullmatch(column.name)
+            and pd.api.types.is_integer_dtype(column) and not column.isna().any()):
+        return False
+    values = np.sort(column.to_numpy())
+    return bool(np.array_equal(values, np.arange(len(values))) or np.array_equal(values, np.arange(len(values)) + 1))
+
+
+def _check_values(frame: pd.DataFrame, target: str, features: list, name: str) -> None:
+    """Refuse a target with missing values or one value only, and infinite or placeholder-ridden columns."""
+    labels = frame[target]
+    missing = labels.isna().to_numpy()
+    check(not missing.any(), f"data.target: column {target!r} of {name} has {int(missing.sum())} missing values "
+                             f"({_rows(missing)}); drop or fill those rows first")
+    for column in (*features, target):
+        _check_finite(frame[column], column, name)
+        _check_numbers_not_text(frame[column], column, name)
+    check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
+                                f"({labels.tolist()[0]!r}); there is nothing to learn — choose another target")
+
+
 def _with_values(x: pd.DataFrame, train: np.ndarray, name: str) -> pd.DataFrame:
     """The feature columns that hold a value in some training row: an empty one tells nothing (and would leave the
     scaler no column when it is the only numeric one), so it is left out, unless it is every column."""
@@ -97,12 +181,28 @@ def _with_values(x: pd.DataFrame, train: np.ndarray, name: str) -> pd.DataFrame:
     return x.drop(columns=empty)
 
 
+MANY_CATEGORIES = 50  # a text column may have this many categories however few the rows
+
+
+def _check_not_ids(x: pd.DataFrame, train: np.ndarray, name: str) -> None:
+    """Refuse a text column with a value for nearly every training row (an ID, free text): its one-hot code would
+    be dense and as wide as the table, and would say nothing of rows it has not seen."""
+    for column in x.columns:
+        if pd.api.types.is_numeric_dtype(x[column]):
+            continue
+        distinct = x[column].iloc[train].nunique()
+        check(distinct <= MANY_CATEGORIES or distinct <= len(train) / 2,
+              f"data.columns: column {column!r} of {name} has {distinct} distinct values in {len(train)} training "
+              "rows, like an ID or free text, so its categories would not carry to new rows; leave it out by "
+              "listing the other feature columns in data.columns")
+
+
 def _check_finite(column: pd.Series, field: str, name: str) -> None:
     """Refuse ±inf in a numeric column (NaN is a missing value, imputed in features)."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        infinite = int(np.isinf(column.to_numpy(dtype=np.float64)).sum())
-        check(not infinite, f"data: column {field!r} of {name} has {infinite} infinite values; "
-                            "replace or drop those rows first")
+        infinite = np.isinf(column.to_numpy(dtype=np.float64))
+        check(not infinite.any(), f"data: column {field!r} of {name} has {int(infinite.sum())} infinite values "
+                                  f"({_rows(infinite)}); replace or drop those rows first")
 
 
 NUMERIC_SHARE = 0.9  # a text column whose values are this much numbers is numbers with a few placeholders
@@ -140,8 +240,8 @@ def _infer_kind(labels: pd.Series, target: str) -> Kind:
     return "regression"
 
 
-def _split(n: int, stratify: pd.Series | None, seed: int, val_fraction: float, test_fraction: float
-           ) -> dict[str, np.ndarray]:
+def _split(n: int, stratify: pd.Series | None, seed: int, val_fraction: float, test_fraction: float,
+           name: str) -> dict[str, np.ndarray]:
     """Row positions of train / val / test, disjoint and covering all `n` rows."""
     for field, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         check(isinstance(value, int | float) and 0 < value < 1,
@@ -155,10 +255,26 @@ def _split(n: int, stratify: pd.Series | None, seed: int, val_fraction: float, t
         train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
                                       stratify=keep)
     except ValueError as error:
-        fix = "; set stratify: false or use more rows" if stratify is not None else "; use more rows"
-        raise ConfigError(f"data.val_fraction: cannot split {n} rows into train/val/test: {first_line(error)}{fix}"
-                          ) from None
+        if stratify is not None:
+            raise ConfigError(_unstratified(stratify, name)) from None
+        raise ConfigError(f"data.val_fraction: cannot split {n} rows of {name} into train/val/test: "
+                          f"{first_line(error)}; use more rows") from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _unstratified(labels: pd.Series, name: str) -> str:
+    """Why the rows cannot be split with every class in each split, and the fix: numbers with classes that small
+    are more likely a quantity (an age, a price), so those point at kind: regression."""
+    counts = labels.value_counts()
+    single = labels[labels.map(counts).to_numpy() < 2].tolist()
+    detail = (f"{len(single)} of them have one row: {_some(single)}" if single
+              else "more classes than the val or test split has rows")
+    problem = (f"column {labels.name!r} of {name} has {len(counts)} classes, too many for each to be in train, val "
+               f"and test of {len(labels)} rows ({detail})")
+    if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels):
+        return (f"data.kind: {problem}, and looks like a quantity; set kind: regression, or stratify: false to keep "
+                f"{len(counts)} classes")
+    return f"data.stratify: {problem}; set stratify: false or use more rows"
 
 
 def _preprocessor(x: pd.DataFrame) -> ColumnTransformer:
