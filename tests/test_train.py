@@ -198,6 +198,36 @@ def test_a_relative_data_path_is_saved_absolute_so_eval_finds_it_from_another_fo
     assert evaluate_checkpoint(run, console=Console(quiet=True)).is_file()
 
 
+def test_a_data_path_from_the_home_folder_is_saved_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(80)) + "\n")
+    data = {"task": "csv", "path": "~/t.csv", "target": "label", "batch_size": 16}
+    Trainer(config(tmp_path / "run", data=data, model={"cell": "mlp"}, train={"steps": 2})).fit()
+    assert yaml.safe_load(checkpoint.load(tmp_path / "run").config)["data"]["path"] == str(tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize(("target", "changed"), [("price", lambda v: str(float(v) / 1000)),
+                                                 ("kind", {"large": "big", "small": "tiny"}.get)],
+                         ids=["rescaled values", "renamed classes"])
+def test_a_served_model_refuses_a_training_file_whose_targets_changed_units_or_names(tmp_path, target, changed):
+    """The same tensors, other answers: a regressor's values come back through the file's target scale, a
+    classifier's through its class names; both changed with the file, so the model would answer in the new ones."""
+    from mor.system.experts.predictor import TrainedModel
+
+    rows = [(size, "large" if size > 150 else "small", 1000 * size + 50_000) for size in range(100, 200, 2)]
+    table = tmp_path / "homes.csv"
+    table.write_text("size,kind,price\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    data = {"task": "csv", "path": str(table), "target": target, "columns": ["size"], "batch_size": 16,
+            "kind": "regression" if target == "price" else "classification"}
+    Trainer(config(tmp_path / "run", data=data, model={"cell": "mlp"}, train={"steps": 2})).fit()
+    assert TrainedModel(tmp_path / "run", "served").source
+    column = ("size", "kind", "price").index(target)
+    table.write_text("size,kind,price\n" + "\n".join(",".join(str(changed(str(v))) if i == column else str(v)
+                                                              for i, v in enumerate(r)) for r in rows) + "\n")
+    with pytest.raises(CheckpointError, match=r"data differ from those it was trained on.*restore it, or train"):
+        TrainedModel(tmp_path / "run", "served")
+
+
 def test_a_run_saved_with_a_relative_data_path_still_resumes_from_its_folder(tmp_path, monkeypatch):
     """Runs trained before paths were saved absolute hold the relative path; the same config resumes them."""
     (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(80)) + "\n")

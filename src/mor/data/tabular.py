@@ -7,6 +7,8 @@ given is refused in one line that names the column and, for bad values, the rows
 values, numbers with placeholders, ID-like text columns, classes too small to stratify.
 """
 
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Hashable, Iterable, Sequence
@@ -88,6 +90,14 @@ class TabularTask(DatasetTask):
     def split(self, name: str) -> Batch:
         check(name in SPLITS, f"{self.name}: unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return self._data[name]
+
+    def fingerprint(self) -> str:
+        """The splits' digest and what turns outputs back into the target's terms (class names, the target's mean
+        and scale): a file whose targets were rescaled or renamed gives the same tensors but other answers."""
+        units = {"classes": None if self.classes is None else list(map(str, self.classes)),
+                 "target": None if self.target_scaler is None else [self.target_scaler.mean_.tolist(),
+                                                                     self.target_scaler.scale_.tolist()]}
+        return hashlib.sha256(f"{super().fingerprint()} {json.dumps(units)}".encode()).hexdigest()[:16]
 
 
 def _some(items: Iterable, limit: int = 5) -> str:

@@ -82,8 +82,9 @@ class DataConfig(Strict):
 
     def resolved(self) -> "DataConfig":
         """This config with relative file and folder options (`path`, `root`) made absolute against the working
-        folder, where they are read; a run saves it so that `mor eval` finds its data from any folder."""
-        paths = {key: str(Path(value).absolute()) for key, value in self.options.items()
+        folder, where they are read, and `~` as the home folder; a run saves it so that `mor eval` finds its data
+        from any folder."""
+        paths = {key: str(Path(value).expanduser().absolute()) for key, value in self.options.items()
                  if key in ("path", "root") and isinstance(value, str)}
         return self.model_copy(update=paths) if paths else self
 

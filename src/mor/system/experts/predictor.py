@@ -26,7 +26,7 @@ from mor.system.experts.base import Expert, ExpertInfo
 from mor.system.experts.errors import RequestError
 from mor.system.request import Answer, Request
 from mor.train.build import build_model
-from mor.train.checkpoint import CONFIG, load, restore
+from mor.train.checkpoint import CONFIG, check_data, load, restore
 from mor.train.config import saved
 
 # Confidence of a regressor's value: it gives no probability, so the expert declares a middling one.
@@ -136,6 +136,8 @@ class TrainedModel:
         loaded = load(Path(checkpoint))
         config = saved(loaded.config, loaded.path / CONFIG)
         task = get_task(config.data.task, **config.data.options)
+        check_data(loaded.state, task.fingerprint(), loaded.path, "its class names and output units come from that "
+                                                                  "file: restore it, or train again")
         check(not task.tokens, f"{where}: {loaded.path} is a token model ({config.data.task}); "
                                f"only models over numeric features can answer here")
         self.model = build_model(config.model, task)
