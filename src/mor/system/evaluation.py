@@ -30,8 +30,8 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
     """Route every request alone (batch 1) on `threads` CPU threads and score the choices against `labels`; with
     `sources`, also the accuracy on each source's requests, since a router that learned one source's style as its
     label shows as one weak source long before it moves the overall accuracy. Per-label recall and macro-F1 are
-    over the labels the data holds (a label only routed to has nothing to recall); a label no expert serves is
-    refused, since no choice could be right."""
+    over the labels the data holds, named in `macro_f1_labels` (a label only routed to has nothing to recall); a
+    label no expert serves is refused, since no choice could be right."""
     served = {c for info in router.experts.values() for c in (info.capabilities or [info.name])}
     unserved = sorted(set(labels) - served)
     check(not unserved, f"evaluation data: {sum(label in unserved for label in labels)} requests are labeled "
@@ -55,6 +55,7 @@ def evaluate(router: SystemRouter, requests: list[Request], labels: list[str], t
     ms = 1000 * np.asarray(latency)
     return {"examples": len(labels), "accuracy": accuracy_score(labels, predicted),
             "macro_f1": f1_score(labels, predicted, labels=truths, average="macro", zero_division=0),
+            "macro_f1_labels": truths,
             "recall": dict(zip(truths, recall_score(labels, predicted, labels=truths, average=None,
                                                     zero_division=0).tolist(), strict=True)),
             "calibration_error": calibration_error(np.asarray(confidence), np.asarray(predicted) == np.asarray(labels))
@@ -80,14 +81,15 @@ def by_source(sources: list[str | None] | None, labels: list[str], predicted: li
 
 
 def markdown(result: dict, title: str) -> str:
-    """The result as a markdown report: headline numbers, per-label recall, per-source accuracy (when the data
-    names sources) and the confusion matrix."""
+    """The result as a markdown report: headline numbers (saying which labels macro-F1 averages), per-label recall,
+    per-source accuracy (when the data names sources) and the confusion matrix."""
     names, lat = result["labels"], result["latency_ms"]
     lines = [f"# {title}", "", f"{result['examples']} requests, {result['experts']} experts, routed one at a time "
              f"on {result['threads']} CPU thread(s).", "",
              "| accuracy | macro-F1 | calibration error | latency p50 | latency p99 |", "|---|---|---|---|---|",
              f"| {result['accuracy']:.2%} | {result['macro_f1']:.4f} | {_maybe(result['calibration_error'])} | "
              f"{lat['p50']:.2f} ms | {lat['p99']:.2f} ms |",
+             "", _macro_f1_note(result),
              *(["", f"p99 of {result['examples']} requests lies between the two slowest: too few to estimate it."]
                if result["examples"] <= 100 else []),
              "", "| label | recall |", "|---|---|"]
@@ -100,6 +102,15 @@ def markdown(result: dict, title: str) -> str:
     lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |"
               for n, row in zip(names, result["confusion"], strict=True)]
     return "\n".join(lines) + "\n"
+
+
+def _macro_f1_note(result: dict) -> str:
+    """Which labels macro-F1 and recall average over: those in the data, not those only routed to."""
+    averaged = result["macro_f1_labels"]
+    only_routed = [n for n in result["labels"] if n not in averaged]
+    return (f"Macro-F1 over the labels in the data ({', '.join(averaged)})"
+            + (f"; {', '.join(only_routed)}, only routed to, count in accuracy and the confusion matrix." if only_routed
+               else "."))
 
 
 def _maybe(value: float | None) -> str:

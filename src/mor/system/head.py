@@ -3,7 +3,9 @@
 Features are TF-IDF n-grams and, when the offline MiniLM package is installed, MiniLM sentence embeddings
 whose top layers are fine-tuned on the labels. A multinomial logistic regression reads both; its temperature
 is fitted on a held-out tenth of the training data (unseen by fine-tuning) so the probabilities
-are calibrated, then the regression is refitted on all of it. That tenth must hold every label, so training needs
+are calibrated, then the regression is refitted on all of it. Where the head is right on every held-out request
+(or on none), they cannot pin a temperature down: it stays 1 until `mor route calibrate` fits one on a labeled
+sample of the traffic the router serves. That tenth must hold every label, so training needs
 at least two examples of each label and about ten per label in all (10 × (labels − 1) + 1); less is refused with
 an error saying how many. Everything saves to a folder as JSON + safetensors (no pickles), written whole into a
 temporary folder and renamed into place, so an interrupted save leaves the previous router; loading checks that
@@ -11,6 +13,7 @@ the files belong together.
 """
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,7 +29,7 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from mor.durable import sync, write_json
+from mor.durable import check_folder, sync, write_json
 from mor.errors import ConfigError, MorError, check
 from mor.system.calibration import MIN_REQUESTS, at_bound, fit_temperature, report
 from mor.system.encoders import MiniLMEncoder, TfidfEncoder, minilm_path
@@ -37,6 +40,8 @@ from mor.system.style import plain
 from mor.system.tuning import fine_tune
 
 HELD_OUT = 0.1  # the share of the training data the temperature is fitted on
+UNFITTED = 1.0  # the temperature kept where the held-out tenth cannot fit one
+log = logging.getLogger(__name__)
 ROUTER_FILES = frozenset({"head.json", ".head.json.tmp", "head.safetensors", *TfidfEncoder.files, *MiniLMEncoder.files})
 
 
@@ -86,8 +91,8 @@ class LabelHead:
     @classmethod
     def fit(cls, texts: list[str], labels: list[str], config: HeadConfig | None = None,
             report: Callable[[str], None] | None = None) -> "LabelHead":
-        """Train on labeled texts; a held-out tenth, unseen by fine-tuning and regression, fits the temperature.
-        `report` hears how far training is (fine-tuning takes minutes on a CPU)."""
+        """Train on labeled texts; a held-out tenth, unseen by fine-tuning and regression, fits the temperature
+        (see `_held_out_temperature`). `report` hears how far training is (fine-tuning takes minutes on a CPU)."""
         config = config or HeadConfig()
         check_labels(labels)
         names = sorted(set(labels))
@@ -118,7 +123,7 @@ class LabelHead:
             parts["tfidf"] = sparse.csr_matrix(TfidfEncoder().fit([texts[i] for i in fit_idx]).encode(texts))
         held = sparse.hstack(list(parts.values()), format="csr")
         weight, bias = _linear(_regression(config).fit(held[fit_idx], y[fit_idx]))
-        temperature = fit_temperature(np.asarray(held[cal_idx] @ weight.T) + bias, y[cal_idx])
+        temperature = _held_out_temperature(np.asarray(held[cal_idx] @ weight.T) + bias, y[cal_idx], report)
         return cls(names, config, encoders, *_linear(_regression(config).fit(features, y)), temperature)
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -137,10 +142,15 @@ class LabelHead:
         """Refit the temperature on labeled texts, e.g. a sample of the traffic the router serves: training's
         held-out tenth comes from the training sources, and on other sources the head is over-confident. The
         head's top label does not change. Returns its accuracy, log-loss, calibration error and temperature on
-        those texts, before and after; a sample too small or too one-sided to fit one is refused, unchanged."""
+        those texts, before and after; a sample too small or too one-sided to fit one (fewer than two of the
+        router's labels, or a head right on all or none of it) is refused, unchanged."""
         unknown = sorted(set(labels) - set(self.labels))
         check(not unknown, f"router calibration data: labels {unknown} are not the router's "
                            f"({', '.join(self.labels)}); relabel those lines or leave them out", MorError)
+        check(len(set(labels)) >= 2, f"router calibration data: every request is labeled {sorted(set(labels))}, so "
+                                     "they cannot tell how sure the head should be between labels; the router is "
+                                     f"unchanged: calibrate on a sample with at least two of its labels "
+                                     f"({', '.join(self.labels)})", MorError)
         check(len(labels) >= MIN_REQUESTS, f"router calibration data: {len(labels)} requests are too few to fit a "
                                            f"temperature; give at least {MIN_REQUESTS} from the traffic the router "
                                            "serves", MorError)
@@ -174,7 +184,7 @@ class LabelHead:
     def save(self, folder: Path) -> None:
         """Write the router to `folder` whole or not at all: into a temporary folder beside it, then renamed."""
         folder = Path(folder).resolve()
-        _check_replaceable(folder)
+        check_out(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         try:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -230,9 +240,34 @@ def check_labels(labels: list[str]) -> None:
     _check_split(names, np.array([names.index(label) for label in labels]))
 
 
+def check_out(folder: Path) -> None:
+    """A one-line error unless a router can be saved to `folder`: checked before training, so a bad --out costs no
+    training time, and again when saving."""
+    check_folder(folder, "--out")
+    _check_replaceable(folder)
+    existing = next(p for p in folder.parents if p.exists())
+    check(os.access(existing, os.W_OK | os.X_OK), f"--out: cannot save the router into '{folder}': '{existing}' is "
+                                                   "not writable; give a folder you can write to", MorError)
+
+
 def _read(texts: list[str], config: HeadConfig) -> list[str]:
     """The texts as the head reads them: without multiple-choice options, unless the config keeps them."""
     return [without_options(t) for t in texts] if config.strip_options else list(texts)
+
+
+def _held_out_temperature(logits: np.ndarray, y: np.ndarray, report: Callable[[str], None] | None) -> float:
+    """The temperature fitted on the held-out tenth's `logits` and labels `y`, or UNFITTED where they cannot pin one
+    down: a head right on every row (or on none) has a log-loss that only falls (rises) with the temperature, so the
+    fit would land on an arbitrary extreme, making the router sure of everything and a min_confidence fallback never
+    fire. That case is said through `report`, else logged."""
+    accuracy = float(np.mean(logits.argmax(axis=1) == y))
+    fitted = fit_temperature(logits, y) if 0 < accuracy < 1 else None
+    if fitted is not None and not at_bound(fitted):
+        return fitted
+    (report or log.warning)(f"temperature not fitted: the head is right on {accuracy:.0%} of the {len(y)} held-out "
+                            f"requests, which cannot tell how sure it should be; kept at {UNFITTED:g}: fit it with "
+                            "`mor route calibrate` on a labeled sample of the traffic the router serves")
+    return UNFITTED
 
 
 def _check_split(names: list[str], y: np.ndarray) -> None:
