@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -13,7 +15,9 @@ from rich.console import Console
 
 from mor.data import get_task
 from mor.errors import CheckpointError, ConfigError
+from mor.nn import Halting
 from mor.train import checkpoint, devices
+from mor.train.build import build_model
 from mor.train.config import load, parse
 from mor.train.evaluate import evaluate, token_score
 from mor.train.evaluate_cli import evaluate_checkpoint
@@ -226,6 +230,69 @@ def test_a_served_model_refuses_a_training_file_whose_targets_changed_units_or_n
                                                               for i, v in enumerate(r)) for r in rows) + "\n")
     with pytest.raises(CheckpointError, match=r"data differ from those it was trained on.*restore it, or train"):
         TrainedModel(tmp_path / "run", "served")
+
+
+def homes(path: Path, sizes: range, seed: int = 0) -> pd.DataFrame:
+    """A small table of homes (size, city → kind, price), saved as CSV at `path`."""
+    rng = np.random.default_rng(seed)
+    size = np.array(sizes)
+    frame = pd.DataFrame({"city": rng.choice(["north", "south"], len(size)), "size": size,
+                          "kind": np.where(size > 150, "large", "small"), "price": 1000.0 * size + 50_000})
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.mark.parametrize("target", ["kind", "price"])
+def test_mor_eval_scores_a_table_model_on_another_file_through_its_training_preprocessing(tmp_path, target):
+    from mor.data.table_rows import encoded_rows
+
+    homes(tmp_path / "train.csv", range(100, 200, 2))
+    data = {"task": "csv", "path": str(tmp_path / "train.csv"), "target": target, "columns": ["size", "city"],
+            "batch_size": 16, "kind": "classification" if target == "kind" else "regression"}
+    Trainer(config(tmp_path / "run", data=data, model={"cell": "mlp"}, train={"steps": 4})).fit()
+    later = homes(tmp_path / "later.csv", range(101, 201, 3), seed=1)
+    later[["price", "kind", "size", "city"]].to_csv(tmp_path / "later.csv", index=False)  # columns in another order
+    report = evaluate_checkpoint(tmp_path / "run", data=tmp_path / "later.csv", console=Console(quiet=True))
+    assert report.parent == tmp_path / "run" / "eval-later" and f"on {tmp_path / 'later.csv'}" in report.read_text()
+    (scored,) = json.loads((report.parent / "eval.json").read_text()).values()
+    options = {k: v for k, v in data.items() if k not in ("task", "batch_size")}
+    task, loaded = get_task("csv", **options), checkpoint.load(tmp_path / "run")
+    model = build_model(config(tmp_path / "run", data=data, model={"cell": "mlp"}).model, task)
+    checkpoint.restore(model, loaded.weights, loaded.path)
+    x, y = encoded_rows(task, later, "later.csv")
+    assert len(y) == len(later) == 34
+    depth = next(r for r in scored["depth"] if r["max_steps"] == model.train_steps)
+    with torch.no_grad():
+        output = model.eval()(x, halting=Halting(model.train_steps))
+    if target == "kind":  # classes by name, whatever their order in the new file
+        assert y.tolist() == [task.classes.index(k) for k in later["kind"]]
+        assert depth["accuracy"] == pytest.approx(float((output.argmax(-1) == y).float().mean()))
+    else:  # values on the training file's scale
+        assert y[:, 0].numpy() == pytest.approx(task.target_scaler.transform(later[["price"]].to_numpy())[:, 0])
+        assert depth["mse"] == pytest.approx(float((output - y).square().mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda f: f.drop(columns=["city"]), r"--data: later.csv lacks column\(s\) 'city' that the model was trained on"),
+    (lambda f: f.assign(kind=f["kind"].where(f.index != 3, "huge")),
+     r"holds class\(es\) huge the model never saw \(it knows large, small\)"),
+    (lambda f: f.assign(kind=f["kind"].where(f.index != 3, None)), r"has 1 missing values \(row 5, the header"),
+])
+def test_mor_eval_refuses_another_file_the_model_cannot_be_scored_on_in_one_line(tmp_path, change, message):
+    homes(tmp_path / "train.csv", range(100, 200, 2))
+    data = {"task": "csv", "path": str(tmp_path / "train.csv"), "target": "kind", "columns": ["size", "city"],
+            "batch_size": 16}
+    Trainer(config(tmp_path / "run", data=data, model={"cell": "mlp"}, train={"steps": 2})).fit()
+    change(homes(tmp_path / "later.csv", range(101, 201, 3), seed=1)).to_csv(tmp_path / "later.csv", index=False)
+    with pytest.raises(ConfigError, match=message):
+        evaluate_checkpoint(tmp_path / "run", data=tmp_path / "later.csv", console=Console(quiet=True))
+
+
+def test_mor_eval_scores_another_file_only_for_a_table_model(tmp_path):
+    Trainer(config(tmp_path / "run", train={"steps": 2})).fit()
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match=r"--data: only a model trained on a table .* leave it out"):
+        evaluate_checkpoint(tmp_path / "run", data=tmp_path / "t.csv", console=Console(quiet=True))
 
 
 def test_a_run_saved_with_a_relative_data_path_still_resumes_from_its_folder(tmp_path, monkeypatch):

@@ -78,6 +78,8 @@ def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or 
           stable: str | None = typer.Option(None, help="Answer-stability windows, e.g. 3,5."),
           examples: int | None = typer.Option(None, min=1,
                                               help="Examples per measurement (generated tasks; datasets: all)."),
+          data: Path | None = typer.Option(None, help="A table model only: score the rows of this CSV/Parquet file "
+                                                      "(the training file's columns) instead of its test split."),
           out: Path | None = typer.Option(None, help="Folder for eval.json, report.md and plots/.")) -> None:
     """Evaluate a checkpoint at any reflection depth, halting threshold and instance size."""
     from mor.train.evaluate_cli import evaluate_checkpoint
@@ -85,7 +87,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="Run folder, RUN/best, or 
     report = evaluate_checkpoint(checkpoint, out, max_steps=_numbers(max_steps, "--max-steps", int),
                                  thresholds=_numbers(threshold, "--threshold", float),
                                  sizes=_numbers(size, "--size", int), stable_steps=_numbers(stable, "--stable", int),
-                                 examples=examples, console=console)
+                                 examples=examples, data=data, console=console)
     console.print(f"Report: {escape(str(report))}")
 
 

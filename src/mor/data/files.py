@@ -27,9 +27,10 @@ GROUPED = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")  # a number with thousand
 PLAIN = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a number without them
 
 
-def read_table(path: str | Path, file_format: str = "csv", sep: str | None = None) -> "pd.DataFrame":
+def read_table(path: str | Path, file_format: str = "csv", sep: str | None = None,
+               field: str = "data.path") -> "pd.DataFrame":
     """Read a table (`~` is the home folder; `sep` is a CSV's delimiter, a comma by default), turning a missing,
-    empty or unreadable file into a one-line ConfigError."""
+    empty or unreadable file into a one-line ConfigError that names the setting it came from (`field`)."""
     import pandas as pd
 
     check(file_format in READERS, f"data.format: expected one of {', '.join(READERS)}, got {file_format!r}")
@@ -37,21 +38,25 @@ def read_table(path: str | Path, file_format: str = "csv", sep: str | None = Non
     check(sep is None or (isinstance(sep, str) and len(sep) == 1),
           f"data.sep: expected one character such as ';' or a tab, got {sep!r}")
     path = Path(path).expanduser()
-    check(path.is_file(), f"data.path: no file at '{path}'; give the path of an existing {file_format} file")
-    with path.open("rb") as file:
-        parquet = file.read(4) == PARQUET_MAGIC
-    check(file_format == "parquet" or not parquet, f"data.path: '{path}' is a Parquet file; set task: parquet")
+    check(path.is_file(), f"{field}: no file at '{path}'; give the path of an existing {file_format} file")
+    check(file_format == "parquet" or not is_parquet(path), f"{field}: '{path}' is a Parquet file; set task: parquet")
     options = {"sep": sep or ","} if file_format == "csv" else {}
     try:
         frame = getattr(pd, READERS[file_format])(path, **options)
     except pd.errors.EmptyDataError:
-        raise ConfigError(f"data.path: '{path}' is empty; give a file with a header row and data rows") from None
+        raise ConfigError(f"{field}: '{path}' is empty; give a file with a header row and data rows") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"data.path: '{path}' is not UTF-8 text ({error.reason}); save it as UTF-8") from None
+        raise ConfigError(f"{field}: '{path}' is not UTF-8 text ({error.reason}); save it as UTF-8") from None
     except (ValueError, OSError) as error:
-        raise ConfigError(f"data.path: cannot read '{path}' as {file_format}: {first_line(error)}") from None
-    check(len(frame) > 0, f"data.path: '{path}' has no data rows; give a file with at least a few rows")
+        raise ConfigError(f"{field}: cannot read '{path}' as {file_format}: {first_line(error)}") from None
+    check(len(frame) > 0, f"{field}: '{path}' has no data rows; give a file with at least a few rows")
     return _grouped_numbers(frame) if options.get("sep") == "," else frame
+
+
+def is_parquet(path: Path) -> bool:
+    """Whether the file at `path` starts as every Parquet file does."""
+    with path.open("rb") as file:
+        return file.read(4) == PARQUET_MAGIC
 
 
 def _grouped_numbers(frame: "pd.DataFrame") -> "pd.DataFrame":

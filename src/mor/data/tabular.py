@@ -7,6 +7,7 @@ given is refused in one line that names the column and, for bad values, the rows
 values, numbers with placeholders, ID-like text columns, classes too small to stratify.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -36,8 +37,9 @@ class TabularTask(DatasetTask):
     value and one-hot encoded (categories unseen in training encode as all zeros). `kind` None infers the
     task from the target column. Class ids follow the sorted classes of the whole column (`classes`), so
     every class has an id; regression targets are standardised with `target_scaler`, fitted on train.
-    Fitted pieces stay inspectable: `columns`, the frame's columns the features come from; `preprocessor` and
-    its `feature_names`; `target_scaler`; and `rows`, each split's row positions.
+    Fitted pieces stay inspectable: `target`; `columns`, the frame's columns the features come from; `preprocessor`
+    and its `feature_names`; `target_scaler`; and `rows`, each split's row positions. `mor.data.table_rows` puts
+    another table's rows through them.
     """
 
     sequence = False
@@ -45,8 +47,8 @@ class TabularTask(DatasetTask):
     def __init__(self, frame: pd.DataFrame, target: str, *, name: str = "table", columns: Sequence[str] | None = None,
                  kind: Kind | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                  stratify: bool = True):
-        self.name = name
-        frame = _numpy_dtypes(frame)
+        self.name, self.target = name, target
+        frame = numpy_dtypes(frame)
         features = _feature_columns(frame, target, columns, name)
         check_seed(seed)
         labels = frame[target]
@@ -91,6 +93,13 @@ class TabularTask(DatasetTask):
         check(name in SPLITS, f"{self.name}: unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return self._data[name]
 
+    def scored_on(self, rows: Batch, name: str) -> "TabularTask":
+        """This task with `rows` (from `mor.data.table_rows`) as its test split, its fitted pieces untouched, named
+        after the file they came from."""
+        scored = copy.copy(self)
+        scored._data, scored.name = {**self._data, "test": rows}, f"{self.name} → {name}"
+        return scored
+
     def fingerprint(self) -> str:
         """The splits' digest and what turns outputs back into the target's terms (class names, the target's mean
         and scale): a file whose targets were rescaled or renamed gives the same tensors but other answers."""
@@ -100,7 +109,7 @@ class TabularTask(DatasetTask):
         return hashlib.sha256(f"{super().fingerprint()} {json.dumps(units)}".encode()).hexdigest()[:16]
 
 
-def _some(items: Iterable, limit: int = 5) -> str:
+def listed(items: Iterable, limit: int = 5) -> str:
     """The first `limit` items joined by commas, and how many there are in all when that is more: one-line errors
     stay short however many values are wrong."""
     items = list(items)
@@ -108,10 +117,10 @@ def _some(items: Iterable, limit: int = 5) -> str:
     return shown if len(items) <= limit else f"{shown}, …, {len(items)} in all"
 
 
-def _rows(mask: np.ndarray) -> str:
+def row_numbers(mask: np.ndarray) -> str:
     """The rows where `mask` holds, numbered as a spreadsheet or a CSV file counts them: the header is row 1."""
     numbers = np.flatnonzero(mask) + 2
-    return f"row{'s' * (len(numbers) > 1)} {_some(numbers.tolist())}, the header being row 1"
+    return f"row{'s' * (len(numbers) > 1)} {listed(numbers.tolist())}, the header being row 1"
 
 
 def _shown(column: Hashable) -> str:
@@ -121,7 +130,7 @@ def _shown(column: Hashable) -> str:
     return column if plain else repr(column)
 
 
-def _numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+def numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with the columns of pandas' nullable dtypes (`convert_dtypes()`: string, boolean, Int64, Float64,
     missing as pd.NA) read as a CSV reads them, numpy ones with NaN: scikit-learn cannot compare pd.NA."""
     nullable = [c for c in frame.columns if getattr(frame[c].dtype, "na_value", None) is pd.NA]
@@ -137,7 +146,7 @@ def _numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 def _feature_columns(frame: pd.DataFrame, target: str, columns: Sequence[str] | str | None, name: str) -> list:
     """The columns the features come from: `columns` as given, else every column but the target and an unnamed
     row counter, which is left out with a warning."""
-    available = _some(map(_shown, frame.columns), limit=30)
+    available = listed(map(_shown, frame.columns), limit=30)
     spaced = [c for c in frame.columns if isinstance(c, str) and c != target and c.strip() == str(target).strip()]
     hint = f"; column {spaced[0]!r} has spaces around its name: set data.target: {spaced[0]!r}" if spaced else ""
     check(target in frame.columns, f"data.target: no column {target!r} in {name}; available: {available}{hint}")
@@ -174,9 +183,9 @@ def _check_values(frame: pd.DataFrame, target: str, features: list, name: str) -
     labels = frame[target]
     missing = labels.isna().to_numpy()
     check(not missing.any(), f"data.target: column {target!r} of {name} has {int(missing.sum())} missing values "
-                             f"({_rows(missing)}); drop or fill those rows first")
+                             f"({row_numbers(missing)}); drop or fill those rows first")
     for column in (*features, target):
-        _check_finite(frame[column], column, name)
+        check_finite(frame[column], column, name)
         _check_numbers_not_text(frame[column], column, name)
     check(labels.nunique() > 1, f"data.target: column {target!r} of {name} holds one value only "
                                 f"({labels.tolist()[0]!r}); there is nothing to learn — choose another target")
@@ -207,12 +216,12 @@ def _check_not_ids(x: pd.DataFrame, train: np.ndarray, name: str) -> None:
               "listing the other feature columns in data.columns")
 
 
-def _check_finite(column: pd.Series, field: str, name: str) -> None:
+def check_finite(column: pd.Series, field: str, name: str) -> None:
     """Refuse ±inf in a numeric column (NaN is a missing value, imputed in features)."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         infinite = np.isinf(column.to_numpy(dtype=np.float64))
         check(not infinite.any(), f"data: column {field!r} of {name} has {int(infinite.sum())} infinite values "
-                                  f"({_rows(infinite)}); replace or drop those rows first")
+                                  f"({row_numbers(infinite)}); replace or drop those rows first")
 
 
 NUMERIC_SHARE = 0.9  # a text column whose values are this much numbers is numbers with a few placeholders
@@ -277,7 +286,7 @@ def _unstratified(labels: pd.Series, name: str) -> str:
     are more likely a quantity (an age, a price), so those point at kind: regression."""
     counts = labels.value_counts()
     single = labels[labels.map(counts).to_numpy() < 2].tolist()
-    detail = (f"{len(single)} of them have one row: {_some(single)}" if single
+    detail = (f"{len(single)} of them have one row: {listed(single)}" if single
               else "more classes than the val or test split has rows")
     problem = (f"column {labels.name!r} of {name} has {len(counts)} classes, too many for each to be in train, val "
                f"and test of {len(labels)} rows ({detail})")
