@@ -3,7 +3,7 @@ prediction, health and errors. Unknown request fields of the OpenAI schema are a
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictStr
 
 Number = int | float
 Feature = Annotated[float, Strict()]  # a JSON number: not "1" or true, which lax parsing would take for 1.0
@@ -218,14 +218,17 @@ class RouteResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    """POST /v1/predict: inputs for a trained model, each a feature vector or a sequence of feature rows."""
+    """POST /v1/predict: inputs for a trained model, each a feature vector or a sequence of feature rows, or, for a
+    model trained on a table, a row of its file by column name (preprocessed as in training)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model": "prefix-sum", "inputs": [[[1, 1], [0, 1], [1, 1], [1, 1]]]}]})
+        {"model": "prefix-sum", "inputs": [[[1, 1], [0, 1], [1, 1], [1, 1]]]},
+        {"model": "homes", "inputs": [{"size": 150, "city": "north"}]}]})
 
     model: str = Field(min_length=1)
-    inputs: list[list[Feature] | list[list[Feature]]] = Field(
-        min_length=1, description="vectors [x1, …, xd] or sequences [[x1, …, xd], …], as the model was trained")
+    inputs: list[list[Feature] | list[list[Feature]] | dict[str, Feature | StrictStr | StrictBool | None]] = Field(
+        min_length=1, description="vectors [x1, …, xd] or sequences [[x1, …, xd], …], as the model was trained; for a "
+                                  "table model, also rows {column: value} (null: missing)")
 
 
 class PredictOutput(BaseModel):

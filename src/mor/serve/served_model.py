@@ -89,7 +89,13 @@ class ServedModel:
                            param=where, code="non_finite_output")
 
     def check(self, value: Any, where: str) -> np.ndarray:
-        """One input as a float32 array of the model's shape, or a 400 saying what is wrong with it."""
+        """One input as a float32 array of the model's shape, or a 400 saying what is wrong with it; a row by column
+        name (a table model) goes through the preprocessing fitted in training."""
+        if isinstance(value, dict):
+            try:
+                return self.trained.record(value, where)
+            except MorError as err:
+                raise ApiError(400, str(err), param=where) from None
         shape = self.trained.shape
         expected = (f"a sequence of rows of {shape[1]} numbers, e.g. [[0.5, …], …]" if len(shape) == 2
                     else f"a vector of {shape[0]} numbers, e.g. [0.5, -1.2, …]")

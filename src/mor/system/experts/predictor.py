@@ -20,6 +20,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from mor.data import get_task
+from mor.data.table_rows import encoded_record
+from mor.data.tabular import TabularTask
 from mor.errors import ConfigError, check
 from mor.nn import MoRModel
 from mor.system.experts.base import Expert, ExpertInfo
@@ -38,7 +40,7 @@ def parse_features(text: str, shape: tuple[int | None, ...], expert: str, dtype:
     start, end = text.find("["), text.rfind("]")
     try:
         data = json.loads(text[start:end + 1]) if start >= 0 else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past what json reads
         data = None
     return check_features(data, shape, expert, dtype)
 
@@ -145,9 +147,21 @@ class TrainedModel:
         self.model.eval()
         self.shape: tuple[int | None, ...] = (None, task.in_dim) if task.sequence else (task.in_dim,)
         self.classes, self.default_confidence = task.kind == "classification", default_confidence
+        self.table = task if isinstance(task, TabularTask) else None  # takes rows by column name too
         self.names: list | None = getattr(task, "classes", None)  # a table's class names, by index
         self.scaler = getattr(task, "target_scaler", None)  # a table's targets are learned standardised
         self.source = f"{loaded.path} ({config.model.kind} on {config.data.task})"
+
+    def record(self, record: dict[str, Any], where: str) -> np.ndarray:
+        """A table model's input given as {column: value}, a row as in the training file, through the preprocessing
+        fitted on its training split; a one-line MorError naming `where` when it does not fit."""
+        check(self.table is not None, f"{where}: rows by column name are for models trained on a table; this model "
+                                      f"takes {'a list of rows of ' if len(self.shape) == 2 else ''}"
+                                      f"{self.shape[-1]} numbers", RequestError)
+        try:
+            return encoded_record(self.table, record, where)
+        except ConfigError as err:
+            raise RequestError(str(err)) from None
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> list[Prediction]:
@@ -192,8 +206,9 @@ class TrainedModel:
 
 
 class MorModelExpert(Expert):
-    """A `TrainedModel` as an expert: the question is the input as a JSON array, as the model sees it (tabular
-    tasks: already preprocessed)."""
+    """A `TrainedModel` as an expert: the question is the input as a JSON array, as the model sees it, or, for a
+    model trained on a table, a JSON object of the row's columns (`{"size": 150, "city": "north"}`), preprocessed
+    as in training."""
 
     def __init__(self, info: ExpertInfo, checkpoint: str | Path, *,
                  default_confidence: float = DEFAULT_CONFIDENCE) -> None:
@@ -201,8 +216,21 @@ class MorModelExpert(Expert):
         self.trained = TrainedModel(checkpoint, f"expert {info.name}", default_confidence)
 
     async def _answer(self, request: Request) -> Answer:
-        x = torch.from_numpy(parse_features(request.question, self.trained.shape, self.name, np.float32))[None]
+        record = _record(request.question) if self.trained.table is not None else None
+        features = (self.trained.record(record, f"expert {self.name}") if record is not None else
+                    parse_features(request.question, self.trained.shape, self.name, np.float32))
+        x = torch.from_numpy(features)[None]
         (prediction,) = await self.in_thread(self.trained.predict, x)
         label = prediction.details.get("label")
         return Answer(expert=self.name, text=None if label is None else str(label), value=prediction.value,
                       confidence=prediction.confidence, steps=prediction.steps, details=prediction.details)
+
+
+def _record(text: str) -> dict | None:
+    """The JSON object in `text` (from its first '{' to its last '}'), or None where there is none."""
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        value = json.loads(text[start:end + 1]) if 0 <= start < end else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
