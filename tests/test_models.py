@@ -405,5 +405,39 @@ def test_token_model_sizes_and_target_ids_out_of_range_are_one_line_errors():
             TokenModel(10, dim=16, **{"heads": 2, **sizes})
     model = TokenModel(10, dim=16, depth=1, heads=2, max_len=8, hidden=16)
     for bad in (10, -1):
-        with pytest.raises(ShapeError, match=rf"target ids must be in \[0, 10\), got {bad} to {bad}"):
+        with pytest.raises(ShapeError, match=rf"ids must be in \[0, 10\) or -100 \(ignored\), got {bad} to {bad}"):
             model.loss(torch.zeros(2, 8, dtype=torch.long), torch.full((2, 8), bad))
+
+
+@pytest.mark.parametrize("ffn", ["dense", "moe", "mor"])
+def test_a_padded_token_batch_gives_each_sequence_the_logits_it_gets_alone(ffn):
+    """Padded left or right, by an attention mask: padding is attended by no token, takes no position and is routed
+    by no expert; the loss counts only targets that are not -100."""
+    from mor.nn.transformer import IGNORE, TokenModel
+
+    torch.manual_seed(0)
+    model = TokenModel(12, dim=16, depth=2, heads=2, max_len=16, ffn=ffn, num_experts=3, k=2, hidden=16).eval()
+    short, long = torch.randint(1, 12, (1, 5)), torch.randint(1, 12, (1, 8))
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    batch = torch.cat([torch.cat([short, pad], 1), torch.cat([pad, short], 1), long])
+    mask = torch.tensor([[1] * 5 + [0] * 3, [0] * 3 + [1] * 5, [1] * 8], dtype=torch.bool)
+    logits, _ = model(batch, mask)
+    alone_short, alone_long = model(short)[0][0], model(long)[0][0]
+    torch.testing.assert_close(logits[0, :5], alone_short)
+    torch.testing.assert_close(logits[1, 3:], alone_short)
+    torch.testing.assert_close(logits[2], alone_long)
+    unpadded = model(batch)[0]
+    assert not torch.allclose(unpadded[1, 3:], alone_short, atol=1e-4)  # without the mask, padding is read
+    targets = torch.where(mask, torch.randint(0, 12, batch.shape), IGNORE)
+    _, parts, _ = model.loss(batch, targets, mask=mask)
+    real = torch.cat([alone_short, alone_short, alone_long])
+    expected = torch.nn.functional.cross_entropy(real, targets[mask])
+    torch.testing.assert_close(parts["task"], expected)
+
+
+def test_a_token_mask_that_does_not_fit_the_tokens_is_one_clear_error():
+    from mor.nn.transformer import TokenModel
+
+    model = TokenModel(10, dim=16, depth=1, heads=2, max_len=8, hidden=16)
+    with pytest.raises(ShapeError, match=r"mask must be bool of the tokens' shape \(2, 4\), got torch.int64"):
+        model(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))

@@ -19,6 +19,15 @@ from mor.nn.losses import LossWeights, holds_ids
 from mor.nn.reflection import Halting, ReflectionExpert
 
 FFNKind = Literal["dense", "moe", "mor"]
+IGNORE = -100  # a target that counts in no loss (padding), as in torch's cross_entropy and Hugging Face labels
+
+
+def padded_attention(mask: Tensor) -> Tensor:
+    """(B, 1, T, T) bool: each query sees the real keys up to itself. Padding is seen by no one; a padding query
+    sees itself alone, so that no row of the attention is empty (which would give NaN)."""
+    length = mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return ((causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask.device))[:, None]
 
 
 class Block(nn.Module):
@@ -30,12 +39,15 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Diagnostics | None]:
+    def forward(self, x: Tensor, attend: Tensor | None = None, mask: Tensor | None = None
+                ) -> tuple[Tensor, Diagnostics | None]:
+        """`attend` (B, 1, T, T) bool: which keys each query sees (None: causal); `mask` (B, T): the real tokens,
+        which alone a MoR FFN routes."""
         q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, is_causal=attend is None)
         x = x + self.proj(attended.transpose(1, 2).flatten(2))
         if isinstance(self.ffn, MoRLayer):
-            y, diagnostics = self.ffn(self.norm2(x), return_diagnostics=True)
+            y, diagnostics = self.ffn(self.norm2(x), return_diagnostics=True, mask=mask)
             return x + y, diagnostics
         return x + self.ffn(self.norm2(x)), None
 
@@ -77,8 +89,11 @@ class TokenModel(nn.Module):
                                      for _ in range(num_experts)), expected=False)
         return reflection_layer(experts, dim, k, mode="gate")
 
-    def forward(self, tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits and the FFN layers' auxiliary losses summed over blocks."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the FFN layers' auxiliary losses summed over blocks. `mask` (B, T) bool, as a tokenizer's
+        attention mask gives, marks the real tokens of a padded batch (padding left or right): padding is attended
+        by no token, routed by no MoR FFN and takes no position, so each sequence's logits at its real tokens are
+        those it gets alone; logits at padding mean nothing."""
         if tokens.dim() != 2 or tokens.shape[1] > self.max_len or 0 in tokens.shape:
             raise ShapeError(f"TokenModel: expected token ids (B, T) with B >= 1 and 1 <= T <= {self.max_len}, "
                              f"got {tuple(tokens.shape)}")
@@ -86,27 +101,36 @@ class TokenModel(nn.Module):
         if not holds_ids(tokens) or low < 0 or high >= vocab:
             raise ShapeError(f"TokenModel: token ids must be integers in [0, {vocab}), got dtype {tokens.dtype} with "
                              f"values from {low} to {high}; encode with the model's vocabulary")
-        x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
+        if mask is None:
+            positions, attend = torch.arange(tokens.shape[1], device=tokens.device), None
+        else:
+            if mask.shape != tokens.shape or mask.dtype != torch.bool:
+                raise ShapeError(f"TokenModel: mask must be bool of the tokens' shape {tuple(tokens.shape)}, got "
+                                 f"{mask.dtype} of shape {tuple(mask.shape)}; pass attention_mask.bool()")
+            positions, attend = (mask.cumsum(1) - 1).clamp_min(0), padded_attention(mask)
+        x = self.embed(tokens) + self.pos(positions)
         found = []
         for block in self.blocks:
-            x, diagnostics = block(x)
+            x, diagnostics = block(x, attend, mask)
             found += [diagnostics] if diagnostics is not None else []
         return self.head(self.norm(x)), merge(found)
 
-    def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None
+    def loss(self, x: Tensor, y: Tensor, weights: LossWeights | None = None, mask: Tensor | None = None
              ) -> tuple[Tensor, dict[str, Tensor], None]:
         """Next-token cross-entropy ("task") plus the FFN layers' auxiliary losses, each weighted by its
-        `LossWeights` field; the contract of `MoRModel.loss`, so one training loop serves both."""
+        `LossWeights` field; the contract of `MoRModel.loss`, so one training loop serves both. Targets equal to
+        `IGNORE` (-100, as Hugging Face pads labels) count in no loss; `mask` marks the real tokens of `x`."""
         w = weights or LossWeights()
         if y.shape != x.shape or not holds_ids(y):
             raise ShapeError(f"TokenModel.loss: targets y of shape {tuple(y.shape)} and dtype {y.dtype} do not fit "
                              f"token ids of shape {tuple(x.shape)}; give the next token's id at every position, "
                              f"integers of shape {tuple(x.shape)}")
-        vocab, (low, high) = self.head.out_features, (int(v) for v in y.aminmax()) if y.numel() else (0, 0)
+        kept = y[y != IGNORE]
+        vocab, (low, high) = self.head.out_features, (int(v) for v in kept.aminmax()) if kept.numel() else (0, 0)
         if low < 0 or high >= vocab:
-            raise ShapeError(f"TokenModel.loss: target ids must be in [0, {vocab}), got {low} to {high}; give ids "
-                             "of the model's vocabulary")
-        logits, aux = self(x)
-        parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten()), **aux}
+            raise ShapeError(f"TokenModel.loss: target ids must be in [0, {vocab}) or {IGNORE} (ignored), got {low} "
+                             f"to {high}; give ids of the model's vocabulary")
+        logits, aux = self(x, mask)
+        parts = {"task": F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE), **aux}
         total = sum(getattr(w, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}, None
