@@ -295,6 +295,25 @@ def test_mor_eval_scores_another_file_only_for_a_table_model(tmp_path):
         evaluate_checkpoint(tmp_path / "run", data=tmp_path / "t.csv", console=Console(quiet=True))
 
 
+def test_a_table_checkpoint_saved_before_the_targets_units_were_fingerprinted_still_serves(tmp_path):
+    """Checkpoints before 2026-11-23 hold the splits' digest alone; the same file must still match them."""
+    from mor.data.base import DatasetTask
+    from mor.system.experts.predictor import TrainedModel
+    from mor.train.config import dump
+
+    homes(tmp_path / "homes.csv", range(100, 200, 2))
+    data = {"task": "csv", "path": str(tmp_path / "homes.csv"), "target": "kind", "columns": ["size"],
+            "batch_size": 16}
+    cfg = config(tmp_path / "run", data=data, model={"cell": "mlp"})
+    task = get_task("csv", **{k: v for k, v in data.items() if k not in ("task", "batch_size")})
+    legacy = DatasetTask.fingerprint(task)
+    assert legacy != task.fingerprint() and task.fingerprints() == (task.fingerprint(), legacy)
+    checkpoint.save(tmp_path / "run", 1, build_model(cfg.model, task), {"data": legacy}, dump(cfg), keep_last=1)
+    assert TrainedModel(tmp_path / "run", "served").table is not None
+    with pytest.raises(CheckpointError, match="data differ from those it was trained on"):
+        checkpoint.check_data({"data": "0" * 16}, task.fingerprints(), tmp_path, "train again")
+
+
 def test_a_run_saved_with_a_relative_data_path_still_resumes_from_its_folder(tmp_path, monkeypatch):
     """Runs trained before paths were saved absolute hold the relative path; the same config resumes them."""
     (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(f"{i % 7},{i % 5},{i % 2}" for i in range(80)) + "\n")

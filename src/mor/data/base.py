@@ -45,6 +45,11 @@ class Task(ABC):
         changed since it was trained; None where the config and seeds alone make the data."""
         return None
 
+    def fingerprints(self) -> tuple[str | None, ...]:
+        """The fingerprint, then the forms earlier versions of mor computed for the same data, which checkpoints
+        they wrote still hold."""
+        return (self.fingerprint(),)
+
 
 class StreamTask(Task):
     """Generated instances: `batch` draws fresh ones, `eval_set` a fixed held-out set of a given size."""

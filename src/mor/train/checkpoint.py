@@ -130,11 +130,11 @@ def restore(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> 
     model.load_state_dict(weights)
 
 
-def check_data(state: dict, data: str | None, where: Path, fix: str) -> None:
-    """Refuse data that differ from those the checkpoint was trained on (`Task.fingerprint`): a changed file under
-    data.path or data.root re-splits and re-scales the rows, so test rows could be ones the model trained on.
-    Checkpoints from before fingerprints pass."""
+def check_data(state: dict, data: tuple[str | None, ...], where: Path, fix: str) -> None:
+    """Refuse data that differ from those the checkpoint was trained on (`Task.fingerprints`: the current form
+    first, then earlier ones): a changed file under data.path or data.root re-splits and re-scales the rows, so
+    test rows could be ones the model trained on. Checkpoints from before fingerprints pass."""
     trained = state.get("data")
-    if trained is not None and trained != data:
-        raise CheckpointError(f"{where}: the task's data differ from those it was trained on (fingerprint {data}, "
+    if trained is not None and trained not in data:
+        raise CheckpointError(f"{where}: the task's data differ from those it was trained on (fingerprint {data[0]}, "
                               f"trained on {trained}): a file under data.path or data.root changed; {fix}")

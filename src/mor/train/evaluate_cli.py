@@ -47,7 +47,7 @@ def evaluate_checkpoint(path: Path, out: Path | None = None, *, max_steps: list[
         console.print(f"The run stopped early: scoring its best checkpoint, {loaded.path.name}, as its report did "
                       f"(give {Path(path) / last} for the last one).", markup=False, highlight=False)
     task = get_task(config.data.task, **config.data.options)
-    checkpoint.check_data(loaded.state, task.fingerprint(), loaded.path, "evaluate it on the data it was trained on, "
+    checkpoint.check_data(loaded.state, task.fingerprints(), loaded.path, "evaluate it on the data it was trained on, "
                                                                         "or train again")
     if data is not None:
         task = _on_file(task, Path(data), config.data.options.get("sep"))

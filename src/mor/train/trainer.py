@@ -64,7 +64,7 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.task: Task = task or get_task(config.data.task, **config.data.options)  # shared by a run's baselines
-        self.data_fingerprint = self.task.fingerprint()  # saved with each checkpoint, checked on resume
+        self.data_fingerprints = self.task.fingerprints()  # the first saved with each checkpoint, checked on resume
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, self.task, self.kind).to(self.device)
         self.upcycling = isinstance(self.model, MoRModel) and len(self.model.experts) > 1 and config.train.upcycle > 0
@@ -265,8 +265,8 @@ class Trainer:
         if self.rank != 0:
             return
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(),
-                 "rng": rng_state(self.device), "best": self.best, "stale": self.stale, "data": self.data_fingerprint}
+                 "scaler": self.scaler.state_dict(), "rng": rng_state(self.device), "best": self.best,
+                 "stale": self.stale, "data": self.data_fingerprints[0]}
         checkpoint.save(self.run_dir, self.step, self.model, state, dump(self.config),
                         keep_last=self.config.checkpoint.keep_last, best=self.best if best else None)
 
@@ -279,7 +279,7 @@ class Trainer:
         change = config_change(saved(loaded.config, loaded.path / checkpoint.CONFIG), self.config)
         check(change is None, f"{self.run_dir}: cannot resume with a changed config: {change}; resume with the "
                               "config the run was trained with, or set checkpoint.dir to a new folder", CheckpointError)
-        checkpoint.check_data(loaded.state, self.data_fingerprint, self.run_dir,
+        checkpoint.check_data(loaded.state, self.data_fingerprints, self.run_dir,
                               "resume with the data the run was trained on, or set checkpoint.dir to a new folder")
         checkpoint.restore(self.model, loaded.weights, loaded.path)
         state = loaded.state

@@ -138,7 +138,7 @@ class TrainedModel:
         loaded = load(Path(checkpoint))
         config = saved(loaded.config, loaded.path / CONFIG)
         task = get_task(config.data.task, **config.data.options)
-        check_data(loaded.state, task.fingerprint(), loaded.path, "its class names and output units come from that "
+        check_data(loaded.state, task.fingerprints(), loaded.path, "its class names and output units come from that "
                                                                   "file: restore it, or train again")
         check(not task.tokens, f"{where}: {loaded.path} is a token model ({config.data.task}); "
                                f"only models over numeric features can answer here")
