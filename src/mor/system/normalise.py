@@ -16,7 +16,9 @@ _PLAIN_TOKEN = re.compile(r"(?<!\w)[(\[{]([^\s()\[\]{}<>=+*/^%≠≤≥]*)[)\]}]
 _LABEL = re.compile(r"^([^\s()\[\]{}<>=+*/^%≠≤≥]+) ?\)(?= |$)")  # B), 1) Paris: an option's label, as (B) and B
 _PLAIN_EXPONENTS = range(-100, 101)  # numbers written out in full (1e20 → 100000000000000000000); others as 1e200
 _SPACED = re.compile(r" ?([-<>=+*/^%≠≤≥()\[\]{}]) ?")
-_SPACED_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")  # 1 000 000, SI style: only a whole answer
+# SI thousands (1 000 000) written with a no-break or thin space, as typesetting does; a plain space may part two
+# numbers ("100 200"), so it stays
+_SI_THOUSANDS = re.compile(r"(?<=\d)[\u00a0\u2009\u202f](?=\d{3}(?!\d))")
 _RATIO = re.compile(r"(-?\d+)/(-?\d+)")
 
 
@@ -86,7 +88,7 @@ def _ratio(text: str) -> str | None:
     """A fraction of integers in lowest terms, exact, as a decimal where it has one (2/4 → 0.5, 6/3 → 2, 2/6 →
     1/3); None if `text` is not one or divides by zero."""
     match = _RATIO.fullmatch(text)
-    if match is None or int(match[2]) == 0:
+    if match is None or max(map(len, match.groups())) > 4000 or int(match[2]) == 0:  # past int()'s 4300 digits
         return None
     ratio = Fraction(int(match[1]), int(match[2]))
     places = _decimal_places(ratio.denominator)
@@ -113,9 +115,10 @@ def normalise(text: str) -> str:
     digits); the minus sign − read as -, fraction slashes as / (½ → 1/2), superscripts as powers (2³ → 2^3);
     operators and brackets kept (x<2 is not x>2), without the spaces around them, and brackets around a single
     word dropped ((A) → a; a call's stay: f(x) is not fx), as is the lone bracket of a leading label (B) → b);
-    numbers canonical and exact (42.0 → 42, 1e3 → 1000, 1 000 → 1000, -0 → 0, 2/4 → 0.5, 2/6 → 1/3).
+    numbers canonical and exact (42.0 → 42, 1e3 → 1000, 1 000 → 1000 with a no-break or thin space, -0 → 0,
+    2/4 → 0.5, 2/6 → 1/3).
     No other character is dropped, so answers in any script stay apart."""
-    text = _latin_accents_dropped(_superscripts_marked(text))
+    text = _latin_accents_dropped(_superscripts_marked(_SI_THOUSANDS.sub("", text)))
     text = text.replace(_MINUS, "-")
     for slash in _FRACTION_SLASHES:
         text = text.replace(slash, "/")
@@ -128,8 +131,5 @@ def normalise(text: str) -> str:
     text = _LABEL.sub(r"\1", text)  # before unwrapping, which would make f(x)) read as a label fx)
     while (unwrapped := _PLAIN_TOKEN.sub(r"\1", text)) != text:
         text = unwrapped
-    text = " ".join(text.split()).rstrip(" .")  # a final full stop; .5 is a decimal point
-    if _SPACED_THOUSANDS.fullmatch(text):
-        text = text.replace(" ", "")
-    text = _SPACED.sub(r"\1", text)
+    text = _SPACED.sub(r"\1", " ".join(text.split())).rstrip(" .")  # a final full stop; .5 is a decimal point
     return _number(text) or text
