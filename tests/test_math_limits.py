@@ -35,6 +35,10 @@ def ask(expert: MathExpert, question: str):
     ("lim x->0 abs(x)/x", "the limit does not exist: from the right 1, from the left -1", SAMPLED),
     ("limit of 1/log(x) as x -> oo", "0", UNCHECKED),  # 0.027 at x = 1e16: moving towards 0, too slowly to tell
     ("lim x->0 sin(1/x)", "the limit does not exist: it oscillates within [-1, 1]", UNCHECKED),
+    ("limit of x*sin(x) as x -> oo", "the limit does not exist: it oscillates without bound", UNCHECKED),
+    ("limit of (cos(x) - 1 + x^2/2)/x^4 as x -> 0", "1/24", SAMPLED),  # 64 digits cancel at 1e-16
+    ("limit of tan(x) as x -> pi/2 from the left", "oo", SAMPLED),
+    ("limit of sqrt(x) as x -> 0 from the left", "0", UNCHECKED),  # complex left of 0: no real limit to confirm
 ])
 def test_math_takes_limits_and_checks_them_against_values_near_the_point(math_expert, question, text, confidence):
     answer = ask(math_expert, question)

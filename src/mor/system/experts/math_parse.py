@@ -60,7 +60,7 @@ OPERATIONS = {"solve": "solve", "simplify": "simplify", "factor": "factor", "fac
               "integrate": "integrate", "integral of": "integrate", "antiderivative of": "integrate",
               "limit of": "limit", "limit": "limit", "lim": "limit"}
 # Where a limit's variable goes: "as x -> 0", "as x approaches oo", "x→0+" after 'lim', "x -> 0 from the left".
-_TENDS = r"(?P<var>[a-z])\s*(?:->|→|approaches|tends to|goes to)\s*(?P<point>-?(?:infinity|inf|oo|[\w.]+?))"
+_TENDS = r"(?P<var>[a-z])\s*(?:->|→|approaches|tends to|goes to)\s*(?P<point>-?(?:infinity|inf|oo|\S+?))"
 _SIDE = r"(?:(?P<sign>[+-])|\s+from\s+(?:the\s+)?(?P<side>right|left|above|below))?"
 APPROACH_AFTER = re.compile(r"\s+as\s+" + _TENDS + _SIDE + "$", re.IGNORECASE)
 APPROACH_BEFORE = re.compile(r"^_?[({]?\s*" + _TENDS + _SIDE + r"\s*[)}]?\s+", re.IGNORECASE)
@@ -76,9 +76,9 @@ THOUSANDS = re.compile(r"(?<![\w.])(?<![a-zA-Z]\()\d{1,3}(?:,\d{3})+(?![\d,])")
 SPACED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s+\.?\d")
 SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "∞": "oo", "∫": "integrate "})  # typeset signs, as words
 SPLIT = re.compile(r",|;|\band\b")
-# A percentage, "15% of 80" or "2.5%" where a number ends; not "5 % 3", which may mean a remainder.
-PERCENT = re.compile(r"(?<![\w.])(?=\.?\d)(\d*)(?:\.(\d+))?\s*%(?:\s*(?P<of>of)\b|(?=\s*(?:$|[-+*/^)=,;])))",
-                     re.IGNORECASE)
+# A percentage, "15% of 80" or "2.5%" where a number ends; not "5 % 3" or "5 % -3", which may mean a remainder.
+PERCENT = re.compile(r"(?<![\w.])(?=\.?\d)(\d*)(?:\.(\d+))?\s*%"
+                     r"(?:\s*(?P<of>of)\b|(?=\s*(?:$|[*/^)=,;]|[-+](?!\s*[\d.]))))", re.IGNORECASE)
 # An 'x' between two plain numbers ("6 x 7"): a times sign when nothing else marks x as a variable.
 TIMES = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) x (?=\d+(?:\.\d+)?(?![\w.]))")
 # The variable x, not the letter inside a function name ("exp"); "2x" is 2 times x.
@@ -117,9 +117,9 @@ class Reader:
     def read(self, question: str) -> Problem:
         text = " ".join(question.split()).rstrip("?. ").translate(SIGNS)  # not '!': "what is 5!" is a factorial
         text = THOUSANDS.sub(lambda m: m.group().replace(",", ""), text)
-        text = PERCENT.sub(percent, text)
         if len(text) > self.max_chars:
             raise self.fail(f"question of {len(text)} characters, more than the limit of {self.max_chars}")
+        text = PERCENT.sub(percent, text)
         text = PREFIX.sub("", text)
         operation, variable = "evaluate", None
         if match := OPERATION.match(text):
@@ -290,6 +290,8 @@ def _terms(node: sympy.Basic, terms: dict[sympy.Basic, float]) -> float:
 def percent(match: re.Match) -> str:
     """A `PERCENT` match as an exact fraction ("2.5%" → "(25/1000)"), times what follows "of"."""
     whole, decimals = match[1], match[2] or ""
+    if too_long(len(whole + decimals)):  # left as it is: the '%' is then refused in one line
+        return match.group()
     fraction = f"({int(whole + decimals or '0')}/{100 * 10 ** len(decimals)})"
     return fraction + "*" if match["of"] else fraction
 

@@ -277,6 +277,7 @@ def limit(problem: Problem) -> Result:
     sides = {s: sympy.limit(f, v, point, s) for s in (("+", "-") if side == "+-" else (side,))}
     if any(value.has(sympy.nan) for value in sides.values()):
         raise ValueError(f"SymPy gives {next(iter(sides.values()))}")
+    sides = {s: unbounded_oscillation(value) for s, value in sides.items()}
     confidence = min(UNCHECKED if isinstance(value, sympy.AccumBounds) else approached(f, v, point, s, value)
                      for s, value in sides.items())
     checked = "the function's values ever closer to the point"
@@ -291,9 +292,18 @@ def limit(problem: Problem) -> Result:
     return Result(limit_text(value), plain(value), confidence, checked)
 
 
+def unbounded_oscillation(value: sympy.Expr) -> sympy.Expr:
+    """SymPy's limit of x*sin(x) at oo, oo*sign(AccumBounds(-1, 1)), as the unbounded oscillation it is."""
+    if value.has(sympy.AccumBounds) and not isinstance(value, sympy.AccumBounds):
+        return sympy.AccumBounds(-sympy.oo, sympy.oo)
+    return value
+
+
 def limit_text(value: sympy.Expr) -> str:
     """A one-sided limit as text: a number or expression, or an oscillation with its bounds."""
     if isinstance(value, sympy.AccumBounds):
+        if value.min.is_infinite and value.max.is_infinite:
+            return "it oscillates without bound"
         return f"it oscillates within [{shown(value.min)}, {shown(value.max)}]"
     return number_text(value) if value.is_number else shown(value)
 
@@ -307,14 +317,17 @@ def approached(f: sympy.Expr, v: sympy.Symbol, point: sympy.Expr, side: str, val
     at = {s: sympy.Float(rng.uniform(0.3, 2.7), 60) for s in sorted((f.free_symbols | value.free_symbols) - {v},
                                                                       key=str)}
     f, value, point = f.subs(at), value.subs(at), point.subs(at)
-    ten = sympy.Float(10, 60)
     if point.is_infinite:
-        points = [(1 if point == sympy.oo else -1) * ten ** k for k in (8, 12, 16)]
+        points = [(1 if point == sympy.oo else -1) * sympy.Integer(10) ** k for k in (8, 12, 16)]
     else:
-        points = [point + (1 if side == "+" else -1) * ten ** -k for k in (8, 12, 16)]
-    samples = [f.subs(v, p).evalf(60) for p in points]
+        points = [point + (1 if side == "+" else -1) * sympy.Rational(1, 10 ** k) for k in (8, 12, 16)]
+    # exact points, evaluated to 30 digits with the working precision raised as cancellation needs: (cos(x) - 1 +
+    # x^2/2)/x^4 near 0 loses 64 digits at 1e-16
+    samples = [f.evalf(30, subs={v: p}, maxn=600) for p in points]
     if not all(s.is_number and s.is_finite for s in samples):
         return UNCHECKED
+    if value.is_real and any(abs(sympy.im(s)) > 1e-20 * max(1, abs(s)) for s in samples):
+        return UNCHECKED  # complex values on this side (sqrt(x) left of 0): no real limit to confirm
     if value.is_infinite:
         growing = all(abs(b) > abs(a) for a, b in pairwise(samples))
         direction = {sympy.oo: 1, -sympy.oo: -1}.get(value)  # zoo: complex infinity, any direction
