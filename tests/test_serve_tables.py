@@ -74,6 +74,8 @@ def test_a_table_model_answers_rows_by_column_name_as_it_answers_their_preproces
     ({"size": 150}, "inputs[0]", "no value for column(s) 'city'"),
     ({"size": 150, "city": "north", "zip": 1}, "inputs[0]", "column(s) 'zip' are not among the model's"),
     ({"size": "big", "city": "north"}, "inputs[0]", "inputs[0].size: 'big' is not a number"),
+    ({"size": 150, "city": 1}, "inputs[0]", "inputs[0].city: 1.0 is not text, and the model read categories there"),
+    ({"size": 150, "city": True}, "inputs[0]", "inputs[0].city: True is not text"),
 ])
 def test_a_row_that_does_not_fit_the_table_is_a_400_naming_the_input_and_the_column(server, row, param, message):
     reply = predict(server, {"model": "homes", "inputs": [row]})
@@ -93,3 +95,5 @@ def test_a_table_model_expert_reads_a_row_as_a_json_object(homes):
     assert answer.value == expected.value and answer.text == expected.details["label"]
     with pytest.raises(RequestError, match=r"expert homes: no value for column\(s\) 'city'"):
         asyncio.run(expert.answer(Request.of('{"size": 150}')))
+    with pytest.raises(RequestError, match=r"expert homes.size: 1{400} is not a finite float64 number"):
+        asyncio.run(expert.answer(Request.of('{"size": ' + "1" * 400 + ', "city": "north"}')))

@@ -277,6 +277,9 @@ def test_mor_eval_scores_a_table_model_on_another_file_through_its_training_prep
     (lambda f: f.assign(kind=f["kind"].where(f.index != 3, "huge")),
      r"holds class\(es\) huge the model never saw \(it knows large, small\)"),
     (lambda f: f.assign(kind=f["kind"].where(f.index != 3, None)), r"has 1 missing values \(row 5, the header"),
+    (lambda f: f.assign(size=f["size"].astype(object).where(f.index != 2, "?")),
+     r"--data: later.csv, column 'size' \(row 4, the header being row 1\): '\?' is not a number"),
+    (lambda f: f.assign(city=range(len(f))), r"column 'city': 0 is not text, and the model read categories there"),
 ])
 def test_mor_eval_refuses_another_file_the_model_cannot_be_scored_on_in_one_line(tmp_path, change, message):
     homes(tmp_path / "train.csv", range(100, 200, 2))

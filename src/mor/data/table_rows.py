@@ -15,7 +15,7 @@ import torch
 
 from mor.data.base import Batch
 from mor.data.tabular import TabularTask, check_finite, listed, numpy_dtypes, row_numbers
-from mor.errors import check
+from mor.errors import ConfigError, check
 
 
 def encoded_rows(task: TabularTask, frame: pd.DataFrame, name: str) -> Batch:
@@ -31,7 +31,7 @@ def encoded_rows(task: TabularTask, frame: pd.DataFrame, name: str) -> Batch:
                             f"({row_numbers(absent)}); drop or fill those rows first")
     for column in (*task.columns, task.target):
         check_finite(frame[column], column, name)
-    features = torch.as_tensor(task.preprocessor.transform(frame[task.columns]), dtype=torch.float32)
+    features = torch.as_tensor(_features(task, frame, f"--data: {name}"))
     if task.classes is None:
         check(pd.api.types.is_numeric_dtype(labels), f"--data: column {task.target!r} of {name} is not numeric, but "
                                                      f"the model predicts values; give numbers there")
@@ -54,18 +54,56 @@ def encoded_record(task: TabularTask, record: dict[str, Any], where: str) -> np.
                        f"model was trained on ({columns}), null where a value is missing")
     check(not unknown, f"{where}: column(s) {listed(map(repr, unknown))} are not among the model's feature columns "
                        f"({columns}); leave them out")
-    numeric = set(next((cols for name, _, cols in task.preprocessor.transformers_ if name == "num"), []))
     for column, value in record.items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        check(value is None or not isinstance(value, float) or math.isfinite(value),
-              f"{where}.{column}: {value} is not a finite number; send a finite value, or null where it is missing")
-        check(column not in numeric or value is None or number or isinstance(value, bool),
-              f"{where}.{column}: {value!r} is not a number, and column {column!r} held numbers in training; send a "
-              f"number, or null where it is missing")
+        check(not isinstance(value, int | float) or isinstance(value, bool) or _finite(value),
+              f"{where}.{column}: {value} is not a finite float64 number; send one, or null where it is missing")
     frame = pd.DataFrame([{c: np.nan if record[c] is None else record[c] for c in task.columns}])
+    return _features(task, frame, where, one=True)[0]
+
+
+def _finite(value: int | float) -> bool:
+    """Whether a number is finite as a float64 (an integer of 400 digits is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _features(task: TabularTask, frame: pd.DataFrame, where: str, one: bool = False) -> np.ndarray:
+    """`frame`'s feature columns through `task`'s fitted preprocessor, float32, after refusing in one line what it
+    would misread: text where training had numbers, and numbers or booleans where it had text (one-hot coded as no
+    category, silently). `one`: a single row sent by name, where errors name `where.column`."""
+    numeric, categories = _kinds(task)
+    x = frame[task.columns].copy()
     for column in numeric:
-        frame[column] = pd.to_numeric(frame[column])
-    return task.preprocessor.transform(frame)[0].astype(np.float32)
+        values = pd.to_numeric(x[column], errors="coerce")
+        text = (values.isna() & x[column].notna()).to_numpy()
+        if text.any():
+            at = f"{where}.{column}" if one else f"{where}, column {column!r} ({row_numbers(text)})"
+            raise ConfigError(f"{at}: {x[column][text].iloc[0]!r} is not a number, and the model read numbers there "
+                              f"in training; give numbers (empty or null where a value is missing)")
+        x[column] = values
+    for column, known in categories.items():
+        wrong = [v for v in x[column].dropna() if not isinstance(v, str)] if all(isinstance(k, str) for k in known) \
+            else []
+        if wrong:
+            at = f"{where}.{column}" if one else f"{where}, column {column!r}"
+            raise ConfigError(f"{at}: {wrong[0]!r} is not text, and the model read categories there in training "
+                              f"({listed(map(repr, known))}); send the category's name")
+    features = task.preprocessor.transform(x).astype(np.float32)
+    check(np.isfinite(features).all(), f"{where}: a value is too large for the model's float32 features once "
+                                       f"standardised; send values of the scale it was trained on")
+    return features
+
+
+def _kinds(task: TabularTask) -> tuple[list, dict]:
+    """The feature columns the preprocessor reads as numbers, and those it one-hot codes with their categories."""
+    fitted = {name: (steps, columns) for name, steps, columns in task.preprocessor.transformers_}
+    numeric = list(fitted.get("num", (None, []))[1])
+    if "cat" not in fitted:
+        return numeric, {}
+    steps, columns = fitted["cat"]
+    return numeric, dict(zip(columns, (list(c) for c in steps.named_steps["onehot"].categories_), strict=True))
 
 
 __all__ = ["encoded_record", "encoded_rows"]
