@@ -103,15 +103,16 @@ class TabularTask(DatasetTask):
     def fingerprint(self) -> str:
         """The splits' digest and what turns outputs back into the target's terms (class names, the target's mean
         and scale): a file whose targets were rescaled or renamed gives the same tensors but other answers."""
-        units = {"classes": None if self.classes is None else list(map(str, self.classes)),
-                 "target": None if self.target_scaler is None else [self.target_scaler.mean_.tolist(),
-                                                                     self.target_scaler.scale_.tolist()]}
-        return hashlib.sha256(f"{super().fingerprint()} {json.dumps(units)}".encode()).hexdigest()[:16]
+        return self.fingerprints()[0]
 
     def fingerprints(self) -> tuple[str, ...]:
         """The fingerprint, then the splits' digest alone, which checkpoints before 2026-11-23 hold (for them a
         rescaled or renamed target goes unnoticed, as it did)."""
-        return self.fingerprint(), super().fingerprint()
+        splits = super().fingerprint()
+        units = {"classes": None if self.classes is None else list(map(str, self.classes)),
+                 "target": None if self.target_scaler is None else [self.target_scaler.mean_.tolist(),
+                                                                     self.target_scaler.scale_.tolist()]}
+        return hashlib.sha256(f"{splits} {json.dumps(units)}".encode()).hexdigest()[:16], splits
 
 
 def listed(items: Iterable, limit: int = 5) -> str:

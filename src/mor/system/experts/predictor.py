@@ -37,12 +37,16 @@ DEFAULT_CONFIDENCE = 0.5
 
 def parse_features(text: str, shape: tuple[int | None, ...], expert: str, dtype: type = np.float64) -> np.ndarray:
     """The JSON array in `text` (from its first '[' to its last ']') as features of `shape`; see `check_features`."""
-    start, end = text.find("["), text.rfind("]")
+    return check_features(_json_between(text, "[", "]"), shape, expert, dtype)
+
+
+def _json_between(text: str, opening: str, closing: str) -> Any:
+    """The JSON value from the first `opening` to the last `closing` in `text`, or None where there is none."""
+    start, end = text.find(opening), text.rfind(closing)
     try:
-        data = json.loads(text[start:end + 1]) if start >= 0 else None
+        return json.loads(text[start:end + 1]) if 0 <= start < end else None
     except (ValueError, RecursionError):  # RecursionError: nested past what json reads
-        data = None
-    return check_features(data, shape, expert, dtype)
+        return None
 
 
 def check_features(data: Any, shape: tuple[int | None, ...], expert: str, dtype: type = np.float64) -> np.ndarray:
@@ -228,9 +232,5 @@ class MorModelExpert(Expert):
 
 def _record(text: str) -> dict | None:
     """The JSON object in `text` (from its first '{' to its last '}'), or None where there is none."""
-    start, end = text.find("{"), text.rfind("}")
-    try:
-        value = json.loads(text[start:end + 1]) if 0 <= start < end else None
-    except (ValueError, RecursionError):
-        return None
+    value = _json_between(text, "{", "}")
     return value if isinstance(value, dict) else None
