@@ -32,6 +32,15 @@ def process_group(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def leave_process_group() -> None:
+    """Under torchrun: wait for every process, then leave the group, so that none exits while another still talks
+    to it (a gloo process whose threads are cut off at exit aborts: "terminate called without an active
+    exception"). Without a group, nothing."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rng_state(device: torch.device) -> dict[str, object]:
     """The CPU generator's state and, on a GPU, that GPU's (router noise draws on the model's device). Every process
     seeds and draws alike, so rank 0's states stand for all; a list, as checkpoints that held every GPU's wrote."""

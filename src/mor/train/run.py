@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mor.train.config import RunConfig
-from mor.train.devices import described
+from mor.train.devices import described, leave_process_group
 from mor.train.evaluate import evaluate
 from mor.train.report import summary, write_report
 from mor.train.trainer import Trainer
@@ -40,9 +40,11 @@ def run(config: RunConfig, resume: bool = False, console: Console | None = None)
         sizes = getattr(trainer.task, "sizes", None)
         evaluations[LABELS[trainer.kind]] = evaluate(trainer.model, trainer.task, config.eval, sizes)
     if trainers[0].rank != 0:
+        leave_process_group()
         return run_dir / "report.md"
     (run_dir / "results.json").write_text(json.dumps(evaluations, indent=1))
     report = write_report(run_dir, f"mor run: {config.model.kind} on {config.data.task}",
                           run_dir / "metrics.jsonl", evaluations, notes)
     console.print(summary(evaluations), markup=False, highlight=False)
+    leave_process_group()
     return report
